@@ -1,0 +1,539 @@
+//! The notification aggregate: one event stream per notification.
+//!
+//! `decide` turns a command into events without touching state; `apply` folds
+//! one event into state. Both are pure (time arrives inside the command), so the
+//! same code serves the write side, the projections and the tests.
+//!
+//! Times never run backwards inside one stream: a command stamped earlier than
+//! the stream's last event (clock skew between instances) is recorded at the
+//! last event's time, which keeps `read_at ≥ delivered_at ≥ created_at`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::values::{Body, Category, Channel, GroupKey, NotificationId, Priority, Title, UserId};
+
+pub type Timestamp = DateTime<Utc>;
+/// Free-form data the sender attaches (a JSON object); tidings stores and returns it.
+pub type Data = serde_json::Map<String, serde_json::Value>;
+
+/// Everything a sender says about a new notification, already validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewNotification {
+    pub recipient: UserId,
+    pub category: Category,
+    pub title: Title,
+    pub body: Body,
+    pub data: Data,
+    pub priority: Priority,
+    /// Non-empty and without repeats (the edge dedups).
+    pub channels: Vec<Channel>,
+    pub group_key: Option<GroupKey>,
+    pub deliver_at: Option<Timestamp>,
+}
+
+/// Commands are imperative; each carries the time it is executed at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotificationCommand {
+    Create {
+        id: NotificationId,
+        content: Box<NewNotification>,
+        at: Timestamp,
+    },
+    Deliver {
+        channel: Channel,
+        at: Timestamp,
+    },
+    MarkSeen {
+        at: Timestamp,
+    },
+    MarkRead {
+        at: Timestamp,
+    },
+    MarkUnread {
+        at: Timestamp,
+    },
+    Click {
+        at: Timestamp,
+    },
+    Archive {
+        at: Timestamp,
+    },
+    Unarchive {
+        at: Timestamp,
+    },
+    Delete {
+        at: Timestamp,
+    },
+    Cancel {
+        at: Timestamp,
+    },
+}
+
+impl NotificationCommand {
+    /// The command's name, as recorded in event metadata.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Create { .. } => "Create",
+            Self::Deliver { .. } => "Deliver",
+            Self::MarkSeen { .. } => "MarkSeen",
+            Self::MarkRead { .. } => "MarkRead",
+            Self::MarkUnread { .. } => "MarkUnread",
+            Self::Click { .. } => "Click",
+            Self::Archive { .. } => "Archive",
+            Self::Unarchive { .. } => "Unarchive",
+            Self::Delete { .. } => "Delete",
+            Self::Cancel { .. } => "Cancel",
+        }
+    }
+
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Self::Create { at, .. } | Self::Deliver { at, .. } => *at,
+            Self::MarkSeen { at }
+            | Self::MarkRead { at }
+            | Self::MarkUnread { at }
+            | Self::Click { at }
+            | Self::Archive { at }
+            | Self::Unarchive { at }
+            | Self::Delete { at }
+            | Self::Cancel { at } => *at,
+        }
+    }
+}
+
+/// Events are facts, in the past tense. Version "1.0" for all of them so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NotificationEvent {
+    NotificationCreated {
+        id: NotificationId,
+        recipient: UserId,
+        category: Category,
+        title: Title,
+        body: Body,
+        data: Data,
+        priority: Priority,
+        channels: Vec<Channel>,
+        group_key: Option<GroupKey>,
+        deliver_at: Option<Timestamp>,
+        created_at: Timestamp,
+    },
+    NotificationScheduled {
+        deliver_at: Timestamp,
+        scheduled_at: Timestamp,
+    },
+    NotificationDelivered {
+        channel: Channel,
+        delivered_at: Timestamp,
+    },
+    NotificationSeen {
+        seen_at: Timestamp,
+    },
+    NotificationRead {
+        read_at: Timestamp,
+    },
+    NotificationUnread {
+        unread_at: Timestamp,
+    },
+    NotificationClicked {
+        clicked_at: Timestamp,
+    },
+    NotificationArchived {
+        archived_at: Timestamp,
+    },
+    NotificationUnarchived {
+        unarchived_at: Timestamp,
+    },
+    NotificationCancelled {
+        cancelled_at: Timestamp,
+    },
+    NotificationDeleted {
+        deleted_at: Timestamp,
+    },
+}
+
+pub const EVENT_VERSION: &str = "1.0";
+
+impl NotificationEvent {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::NotificationCreated { .. } => "NotificationCreated",
+            Self::NotificationScheduled { .. } => "NotificationScheduled",
+            Self::NotificationDelivered { .. } => "NotificationDelivered",
+            Self::NotificationSeen { .. } => "NotificationSeen",
+            Self::NotificationRead { .. } => "NotificationRead",
+            Self::NotificationUnread { .. } => "NotificationUnread",
+            Self::NotificationClicked { .. } => "NotificationClicked",
+            Self::NotificationArchived { .. } => "NotificationArchived",
+            Self::NotificationUnarchived { .. } => "NotificationUnarchived",
+            Self::NotificationCancelled { .. } => "NotificationCancelled",
+            Self::NotificationDeleted { .. } => "NotificationDeleted",
+        }
+    }
+
+    /// When the fact happened.
+    pub fn occurred_at(&self) -> Timestamp {
+        match self {
+            Self::NotificationCreated { created_at: t, .. }
+            | Self::NotificationScheduled { scheduled_at: t, .. }
+            | Self::NotificationDelivered { delivered_at: t, .. }
+            | Self::NotificationSeen { seen_at: t }
+            | Self::NotificationRead { read_at: t }
+            | Self::NotificationUnread { unread_at: t }
+            | Self::NotificationClicked { clicked_at: t }
+            | Self::NotificationArchived { archived_at: t }
+            | Self::NotificationUnarchived { unarchived_at: t }
+            | Self::NotificationCancelled { cancelled_at: t }
+            | Self::NotificationDeleted { deleted_at: t } => *t,
+        }
+    }
+}
+
+/// Why a command was refused. Nothing is recorded when one is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotificationError {
+    #[error("no notification with this id exists")]
+    NotFound,
+    #[error("a notification with this id already exists")]
+    AlreadyExists,
+    #[error("the notification was deleted; nothing can change it any more")]
+    Deleted,
+    #[error("the notification was cancelled before delivery")]
+    Cancelled,
+    #[error("the notification has not been delivered yet (it is {0})")]
+    NotDelivered(Lifecycle),
+    #[error("the notification was already delivered, so it can no longer be cancelled")]
+    AlreadyDelivered,
+    #[error("the notification was not sent on the `{0}` channel")]
+    ChannelNotRequested(Channel),
+    #[error("the notification was already delivered on the `{0}` channel")]
+    ChannelAlreadyDelivered(Channel),
+    #[error("the notification is scheduled for {deliver_at}; it cannot be delivered before then")]
+    NotYetDue { deliver_at: Timestamp },
+    #[error("deliver_at {deliver_at} is in the past (now is {now}); omit it to deliver at once")]
+    DeliverAtInPast {
+        deliver_at: Timestamp,
+        now: Timestamp,
+    },
+}
+
+/// Where a notification is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// No event yet: the id is unknown.
+    #[default]
+    Absent,
+    /// Created, waiting for a channel to deliver it.
+    Pending,
+    /// Created with a future `deliver_at`.
+    Scheduled,
+    /// Delivered on at least one channel.
+    Delivered,
+    Cancelled,
+    Deleted,
+}
+
+impl Lifecycle {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Absent => "absent",
+            Self::Pending => "pending",
+            Self::Scheduled => "scheduled",
+            Self::Delivered => "delivered",
+            Self::Cancelled => "cancelled",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
+impl std::fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of one notification, folded from its events. It is both the
+/// aggregate's state and the row the inbox projection keeps.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub lifecycle: Lifecycle,
+    pub id: Option<NotificationId>,
+    pub content: Option<NewNotification>,
+    pub created_at: Option<Timestamp>,
+    /// The first delivery on any channel.
+    pub delivered_at: Option<Timestamp>,
+    pub deliveries: BTreeMap<Channel, Timestamp>,
+    pub seen_at: Option<Timestamp>,
+    pub read_at: Option<Timestamp>,
+    pub clicked_at: Option<Timestamp>,
+    pub archived_at: Option<Timestamp>,
+    pub cancelled_at: Option<Timestamp>,
+    pub deleted_at: Option<Timestamp>,
+    /// Time of the last event, the floor for the next one.
+    pub last_event_at: Option<Timestamp>,
+}
+
+impl Notification {
+    pub fn is_read(&self) -> bool {
+        self.read_at.is_some()
+    }
+    pub fn is_seen(&self) -> bool {
+        self.seen_at.is_some()
+    }
+    pub fn is_archived(&self) -> bool {
+        self.archived_at.is_some()
+    }
+    /// In the recipient's inbox: delivered on the in-app channel and not deleted.
+    pub fn in_inbox(&self) -> bool {
+        self.lifecycle == Lifecycle::Delivered && self.deliveries.contains_key(&Channel::InApp)
+    }
+
+    /// Decide what a command means for this notification. Pure: the state is
+    /// not touched; `Ok(vec![])` means "already so" (marking a read notification
+    /// read changes nothing and is not an error).
+    pub fn decide(
+        &self,
+        command: NotificationCommand,
+    ) -> Result<Vec<NotificationEvent>, NotificationError> {
+        use NotificationCommand as C;
+        use NotificationEvent as E;
+
+        // Never earlier than what is already recorded.
+        let at = match self.last_event_at {
+            Some(last) if last > command.at() => last,
+            _ => command.at(),
+        };
+
+        if let C::Create { id, content, .. } = command {
+            if self.lifecycle != Lifecycle::Absent {
+                return Err(NotificationError::AlreadyExists);
+            }
+            return Self::decide_create(id, *content, at);
+        }
+
+        match self.lifecycle {
+            Lifecycle::Absent => return Err(NotificationError::NotFound),
+            Lifecycle::Deleted => return Err(NotificationError::Deleted),
+            _ => {}
+        }
+
+        match command {
+            C::Create { .. } => unreachable!("handled above"),
+            C::Delete { .. } => Ok(vec![E::NotificationDeleted { deleted_at: at }]),
+            C::Cancel { .. } => match self.lifecycle {
+                Lifecycle::Pending | Lifecycle::Scheduled => {
+                    Ok(vec![E::NotificationCancelled { cancelled_at: at }])
+                }
+                Lifecycle::Cancelled => Ok(vec![]),
+                _ => Err(NotificationError::AlreadyDelivered),
+            },
+            C::Deliver { channel, .. } => self.decide_deliver(channel, at),
+            C::MarkSeen { .. } => {
+                self.require_delivered()?;
+                Ok(self.seen_if_needed(at))
+            }
+            C::MarkRead { .. } => {
+                self.require_delivered()?;
+                let mut events = self.seen_if_needed(at);
+                if !self.is_read() {
+                    events.push(E::NotificationRead { read_at: at });
+                }
+                Ok(events)
+            }
+            C::MarkUnread { .. } => {
+                self.require_delivered()?;
+                Ok(if self.is_read() {
+                    vec![E::NotificationUnread { unread_at: at }]
+                } else {
+                    vec![]
+                })
+            }
+            C::Click { .. } => {
+                self.require_delivered()?;
+                let mut events = self.seen_if_needed(at);
+                if !self.is_read() {
+                    events.push(E::NotificationRead { read_at: at });
+                }
+                if self.clicked_at.is_none() {
+                    events.push(E::NotificationClicked { clicked_at: at });
+                }
+                Ok(events)
+            }
+            C::Archive { .. } => {
+                self.require_delivered()?;
+                Ok(if self.is_archived() {
+                    vec![]
+                } else {
+                    vec![E::NotificationArchived { archived_at: at }]
+                })
+            }
+            C::Unarchive { .. } => {
+                self.require_delivered()?;
+                Ok(if self.is_archived() {
+                    vec![E::NotificationUnarchived { unarchived_at: at }]
+                } else {
+                    vec![]
+                })
+            }
+        }
+    }
+
+    fn decide_create(
+        id: NotificationId,
+        content: NewNotification,
+        now: Timestamp,
+    ) -> Result<Vec<NotificationEvent>, NotificationError> {
+        use NotificationEvent as E;
+        if let Some(deliver_at) = content.deliver_at {
+            if deliver_at <= now {
+                return Err(NotificationError::DeliverAtInPast { deliver_at, now });
+            }
+        }
+        let NewNotification {
+            recipient,
+            category,
+            title,
+            body,
+            data,
+            priority,
+            channels,
+            group_key,
+            deliver_at,
+        } = content;
+        let in_app = channels.contains(&Channel::InApp);
+        let mut events = vec![E::NotificationCreated {
+            id,
+            recipient,
+            category,
+            title,
+            body,
+            data,
+            priority,
+            channels,
+            group_key,
+            deliver_at,
+            created_at: now,
+        }];
+        match deliver_at {
+            Some(deliver_at) => events.push(E::NotificationScheduled {
+                deliver_at,
+                scheduled_at: now,
+            }),
+            None if in_app => events.push(E::NotificationDelivered {
+                channel: Channel::InApp,
+                delivered_at: now,
+            }),
+            None => {}
+        }
+        Ok(events)
+    }
+
+    fn decide_deliver(
+        &self,
+        channel: Channel,
+        at: Timestamp,
+    ) -> Result<Vec<NotificationEvent>, NotificationError> {
+        if self.lifecycle == Lifecycle::Cancelled {
+            return Err(NotificationError::Cancelled);
+        }
+        let content = self.content.as_ref().ok_or(NotificationError::NotFound)?;
+        if !content.channels.contains(&channel) {
+            return Err(NotificationError::ChannelNotRequested(channel));
+        }
+        if self.deliveries.contains_key(&channel) {
+            return Err(NotificationError::ChannelAlreadyDelivered(channel));
+        }
+        if let Some(deliver_at) = content.deliver_at {
+            if at < deliver_at {
+                return Err(NotificationError::NotYetDue { deliver_at });
+            }
+        }
+        Ok(vec![NotificationEvent::NotificationDelivered {
+            channel,
+            delivered_at: at,
+        }])
+    }
+
+    fn require_delivered(&self) -> Result<(), NotificationError> {
+        match self.lifecycle {
+            Lifecycle::Delivered => Ok(()),
+            Lifecycle::Cancelled => Err(NotificationError::Cancelled),
+            other => Err(NotificationError::NotDelivered(other)),
+        }
+    }
+
+    fn seen_if_needed(&self, at: Timestamp) -> Vec<NotificationEvent> {
+        if self.is_seen() {
+            vec![]
+        } else {
+            vec![NotificationEvent::NotificationSeen { seen_at: at }]
+        }
+    }
+
+    /// Fold one event into the state.
+    pub fn apply(&mut self, event: NotificationEvent) {
+        use NotificationEvent as E;
+        let t = event.occurred_at();
+        self.last_event_at = Some(self.last_event_at.map_or(t, |last| last.max(t)));
+        match event {
+            E::NotificationCreated {
+                id,
+                recipient,
+                category,
+                title,
+                body,
+                data,
+                priority,
+                channels,
+                group_key,
+                deliver_at,
+                created_at,
+            } => {
+                self.lifecycle = Lifecycle::Pending;
+                self.id = Some(id);
+                self.created_at = Some(created_at);
+                self.content = Some(NewNotification {
+                    recipient,
+                    category,
+                    title,
+                    body,
+                    data,
+                    priority,
+                    channels,
+                    group_key,
+                    deliver_at,
+                });
+            }
+            E::NotificationScheduled { .. } => self.lifecycle = Lifecycle::Scheduled,
+            E::NotificationDelivered {
+                channel,
+                delivered_at,
+            } => {
+                self.lifecycle = Lifecycle::Delivered;
+                self.delivered_at.get_or_insert(delivered_at);
+                self.deliveries.insert(channel, delivered_at);
+            }
+            E::NotificationSeen { seen_at } => self.seen_at = Some(seen_at),
+            E::NotificationRead { read_at } => self.read_at = Some(read_at),
+            E::NotificationUnread { .. } => self.read_at = None,
+            E::NotificationClicked { clicked_at } => self.clicked_at = Some(clicked_at),
+            E::NotificationArchived { archived_at } => self.archived_at = Some(archived_at),
+            E::NotificationUnarchived { .. } => self.archived_at = None,
+            E::NotificationCancelled { cancelled_at } => {
+                self.lifecycle = Lifecycle::Cancelled;
+                self.cancelled_at = Some(cancelled_at);
+            }
+            E::NotificationDeleted { deleted_at } => {
+                self.lifecycle = Lifecycle::Deleted;
+                self.deleted_at = Some(deleted_at);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "notification_tests.rs"]
+mod tests;
