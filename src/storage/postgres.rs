@@ -1,0 +1,211 @@
+//! PostgreSQL: events through postgres-es (a sqlx pool we build ourselves, so an
+//! unreachable database is a clear start-up error instead of postgres-es's
+//! panic), the global log and read models through deadpool-postgres.
+//!
+//! The global log is read with the xid8 recipe of DESIGN.md: an event is handed
+//! out only once every transaction that could commit before it has finished,
+//! so a projector never skips an event that commits "late" with a lower
+//! `global_position`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::PgPool;
+
+use super::{error_chain, EventLog, LoggedEvent, Position, StorageError};
+
+/// Migrations embedded at build time from `migrations/`, applied by sqlx's migrator.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Settings every connection gets: an abandoned transaction holds every
+/// projector back (it pins the snapshot horizon), so the server ends it.
+const SESSION_SETTINGS: &[(&str, &str)] = &[("idle_in_transaction_session_timeout", "15s")];
+
+/// Both pools to one database.
+#[derive(Clone)]
+pub struct PgPools {
+    /// For postgres-es (events) and migrations.
+    pub sqlx: PgPool,
+    /// For the log reader, read models and checkpoints.
+    pub deadpool: Pool,
+}
+
+/// Loopback connections gain nothing from TLS but pay for it in throughput;
+/// unless the URL says otherwise, connect to a local server without TLS.
+fn is_local(opts: &PgConnectOptions) -> bool {
+    let host = opts.get_host();
+    host.starts_with('/') || matches!(host, "localhost" | "127.0.0.1" | "::1")
+}
+
+/// Shows a URL without its password, for error messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Connects both pools and proves the database answers. `pool_size` bounds
+/// each pool: PostgreSQL peaks at a handful of concurrent transactions on a
+/// small machine, so requests queue in the app rather than in the database.
+pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<PgPools> {
+    use anyhow::Context;
+    let shown = redact(url);
+    let mut opts = PgConnectOptions::from_str(url)
+        .with_context(|| format!("DATABASE_URL `{shown}` is not a PostgreSQL URL"))?;
+    let explicit_ssl = url.contains("sslmode=");
+    if !explicit_ssl && is_local(&opts) {
+        opts = opts.ssl_mode(PgSslMode::Disable);
+    }
+    opts = opts.options(SESSION_SETTINGS.iter().copied());
+    let sqlx = PgPoolOptions::new()
+        .max_connections(pool_size)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at `{shown}` (DATABASE_URL)"))?;
+
+    let mut pg_config = tokio_postgres::Config::from_str(url)
+        .with_context(|| format!("DATABASE_URL `{shown}` is not a PostgreSQL URL"))?;
+    let settings: Vec<String> = SESSION_SETTINGS
+        .iter()
+        .map(|(k, v)| format!("-c {k}={v}"))
+        .collect();
+    pg_config.options(settings.join(" "));
+    if pg_config.get_connect_timeout().is_none() {
+        pg_config.connect_timeout(Duration::from_secs(5));
+    }
+    let manager = Manager::from_config(
+        pg_config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let deadpool = Pool::builder(manager)
+        .max_size(pool_size as usize)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .context("cannot build the PostgreSQL connection pool")?;
+    let _probe = deadpool
+        .get()
+        .await
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+        .with_context(|| format!("cannot connect to PostgreSQL at `{shown}` (DATABASE_URL)"))?;
+    Ok(PgPools { sqlx, deadpool })
+}
+
+/// Applies pending migrations; safe to run from several instances at once
+/// (sqlx's migrator takes an advisory lock).
+pub async fn migrate(pools: &PgPools) -> anyhow::Result<()> {
+    use anyhow::Context;
+    MIGRATOR
+        .run(&pools.sqlx)
+        .await
+        .context("applying database migrations failed")
+}
+
+pub struct PgEventLog {
+    pool: Pool,
+}
+
+impl PgEventLog {
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+}
+
+const READ_AFTER: &str = "
+SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
+       sequence, event_type, event_version, payload, metadata, recorded_at
+  FROM events
+ WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY transaction_id, global_position
+ LIMIT $3";
+
+const POSITION_OF: &str = "
+SELECT transaction_id::text::bigint AS tx, global_position
+  FROM events
+ WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3";
+
+pub fn row_to_event(row: &tokio_postgres::Row) -> Result<LoggedEvent, tokio_postgres::Error> {
+    Ok(LoggedEvent {
+        position: Position::new(row.try_get("tx")?, row.try_get("global_position")?),
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: row.try_get("sequence")?,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        payload: row.try_get("payload")?,
+        metadata: row.try_get("metadata")?,
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}
+
+#[async_trait]
+impl EventLog for PgEventLog {
+    async fn read_after(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, StorageError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(READ_AFTER).await?;
+        let rows = client
+            .query(&stmt, &[&after.tx.to_string(), &after.seq, &(limit as i64)])
+            .await?;
+        rows.iter()
+            .map(|r| row_to_event(r).map_err(StorageError::from))
+            .collect()
+    }
+
+    async fn position_of(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+    ) -> Result<Option<Position>, StorageError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(POSITION_OF).await?;
+        let row = client
+            .query_opt(&stmt, &[&aggregate_type, &aggregate_id, &sequence])
+            .await?;
+        row.map(|r| Ok(Position::new(r.try_get("tx")?, r.try_get("global_position")?)))
+            .transpose()
+            .map_err(|e: tokio_postgres::Error| StorageError::from(e))
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_hidden_in_urls_shown_to_people() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/tidings"),
+            "postgres://app:***@db:5432/tidings"
+        );
+        assert_eq!(redact("postgres://app@db/t"), "postgres://app@db/t");
+        assert_eq!(redact("postgres:///t"), "postgres:///t");
+    }
+}
