@@ -1,0 +1,49 @@
+//! Who asked for a command and why; recorded on every event it produces.
+
+use std::collections::HashMap;
+
+/// Request-scoped facts carried into each event's metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandMetadata {
+    /// `X-Request-Id`: this HTTP request.
+    pub request_id: String,
+    /// `X-Correlation-Id`: the wider operation it belongs to.
+    pub correlation_id: String,
+    /// What caused this command when it was not a request of its own
+    /// (read-all fans out one command per notification).
+    pub causation_id: Option<String>,
+    /// Who acted. Until authentication lands this is `X-Actor`, taken on trust.
+    pub actor: String,
+    /// `Idempotency-Key` and the hash of the request body it was sent with.
+    pub idempotency: Option<(String, String)>,
+}
+
+pub const REQUEST_ID: &str = "request_id";
+pub const CORRELATION_ID: &str = "correlation_id";
+pub const CAUSATION_ID: &str = "causation_id";
+pub const ACTOR: &str = "actor";
+pub const COMMAND: &str = "command";
+pub const COMMAND_ID: &str = "command_id";
+pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
+pub const REQUEST_HASH: &str = "request_hash";
+
+impl CommandMetadata {
+    /// The map cqrs-es stores with each event of one command.
+    pub fn to_map(&self, command: &str, command_id: &str) -> HashMap<String, String> {
+        let mut map = HashMap::from([
+            (REQUEST_ID.to_owned(), self.request_id.clone()),
+            (CORRELATION_ID.to_owned(), self.correlation_id.clone()),
+            (ACTOR.to_owned(), self.actor.clone()),
+            (COMMAND.to_owned(), command.to_owned()),
+            (COMMAND_ID.to_owned(), command_id.to_owned()),
+        ]);
+        if let Some(causation) = &self.causation_id {
+            map.insert(CAUSATION_ID.to_owned(), causation.clone());
+        }
+        if let Some((key, hash)) = &self.idempotency {
+            map.insert(IDEMPOTENCY_KEY.to_owned(), key.clone());
+            map.insert(REQUEST_HASH.to_owned(), hash.clone());
+        }
+        map
+    }
+}

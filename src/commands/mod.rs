@@ -1,0 +1,313 @@
+//! The command side: loads a notification's stream, lets the aggregate decide,
+//! appends the events with an expected-version check, and answers with the
+//! global position of the last event so the caller can read its own write.
+//!
+//! This drives cqrs-es's `EventStore` the way `CqrsFramework::execute_with_metadata`
+//! does (load, `Aggregate::handle` into an `EventSink`, commit), but keeps what
+//! that method throws away: the committed envelopes and the new state.
+
+pub mod aggregate;
+pub mod metadata;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
+use postgres_es::PostgresEventRepository;
+use std::sync::Arc;
+use tracing::{instrument, warn};
+
+pub use metadata::CommandMetadata;
+
+use crate::domain::{
+    NewNotification, Notification, NotificationCommand, NotificationError, NotificationId,
+    Timestamp,
+};
+use crate::storage::memory::MemoryEventStore;
+use crate::storage::{error_chain, AppendSignal, EventLog, Position, StorageError};
+
+/// Where events are written.
+pub enum NotificationStore {
+    Memory(PersistedEventStore<MemoryEventStore, Notification>),
+    Postgres(PersistedEventStore<PostgresEventRepository, Notification>),
+}
+
+type Ctx = EventStoreAggregateContext<Notification>;
+type AggErr = AggregateError<NotificationError>;
+
+impl NotificationStore {
+    pub fn memory(store: MemoryEventStore) -> Self {
+        // The plain event store: cqrs-es 0.5's snapshot stores apply events twice.
+        Self::Memory(PersistedEventStore::new_event_store(store))
+    }
+
+    pub fn postgres(pool: sqlx::PgPool) -> Self {
+        Self::Postgres(PersistedEventStore::new_event_store(
+            PostgresEventRepository::new(pool),
+        ))
+    }
+
+    async fn load(&self, id: &str) -> Result<Ctx, AggErr> {
+        match self {
+            Self::Memory(s) => s.load_aggregate(id).await,
+            Self::Postgres(s) => s.load_aggregate(id).await,
+        }
+    }
+
+    async fn commit(
+        &self,
+        events: Vec<<Notification as Aggregate>::Event>,
+        ctx: Ctx,
+        metadata: HashMap<String, String>,
+    ) -> Result<Vec<EventEnvelope<Notification>>, AggErr> {
+        match self {
+            Self::Memory(s) => s.commit(events, ctx, metadata).await,
+            Self::Postgres(s) => s.commit(events, ctx, metadata).await,
+        }
+    }
+
+    async fn load_events(&self, id: &str) -> Result<Vec<EventEnvelope<Notification>>, AggErr> {
+        match self {
+            Self::Memory(s) => s.load_events(id).await,
+            Self::Postgres(s) => s.load_events(id).await,
+        }
+    }
+}
+
+/// What a command did.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    pub id: NotificationId,
+    /// Global position of the notification's latest event after the command.
+    pub position: Position,
+    /// The notification's state after the command.
+    pub state: Notification,
+    /// False when the command found things already so and recorded nothing.
+    pub changed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Rejected(#[from] NotificationError),
+    #[error("the notification kept changing under this command; {attempts} attempts all conflicted")]
+    Conflict { attempts: u32 },
+    #[error("Idempotency-Key `{0}` was already used with a different request")]
+    IdempotencyMismatch(String),
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("unexpected event store failure: {0}")]
+    Internal(String),
+}
+
+impl From<StorageError> for CommandError {
+    fn from(err: StorageError) -> Self {
+        match err {
+            StorageError::Unavailable(e) => Self::Unavailable(e),
+            StorageError::Backend(e) => Self::Internal(e),
+        }
+    }
+}
+
+fn is_unavailable(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    matches!(
+        err.downcast_ref::<sqlx::Error>(),
+        Some(
+            sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed
+        )
+    )
+}
+
+fn storage_failure(err: AggErr) -> CommandError {
+    match err {
+        AggregateError::UserError(e) => CommandError::Rejected(e),
+        AggregateError::AggregateConflict => CommandError::Conflict { attempts: 1 },
+        AggregateError::DatabaseConnectionError(e) => CommandError::Unavailable(error_chain(&*e)),
+        AggregateError::DeserializationError(e) => CommandError::Internal(error_chain(&*e)),
+        AggregateError::UnexpectedError(e) if is_unavailable(&*e) => {
+            CommandError::Unavailable(error_chain(&*e))
+        }
+        AggregateError::UnexpectedError(e) => CommandError::Internal(error_chain(&*e)),
+    }
+}
+
+/// How a create ended.
+#[derive(Debug, Clone)]
+pub enum Created {
+    New(Receipt),
+    /// Same Idempotency-Key and body as an earlier create: that create's answer.
+    Replayed { id: NotificationId, position: Position },
+}
+
+pub struct CommandService {
+    store: NotificationStore,
+    log: Arc<dyn EventLog>,
+    signal: AppendSignal,
+    max_attempts: u32,
+}
+
+impl CommandService {
+    pub fn new(
+        store: NotificationStore,
+        log: Arc<dyn EventLog>,
+        signal: AppendSignal,
+        max_attempts: u32,
+    ) -> Self {
+        Self {
+            store,
+            log,
+            signal,
+            max_attempts: max_attempts.max(1),
+        }
+    }
+
+    /// Runs one command against notification `id`. `command` builds the command
+    /// for a given time; it is rebuilt on each retry after a conflict.
+    #[instrument(skip_all, fields(notification = %id))]
+    pub async fn execute(
+        &self,
+        id: NotificationId,
+        command: impl Fn(Timestamp) -> NotificationCommand,
+        meta: &CommandMetadata,
+    ) -> Result<Receipt, CommandError> {
+        let aggregate_id = id.to_string();
+        let command_id = uuid::Uuid::now_v7().to_string();
+        for attempt in 1..=self.max_attempts {
+            let cmd = command(chrono::Utc::now());
+            let metadata = meta.to_map(cmd.name(), &command_id);
+            let mut ctx = self.store.load(&aggregate_id).await.map_err(storage_failure)?;
+            let sink = EventSink::default();
+            ctx.aggregate
+                .handle(cmd, &(), &sink)
+                .await
+                .map_err(CommandError::Rejected)?;
+            let events = sink.collect().await;
+            let state = ctx.aggregate.clone();
+            if events.is_empty() {
+                let position = self.position(&aggregate_id, ctx.current_sequence as i64).await?;
+                return Ok(Receipt {
+                    id,
+                    position,
+                    state,
+                    changed: false,
+                });
+            }
+            match self.store.commit(events, ctx, metadata).await {
+                Ok(committed) => {
+                    self.signal.notify();
+                    let last = committed.last().map_or(0, |e| e.sequence as i64);
+                    let position = self.position(&aggregate_id, last).await?;
+                    return Ok(Receipt {
+                        id,
+                        position,
+                        state,
+                        changed: true,
+                    });
+                }
+                Err(AggregateError::AggregateConflict) => {
+                    warn!(attempt, "conflict on append; retrying with fresh state");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(other) => return Err(storage_failure(other)),
+            }
+        }
+        Err(CommandError::Conflict {
+            attempts: self.max_attempts,
+        })
+    }
+
+    /// Creates a notification. With an idempotency key the id is derived from
+    /// the key, so a repeat collides with the first create in the event store
+    /// itself, even when both arrive at once or on different instances.
+    #[instrument(skip_all, fields(notification = %id))]
+    pub async fn create(
+        &self,
+        id: NotificationId,
+        content: NewNotification,
+        meta: &CommandMetadata,
+    ) -> Result<Created, CommandError> {
+        let result = self
+            .execute(
+                id,
+                |at| NotificationCommand::Create {
+                    id,
+                    content: Box::new(content.clone()),
+                    at,
+                },
+                meta,
+            )
+            .await;
+        match (result, &meta.idempotency) {
+            (Ok(receipt), _) => Ok(Created::New(receipt)),
+            (Err(CommandError::Rejected(NotificationError::AlreadyExists)), Some((key, hash))) => {
+                self.replay_create(id, key, hash).await
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    async fn replay_create(
+        &self,
+        id: NotificationId,
+        key: &str,
+        hash: &str,
+    ) -> Result<Created, CommandError> {
+        let aggregate_id = id.to_string();
+        let events = self
+            .store
+            .load_events(&aggregate_id)
+            .await
+            .map_err(storage_failure)?;
+        let Some(first) = events.first() else {
+            return Err(CommandError::Internal(format!(
+                "notification {id} exists but has no events"
+            )));
+        };
+        let get = |k: &str| first.metadata.get(k).map(String::as_str);
+        if get(metadata::IDEMPOTENCY_KEY) != Some(key) || get(metadata::REQUEST_HASH) != Some(hash)
+        {
+            return Err(CommandError::IdempotencyMismatch(key.to_owned()));
+        }
+        let command_id = first.metadata.get(metadata::COMMAND_ID);
+        let last = events
+            .iter()
+            .take_while(|e| e.metadata.get(metadata::COMMAND_ID) == command_id)
+            .last()
+            .map_or(first.sequence, |e| e.sequence);
+        let position = self.position(&aggregate_id, last as i64).await?;
+        Ok(Created::Replayed { id, position })
+    }
+
+    async fn position(&self, aggregate_id: &str, sequence: i64) -> Result<Position, CommandError> {
+        if sequence == 0 {
+            return Ok(Position::START);
+        }
+        self.log
+            .position_of(Notification::TYPE, aggregate_id, sequence)
+            .await?
+            .ok_or_else(|| {
+                CommandError::Internal(format!(
+                    "event {sequence} of {aggregate_id} was committed but is not in the log"
+                ))
+            })
+    }
+
+    /// Proves the event store answers (readiness).
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.log.ping().await
+    }
+}
+
+/// 1, 2, 4, ... ms plus up to 1 ms of jitter, so racing writers spread out.
+fn backoff(attempt: u32) -> Duration {
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 1_000_000);
+    Duration::from_millis(1 << attempt.min(6)) + Duration::from_nanos(jitter as u64)
+}
