@@ -1,0 +1,144 @@
+//! The inbox projection: every live notification's state, and per recipient
+//! the in-app ones newest first with unread and unseen counts.
+//!
+//! Both backends fold events with the aggregate's own `apply`, so the read
+//! model cannot drift from the write side's rules.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use cqrs_es::Aggregate;
+
+use super::ProjectionError;
+use crate::domain::{Category, Channel, Notification, NotificationEvent, NotificationId, UserId};
+use crate::storage::{LoggedEvent, Position, StorageError};
+
+pub const NAME: &str = "inbox";
+
+/// One notification as the read model holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxRow {
+    pub state: Notification,
+    /// Position of its in-app delivery: the inbox sort key (None: not in the inbox).
+    pub inbox_position: Option<Position>,
+    /// Position of the last event folded in; older events are not applied twice.
+    pub last_position: Position,
+}
+
+impl InboxRow {
+    pub fn in_inbox(&self) -> bool {
+        self.inbox_position.is_some() && self.state.in_inbox()
+    }
+}
+
+fn bad(event: &LoggedEvent, reason: impl Into<String>) -> ProjectionError {
+    ProjectionError::BadEvent {
+        position: event.position,
+        event_type: event.event_type.clone(),
+        aggregate_id: event.aggregate_id.clone(),
+        reason: reason.into(),
+    }
+}
+
+fn is_notification(event: &LoggedEvent) -> bool {
+    event.aggregate_type == Notification::TYPE
+}
+
+/// The notification ids a page touches, each once.
+pub fn ids_in(events: &[LoggedEvent]) -> Result<Vec<NotificationId>, ProjectionError> {
+    let mut ids = Vec::new();
+    for event in events.iter().filter(|e| is_notification(e)) {
+        let id = NotificationId::parse(&event.aggregate_id).map_err(|e| bad(event, e.0))?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Folds a page into `rows`, which holds the current row (or None) of every id
+/// in the page. Afterwards each entry is the row to store, or None to remove.
+pub fn fold_page(
+    rows: &mut HashMap<NotificationId, Option<InboxRow>>,
+    events: &[LoggedEvent],
+) -> Result<(), ProjectionError> {
+    for event in events.iter().filter(|e| is_notification(e)) {
+        let id = NotificationId::parse(&event.aggregate_id).map_err(|e| bad(event, e.0))?;
+        let payload: NotificationEvent = serde_json::from_value(event.payload.clone())
+            .map_err(|e| bad(event, format!("payload does not parse: {e}")))?;
+        let slot = rows.entry(id).or_insert(None);
+        if slot.as_ref().is_some_and(|r| r.last_position >= event.position) {
+            continue; // already applied
+        }
+        let mut row = slot.take().unwrap_or(InboxRow {
+            state: Notification::default(),
+            inbox_position: None,
+            last_position: Position::START,
+        });
+        let delivered_in_app = matches!(
+            payload,
+            NotificationEvent::NotificationDelivered {
+                channel: Channel::InApp,
+                ..
+            }
+        );
+        row.state.apply(payload);
+        row.last_position = event.position;
+        if delivered_in_app {
+            row.inbox_position = Some(event.position);
+        }
+        *slot = match row.state.lifecycle {
+            crate::domain::Lifecycle::Deleted => None,
+            _ => Some(row),
+        };
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFilter {
+    Unread,
+    Read,
+}
+
+#[derive(Debug, Clone)]
+pub struct InboxQuery {
+    pub recipient: UserId,
+    pub status: Option<ReadFilter>,
+    pub category: Option<Category>,
+    /// false: the inbox proper; true: only archived notifications.
+    pub archived: bool,
+    /// Continue after this inbox position (from a previous page's `next`).
+    pub before: Option<Position>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct InboxPage {
+    pub items: Vec<InboxRow>,
+    /// Where the next page starts; None on the last page.
+    pub next: Option<Position>,
+    /// Unarchived in-app notifications not yet read / not yet seen.
+    pub unread_count: u64,
+    pub unseen_count: u64,
+}
+
+/// Queries over the inbox read model.
+#[async_trait]
+pub trait InboxReader: Send + Sync {
+    async fn page(&self, query: &InboxQuery) -> Result<InboxPage, StorageError>;
+    async fn get(&self, id: NotificationId) -> Result<Option<InboxRow>, StorageError>;
+    /// Every unread notification in the recipient's inbox, archived ones too.
+    async fn unread_ids(&self, recipient: &UserId) -> Result<Vec<NotificationId>, StorageError>;
+}
+
+/// Cuts a fetched run of `limit + 1` rows into a page and its continuation.
+pub fn cut_page(mut items: Vec<InboxRow>, limit: usize) -> (Vec<InboxRow>, Option<Position>) {
+    if items.len() > limit {
+        items.truncate(limit);
+        let next = items.last().and_then(|r| r.inbox_position);
+        (items, next)
+    } else {
+        (items, None)
+    }
+}

@@ -1,0 +1,172 @@
+//! The inbox read model in memory: rows by id plus, per recipient, the in-app
+//! rows ordered by inbox position. Rows and checkpoint change under one lock,
+//! so a reader never sees a page half applied.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+
+use async_trait::async_trait;
+
+use super::inbox::{
+    cut_page, fold_page, ids_in, InboxPage, InboxQuery, InboxReader, InboxRow, ReadFilter, NAME,
+};
+use super::{Projection, ProjectionError};
+use crate::domain::{NotificationId, UserId};
+use crate::storage::{LoggedEvent, Position, StorageError};
+
+#[derive(Default)]
+struct State {
+    rows: HashMap<NotificationId, InboxRow>,
+    by_recipient: HashMap<UserId, BTreeMap<Position, NotificationId>>,
+    checkpoint: Position,
+}
+
+impl State {
+    fn unindex(&mut self, row: &InboxRow) {
+        if let (Some(pos), Some(content)) = (row.inbox_position, &row.state.content) {
+            if let Some(index) = self.by_recipient.get_mut(&content.recipient) {
+                index.remove(&pos);
+            }
+        }
+    }
+
+    fn index(&mut self, id: NotificationId, row: &InboxRow) {
+        if let (true, Some(pos), Some(content)) =
+            (row.in_inbox(), row.inbox_position, &row.state.content)
+        {
+            self.by_recipient
+                .entry(content.recipient.clone())
+                .or_default()
+                .insert(pos, id);
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryInbox {
+    state: RwLock<State>,
+}
+
+impl MemoryInbox {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // Writers replace whole rows, so a poisoned lock still guards a consistent state.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Projection for MemoryInbox {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn checkpoint(&self) -> Result<Position, ProjectionError> {
+        Ok(self.read().checkpoint)
+    }
+
+    async fn apply(
+        &self,
+        expected: Position,
+        events: &[LoggedEvent],
+    ) -> Result<Position, ProjectionError> {
+        let Some(last) = events.last() else {
+            return Ok(expected);
+        };
+        let ids = ids_in(events)?;
+        let mut state = self.write();
+        if state.checkpoint != expected {
+            return Err(ProjectionError::CheckpointMoved { expected });
+        }
+        let mut rows: HashMap<_, _> = ids
+            .iter()
+            .map(|id| (*id, state.rows.get(id).cloned()))
+            .collect();
+        // Fold first: if an event fails, nothing of the page is applied.
+        fold_page(&mut rows, events)?;
+        for (id, row) in rows {
+            if let Some(old) = state.rows.remove(&id) {
+                state.unindex(&old);
+            }
+            if let Some(row) = row {
+                state.index(id, &row);
+                state.rows.insert(id, row);
+            }
+        }
+        state.checkpoint = last.position;
+        Ok(last.position)
+    }
+}
+
+#[async_trait]
+impl InboxReader for MemoryInbox {
+    async fn page(&self, q: &InboxQuery) -> Result<InboxPage, StorageError> {
+        let state = self.read();
+        let Some(index) = state.by_recipient.get(&q.recipient) else {
+            return Ok(InboxPage {
+                items: vec![],
+                next: None,
+                unread_count: 0,
+                unseen_count: 0,
+            });
+        };
+        let rows = index.values().filter_map(|id| state.rows.get(id));
+        let (mut unread, mut unseen) = (0, 0);
+        for row in rows.filter(|r| !r.state.is_archived()) {
+            unread += u64::from(!row.state.is_read());
+            unseen += u64::from(!row.state.is_seen());
+        }
+        let upper = q.before.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let items: Vec<InboxRow> = index
+            .range((std::ops::Bound::Unbounded, upper))
+            .rev()
+            .filter_map(|(_, id)| state.rows.get(id))
+            .filter(|r| r.state.is_archived() == q.archived)
+            .filter(|r| match q.status {
+                Some(ReadFilter::Read) => r.state.is_read(),
+                Some(ReadFilter::Unread) => !r.state.is_read(),
+                None => true,
+            })
+            .filter(|r| {
+                q.category.as_ref().is_none_or(|c| {
+                    r.state.content.as_ref().is_some_and(|n| &n.category == c)
+                })
+            })
+            .take(q.limit + 1)
+            .cloned()
+            .collect();
+        let (items, next) = cut_page(items, q.limit);
+        Ok(InboxPage {
+            items,
+            next,
+            unread_count: unread,
+            unseen_count: unseen,
+        })
+    }
+
+    async fn get(&self, id: NotificationId) -> Result<Option<InboxRow>, StorageError> {
+        Ok(self.read().rows.get(&id).cloned())
+    }
+
+    async fn unread_ids(&self, recipient: &UserId) -> Result<Vec<NotificationId>, StorageError> {
+        let state = self.read();
+        Ok(state
+            .by_recipient
+            .get(recipient)
+            .map(|index| {
+                index
+                    .values()
+                    .filter(|id| state.rows.get(id).is_some_and(|r| !r.state.is_read()))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}

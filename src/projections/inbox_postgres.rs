@@ -1,0 +1,279 @@
+//! The inbox read model in PostgreSQL (table `inbox_notifications`, see
+//! migrations/0002_inbox.sql), written through deadpool-postgres.
+//!
+//! One transaction per page of events: take the checkpoint row (guarded by its
+//! expected value, so two projector instances cannot both apply a page), load
+//! the touched rows, fold in memory, write them back with one UNNEST upsert and
+//! one delete, move the checkpoint, commit.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use super::inbox::{
+    cut_page, fold_page, ids_in, InboxPage, InboxQuery, InboxReader, InboxRow, ReadFilter, NAME,
+};
+use super::{Projection, ProjectionError};
+use crate::domain::{Notification, NotificationId, UserId};
+use crate::storage::{LoggedEvent, Position, StorageError};
+
+pub struct PostgresInbox {
+    pool: Pool,
+}
+
+impl PostgresInbox {
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+}
+
+const ROW_COLUMNS: &str = "id, state, inbox_tx, inbox_seq, last_tx, last_seq";
+
+fn to_row(row: &Row) -> Result<InboxRow, StorageError> {
+    let state: serde_json::Value = row.try_get("state")?;
+    let state: Notification = serde_json::from_value(state)
+        .map_err(|e| StorageError::Backend(format!("an inbox row does not parse: {e}")))?;
+    let inbox_tx: Option<i64> = row.try_get("inbox_tx")?;
+    let inbox_seq: Option<i64> = row.try_get("inbox_seq")?;
+    Ok(InboxRow {
+        state,
+        inbox_position: inbox_tx.zip(inbox_seq).map(|(t, s)| Position::new(t, s)),
+        last_position: Position::new(row.try_get("last_tx")?, row.try_get("last_seq")?),
+    })
+}
+
+const UPSERT: &str = "
+INSERT INTO inbox_notifications
+       (id, recipient, category, lifecycle, in_inbox, read, seen, archived,
+        inbox_tx, inbox_seq, state, last_tx, last_seq)
+SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::bool[],
+                     $7::bool[], $8::bool[], $9::int8[], $10::int8[], $11::jsonb[],
+                     $12::int8[], $13::int8[])
+ON CONFLICT (id) DO UPDATE SET
+       recipient = EXCLUDED.recipient, category = EXCLUDED.category,
+       lifecycle = EXCLUDED.lifecycle, in_inbox = EXCLUDED.in_inbox, read = EXCLUDED.read,
+       seen = EXCLUDED.seen, archived = EXCLUDED.archived, inbox_tx = EXCLUDED.inbox_tx,
+       inbox_seq = EXCLUDED.inbox_seq, state = EXCLUDED.state, last_tx = EXCLUDED.last_tx,
+       last_seq = EXCLUDED.last_seq";
+
+/// Column arrays for the UNNEST upsert.
+#[derive(Default)]
+struct Columns {
+    id: Vec<uuid::Uuid>,
+    recipient: Vec<String>,
+    category: Vec<String>,
+    lifecycle: Vec<&'static str>,
+    in_inbox: Vec<bool>,
+    read: Vec<bool>,
+    seen: Vec<bool>,
+    archived: Vec<bool>,
+    inbox_tx: Vec<Option<i64>>,
+    inbox_seq: Vec<Option<i64>>,
+    state: Vec<serde_json::Value>,
+    last_tx: Vec<i64>,
+    last_seq: Vec<i64>,
+}
+
+impl Columns {
+    fn push(&mut self, id: NotificationId, row: &InboxRow) -> Result<(), ProjectionError> {
+        let content = row.state.content.as_ref();
+        self.id.push(id.0);
+        self.recipient
+            .push(content.map_or_else(String::new, |c| c.recipient.as_str().to_owned()));
+        self.category
+            .push(content.map_or_else(String::new, |c| c.category.as_str().to_owned()));
+        self.lifecycle.push(row.state.lifecycle.as_str());
+        self.in_inbox.push(row.in_inbox());
+        self.read.push(row.state.is_read());
+        self.seen.push(row.state.is_seen());
+        self.archived.push(row.state.is_archived());
+        self.inbox_tx.push(row.inbox_position.map(|p| p.tx));
+        self.inbox_seq.push(row.inbox_position.map(|p| p.seq));
+        self.state.push(serde_json::to_value(&row.state).map_err(|e| {
+            StorageError::Backend(format!("cannot serialize inbox row {id}: {e}"))
+        })?);
+        self.last_tx.push(row.last_position.tx);
+        self.last_seq.push(row.last_position.seq);
+        Ok(())
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+        [
+            &self.id,
+            &self.recipient,
+            &self.category,
+            &self.lifecycle,
+            &self.in_inbox,
+            &self.read,
+            &self.seen,
+            &self.archived,
+            &self.inbox_tx,
+            &self.inbox_seq,
+            &self.state,
+            &self.last_tx,
+            &self.last_seq,
+        ]
+    }
+}
+
+#[async_trait]
+impl Projection for PostgresInbox {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn checkpoint(&self) -> Result<Position, ProjectionError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO projection_checkpoints (projection, tx, seq) VALUES ($1, 0, 0)
+                 ON CONFLICT (projection) DO NOTHING",
+                &[&NAME],
+            )
+            .await?;
+        let row = client
+            .query_one(
+                "SELECT tx, seq FROM projection_checkpoints WHERE projection = $1",
+                &[&NAME],
+            )
+            .await?;
+        Ok(Position::new(row.try_get(0)?, row.try_get(1)?))
+    }
+
+    async fn apply(
+        &self,
+        expected: Position,
+        events: &[LoggedEvent],
+    ) -> Result<Position, ProjectionError> {
+        let Some(last) = events.last() else {
+            return Ok(expected);
+        };
+        let ids = ids_in(events)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let moved = tx
+            .execute(
+                "UPDATE projection_checkpoints SET tx = $2, seq = $3, updated_at = now()
+                  WHERE projection = $1 AND tx = $4 AND seq = $5",
+                &[&NAME, &last.position.tx, &last.position.seq, &expected.tx, &expected.seq],
+            )
+            .await?;
+        if moved != 1 {
+            return Err(ProjectionError::CheckpointMoved { expected });
+        }
+        let uuids: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
+        let mut rows: HashMap<NotificationId, Option<InboxRow>> =
+            ids.iter().map(|id| (*id, None)).collect();
+        let sql = format!("SELECT {ROW_COLUMNS} FROM inbox_notifications WHERE id = ANY($1)");
+        for row in tx.query(&sql, &[&uuids]).await? {
+            let id = NotificationId(row.try_get("id")?);
+            rows.insert(id, Some(to_row(&row)?));
+        }
+        fold_page(&mut rows, events)?;
+        let mut upserts = Columns::default();
+        let mut deletes = Vec::new();
+        for (id, row) in &rows {
+            match row {
+                Some(row) => upserts.push(*id, row)?,
+                None => deletes.push(id.0),
+            }
+        }
+        if !upserts.id.is_empty() {
+            tx.execute(UPSERT, &upserts.params()).await?;
+        }
+        if !deletes.is_empty() {
+            tx.execute(
+                "DELETE FROM inbox_notifications WHERE id = ANY($1)",
+                &[&deletes],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(last.position)
+    }
+}
+
+#[async_trait]
+impl InboxReader for PostgresInbox {
+    async fn page(&self, q: &InboxQuery) -> Result<InboxPage, StorageError> {
+        let client = self.pool.get().await?;
+        let recipient = q.recipient.as_str();
+        let limit = q.limit as i64 + 1;
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&recipient, &q.archived, &limit];
+        let mut sql = format!(
+            "SELECT {ROW_COLUMNS} FROM inbox_notifications
+              WHERE recipient = $1 AND in_inbox AND archived = $2"
+        );
+        let before = q.before.map(|p| (p.tx, p.seq));
+        if let Some((tx, seq)) = &before {
+            params.push(tx);
+            params.push(seq);
+            sql.push_str(&format!(
+                " AND (inbox_tx, inbox_seq) < (${}, ${})",
+                params.len() - 1,
+                params.len()
+            ));
+        }
+        let read = q.status.map(|s| s == ReadFilter::Read);
+        if let Some(read) = &read {
+            params.push(read);
+            sql.push_str(&format!(" AND read = ${}", params.len()));
+        }
+        let category = q.category.as_ref().map(|c| c.as_str());
+        if let Some(category) = &category {
+            params.push(category);
+            sql.push_str(&format!(" AND category = ${}", params.len()));
+        }
+        sql.push_str(" ORDER BY inbox_tx DESC, inbox_seq DESC LIMIT $3");
+        let items = client
+            .query(&sql, &params)
+            .await?
+            .iter()
+            .map(to_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let counts = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE NOT read), count(*) FILTER (WHERE NOT seen)
+                   FROM inbox_notifications
+                  WHERE recipient = $1 AND in_inbox AND NOT archived AND (NOT read OR NOT seen)",
+                &[&recipient],
+            )
+            .await?;
+        let (items, next) = cut_page(items, q.limit);
+        Ok(InboxPage {
+            items,
+            next,
+            unread_count: counts.try_get::<_, i64>(0)? as u64,
+            unseen_count: counts.try_get::<_, i64>(1)? as u64,
+        })
+    }
+
+    async fn get(&self, id: NotificationId) -> Result<Option<InboxRow>, StorageError> {
+        let client = self.pool.get().await?;
+        let sql = format!("SELECT {ROW_COLUMNS} FROM inbox_notifications WHERE id = $1");
+        client
+            .query_opt(&sql, &[&id.0])
+            .await?
+            .as_ref()
+            .map(to_row)
+            .transpose()
+    }
+
+    async fn unread_ids(&self, recipient: &UserId) -> Result<Vec<NotificationId>, StorageError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id FROM inbox_notifications
+                  WHERE recipient = $1 AND in_inbox AND NOT read
+                  ORDER BY inbox_tx, inbox_seq",
+                &[&recipient.as_str()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok(NotificationId(r.try_get("id")?)))
+            .collect()
+    }
+}
