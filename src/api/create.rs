@@ -1,0 +1,263 @@
+//! The create request: parsed strictly by serde (exact JSON types, no unknown
+//! fields; a 400 otherwise), then validated field by field into the domain's
+//! value types (a 422 listing every refused field).
+
+use chrono::{DateTime, Utc};
+use poem_openapi::types::Example;
+use poem_openapi::Object;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::problem::{ApiError, FieldProblem};
+use crate::domain::{
+    Body, Category, Channel, Data, GroupKey, NewNotification, Priority, Title, UserId,
+};
+
+/// A new notification. Only `recipient`, `category`, `title` and `body` are required.
+#[derive(Object, Deserialize, Serialize, Debug, Clone)]
+#[oai(example)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNotificationRequest {
+    /// The user it is for: letters, digits and `. _ - @ +`, up to 128 characters.
+    pub recipient: String,
+    /// Lowercase letters, digits and `. _ - :`, up to 64 characters (`comment`, `billing.invoice`).
+    pub category: String,
+    /// 1–200 characters, one line.
+    pub title: String,
+    /// Up to 10 KB of text.
+    pub body: String,
+    /// Any JSON object; returned as sent.
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+    /// `low`, `normal` (default), `high` or `urgent`.
+    #[serde(default)]
+    pub priority: Option<String>,
+    /// Where to deliver: `in_app` (default), `email`, `sms`, `push`, `chat`. In-app
+    /// notifications reach the inbox at once unless `deliver_at` is set.
+    #[serde(default)]
+    pub channels: Option<Vec<String>>,
+    /// Groups related notifications (`post-42`).
+    #[serde(default)]
+    pub group_key: Option<String>,
+    /// RFC 3339 time in the future to deliver at; absent: deliver now.
+    #[serde(default)]
+    pub deliver_at: Option<String>,
+}
+
+impl Example for CreateNotificationRequest {
+    fn example() -> Self {
+        Self {
+            recipient: "alice".into(),
+            category: "comment".into(),
+            title: "New reply".into(),
+            body: "Bob replied to your post".into(),
+            data: Some(serde_json::json!({"post_id": 42, "author": "bob"})),
+            priority: Some("normal".into()),
+            channels: Some(vec!["in_app".into()]),
+            group_key: Some("post-42".into()),
+            deliver_at: None,
+        }
+    }
+}
+
+fn field<T>(
+    errors: &mut Vec<FieldProblem>,
+    name: &str,
+    result: Result<T, crate::domain::InvalidValue>,
+) -> Option<T> {
+    result
+        .map_err(|e| {
+            errors.push(FieldProblem {
+                field: name.to_owned(),
+                message: e.0,
+            })
+        })
+        .ok()
+}
+
+impl CreateNotificationRequest {
+    /// Validates every field, reporting all problems at once.
+    pub fn validate(&self) -> Result<NewNotification, ApiError> {
+        let mut errors = Vec::new();
+        let e = &mut errors;
+        let recipient = field(e, "recipient", UserId::parse(&self.recipient));
+        let category = field(e, "category", Category::parse(&self.category));
+        let title = field(e, "title", Title::parse(&self.title));
+        let body = field(e, "body", Body::parse(&self.body));
+        let data: Option<Data> = match &self.data {
+            None => Some(Data::new()),
+            Some(serde_json::Value::Object(map)) => Some(map.clone()),
+            Some(_) => {
+                e.push(FieldProblem {
+                    field: "data".into(),
+                    message: "must be a JSON object".into(),
+                });
+                None
+            }
+        };
+        let priority = match &self.priority {
+            None => Some(Priority::Normal),
+            Some(p) => field(e, "priority", Priority::parse(p)),
+        };
+        let channels = match &self.channels {
+            None => Some(vec![Channel::InApp]),
+            Some(list) if list.is_empty() => {
+                e.push(FieldProblem {
+                    field: "channels".into(),
+                    message: "must name at least one channel (or be omitted for in_app)".into(),
+                });
+                None
+            }
+            Some(list) => {
+                let mut channels = Vec::new();
+                let mut ok = true;
+                for c in list {
+                    match field(e, "channels", Channel::parse(c)) {
+                        Some(c) if !channels.contains(&c) => channels.push(c),
+                        Some(_) => {}
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(channels)
+            }
+        };
+        let group_key = match &self.group_key {
+            None => Some(None),
+            Some(g) => field(e, "group_key", GroupKey::parse(g)).map(Some),
+        };
+        let deliver_at = match &self.deliver_at {
+            None => Some(None),
+            Some(s) => match DateTime::parse_from_rfc3339(s) {
+                Ok(t) => Some(Some(t.with_timezone(&Utc))),
+                Err(_) => {
+                    e.push(FieldProblem {
+                        field: "deliver_at".into(),
+                        message: format!(
+                            "`{s}` is not an RFC 3339 time (such as 2030-01-31T09:00:00Z)"
+                        ),
+                    });
+                    None
+                }
+            },
+        };
+        match (
+            recipient, category, title, body, data, priority, channels, group_key, deliver_at,
+        ) {
+            (
+                Some(recipient),
+                Some(category),
+                Some(title),
+                Some(body),
+                Some(data),
+                Some(priority),
+                Some(channels),
+                Some(group_key),
+                Some(deliver_at),
+            ) if errors.is_empty() => Ok(NewNotification {
+                recipient,
+                category,
+                title,
+                body,
+                data,
+                priority,
+                channels,
+                group_key,
+                deliver_at,
+            }),
+            _ => Err(ApiError::invalid_fields(errors)),
+        }
+    }
+
+    /// A hash of the request's meaning (keys sorted), for Idempotency-Key checks.
+    pub fn fingerprint(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or_default();
+        let mut canonical = String::new();
+        write_canonical(&value, &mut canonical);
+        let digest = Sha256::digest(canonical.as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<_> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[k], out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// An Idempotency-Key: 1–255 visible ASCII characters.
+pub fn parse_idempotency_key(key: &str) -> Result<&str, ApiError> {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid(
+            "header.Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters (a UUID is a good choice)",
+        ));
+    }
+    Ok(key)
+}
+
+/// The notification id a keyed create gets: the same key always maps to the
+/// same id, so repeats meet the first create in the event store.
+pub fn id_for_idempotency_key(key: &str) -> uuid::Uuid {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x7d1c_4f0e_2b8a_4c55_9e61_3a0f_6b2d_9c11);
+    uuid::Uuid::new_v5(&NAMESPACE, key.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_ignore_key_order_but_not_values() {
+        let a: CreateNotificationRequest = serde_json::from_str(
+            r#"{"recipient":"a","category":"c","title":"t","body":"b","data":{"x":1,"y":2}}"#,
+        )
+        .unwrap();
+        let b: CreateNotificationRequest = serde_json::from_str(
+            r#"{"body":"b","title":"t","data":{"y":2,"x":1},"category":"c","recipient":"a"}"#,
+        )
+        .unwrap();
+        let c: CreateNotificationRequest = serde_json::from_str(
+            r#"{"recipient":"a","category":"c","title":"t","body":"B","data":{"x":1,"y":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn every_invalid_field_is_reported_at_once() {
+        let req: CreateNotificationRequest = serde_json::from_str(
+            r#"{"recipient":"","category":"Bad","title":"","body":"b","priority":"mega","channels":["pigeon"]}"#,
+        )
+        .unwrap();
+        let Err(ApiError::Unprocessable(problem)) = req.validate() else {
+            panic!("expected a 422");
+        };
+        let fields: Vec<_> = problem.0.errors.unwrap().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["recipient", "category", "title", "priority", "channels"]);
+    }
+}

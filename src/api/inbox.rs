@@ -1,0 +1,175 @@
+//! `/v1/users/{user}/inbox`: the inbox page with its counts, and read-all.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+use tracing::instrument;
+
+use super::context::RequestContext;
+use super::notifications::metadata;
+use super::problem::ApiError;
+use super::views::{InboxPageView, NotificationView, ReadAllView};
+use super::{wait_for_inbox, ApiTags};
+use crate::domain::{Category, NotificationCommand, UserId};
+use crate::projections::inbox::{InboxQuery, ReadFilter};
+use crate::storage::Position;
+use crate::AppState;
+
+pub const DEFAULT_LIMIT: i64 = 20;
+pub const MAX_LIMIT: i64 = 100;
+/// How many read commands read-all runs at once.
+const READ_ALL_CONCURRENCY: usize = 8;
+
+#[derive(ApiResponse)]
+pub enum InboxResponse {
+    #[oai(status = 200)]
+    Ok(Json<InboxPageView>),
+}
+
+#[derive(ApiResponse)]
+pub enum ReadAllResponse {
+    #[oai(status = 200)]
+    Ok(Json<ReadAllView>),
+}
+
+pub struct InboxApi {
+    pub state: Arc<AppState>,
+}
+
+fn parse_user(user: &str) -> Result<UserId, ApiError> {
+    UserId::parse(user).map_err(|e| ApiError::invalid("path.user", e.0))
+}
+
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Inbox")]
+impl InboxApi {
+    /// A user's inbox
+    ///
+    /// In-app notifications, newest first, with the unread and unseen counts
+    /// (archived notifications count in neither). Page with `cursor`: pages
+    /// stay stable while new notifications arrive.
+    #[oai(path = "/users/:user/inbox", method = "get", operation_id = "getInbox")]
+    #[allow(clippy::too_many_arguments)]
+    async fn inbox(
+        &self,
+        user: Path<String>,
+        /// `unread` or `read`; absent: both.
+        status: Query<Option<String>>,
+        /// Only this category.
+        category: Query<Option<String>>,
+        /// `true`: only archived notifications; absent or `false`: the inbox proper.
+        archived: Query<Option<bool>>,
+        /// The `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+        /// Items per page, 1–100 (default 20).
+        limit: Query<Option<i64>>,
+        /// A command's `cursor`: answer only once the inbox includes that command.
+        min_position: Query<Option<String>>,
+    ) -> Result<InboxResponse, ApiError> {
+        let recipient = parse_user(&user.0)?;
+        let status = match status.0.as_deref() {
+            None => None,
+            Some("unread") => Some(ReadFilter::Unread),
+            Some("read") => Some(ReadFilter::Read),
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "query.status",
+                    format!("`{other}` is not a status; use `unread` or `read`"),
+                ))
+            }
+        };
+        let category = category
+            .0
+            .as_deref()
+            .map(Category::parse)
+            .transpose()
+            .map_err(|e| ApiError::invalid("query.category", e.0))?;
+        let limit = limit.0.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::invalid(
+                "query.limit",
+                format!("{limit} is out of range; use 1 to {MAX_LIMIT}"),
+            ));
+        }
+        let before = cursor
+            .0
+            .as_deref()
+            .map(Position::parse_cursor)
+            .transpose()
+            .map_err(|e| ApiError::invalid("query.cursor", e.to_string()))?;
+        wait_for_inbox(&self.state, min_position.0.as_deref()).await?;
+        let page = self
+            .state
+            .inbox
+            .page(&InboxQuery {
+                recipient,
+                status,
+                category,
+                archived: archived.0.unwrap_or(false),
+                before,
+                limit: limit as usize,
+            })
+            .await?;
+        Ok(InboxResponse::Ok(Json(InboxPageView {
+            items: page
+                .items
+                .iter()
+                .filter_map(|row| NotificationView::from_state(&row.state, row.last_position))
+                .collect(),
+            next_cursor: page.next.map(Position::to_cursor),
+            unread_count: page.unread_count,
+            unseen_count: page.unseen_count,
+        })))
+    }
+
+    /// Mark the whole inbox read
+    ///
+    /// Marks every unread notification in the inbox read (archived ones too),
+    /// one recorded command each. Pass the answer's `cursor` as `min_position`
+    /// to read the inbox with all of them read.
+    #[oai(path = "/users/:user/inbox/read-all", method = "post", operation_id = "readAll")]
+    #[instrument(skip_all)]
+    async fn read_all(
+        &self,
+        ctx: Data<&RequestContext>,
+        user: Path<String>,
+        /// Wait for the inbox to include this cursor before choosing what to mark.
+        min_position: Query<Option<String>>,
+    ) -> Result<ReadAllResponse, ApiError> {
+        use futures_util::StreamExt;
+
+        let recipient = parse_user(&user.0)?;
+        wait_for_inbox(&self.state, min_position.0.as_deref()).await?;
+        let ids = self.state.inbox.unread_ids(&recipient).await?;
+        let mut meta = metadata(&ctx);
+        meta.causation_id = Some(ctx.request_id.clone());
+        let commands = &self.state.commands;
+        let meta = &meta;
+        let mut results = futures_util::stream::iter(ids)
+            .map(|id| async move {
+                commands
+                    .execute(id, |at| NotificationCommand::MarkRead { at }, meta)
+                    .await
+            })
+            .buffer_unordered(READ_ALL_CONCURRENCY);
+        let mut marked = 0;
+        let mut cursor = self.state.inbox_projector.checkpoint();
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(receipt) => {
+                    marked += u64::from(receipt.changed);
+                    cursor = cursor.max(receipt.position);
+                }
+                // Deleted or archived-and-deleted since the read model listed it: nothing to mark.
+                Err(crate::commands::CommandError::Rejected(_)) => {}
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Ok(ReadAllResponse::Ok(Json(ReadAllView {
+            marked,
+            cursor: cursor.to_cursor(),
+        })))
+    }
+}

@@ -1,0 +1,101 @@
+//! The HTTP surface: poem-openapi services composed into one route tree, with
+//! the Swagger UI at `/docs` and the spec at `/openapi.json`. Errors of every
+//! origin leave as `application/problem+json`.
+
+pub mod context;
+pub mod create;
+pub mod health;
+pub mod inbox;
+pub mod json;
+pub mod notifications;
+pub mod problem;
+pub mod views;
+
+use std::sync::Arc;
+
+use poem::middleware::CatchPanic;
+use poem::{Endpoint, EndpointExt, IntoResponse, Route};
+use poem_openapi::{OpenApiService, Tags};
+
+use self::problem::{ApiError, Problem};
+use crate::storage::Position;
+use crate::AppState;
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Create notifications and change their state.
+    Notifications,
+    /// Each user's inbox.
+    Inbox,
+    /// Health checks.
+    Operations,
+}
+
+pub type Apis = (
+    notifications::NotificationsApi,
+    inbox::InboxApi,
+    health::HealthApi,
+);
+
+pub fn openapi(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (
+            notifications::NotificationsApi {
+                state: state.clone(),
+            },
+            inbox::InboxApi {
+                state: state.clone(),
+            },
+            health::HealthApi { state },
+        ),
+        "tidings",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Event-sourced notification service. Every accepted command is recorded as \
+         immutable events; the inbox is a projection of the global event log. Commands \
+         answer with a `cursor`: pass it as `min_position` to a query to read your own write. \
+         Errors are `application/problem+json`.",
+    )
+}
+
+/// The whole app: API, docs, spec, middleware.
+pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
+    let api = openapi(state);
+    let docs = api.swagger_ui();
+    let spec = api.spec_endpoint();
+    Route::new()
+        .nest("/", api)
+        .nest("/docs", docs)
+        .at("/openapi.json", spec)
+        .data(json::BodyLimit(body_limit))
+        .catch_all_error(problem::problem_from_error)
+        .with(CatchPanic::new().with_handler(|_| {
+            tracing::error!("a request handler panicked");
+            problem::problem_response(Problem::new(
+                poem::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "tidings failed to handle this request; the cause is logged under its X-Request-Id",
+            ))
+            .into_response()
+        }))
+        .around(context::with_request_context)
+}
+
+/// Waits until the inbox read model has reached `min_position`, if one is given.
+pub async fn wait_for_inbox(state: &AppState, min_position: Option<&str>) -> Result<(), ApiError> {
+    let Some(raw) = min_position else {
+        return Ok(());
+    };
+    let position = Position::parse_cursor(raw)
+        .map_err(|e| ApiError::invalid("query.min_position", e.to_string()))?;
+    if state.inbox_projector.wait_for(position, state.read_wait).await {
+        Ok(())
+    } else {
+        Err(ApiError::unavailable(format!(
+            "the inbox has not reached min_position within {} ms; retry shortly",
+            state.read_wait.as_millis()
+        )))
+    }
+}

@@ -1,0 +1,245 @@
+//! `/v1/notifications`: create, read, and every lifecycle command.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::Deserialize;
+use tracing::instrument;
+
+use super::context::RequestContext;
+use super::create::{id_for_idempotency_key, parse_idempotency_key, CreateNotificationRequest};
+use super::json::StrictJson;
+use super::problem::ApiError;
+use super::views::{CreatedView, NotificationView, ReceiptView};
+use super::{wait_for_inbox, ApiTags};
+use crate::commands::{CommandMetadata, Created, Receipt};
+use crate::domain::{Channel, NotificationCommand, NotificationId, Timestamp};
+use crate::AppState;
+
+#[derive(ApiResponse)]
+pub enum CreateResponse {
+    /// Created (or, for a repeated Idempotency-Key with the same body, the first create's answer).
+    #[oai(status = 201)]
+    Created(
+        Json<CreatedView>,
+        /// Where the notification can be read.
+        #[oai(header = "Location")]
+        String,
+        /// `true` when this answer repeats an earlier create with the same Idempotency-Key.
+        #[oai(header = "Idempotent-Replayed")]
+        Option<bool>,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum ReceiptResponse {
+    /// The command was applied (or the notification already was in that state).
+    #[oai(status = 200)]
+    Ok(Json<ReceiptView>),
+}
+
+#[derive(ApiResponse)]
+pub enum NotificationResponse {
+    #[oai(status = 200)]
+    Ok(Json<NotificationView>),
+}
+
+/// A channel reporting that it delivered the notification.
+#[derive(Object, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverRequest {
+    /// `in_app`, `email`, `sms`, `push` or `chat`; one of the notification's channels.
+    pub channel: String,
+}
+
+pub struct NotificationsApi {
+    pub state: Arc<AppState>,
+}
+
+fn parse_id(id: &str) -> Result<NotificationId, ApiError> {
+    NotificationId::parse(id).map_err(|e| ApiError::not_found(e.0))
+}
+
+pub fn metadata(ctx: &RequestContext) -> CommandMetadata {
+    CommandMetadata {
+        request_id: ctx.request_id.clone(),
+        correlation_id: ctx.correlation_id.clone(),
+        causation_id: None,
+        actor: ctx.actor.clone(),
+        idempotency: None,
+    }
+}
+
+fn receipt_view(receipt: Receipt) -> Result<ReceiptResponse, ApiError> {
+    let notification = NotificationView::from_state(&receipt.state, receipt.position)
+        .ok_or_else(|| ApiError::not_found("no notification with this id exists"))?;
+    Ok(ReceiptResponse::Ok(Json(ReceiptView {
+        id: receipt.id.to_string(),
+        cursor: receipt.position.to_cursor(),
+        changed: receipt.changed,
+        notification,
+    })))
+}
+
+impl NotificationsApi {
+    async fn command(
+        &self,
+        id: &str,
+        ctx: &RequestContext,
+        command: impl Fn(Timestamp) -> NotificationCommand,
+    ) -> Result<ReceiptResponse, ApiError> {
+        let id = parse_id(id)?;
+        let receipt = self
+            .state
+            .commands
+            .execute(id, command, &metadata(ctx))
+            .await?;
+        receipt_view(receipt)
+    }
+}
+
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Notifications")]
+impl NotificationsApi {
+    /// Create a notification
+    ///
+    /// Records it and, for an in-app notification without `deliver_at`, delivers
+    /// it to the recipient's inbox at once. Send an `Idempotency-Key` to make
+    /// retries safe: the same key with the same body answers the first create
+    /// again; the same key with another body is refused (422).
+    #[oai(path = "/notifications", method = "post", operation_id = "createNotification")]
+    #[instrument(skip_all)]
+    async fn create(
+        &self,
+        ctx: Data<&RequestContext>,
+        /// Makes retries safe; 1–255 visible ASCII characters.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+        body: StrictJson<CreateNotificationRequest>,
+    ) -> Result<CreateResponse, ApiError> {
+        let request = body.0;
+        let content = request.validate()?;
+        let mut meta = metadata(&ctx);
+        let id = match idempotency_key.0.as_deref() {
+            Some(key) => {
+                let key = parse_idempotency_key(key)?;
+                meta.idempotency = Some((key.to_owned(), request.fingerprint()));
+                NotificationId(id_for_idempotency_key(key))
+            }
+            None => NotificationId(uuid::Uuid::now_v7()),
+        };
+        let (id, position, replayed) = match self.state.commands.create(id, content, &meta).await? {
+            Created::New(receipt) => (receipt.id, receipt.position, None),
+            Created::Replayed { id, position } => (id, position, Some(true)),
+        };
+        Ok(CreateResponse::Created(
+            Json(CreatedView {
+                id: id.to_string(),
+                cursor: position.to_cursor(),
+            }),
+            format!("/v1/notifications/{id}"),
+            replayed,
+        ))
+    }
+
+    /// Get a notification
+    ///
+    /// From the inbox read model. Pass the `cursor` of a command's answer as
+    /// `min_position` to wait until the read model includes that command.
+    #[oai(path = "/notifications/:id", method = "get", operation_id = "getNotification")]
+    async fn get(
+        &self,
+        id: Path<String>,
+        /// A cursor; answer only once the read model has reached it (waits up to the configured limit).
+        min_position: Query<Option<String>>,
+    ) -> Result<NotificationResponse, ApiError> {
+        let id = parse_id(&id.0)?;
+        wait_for_inbox(&self.state, min_position.0.as_deref()).await?;
+        let row = self
+            .state
+            .inbox
+            .get(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no notification {id} exists (or it was deleted)")))?;
+        let view = NotificationView::from_state(&row.state, row.last_position)
+            .ok_or_else(|| ApiError::not_found(format!("no notification {id} exists")))?;
+        Ok(NotificationResponse::Ok(Json(view)))
+    }
+
+    /// Mark read
+    ///
+    /// Also marks it seen. Marking a read notification read changes nothing.
+    #[oai(path = "/notifications/:id/read", method = "post", operation_id = "markRead")]
+    async fn read(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::MarkRead { at }).await
+    }
+
+    /// Mark unread
+    #[oai(path = "/notifications/:id/unread", method = "post", operation_id = "markUnread")]
+    async fn unread(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::MarkUnread { at }).await
+    }
+
+    /// Mark seen
+    ///
+    /// Seen means it was shown (the badge count drops); read means it was opened.
+    #[oai(path = "/notifications/:id/seen", method = "post", operation_id = "markSeen")]
+    async fn seen(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::MarkSeen { at }).await
+    }
+
+    /// Record a click
+    ///
+    /// Also marks it seen and read.
+    #[oai(path = "/notifications/:id/click", method = "post", operation_id = "click")]
+    async fn click(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::Click { at }).await
+    }
+
+    /// Archive
+    ///
+    /// Archived notifications leave the inbox (list them with `archived=true`)
+    /// and no longer count as unread or unseen.
+    #[oai(path = "/notifications/:id/archive", method = "post", operation_id = "archive")]
+    async fn archive(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::Archive { at }).await
+    }
+
+    /// Unarchive
+    #[oai(path = "/notifications/:id/unarchive", method = "post", operation_id = "unarchive")]
+    async fn unarchive(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::Unarchive { at }).await
+    }
+
+    /// Cancel
+    ///
+    /// Only before delivery (pending or scheduled); 409 once delivered.
+    #[oai(path = "/notifications/:id/cancel", method = "post", operation_id = "cancel")]
+    async fn cancel(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::Cancel { at }).await
+    }
+
+    /// Record a delivery
+    ///
+    /// For channel workers: the notification was delivered on `channel`.
+    #[oai(path = "/notifications/:id/deliver", method = "post", operation_id = "deliver")]
+    async fn deliver(
+        &self,
+        ctx: Data<&RequestContext>,
+        id: Path<String>,
+        body: StrictJson<DeliverRequest>,
+    ) -> Result<ReceiptResponse, ApiError> {
+        let channel = Channel::parse(&body.0.channel).map_err(|e| ApiError::invalid("channel", e.0))?;
+        self.command(&id.0, &ctx, |at| NotificationCommand::Deliver { channel, at }).await
+    }
+
+    /// Delete
+    ///
+    /// The notification leaves the inbox for good; its history stays in the event log.
+    #[oai(path = "/notifications/:id", method = "delete", operation_id = "deleteNotification")]
+    async fn delete(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::Delete { at }).await
+    }
+}

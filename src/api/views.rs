@@ -1,0 +1,143 @@
+//! What the API answers with: the notification view shared by REST (and, in a
+//! later issue, the streams), command receipts and inbox pages.
+
+use chrono::SecondsFormat;
+use poem_openapi::Object;
+
+use crate::domain::{Notification, Timestamp};
+use crate::storage::Position;
+
+/// RFC 3339 in UTC with microseconds and a `Z`, e.g. `2026-11-22T08:15:30.123456Z`.
+pub fn rfc3339(t: Timestamp) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// One delivery of a notification on one channel.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct DeliveryView {
+    pub channel: String,
+    /// RFC 3339 UTC.
+    pub delivered_at: String,
+}
+
+/// A notification and where it is in its lifecycle.
+#[derive(Object, Debug, Clone, PartialEq)]
+#[oai(rename = "Notification")]
+pub struct NotificationView {
+    pub id: String,
+    pub recipient: String,
+    pub category: String,
+    pub title: String,
+    pub body: String,
+    /// The sender's JSON object, as sent.
+    pub data: serde_json::Value,
+    /// `low`, `normal`, `high` or `urgent`.
+    pub priority: String,
+    pub channels: Vec<String>,
+    pub group_key: Option<String>,
+    /// RFC 3339 UTC; set when the notification was scheduled.
+    pub deliver_at: Option<String>,
+    /// `pending` (awaiting a channel), `scheduled`, `delivered`, `cancelled` or `deleted`.
+    pub lifecycle: String,
+    /// `unread` or `read`.
+    pub status: String,
+    pub seen: bool,
+    pub archived: bool,
+    pub clicked: bool,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+    pub deliveries: Vec<DeliveryView>,
+    pub seen_at: Option<String>,
+    pub read_at: Option<String>,
+    pub clicked_at: Option<String>,
+    pub archived_at: Option<String>,
+    pub cancelled_at: Option<String>,
+    pub deleted_at: Option<String>,
+    /// Position of the latest event reflected here; pass it as `min_position`.
+    pub cursor: String,
+}
+
+impl NotificationView {
+    /// None for a state with no creation event (never stored).
+    pub fn from_state(state: &Notification, position: Position) -> Option<Self> {
+        let content = state.content.as_ref()?;
+        let id = state.id?;
+        let ts = |t: Option<Timestamp>| t.map(rfc3339);
+        Some(Self {
+            id: id.to_string(),
+            recipient: content.recipient.as_str().to_owned(),
+            category: content.category.as_str().to_owned(),
+            title: content.title.as_str().to_owned(),
+            body: content.body.as_str().to_owned(),
+            data: serde_json::Value::Object(content.data.clone()),
+            priority: content.priority.as_str().to_owned(),
+            channels: content.channels.iter().map(|c| c.as_str().to_owned()).collect(),
+            group_key: content.group_key.as_ref().map(|g| g.as_str().to_owned()),
+            deliver_at: ts(content.deliver_at),
+            lifecycle: state.lifecycle.as_str().to_owned(),
+            status: if state.is_read() { "read" } else { "unread" }.to_owned(),
+            seen: state.is_seen(),
+            archived: state.is_archived(),
+            clicked: state.clicked_at.is_some(),
+            created_at: state.created_at.map(rfc3339).unwrap_or_default(),
+            delivered_at: ts(state.delivered_at),
+            deliveries: state
+                .deliveries
+                .iter()
+                .map(|(channel, at)| DeliveryView {
+                    channel: channel.as_str().to_owned(),
+                    delivered_at: rfc3339(*at),
+                })
+                .collect(),
+            seen_at: ts(state.seen_at),
+            read_at: ts(state.read_at),
+            clicked_at: ts(state.clicked_at),
+            archived_at: ts(state.archived_at),
+            cancelled_at: ts(state.cancelled_at),
+            deleted_at: ts(state.deleted_at),
+            cursor: position.to_cursor(),
+        })
+    }
+}
+
+/// The answer to a create.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct CreatedView {
+    pub id: String,
+    /// Position of the create's last event; pass it as `min_position` to read your write.
+    pub cursor: String,
+}
+
+/// The answer to a state-changing command.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct ReceiptView {
+    pub id: String,
+    /// Position of the notification's latest event after this command.
+    pub cursor: String,
+    /// False when the notification already was in the requested state (nothing recorded).
+    pub changed: bool,
+    /// The notification as the command left it.
+    pub notification: NotificationView,
+}
+
+/// One page of an inbox, newest first.
+#[derive(Object, Debug, Clone, PartialEq)]
+#[oai(rename = "InboxPage")]
+pub struct InboxPageView {
+    pub items: Vec<NotificationView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+    /// Unarchived notifications not yet read.
+    pub unread_count: u64,
+    /// Unarchived notifications not yet seen.
+    pub unseen_count: u64,
+}
+
+/// The answer to read-all.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct ReadAllView {
+    /// How many notifications were marked read.
+    pub marked: u64,
+    /// Pass as `min_position` to see the inbox with all of them read.
+    pub cursor: String,
+}

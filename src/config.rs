@@ -1,0 +1,94 @@
+//! Typed settings from flags and environment variables alike. A bad value
+//! stops start-up with a message naming the flag and the variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL URL; absent: the in-memory store (nothing is kept after exit).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Connections in each PostgreSQL pool. A handful is right: PostgreSQL peaks
+    /// at about as many concurrent transactions as the machine has cores.
+    #[arg(long, env = "TIDINGS_DB_POOL_SIZE", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=256), global = true)]
+    pub db_pool_size: u32,
+
+    /// Largest request body accepted, in bytes (larger: 413).
+    #[arg(long, env = "TIDINGS_MAX_BODY_BYTES", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024), global = true)]
+    pub max_body_bytes: u64,
+
+    /// Attempts per command when concurrent writers conflict, before answering 409.
+    #[arg(long, env = "TIDINGS_COMMAND_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
+    pub command_attempts: u32,
+
+    /// How long a query with `min_position` waits for the read model, in milliseconds.
+    #[arg(long, env = "TIDINGS_READ_WAIT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(0..=60_000), global = true)]
+    pub read_wait_ms: u64,
+
+    /// Projector poll interval in milliseconds (the fallback to the in-process wake-up).
+    #[arg(long, env = "TIDINGS_PROJECTOR_POLL_MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u64).range(1..=60_000), global = true)]
+    pub projector_poll_ms: u64,
+
+    /// Events per projector page (one read-model transaction each).
+    #[arg(long, env = "TIDINGS_PROJECTOR_PAGE_SIZE", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..=10_000), global = true)]
+    pub projector_page_size: u64,
+
+    /// Longest wait for in-flight requests at shutdown, in seconds.
+    #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3_600), global = true)]
+    pub shutdown_timeout_secs: u64,
+
+    /// Log line format (verbosity comes from RUST_LOG, default `info`).
+    #[arg(long, env = "TIDINGS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    pub fn read_wait(&self) -> Duration {
+        Duration::from_millis(self.read_wait_ms)
+    }
+    pub fn projector_poll(&self) -> Duration {
+        Duration::from_millis(self.projector_poll_ms)
+    }
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// Defaults for an app in a test or benchmark: memory, port 0.
+    pub fn for_tests(database_url: Option<String>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url,
+            db_pool_size: 8,
+            max_body_bytes: 64 * 1024,
+            command_attempts: 10,
+            read_wait_ms: 10_000,
+            projector_poll_ms: 100,
+            projector_page_size: 500,
+            shutdown_timeout_secs: 10,
+            log_format: LogFormat::Text,
+        }
+    }
+}

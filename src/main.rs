@@ -1,0 +1,96 @@
+//! The `tidings` command line: serve (default), migrate, export-openapi.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tidings::config::Settings;
+use tidings::{storage, telemetry, Application};
+
+#[derive(Parser)]
+#[command(name = "tidings", version, about = "Event-sourced notification service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Apply database migrations to DATABASE_URL and exit.
+    Migrate,
+    /// Write the OpenAPI document (to a file, or stdout).
+    ExportOpenapi {
+        /// Where to write it; absent: stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = Application::build(cli.settings).await?;
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let url = cli
+                .settings
+                .database_url
+                .context("migrate needs a database: set DATABASE_URL or --database-url")?;
+            let pools = storage::postgres::connect(&url, 1).await?;
+            storage::postgres::migrate(&pools).await?;
+            tracing::info!(database = %storage::postgres::redact(&url), "migrations applied");
+            Ok(())
+        }
+        Command::ExportOpenapi { output } => {
+            let spec = tidings::openapi_json().await?;
+            match output {
+                Some(path) => std::fs::write(&path, spec + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => println!("{spec}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.settings.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
