@@ -1,0 +1,14 @@
+//! Integration tests through the real HTTP surface: the app on port 0,
+//! against memory and against PostgreSQL (a fresh database per test, from
+//! DATABASE_URL; those tests say loudly that they were skipped when it is unset).
+
+#[macro_use]
+mod helpers;
+
+mod concurrency;
+mod errors;
+mod idempotency;
+mod inbox;
+mod lifecycle;
+mod operations;
+mod restart;
