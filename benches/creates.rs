@@ -1,1 +1,209 @@
-fn main() {}
+//! Creates per second through HTTP, at 1, 16 and 64 concurrent clients, on
+//! memory and on PostgreSQL (when DATABASE_URL is set; a fresh database per
+//! run). The app runs in-process on port 0; each client is one keep-alive
+//! HTTP/1.1 connection driven by hyper, sending a create as soon as the
+//! previous answer arrived (closed loop). Latencies go into hdrhistogram;
+//! the report is JSON on stdout.
+//!
+//! `cargo bench --bench creates` — knobs: BENCH_SECONDS (default 5),
+//! BENCH_CLIENTS (default "1,16,64"), BENCH_BACKENDS (default "memory,postgres").
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tidings::config::Settings;
+use tidings::Application;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+struct ClientResult {
+    latencies: Histogram<u64>,
+    ok: u64,
+    errors: u64,
+}
+
+/// One client: a keep-alive connection sending creates until `until`.
+async fn client(
+    addr: std::net::SocketAddr,
+    n: usize,
+    warmup_until: Instant,
+    until: Instant,
+) -> ClientResult {
+    let mut result = ClientResult {
+        latencies: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+        ok: 0,
+        errors: 0,
+    };
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut i = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            return result;
+        }
+        i += 1;
+        let body = json!({
+            "recipient": format!("user-{}", (n as u64 * 7919 + i) % 1000),
+            "category": "comment",
+            "title": "New reply",
+            "body": "Bob replied to your post",
+            "data": {"post_id": i},
+        })
+        .to_string();
+        let req = hyper::Request::post("/v1/notifications")
+            .header("host", "bench")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        let started = Instant::now();
+        let ok = match sender.send_request(req).await {
+            Ok(resp) => {
+                let status = resp.status();
+                let _ = resp.into_body().collect().await;
+                status.as_u16() == 201
+            }
+            Err(_) => false,
+        };
+        if started < warmup_until {
+            continue;
+        }
+        if ok {
+            result.ok += 1;
+            let us = started.elapsed().as_micros().max(1) as u64;
+            let _ = result.latencies.record(us);
+        } else {
+            result.errors += 1;
+        }
+    }
+}
+
+async fn run(backend: &str, clients: usize, seconds: u64, database_url: Option<String>) -> Value {
+    let mut settings = Settings::for_tests(database_url);
+    settings.db_pool_size = env_or("BENCH_POOL_SIZE", 8);
+    let app = Application::build(settings).await.expect("the app builds");
+    let addr = app.addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let warmup_until = Instant::now() + Duration::from_secs(1);
+    let until = warmup_until + Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..clients)
+        .map(|n| tokio::spawn(client(addr, n, warmup_until, until)))
+        .collect();
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let (mut ok, mut errors) = (0, 0);
+    for t in tasks {
+        let r = t.await.expect("client task");
+        all.add(&r.latencies).expect("same bounds");
+        ok += r.ok;
+        errors += r.errors;
+    }
+    let _ = stop.send(());
+    let _ = server.await;
+    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    json!({
+        "backend": backend,
+        "clients": clients,
+        "seconds": seconds,
+        "creates": ok,
+        "errors": errors,
+        "creates_per_second": (ok as f64 / seconds as f64).round(),
+        "latency_ms": {
+            "p50": ms(0.50),
+            "p99": ms(0.99),
+            "p99_9": ms(0.999),
+            "max": all.max() as f64 / 1000.0,
+        },
+    })
+}
+
+async fn fresh_database(server_url: &str) -> String {
+    let (client, conn) = tokio_postgres::connect(server_url, tokio_postgres::NoTls)
+        .await
+        .expect("DATABASE_URL is set but PostgreSQL is unreachable");
+    tokio::spawn(conn);
+    let name = format!("tidings_bench_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create the bench database");
+    let (base, query) = server_url
+        .split_once('?')
+        .map_or((server_url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = base[scheme_end..]
+        .find('/')
+        .map_or(base, |i| &base[..scheme_end + i]);
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+fn main() {
+    let seconds: u64 = env_or("BENCH_SECONDS", 5);
+    let clients: Vec<usize> = list("BENCH_CLIENTS", "1,16,64")
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let backends = list("BENCH_BACKENDS", "memory,postgres");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let mut results = Vec::new();
+    runtime.block_on(async {
+        for backend in &backends {
+            for &n in &clients {
+                let url = match backend.as_str() {
+                    "memory" => None,
+                    "postgres" => {
+                        match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+                            Some(server) => Some(fresh_database(&server).await),
+                            None => {
+                                eprintln!(
+                                    "*** SKIPPED postgres benchmark: DATABASE_URL is not set ***"
+                                );
+                                break;
+                            }
+                        }
+                    }
+                    other => panic!("unknown backend {other}"),
+                };
+                let r = run(backend, n, seconds, url).await;
+                eprintln!("{r}");
+                results.push(r);
+            }
+        }
+    });
+    let report = json!({
+        "benchmark": "creates",
+        "machine": {"cpus": std::thread::available_parallelism().map_or(0, |n| n.get())},
+        "results": results,
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}

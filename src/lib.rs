@@ -57,6 +57,46 @@ pub struct AppState {
     pub storage: &'static str,
 }
 
+/// The storage backend's parts, memory or PostgreSQL.
+struct Backend {
+    log: Arc<dyn EventLog>,
+    store: NotificationStore,
+    projection: Arc<dyn Projection>,
+    inbox: Arc<dyn InboxReader>,
+    storage: &'static str,
+}
+
+impl Backend {
+    async fn connect(settings: &Settings, signal: &AppendSignal) -> anyhow::Result<Self> {
+        let Some(url) = &settings.database_url else {
+            warn!(
+                "storage: MEMORY. Nothing is kept: every notification is lost when this \
+                 process exits. Set DATABASE_URL (or --database-url) to use PostgreSQL."
+            );
+            let events = MemoryEventStore::new(signal.clone());
+            let inbox = Arc::new(MemoryInbox::new());
+            return Ok(Self {
+                log: Arc::new(events.clone()),
+                store: NotificationStore::memory(events),
+                projection: inbox.clone(),
+                inbox,
+                storage: "memory",
+            });
+        };
+        let pools = postgres::connect(url, settings.db_pool_size).await?;
+        postgres::migrate(&pools).await?;
+        info!(database = %postgres::redact(url), "storage: postgres (migrations applied)");
+        let inbox = Arc::new(PostgresInbox::new(pools.deadpool.clone()));
+        Ok(Self {
+            log: Arc::new(PgEventLog::new(pools.deadpool.clone())),
+            store: NotificationStore::postgres(pools.sqlx.clone()),
+            projection: inbox.clone(),
+            inbox,
+            storage: "postgres",
+        })
+    }
+}
+
 /// The running parts behind the HTTP surface.
 pub struct Core {
     pub state: Arc<AppState>,
@@ -68,42 +108,13 @@ impl Core {
     /// Connects storage (migrating PostgreSQL), starts the projectors.
     pub async fn start(settings: &Settings) -> anyhow::Result<Self> {
         let signal = AppendSignal::default();
-        let (log, store, projection, inbox, storage): (
-            Arc<dyn EventLog>,
-            NotificationStore,
-            Arc<dyn Projection>,
-            Arc<dyn InboxReader>,
-            &'static str,
-        ) = match &settings.database_url {
-            None => {
-                warn!(
-                    "storage: MEMORY. Nothing is kept: every notification is lost when this \
-                     process exits. Set DATABASE_URL (or --database-url) to use PostgreSQL."
-                );
-                let events = MemoryEventStore::new(signal.clone());
-                let inbox = Arc::new(MemoryInbox::new());
-                (
-                    Arc::new(events.clone()),
-                    NotificationStore::memory(events),
-                    inbox.clone(),
-                    inbox,
-                    "memory",
-                )
-            }
-            Some(url) => {
-                let pools = postgres::connect(url, settings.db_pool_size).await?;
-                postgres::migrate(&pools).await?;
-                info!(database = %postgres::redact(url), "storage: postgres (migrations applied)");
-                let inbox = Arc::new(PostgresInbox::new(pools.deadpool.clone()));
-                (
-                    Arc::new(PgEventLog::new(pools.deadpool.clone())),
-                    NotificationStore::postgres(pools.sqlx.clone()),
-                    inbox.clone(),
-                    inbox,
-                    "postgres",
-                )
-            }
-        };
+        let Backend {
+            log,
+            store,
+            projection,
+            inbox,
+            storage,
+        } = Backend::connect(settings, &signal).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let engine_config = EngineConfig {
             page_size: settings.projector_page_size as usize,
@@ -185,7 +196,10 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let app = api::routes(self.core.state.clone(), self.settings.max_body_bytes as usize);
+        let app = api::routes(
+            self.core.state.clone(),
+            self.settings.max_body_bytes as usize,
+        );
         info!(addr = %self.addr, docs = %format!("http://{}/docs", self.addr), "tidings is serving");
         Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(self.settings.shutdown_timeout()))

@@ -9,7 +9,11 @@ use tidings::config::Settings;
 use tidings::{storage, telemetry, Application};
 
 #[derive(Parser)]
-#[command(name = "tidings", version, about = "Event-sourced notification service")]
+#[command(
+    name = "tidings",
+    version,
+    about = "Event-sourced notification service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

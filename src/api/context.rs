@@ -23,13 +23,14 @@ pub struct RequestContext {
 /// A header value we are willing to store: 1–128 visible ASCII characters.
 fn usable(req: &Request, name: &str) -> Option<String> {
     let value = req.headers().get(name)?.to_str().ok()?;
-    let ok = !value.is_empty()
-        && value.len() <= 128
-        && value.bytes().all(|b| b.is_ascii_graphic());
+    let ok = !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
     ok.then(|| value.to_owned())
 }
 
-pub async fn with_request_context<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
+pub async fn with_request_context<E: Endpoint>(
+    next: E,
+    mut req: Request,
+) -> poem::Result<Response> {
     let request_id = usable(&req, REQUEST_ID).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let correlation_id = usable(&req, CORRELATION_ID).unwrap_or_else(|| request_id.clone());
     let actor = usable(&req, ACTOR).unwrap_or_else(|| "anonymous".to_owned());

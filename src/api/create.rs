@@ -257,7 +257,16 @@ mod tests {
         let Err(ApiError::Unprocessable(problem)) = req.validate() else {
             panic!("expected a 422");
         };
-        let fields: Vec<_> = problem.0.errors.unwrap().into_iter().map(|e| e.field).collect();
-        assert_eq!(fields, ["recipient", "category", "title", "priority", "channels"]);
+        let fields: Vec<_> = problem
+            .0
+            .errors
+            .unwrap()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            ["recipient", "category", "title", "priority", "channels"]
+        );
     }
 }

@@ -51,7 +51,9 @@ impl HealthApi {
     async fn ready(&self) -> HealthResponse {
         match self.state.commands.ping().await {
             Ok(()) => HealthResponse::Ok(Json(self.view("ready", None))),
-            Err(e) => HealthResponse::Unavailable(Json(self.view("unavailable", Some(e.to_string())))),
+            Err(e) => {
+                HealthResponse::Unavailable(Json(self.view("unavailable", Some(e.to_string()))))
+            }
         }
     }
 }

@@ -129,7 +129,11 @@ impl InboxApi {
     /// Marks every unread notification in the inbox read (archived ones too),
     /// one recorded command each. Pass the answer's `cursor` as `min_position`
     /// to read the inbox with all of them read.
-    #[oai(path = "/users/:user/inbox/read-all", method = "post", operation_id = "readAll")]
+    #[oai(
+        path = "/users/:user/inbox/read-all",
+        method = "post",
+        operation_id = "readAll"
+    )]
     #[instrument(skip_all)]
     async fn read_all(
         &self,

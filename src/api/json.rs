@@ -52,10 +52,24 @@ impl<T: Type + DeserializeOwned> ParsePayload for StrictJson<T> {
             .await
             .map_err(|e| match e {
                 poem::error::ReadBodyError::PayloadTooLarge => ApiError::too_large(limit),
-                other => ApiError::bad_request(format!("the request body could not be read: {other}")),
+                other => {
+                    ApiError::bad_request(format!("the request body could not be read: {other}"))
+                }
             })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::bad_request("the request body is empty; send a JSON object").into());
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => {
+                return Err(
+                    ApiError::bad_request("the request body is empty; send a JSON object").into(),
+                )
+            }
+            // serde would read a JSON array as a struct's fields in order.
+            Some(b'{') => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "the request body must be a JSON object (`{...}`)",
+                )
+                .into())
+            }
         }
         serde_json::from_slice(&bytes)
             .map(Self)

@@ -90,7 +90,11 @@ pub async fn wait_for_inbox(state: &AppState, min_position: Option<&str>) -> Res
     };
     let position = Position::parse_cursor(raw)
         .map_err(|e| ApiError::invalid("query.min_position", e.to_string()))?;
-    if state.inbox_projector.wait_for(position, state.read_wait).await {
+    if state
+        .inbox_projector
+        .wait_for(position, state.read_wait)
+        .await
+    {
         Ok(())
     } else {
         Err(ApiError::unavailable(format!(

@@ -109,7 +109,11 @@ impl NotificationsApi {
     /// it to the recipient's inbox at once. Send an `Idempotency-Key` to make
     /// retries safe: the same key with the same body answers the first create
     /// again; the same key with another body is refused (422).
-    #[oai(path = "/notifications", method = "post", operation_id = "createNotification")]
+    #[oai(
+        path = "/notifications",
+        method = "post",
+        operation_id = "createNotification"
+    )]
     #[instrument(skip_all)]
     async fn create(
         &self,
@@ -148,7 +152,11 @@ impl NotificationsApi {
     ///
     /// From the inbox read model. Pass the `cursor` of a command's answer as
     /// `min_position` to wait until the read model includes that command.
-    #[oai(path = "/notifications/:id", method = "get", operation_id = "getNotification")]
+    #[oai(
+        path = "/notifications/:id",
+        method = "get",
+        operation_id = "getNotification"
+    )]
     async fn get(
         &self,
         id: Path<String>,
@@ -157,12 +165,9 @@ impl NotificationsApi {
     ) -> Result<NotificationResponse, ApiError> {
         let id = parse_id(&id.0)?;
         wait_for_inbox(&self.state, min_position.0.as_deref()).await?;
-        let row = self
-            .state
-            .inbox
-            .get(id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("no notification {id} exists (or it was deleted)")))?;
+        let row = self.state.inbox.get(id).await?.ok_or_else(|| {
+            ApiError::not_found(format!("no notification {id} exists (or it was deleted)"))
+        })?;
         let view = NotificationView::from_state(&row.state, row.last_position)
             .ok_or_else(|| ApiError::not_found(format!("no notification {id} exists")))?;
         Ok(NotificationResponse::Ok(Json(view)))
@@ -171,75 +176,156 @@ impl NotificationsApi {
     /// Mark read
     ///
     /// Also marks it seen. Marking a read notification read changes nothing.
-    #[oai(path = "/notifications/:id/read", method = "post", operation_id = "markRead")]
-    async fn read(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::MarkRead { at }).await
+    #[oai(
+        path = "/notifications/:id/read",
+        method = "post",
+        operation_id = "markRead"
+    )]
+    async fn read(
+        &self,
+        ctx: Data<&RequestContext>,
+        id: Path<String>,
+    ) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::MarkRead { at })
+            .await
     }
 
     /// Mark unread
-    #[oai(path = "/notifications/:id/unread", method = "post", operation_id = "markUnread")]
-    async fn unread(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::MarkUnread { at }).await
+    #[oai(
+        path = "/notifications/:id/unread",
+        method = "post",
+        operation_id = "markUnread"
+    )]
+    async fn unread(
+        &self,
+        ctx: Data<&RequestContext>,
+        id: Path<String>,
+    ) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::MarkUnread { at })
+            .await
     }
 
     /// Mark seen
     ///
     /// Seen means it was shown (the badge count drops); read means it was opened.
-    #[oai(path = "/notifications/:id/seen", method = "post", operation_id = "markSeen")]
-    async fn seen(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::MarkSeen { at }).await
+    #[oai(
+        path = "/notifications/:id/seen",
+        method = "post",
+        operation_id = "markSeen"
+    )]
+    async fn seen(
+        &self,
+        ctx: Data<&RequestContext>,
+        id: Path<String>,
+    ) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::MarkSeen { at })
+            .await
     }
 
     /// Record a click
     ///
     /// Also marks it seen and read.
-    #[oai(path = "/notifications/:id/click", method = "post", operation_id = "click")]
-    async fn click(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::Click { at }).await
+    #[oai(
+        path = "/notifications/:id/click",
+        method = "post",
+        operation_id = "click"
+    )]
+    async fn click(
+        &self,
+        ctx: Data<&RequestContext>,
+        id: Path<String>,
+    ) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::Click { at })
+            .await
     }
 
     /// Archive
     ///
     /// Archived notifications leave the inbox (list them with `archived=true`)
     /// and no longer count as unread or unseen.
-    #[oai(path = "/notifications/:id/archive", method = "post", operation_id = "archive")]
-    async fn archive(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::Archive { at }).await
+    #[oai(
+        path = "/notifications/:id/archive",
+        method = "post",
+        operation_id = "archive"
+    )]
+    async fn archive(
+        &self,
+        ctx: Data<&RequestContext>,
+        id: Path<String>,
+    ) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::Archive { at })
+            .await
     }
 
     /// Unarchive
-    #[oai(path = "/notifications/:id/unarchive", method = "post", operation_id = "unarchive")]
-    async fn unarchive(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::Unarchive { at }).await
+    #[oai(
+        path = "/notifications/:id/unarchive",
+        method = "post",
+        operation_id = "unarchive"
+    )]
+    async fn unarchive(
+        &self,
+        ctx: Data<&RequestContext>,
+        id: Path<String>,
+    ) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::Unarchive { at })
+            .await
     }
 
     /// Cancel
     ///
     /// Only before delivery (pending or scheduled); 409 once delivered.
-    #[oai(path = "/notifications/:id/cancel", method = "post", operation_id = "cancel")]
-    async fn cancel(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::Cancel { at }).await
+    #[oai(
+        path = "/notifications/:id/cancel",
+        method = "post",
+        operation_id = "cancel"
+    )]
+    async fn cancel(
+        &self,
+        ctx: Data<&RequestContext>,
+        id: Path<String>,
+    ) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::Cancel { at })
+            .await
     }
 
     /// Record a delivery
     ///
     /// For channel workers: the notification was delivered on `channel`.
-    #[oai(path = "/notifications/:id/deliver", method = "post", operation_id = "deliver")]
+    #[oai(
+        path = "/notifications/:id/deliver",
+        method = "post",
+        operation_id = "deliver"
+    )]
     async fn deliver(
         &self,
         ctx: Data<&RequestContext>,
         id: Path<String>,
         body: StrictJson<DeliverRequest>,
     ) -> Result<ReceiptResponse, ApiError> {
-        let channel = Channel::parse(&body.0.channel).map_err(|e| ApiError::invalid("channel", e.0))?;
-        self.command(&id.0, &ctx, |at| NotificationCommand::Deliver { channel, at }).await
+        let channel =
+            Channel::parse(&body.0.channel).map_err(|e| ApiError::invalid("channel", e.0))?;
+        self.command(&id.0, &ctx, |at| NotificationCommand::Deliver {
+            channel,
+            at,
+        })
+        .await
     }
 
     /// Delete
     ///
     /// The notification leaves the inbox for good; its history stays in the event log.
-    #[oai(path = "/notifications/:id", method = "delete", operation_id = "deleteNotification")]
-    async fn delete(&self, ctx: Data<&RequestContext>, id: Path<String>) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::Delete { at }).await
+    #[oai(
+        path = "/notifications/:id",
+        method = "delete",
+        operation_id = "deleteNotification"
+    )]
+    async fn delete(
+        &self,
+        ctx: Data<&RequestContext>,
+        id: Path<String>,
+    ) -> Result<ReceiptResponse, ApiError> {
+        self.command(&id.0, &ctx, |at| NotificationCommand::Delete { at })
+            .await
     }
 }

@@ -104,7 +104,12 @@ impl ApiError {
     }
 
     pub fn conflict(slug: &str, title: &str, detail: impl Into<String>) -> Self {
-        Self::Conflict(Json(Problem::new(StatusCode::CONFLICT, slug, title, detail)))
+        Self::Conflict(Json(Problem::new(
+            StatusCode::CONFLICT,
+            slug,
+            title,
+            detail,
+        )))
     }
 
     pub fn too_large(limit: usize) -> Self {
@@ -189,9 +194,7 @@ impl From<NotificationError> for ApiError {
         let detail = err.to_string();
         match err {
             E::NotFound => Self::not_found(detail),
-            E::DeliverAtInPast { .. } => {
-                Self::invalid("deliver_at", detail)
-            }
+            E::DeliverAtInPast { .. } => Self::invalid("deliver_at", detail),
             E::AlreadyExists => Self::conflict("already-exists", "Already exists", detail),
             E::Deleted
             | E::Cancelled
@@ -199,9 +202,11 @@ impl From<NotificationError> for ApiError {
             | E::AlreadyDelivered
             | E::ChannelNotRequested(_)
             | E::ChannelAlreadyDelivered(_)
-            | E::NotYetDue { .. } => {
-                Self::conflict("illegal-transition", "Not allowed in the current state", detail)
-            }
+            | E::NotYetDue { .. } => Self::conflict(
+                "illegal-transition",
+                "Not allowed in the current state",
+                detail,
+            ),
         }
     }
 }

@@ -71,7 +71,11 @@ impl NotificationView {
             body: content.body.as_str().to_owned(),
             data: serde_json::Value::Object(content.data.clone()),
             priority: content.priority.as_str().to_owned(),
-            channels: content.channels.iter().map(|c| c.as_str().to_owned()).collect(),
+            channels: content
+                .channels
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
             group_key: content.group_key.as_ref().map(|g| g.as_str().to_owned()),
             deliver_at: ts(content.deliver_at),
             lifecycle: state.lifecycle.as_str().to_owned(),

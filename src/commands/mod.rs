@@ -12,8 +12,8 @@ pub mod metadata;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
 use std::sync::Arc;
@@ -92,7 +92,9 @@ pub struct Receipt {
 pub enum CommandError {
     #[error(transparent)]
     Rejected(#[from] NotificationError),
-    #[error("the notification kept changing under this command; {attempts} attempts all conflicted")]
+    #[error(
+        "the notification kept changing under this command; {attempts} attempts all conflicted"
+    )]
     Conflict { attempts: u32 },
     #[error("Idempotency-Key `{0}` was already used with a different request")]
     IdempotencyMismatch(String),
@@ -140,9 +142,12 @@ fn storage_failure(err: AggErr) -> CommandError {
 /// How a create ended.
 #[derive(Debug, Clone)]
 pub enum Created {
-    New(Receipt),
+    New(Box<Receipt>),
     /// Same Idempotency-Key and body as an earlier create: that create's answer.
-    Replayed { id: NotificationId, position: Position },
+    Replayed {
+        id: NotificationId,
+        position: Position,
+    },
 }
 
 pub struct CommandService {
@@ -181,7 +186,11 @@ impl CommandService {
         for attempt in 1..=self.max_attempts {
             let cmd = command(chrono::Utc::now());
             let metadata = meta.to_map(cmd.name(), &command_id);
-            let mut ctx = self.store.load(&aggregate_id).await.map_err(storage_failure)?;
+            let mut ctx = self
+                .store
+                .load(&aggregate_id)
+                .await
+                .map_err(storage_failure)?;
             let sink = EventSink::default();
             ctx.aggregate
                 .handle(cmd, &(), &sink)
@@ -190,7 +199,9 @@ impl CommandService {
             let events = sink.collect().await;
             let state = ctx.aggregate.clone();
             if events.is_empty() {
-                let position = self.position(&aggregate_id, ctx.current_sequence as i64).await?;
+                let position = self
+                    .position(&aggregate_id, ctx.current_sequence as i64)
+                    .await?;
                 return Ok(Receipt {
                     id,
                     position,
@@ -244,7 +255,7 @@ impl CommandService {
             )
             .await;
         match (result, &meta.idempotency) {
-            (Ok(receipt), _) => Ok(Created::New(receipt)),
+            (Ok(receipt), _) => Ok(Created::New(Box::new(receipt))),
             (Err(CommandError::Rejected(NotificationError::AlreadyExists)), Some((key, hash))) => {
                 self.replay_create(id, key, hash).await
             }

@@ -177,8 +177,12 @@ impl NotificationEvent {
     pub fn occurred_at(&self) -> Timestamp {
         match self {
             Self::NotificationCreated { created_at: t, .. }
-            | Self::NotificationScheduled { scheduled_at: t, .. }
-            | Self::NotificationDelivered { delivered_at: t, .. }
+            | Self::NotificationScheduled {
+                scheduled_at: t, ..
+            }
+            | Self::NotificationDelivered {
+                delivered_at: t, ..
+            }
             | Self::NotificationSeen { seen_at: t }
             | Self::NotificationRead { read_at: t }
             | Self::NotificationUnread { unread_at: t }

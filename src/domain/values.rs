@@ -35,9 +35,11 @@ pub struct NotificationId(pub uuid::Uuid);
 
 impl NotificationId {
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
-        uuid::Uuid::parse_str(s)
-            .map(Self)
-            .map_err(|_| invalid(format!("`{s}` is not a notification id (a UUID is expected)")))
+        uuid::Uuid::parse_str(s).map(Self).map_err(|_| {
+            invalid(format!(
+                "`{s}` is not a notification id (a UUID is expected)"
+            ))
+        })
     }
 }
 
@@ -121,7 +123,9 @@ impl Title {
             )));
         }
         if s.chars().any(char::is_control) {
-            return Err(invalid("must not contain control characters (such as newlines)"));
+            return Err(invalid(
+                "must not contain control characters (such as newlines)",
+            ));
         }
         Ok(Self(s.to_owned()))
     }

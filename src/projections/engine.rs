@@ -99,12 +99,11 @@ async fn run(
             if page.is_empty() {
                 return Ok::<bool, ProjectionError>(false);
             }
-            let new_cp = projection.apply(cp, &page).await.map_err(|e| {
+            let new_cp = projection.apply(cp, &page).await.inspect_err(|_| {
                 if page.len() > 1 {
                     // Narrow down: the next attempts go one event at a time.
                     page_size = 1;
                 }
-                e
             })?;
             checkpoint = Some(new_cp);
             progress.send_replace(new_cp);

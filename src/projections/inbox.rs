@@ -67,7 +67,10 @@ pub fn fold_page(
         let payload: NotificationEvent = serde_json::from_value(event.payload.clone())
             .map_err(|e| bad(event, format!("payload does not parse: {e}")))?;
         let slot = rows.entry(id).or_insert(None);
-        if slot.as_ref().is_some_and(|r| r.last_position >= event.position) {
+        if slot
+            .as_ref()
+            .is_some_and(|r| r.last_position >= event.position)
+        {
             continue; // already applied
         }
         let mut row = slot.take().unwrap_or(InboxRow {

@@ -123,7 +123,9 @@ impl InboxReader for MemoryInbox {
             unread += u64::from(!row.state.is_read());
             unseen += u64::from(!row.state.is_seen());
         }
-        let upper = q.before.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let upper = q
+            .before
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         let items: Vec<InboxRow> = index
             .range((std::ops::Bound::Unbounded, upper))
             .rev()
@@ -135,9 +137,9 @@ impl InboxReader for MemoryInbox {
                 None => true,
             })
             .filter(|r| {
-                q.category.as_ref().is_none_or(|c| {
-                    r.state.content.as_ref().is_some_and(|n| &n.category == c)
-                })
+                q.category
+                    .as_ref()
+                    .is_none_or(|c| r.state.content.as_ref().is_some_and(|n| &n.category == c))
             })
             .take(q.limit + 1)
             .cloned()

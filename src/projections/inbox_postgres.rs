@@ -92,9 +92,11 @@ impl Columns {
         self.archived.push(row.state.is_archived());
         self.inbox_tx.push(row.inbox_position.map(|p| p.tx));
         self.inbox_seq.push(row.inbox_position.map(|p| p.seq));
-        self.state.push(serde_json::to_value(&row.state).map_err(|e| {
-            StorageError::Backend(format!("cannot serialize inbox row {id}: {e}"))
-        })?);
+        self.state.push(
+            serde_json::to_value(&row.state).map_err(|e| {
+                StorageError::Backend(format!("cannot serialize inbox row {id}: {e}"))
+            })?,
+        );
         self.last_tx.push(row.last_position.tx);
         self.last_seq.push(row.last_position.seq);
         Ok(())
@@ -158,7 +160,13 @@ impl Projection for PostgresInbox {
             .execute(
                 "UPDATE projection_checkpoints SET tx = $2, seq = $3, updated_at = now()
                   WHERE projection = $1 AND tx = $4 AND seq = $5",
-                &[&NAME, &last.position.tx, &last.position.seq, &expected.tx, &expected.seq],
+                &[
+                    &NAME,
+                    &last.position.tx,
+                    &last.position.seq,
+                    &expected.tx,
+                    &expected.seq,
+                ],
             )
             .await?;
         if moved != 1 {

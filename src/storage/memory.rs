@@ -50,7 +50,12 @@ impl MemoryEventStore {
         self.log.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn stream_events(&self, aggregate_type: &str, aggregate_id: &str, after: i64) -> Vec<SerializedEvent> {
+    fn stream_events(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: i64,
+    ) -> Vec<SerializedEvent> {
         let log = self.read();
         let key = (aggregate_type.to_owned(), aggregate_id.to_owned());
         log.streams
@@ -79,7 +84,9 @@ impl MemoryEventStore {
                 return Err(PersistenceError::OptimisticLockError);
             }
             for (offset, event) in events.iter().enumerate() {
-                if event.sequence != current + 1 + offset || event.aggregate_id != first.aggregate_id {
+                if event.sequence != current + 1 + offset
+                    || event.aggregate_id != first.aggregate_id
+                {
                     return Err(PersistenceError::UnknownError(
                         "events of one append must be consecutive in one stream".into(),
                     ));

@@ -46,7 +46,12 @@ pub fn redact(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
                 None => url.to_owned(),
             }
         }
@@ -183,9 +188,14 @@ impl EventLog for PgEventLog {
         let row = client
             .query_opt(&stmt, &[&aggregate_type, &aggregate_id, &sequence])
             .await?;
-        row.map(|r| Ok(Position::new(r.try_get("tx")?, r.try_get("global_position")?)))
-            .transpose()
-            .map_err(|e: tokio_postgres::Error| StorageError::from(e))
+        row.map(|r| {
+            Ok(Position::new(
+                r.try_get("tx")?,
+                r.try_get("global_position")?,
+            ))
+        })
+        .transpose()
+        .map_err(|e: tokio_postgres::Error| StorageError::from(e))
     }
 
     async fn ping(&self) -> Result<(), StorageError> {

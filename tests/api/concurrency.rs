@@ -14,7 +14,9 @@ on_both_backends!(
 
 async fn fifty_concurrent_commands_on_one_notification_end_consistent(app: &TestApp) {
     let (id, _) = app.create(&notification_for("jack", "contended")).await;
-    let actions: Vec<&str> = (0..50).map(|i| ["read", "unread", "archive"][i % 3]).collect();
+    let actions: Vec<&str> = (0..50)
+        .map(|i| ["read", "unread", "archive"][i % 3])
+        .collect();
     let answers = join_all(actions.iter().map(|action| {
         let url = app.url(&format!("/v1/notifications/{id}/{action}"));
         let client = app.client.clone();
@@ -41,10 +43,19 @@ async fn fifty_concurrent_commands_on_one_notification_end_consistent(app: &Test
         .await;
     // Each changed read flipped unread -> read and each changed unread flipped it
     // back; with a lost update two racing reads would both claim the flip.
-    let flips = changed.get("read").copied().unwrap_or(0) - changed.get("unread").copied().unwrap_or(0);
+    let flips =
+        changed.get("read").copied().unwrap_or(0) - changed.get("unread").copied().unwrap_or(0);
     let expected = if n["status"] == "read" { 1 } else { 0 };
-    assert_eq!(flips, expected, "changes {changed:?} do not add up to {}", n["status"]);
-    assert_eq!(changed.get("archive").copied(), Some(1), "archived exactly once");
+    assert_eq!(
+        flips, expected,
+        "changes {changed:?} do not add up to {}",
+        n["status"]
+    );
+    assert_eq!(
+        changed.get("archive").copied(),
+        Some(1),
+        "archived exactly once"
+    );
     assert_eq!(n["archived"], true);
 
     // The write side and the read model agree.
@@ -70,9 +81,15 @@ async fn fifty_concurrent_commands_on_one_notification_end_consistent(app: &Test
             .filter(|t| *t == "NotificationRead" || *t == "NotificationUnread")
             .collect();
         for pair in flips.windows(2) {
-            assert_ne!(pair[0], pair[1], "read and unread alternate in the log: {types:?}");
+            assert_ne!(
+                pair[0], pair[1],
+                "read and unread alternate in the log: {types:?}"
+            );
         }
-        let archived = types.iter().filter(|t| *t == "NotificationArchived").count();
+        let archived = types
+            .iter()
+            .filter(|t| *t == "NotificationArchived")
+            .count();
         assert_eq!(archived, 1);
     }
 }
@@ -117,10 +134,16 @@ async fn twenty_writers_creating_two_hundred_each_fill_the_inbox_exactly(app: &T
             .filter(|(r, _, _)| *r == recipient)
             .map(|(_, id, _)| id.clone())
             .collect();
-        let got: Vec<String> = items.iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();
+        let got: Vec<String> = items
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect();
         let unique: BTreeSet<String> = got.iter().cloned().collect();
         assert_eq!(unique.len(), got.len(), "{recipient}: no duplicates");
-        assert_eq!(unique, expected, "{recipient}: exactly the acknowledged creates");
+        assert_eq!(
+            unique, expected,
+            "{recipient}: exactly the acknowledged creates"
+        );
         in_inboxes.extend(unique);
     }
     let acknowledged: BTreeSet<String> = created.iter().map(|(_, id, _)| id.clone()).collect();
@@ -136,7 +159,10 @@ async fn twenty_writers_creating_two_hundred_each_fill_the_inbox_exactly(app: &T
             .await
             .unwrap();
         let in_log: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
-        assert_eq!(in_log, in_inboxes, "the inbox holds exactly what the events table holds");
+        assert_eq!(
+            in_log, in_inboxes,
+            "the inbox holds exactly what the events table holds"
+        );
         let positions = client
             .query_one(
                 "SELECT count(*), count(DISTINCT global_position) FROM events",

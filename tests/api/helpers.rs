@@ -66,7 +66,10 @@ impl TestDb {
     pub async fn drop_database(&self) {
         let _ = admin(&self.server_url)
             .await
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
             .await;
     }
 }
@@ -231,7 +234,8 @@ impl TestApp {
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let mut path = format!("/v1/users/{user}/inbox?limit={limit}&min_position={min_position}");
+            let mut path =
+                format!("/v1/users/{user}/inbox?limit={limit}&min_position={min_position}");
             if let Some(c) = &cursor {
                 path.push_str(&format!("&cursor={c}"));
             }
@@ -257,7 +261,11 @@ pub fn notification_for(recipient: &str, title: &str) -> Value {
 
 /// The greatest of some cursors (they sort like positions).
 pub fn max_cursor<'a>(cursors: impl IntoIterator<Item = &'a str>) -> String {
-    cursors.into_iter().max().expect("at least one cursor").to_owned()
+    cursors
+        .into_iter()
+        .max()
+        .expect("at least one cursor")
+        .to_owned()
 }
 
 /// Runs each named scenario `async fn name(app: &TestApp)` against memory and
@@ -278,14 +286,19 @@ macro_rules! on_both_backends {
             )+
         }
         mod postgres {
+            use futures_util::FutureExt;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let test = concat!(module_path!(), "::", stringify!($name));
                     let Some(app) = $crate::helpers::TestApp::spawn(
                         $crate::helpers::Backend::Postgres, test).await else { return };
-                    super::$name(&app).await;
+                    // Drop the test's database even when the scenario fails.
+                    let outcome = std::panic::AssertUnwindSafe(super::$name(&app)).catch_unwind().await;
                     app.cleanup().await;
+                    if let Err(panic) = outcome {
+                        std::panic::resume_unwind(panic);
+                    }
                 }
             )+
         }

@@ -14,14 +14,19 @@ on_both_backends!(
 );
 
 fn ids(items: &[Value]) -> Vec<String> {
-    items.iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect()
+    items
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 async fn two_hundred_fifty_notifications_page_with_no_gap_or_duplicate(app: &TestApp) {
     let mut created = Vec::new();
     let mut cursors = Vec::new();
     for i in 0..250 {
-        let (id, cursor) = app.create(&notification_for("frank", &format!("n{i}"))).await;
+        let (id, cursor) = app
+            .create(&notification_for("frank", &format!("n{i}")))
+            .await;
         created.push(id);
         cursors.push(cursor);
     }
@@ -30,12 +35,19 @@ async fn two_hundred_fifty_notifications_page_with_no_gap_or_duplicate(app: &Tes
         let items = app.whole_inbox("frank", limit, &last).await;
         let got = ids(&items);
         let newest_first: Vec<String> = created.iter().rev().cloned().collect();
-        assert_eq!(got, newest_first, "limit {limit}: every notification once, newest first");
+        assert_eq!(
+            got, newest_first,
+            "limit {limit}: every notification once, newest first"
+        );
     }
     let first = app
         .get_json(&format!("/v1/users/frank/inbox?min_position={last}"))
         .await;
-    assert_eq!(first["items"].as_array().unwrap().len(), 20, "the default page is 20");
+    assert_eq!(
+        first["items"].as_array().unwrap().len(),
+        20,
+        "the default page is 20"
+    );
     assert_eq!(first["unread_count"], 250);
     assert_eq!(first["unseen_count"], 250);
 }
@@ -44,7 +56,9 @@ async fn pages_stay_stable_while_new_notifications_arrive(app: &TestApp) {
     let mut before = Vec::new();
     let mut last = String::new();
     for i in 0..30 {
-        let (id, cursor) = app.create(&notification_for("gina", &format!("old {i}"))).await;
+        let (id, cursor) = app
+            .create(&notification_for("gina", &format!("old {i}")))
+            .await;
         before.push(id);
         last = cursor;
     }
@@ -72,13 +86,21 @@ async fn pages_stay_stable_while_new_notifications_arrive(app: &TestApp) {
         }
     }
     let expected: Vec<String> = before.iter().rev().cloned().collect();
-    assert_eq!(seen, expected, "the walk sees exactly the notifications that existed, once each");
+    assert_eq!(
+        seen, expected,
+        "the walk sees exactly the notifications that existed, once each"
+    );
 }
 
 async fn filters_by_status_category_and_archived_combine(app: &TestApp) {
     let mut ids_by_title = std::collections::HashMap::new();
     let mut last = String::new();
-    for (title, category) in [("a", "comment"), ("b", "billing"), ("c", "comment"), ("d", "billing")] {
+    for (title, category) in [
+        ("a", "comment"),
+        ("b", "billing"),
+        ("c", "comment"),
+        ("d", "billing"),
+    ] {
         let mut body = notification_for("hank", title);
         body["category"] = json!(category);
         let (id, c) = app.create(&body).await;
@@ -100,7 +122,10 @@ async fn filters_by_status_category_and_archived_combine(app: &TestApp) {
     };
     let q = |query: &str| format!("/v1/users/hank/inbox?{query}&min_position={last}");
     let all = app.get_json(&q("")).await;
-    assert_eq!(titles(&all), HashSet::from(["a", "c", "d"].map(String::from)));
+    assert_eq!(
+        titles(&all),
+        HashSet::from(["a", "c", "d"].map(String::from))
+    );
     assert_eq!(all["unread_count"], 2, "c and d; b is archived");
     let unread = app.get_json(&q("status=unread")).await;
     assert_eq!(titles(&unread), HashSet::from(["c", "d"].map(String::from)));
@@ -121,7 +146,9 @@ async fn read_all_leaves_the_counts_exact(app: &TestApp) {
     let mut ids = Vec::new();
     let mut last = String::new();
     for i in 0..25 {
-        let (id, c) = app.create(&notification_for("iris", &format!("n{i}"))).await;
+        let (id, c) = app
+            .create(&notification_for("iris", &format!("n{i}")))
+            .await;
         ids.push(id);
         last = c;
     }
@@ -136,7 +163,9 @@ async fn read_all_leaves_the_counts_exact(app: &TestApp) {
     assert_eq!(before["unseen_count"], 22);
 
     let resp = app
-        .post_empty(&format!("/v1/users/iris/inbox/read-all?min_position={last}"))
+        .post_empty(&format!(
+            "/v1/users/iris/inbox/read-all?min_position={last}"
+        ))
         .await;
     assert_eq!(resp.status(), 200);
     let done: Value = resp.json().await.unwrap();
@@ -153,7 +182,9 @@ async fn read_all_leaves_the_counts_exact(app: &TestApp) {
         .iter()
         .all(|i| i["status"] == "read"));
     let archived = app
-        .get_json(&format!("/v1/users/iris/inbox?archived=true&min_position={c}"))
+        .get_json(&format!(
+            "/v1/users/iris/inbox?archived=true&min_position={c}"
+        ))
         .await;
     assert_eq!(archived["items"][0]["status"], "read");
 

@@ -37,7 +37,10 @@ async fn an_in_app_notification_lives_its_whole_life(app: &TestApp) {
         .await;
     assert_eq!(inbox["unread_count"], 1);
     assert_eq!(inbox["unseen_count"], 1);
-    assert_eq!(inbox["items"][0], n, "the inbox item is the same view as GET");
+    assert_eq!(
+        inbox["items"][0], n,
+        "the inbox item is the same view as GET"
+    );
 
     let seen = app.command(&id, "seen").await;
     assert_eq!(seen["changed"], true);
@@ -47,7 +50,10 @@ async fn an_in_app_notification_lives_its_whole_life(app: &TestApp) {
     let read = app.command(&id, "read").await;
     assert_eq!(read["notification"]["status"], "read");
     let again = app.command(&id, "read").await;
-    assert_eq!(again["changed"], false, "reading a read notification changes nothing");
+    assert_eq!(
+        again["changed"], false,
+        "reading a read notification changes nothing"
+    );
     assert_eq!(again["cursor"], read["cursor"]);
 
     let unread = app.command(&id, "unread").await;
@@ -63,17 +69,29 @@ async fn an_in_app_notification_lives_its_whole_life(app: &TestApp) {
     let inbox = app
         .get_json(&format!("/v1/users/alice/inbox?min_position={c}"))
         .await;
-    assert_eq!(inbox["items"], json!([]), "archived notifications leave the inbox");
+    assert_eq!(
+        inbox["items"],
+        json!([]),
+        "archived notifications leave the inbox"
+    );
     let only_archived = app
-        .get_json(&format!("/v1/users/alice/inbox?archived=true&min_position={c}"))
+        .get_json(&format!(
+            "/v1/users/alice/inbox?archived=true&min_position={c}"
+        ))
         .await;
     assert_eq!(only_archived["items"][0]["id"], id.as_str());
 
     let unarchived = app.command(&id, "unarchive").await;
     assert_eq!(unarchived["notification"]["archived"], false);
 
-    let resp = app.post_empty(&format!("/v1/notifications/{id}/cancel")).await;
-    assert_eq!(resp.status(), 409, "a delivered notification cannot be cancelled");
+    let resp = app
+        .post_empty(&format!("/v1/notifications/{id}/cancel"))
+        .await;
+    assert_eq!(
+        resp.status(),
+        409,
+        "a delivered notification cannot be cancelled"
+    );
 
     let deleted = app
         .client
@@ -95,8 +113,18 @@ async fn an_in_app_notification_lives_its_whole_life(app: &TestApp) {
         .get(&format!("/v1/notifications/{id}?min_position={c}"))
         .await;
     assert_eq!(gone.status(), 404);
-    for action in ["read", "unread", "seen", "click", "archive", "unarchive", "cancel"] {
-        let resp = app.post_empty(&format!("/v1/notifications/{id}/{action}")).await;
+    for action in [
+        "read",
+        "unread",
+        "seen",
+        "click",
+        "archive",
+        "unarchive",
+        "cancel",
+    ] {
+        let resp = app
+            .post_empty(&format!("/v1/notifications/{id}/{action}"))
+            .await;
         assert_eq!(resp.status(), 409, "{action} after delete");
         let problem: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(problem["type"], "urn:tidings:problem:illegal-transition");
@@ -115,12 +143,21 @@ async fn a_scheduled_notification_can_be_cancelled_but_not_read(app: &TestApp) {
     let inbox = app
         .get_json(&format!("/v1/users/carol/inbox?min_position={cursor}"))
         .await;
-    assert_eq!(inbox["items"], json!([]), "not in the inbox before delivery");
+    assert_eq!(
+        inbox["items"],
+        json!([]),
+        "not in the inbox before delivery"
+    );
 
-    let resp = app.post_empty(&format!("/v1/notifications/{id}/read")).await;
+    let resp = app
+        .post_empty(&format!("/v1/notifications/{id}/read"))
+        .await;
     assert_eq!(resp.status(), 409);
     let resp = app
-        .post(&format!("/v1/notifications/{id}/deliver"), &json!({"channel": "in_app"}))
+        .post(
+            &format!("/v1/notifications/{id}/deliver"),
+            &json!({"channel": "in_app"}),
+        )
         .await;
     assert_eq!(resp.status(), 409, "not due yet");
 
@@ -138,21 +175,33 @@ async fn an_email_notification_waits_for_its_channel(app: &TestApp) {
     let n = app
         .get_json(&format!("/v1/notifications/{id}?min_position={cursor}"))
         .await;
-    assert_eq!(n["channels"], json!(["email", "in_app"]), "duplicates are dropped");
+    assert_eq!(
+        n["channels"],
+        json!(["email", "in_app"]),
+        "duplicates are dropped"
+    );
     assert_eq!(n["deliveries"].as_array().unwrap().len(), 1);
 
     let mut body = notification_for("dave", "Email only");
     body["channels"] = json!(["email"]);
     let (id2, _) = app.create(&body).await;
-    let resp = app.post_empty(&format!("/v1/notifications/{id2}/seen")).await;
+    let resp = app
+        .post_empty(&format!("/v1/notifications/{id2}/seen"))
+        .await;
     assert_eq!(resp.status(), 409, "pending notifications cannot be seen");
 
     let resp = app
-        .post(&format!("/v1/notifications/{id2}/deliver"), &json!({"channel": "sms"}))
+        .post(
+            &format!("/v1/notifications/{id2}/deliver"),
+            &json!({"channel": "sms"}),
+        )
         .await;
     assert_eq!(resp.status(), 409, "sms was not requested");
     let delivered = app
-        .post(&format!("/v1/notifications/{id2}/deliver"), &json!({"channel": "email"}))
+        .post(
+            &format!("/v1/notifications/{id2}/deliver"),
+            &json!({"channel": "email"}),
+        )
         .await;
     assert_eq!(delivered.status(), 200);
     let delivered: serde_json::Value = delivered.json().await.unwrap();
@@ -161,10 +210,22 @@ async fn an_email_notification_waits_for_its_channel(app: &TestApp) {
     let inbox = app
         .get_json(&format!("/v1/users/dave/inbox?min_position={c}"))
         .await;
-    let ids: Vec<_> = inbox["items"].as_array().unwrap().iter().map(|i| i["id"].clone()).collect();
-    assert_eq!(ids, vec![json!(id)], "email-only notifications are not in the in-app inbox");
+    let ids: Vec<_> = inbox["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![json!(id)],
+        "email-only notifications are not in the in-app inbox"
+    );
     let resp = app
-        .post(&format!("/v1/notifications/{id2}/deliver"), &json!({"channel": "email"}))
+        .post(
+            &format!("/v1/notifications/{id2}/deliver"),
+            &json!({"channel": "email"}),
+        )
         .await;
     assert_eq!(resp.status(), 409, "delivered twice on one channel");
 }
@@ -172,7 +233,9 @@ async fn an_email_notification_waits_for_its_channel(app: &TestApp) {
 async fn commands_answer_with_cursors_that_read_your_own_write(app: &TestApp) {
     let mut last = String::new();
     for i in 0..20 {
-        let (id, cursor) = app.create(&notification_for("erin", &format!("n{i}"))).await;
+        let (id, cursor) = app
+            .create(&notification_for("erin", &format!("n{i}")))
+            .await;
         assert!(cursor > last, "cursors grow with commit order");
         last = cursor;
         let read = app.command(&id, "read").await;

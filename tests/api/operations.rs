@@ -27,8 +27,8 @@ async fn docs_and_spec_are_served(app: &TestApp) {
     let html = docs.text().await.unwrap();
     assert!(html.contains("swagger"), "the Swagger UI page");
     let spec = app.get_json("/openapi.json").await;
-    let committed: Value =
-        serde_json::from_str(include_str!("../../openapi/openapi.json")).expect("committed spec parses");
+    let committed: Value = serde_json::from_str(include_str!("../../openapi/openapi.json"))
+        .expect("committed spec parses");
     assert_eq!(spec, committed, "the served spec is the committed one");
 }
 
@@ -54,7 +54,10 @@ async fn the_committed_openapi_document_matches_the_code() {
         );
     }
     let example = &spec["components"]["schemas"]["CreateNotificationRequest"]["example"];
-    assert_eq!(example["recipient"], "alice", "the playground has a request example");
+    assert_eq!(
+        example["recipient"], "alice",
+        "the playground has a request example"
+    );
 }
 
 fn tidings() -> Command {
@@ -79,7 +82,10 @@ fn the_binary_exits_zero_after_sigterm_and_says_memory_keeps_nothing() {
     while !log.contains("tidings is serving") {
         let before = log.len();
         stderr.read_line(&mut log).expect("stderr readable");
-        assert!(log.len() > before, "the binary ended before serving:\n{log}");
+        assert!(
+            log.len() > before,
+            "the binary ended before serving:\n{log}"
+        );
     }
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -125,7 +131,9 @@ async fn events_record_who_asked_and_the_log_refuses_changes() {
         skipped(test, "DATABASE_URL is not set (PostgreSQL tests need it)");
         return;
     }
-    let app = TestApp::spawn(Backend::Postgres, test).await.expect("postgres");
+    let app = TestApp::spawn(Backend::Postgres, test)
+        .await
+        .expect("postgres");
     let resp = app
         .client
         .post(app.url("/v1/notifications"))
@@ -138,7 +146,10 @@ async fn events_record_who_asked_and_the_log_refuses_changes() {
         .unwrap();
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.headers()["x-request-id"], "req-123");
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let client = app.db.as_ref().unwrap().client().await;
     let rows = client
@@ -163,9 +174,16 @@ async fn events_record_who_asked_and_the_log_refuses_changes() {
         "TRUNCATE events",
     ] {
         let err = client.batch_execute(statement).await.expect_err(statement);
-        assert!(err.to_string().contains("append-only") || format!("{err:?}").contains("append-only"), "{statement}: {err:?}");
+        assert!(
+            err.to_string().contains("append-only") || format!("{err:?}").contains("append-only"),
+            "{statement}: {err:?}"
+        );
     }
-    let count: i64 = client.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(count, 2);
     app.cleanup().await;
 }

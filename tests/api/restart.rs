@@ -7,39 +7,64 @@ use crate::helpers::{max_cursor, notification_for, Backend, TestApp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_on_the_same_database_keeps_everything() {
-    let Some(app) = TestApp::spawn(Backend::Postgres, "restart::a_restart_on_the_same_database_keeps_everything").await else {
+    let Some(app) = TestApp::spawn(
+        Backend::Postgres,
+        "restart::a_restart_on_the_same_database_keeps_everything",
+    )
+    .await
+    else {
         return;
     };
     let mut ids = Vec::new();
     let mut cursors = Vec::new();
     for i in 0..30 {
-        let (id, c) = app.create(&notification_for("olga", &format!("n{i}"))).await;
+        let (id, c) = app
+            .create(&notification_for("olga", &format!("n{i}")))
+            .await;
         ids.push(id);
         cursors.push(c);
     }
     for id in &ids[..10] {
-        cursors.push(app.command(id, "read").await["cursor"].as_str().unwrap().to_owned());
+        cursors.push(
+            app.command(id, "read").await["cursor"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     let last = max_cursor(cursors.iter().map(String::as_str));
     let before = app.whole_inbox("olga", 100, &last).await;
 
     let app = app.restart().await;
     let after = app.whole_inbox("olga", 100, &last).await;
-    assert_eq!(after, before, "the read model survives the restart unchanged");
-    let page = app.get_json(&format!("/v1/users/olga/inbox?min_position={last}")).await;
-    assert_eq!(page["unread_count"], 20, "nothing applied twice after the restart");
+    assert_eq!(
+        after, before,
+        "the read model survives the restart unchanged"
+    );
+    let page = app
+        .get_json(&format!("/v1/users/olga/inbox?min_position={last}"))
+        .await;
+    assert_eq!(
+        page["unread_count"], 20,
+        "nothing applied twice after the restart"
+    );
 
     // The write side continues each stream where it was.
     let receipt = app.command(&ids[0], "unread").await;
     assert!(receipt["cursor"].as_str().unwrap() > last.as_str());
     let c = receipt["cursor"].as_str().unwrap();
-    let page: Value = app.get_json(&format!("/v1/users/olga/inbox?min_position={c}")).await;
+    let page: Value = app
+        .get_json(&format!("/v1/users/olga/inbox?min_position={c}"))
+        .await;
     assert_eq!(page["unread_count"], 21);
 
     let db = app.db.clone().expect("postgres");
     let client = db.client().await;
     let checkpoint = client
-        .query_one("SELECT tx, seq FROM projection_checkpoints WHERE projection = 'inbox'", &[])
+        .query_one(
+            "SELECT tx, seq FROM projection_checkpoints WHERE projection = 'inbox'",
+            &[],
+        )
         .await
         .unwrap();
     let newest = client
@@ -60,7 +85,12 @@ async fn a_restart_on_the_same_database_keeps_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_loses_no_acknowledged_command() {
-    let Some(mut app) = TestApp::spawn(Backend::Postgres, "restart::a_graceful_stop_loses_no_acknowledged_command").await else {
+    let Some(mut app) = TestApp::spawn(
+        Backend::Postgres,
+        "restart::a_graceful_stop_loses_no_acknowledged_command",
+    )
+    .await
+    else {
         return;
     };
     // Writers keep going while the app is told to stop.
@@ -96,16 +126,25 @@ async fn a_graceful_stop_loses_no_acknowledged_command() {
     let client = db.client().await;
     // The projectors were flushed before the stop returned.
     let in_read_model: i64 = client
-        .query_one("SELECT count(*) FROM inbox_notifications WHERE recipient = 'pete'", &[])
+        .query_one(
+            "SELECT count(*) FROM inbox_notifications WHERE recipient = 'pete'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     let in_log: i64 = client
-        .query_one("SELECT count(*) FROM events WHERE event_type = 'NotificationCreated'", &[])
+        .query_one(
+            "SELECT count(*) FROM events WHERE event_type = 'NotificationCreated'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(in_read_model, in_log, "the projector flushed everything at shutdown");
+    assert_eq!(
+        in_read_model, in_log,
+        "the projector flushed everything at shutdown"
+    );
     assert!(in_log >= acknowledged.len() as i64);
 
     let app = app.restart().await;
