@@ -89,7 +89,7 @@ impl Backend {
         let inbox = Arc::new(PostgresInbox::new(pools.deadpool.clone()));
         Ok(Self {
             log: Arc::new(PgEventLog::new(pools.deadpool.clone())),
-            store: NotificationStore::postgres(pools.sqlx.clone()),
+            store: NotificationStore::postgres(&pools),
             projection: inbox.clone(),
             inbox,
             storage: "postgres",

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
+use cqrs_es::persist::{
+    EventStoreAggregateContext, PersistedEventStore, PersistenceError, SerializedEvent,
+};
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
 use std::sync::Arc;
@@ -22,56 +24,96 @@ use tracing::{instrument, warn};
 pub use metadata::CommandMetadata;
 
 use crate::domain::{
-    NewNotification, Notification, NotificationCommand, NotificationError, NotificationId,
-    Timestamp,
+    NewNotification, Notification, NotificationCommand, NotificationError, NotificationEvent,
+    NotificationId, Timestamp,
 };
 use crate::storage::memory::MemoryEventStore;
+use crate::storage::postgres::{AppendError, PgAppender, PgPools};
 use crate::storage::{error_chain, AppendSignal, EventLog, Position, StorageError};
 
-/// Where events are written.
+/// Where a notification's events are loaded from and appended to.
+///
+/// Loading goes through cqrs-es's plain event store (its snapshot stores apply
+/// events twice); appending goes through each backend's own append, which
+/// checks the stream's version and reports the global positions the events
+/// landed at, so a command can answer with its cursor.
 pub enum NotificationStore {
-    Memory(PersistedEventStore<MemoryEventStore, Notification>),
-    Postgres(PersistedEventStore<PostgresEventRepository, Notification>),
+    Memory {
+        loader: PersistedEventStore<MemoryEventStore, Notification>,
+        events: MemoryEventStore,
+    },
+    Postgres {
+        loader: PersistedEventStore<PostgresEventRepository, Notification>,
+        appender: PgAppender,
+    },
 }
 
 type Ctx = EventStoreAggregateContext<Notification>;
 type AggErr = AggregateError<NotificationError>;
 
 impl NotificationStore {
-    pub fn memory(store: MemoryEventStore) -> Self {
-        // The plain event store: cqrs-es 0.5's snapshot stores apply events twice.
-        Self::Memory(PersistedEventStore::new_event_store(store))
+    pub fn memory(events: MemoryEventStore) -> Self {
+        Self::Memory {
+            loader: PersistedEventStore::new_event_store(events.clone()),
+            events,
+        }
     }
 
-    pub fn postgres(pool: sqlx::PgPool) -> Self {
-        Self::Postgres(PersistedEventStore::new_event_store(
-            PostgresEventRepository::new(pool),
-        ))
+    pub fn postgres(pools: &PgPools) -> Self {
+        Self::Postgres {
+            loader: PersistedEventStore::new_event_store(PostgresEventRepository::new(
+                pools.sqlx.clone(),
+            )),
+            appender: PgAppender::new(pools.deadpool.clone()),
+        }
     }
 
     async fn load(&self, id: &str) -> Result<Ctx, AggErr> {
         match self {
-            Self::Memory(s) => s.load_aggregate(id).await,
-            Self::Postgres(s) => s.load_aggregate(id).await,
-        }
-    }
-
-    async fn commit(
-        &self,
-        events: Vec<<Notification as Aggregate>::Event>,
-        ctx: Ctx,
-        metadata: HashMap<String, String>,
-    ) -> Result<Vec<EventEnvelope<Notification>>, AggErr> {
-        match self {
-            Self::Memory(s) => s.commit(events, ctx, metadata).await,
-            Self::Postgres(s) => s.commit(events, ctx, metadata).await,
+            Self::Memory { loader, .. } => loader.load_aggregate(id).await,
+            Self::Postgres { loader, .. } => loader.load_aggregate(id).await,
         }
     }
 
     async fn load_events(&self, id: &str) -> Result<Vec<EventEnvelope<Notification>>, AggErr> {
         match self {
-            Self::Memory(s) => s.load_events(id).await,
-            Self::Postgres(s) => s.load_events(id).await,
+            Self::Memory { loader, .. } => loader.load_events(id).await,
+            Self::Postgres { loader, .. } => loader.load_events(id).await,
+        }
+    }
+
+    /// Appends `events` after the sequence `ctx` was loaded at; their positions,
+    /// or `AggregateConflict` when another writer got there first.
+    async fn commit(
+        &self,
+        events: Vec<NotificationEvent>,
+        ctx: &Ctx,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Vec<Position>, CommandError> {
+        let serialized = events
+            .into_iter()
+            .zip(ctx.current_sequence + 1..)
+            .map(|(payload, sequence)| {
+                SerializedEvent::try_from(&EventEnvelope::<Notification> {
+                    aggregate_id: ctx.aggregate_id.clone(),
+                    sequence,
+                    payload,
+                    metadata: metadata.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CommandError::Internal(error_chain(&e)))?;
+        match self {
+            Self::Memory { events, .. } => events.append(&serialized).map_err(|e| match e {
+                PersistenceError::OptimisticLockError => CommandError::Conflict { attempts: 1 },
+                other => CommandError::Internal(error_chain(&other)),
+            }),
+            Self::Postgres { appender, .. } => {
+                appender.append(&serialized).await.map_err(|e| match e {
+                    AppendError::Conflict => CommandError::Conflict { attempts: 1 },
+                    AppendError::Storage(e) => e.into(),
+                })
+            }
         }
     }
 }
@@ -174,23 +216,44 @@ impl CommandService {
 
     /// Runs one command against notification `id`. `command` builds the command
     /// for a given time; it is rebuilt on each retry after a conflict.
-    #[instrument(skip_all, fields(notification = %id))]
     pub async fn execute(
         &self,
         id: NotificationId,
         command: impl Fn(Timestamp) -> NotificationCommand,
         meta: &CommandMetadata,
     ) -> Result<Receipt, CommandError> {
+        self.run(id, command, meta, false).await
+    }
+
+    /// `fresh`: the id was just made (UUID v7), so there is nothing to load.
+    #[instrument(skip_all, fields(notification = %id))]
+    async fn run(
+        &self,
+        id: NotificationId,
+        command: impl Fn(Timestamp) -> NotificationCommand,
+        meta: &CommandMetadata,
+        fresh: bool,
+    ) -> Result<Receipt, CommandError> {
         let aggregate_id = id.to_string();
         let command_id = uuid::Uuid::now_v7().to_string();
         for attempt in 1..=self.max_attempts {
             let cmd = command(chrono::Utc::now());
             let metadata = meta.to_map(cmd.name(), &command_id);
-            let mut ctx = self
-                .store
-                .load(&aggregate_id)
-                .await
-                .map_err(storage_failure)?;
+            let mut ctx = if attempt == 1 && fresh {
+                // A new time-ordered id has no stream yet; should it have one,
+                // the append conflicts and the retry loads it.
+                EventStoreAggregateContext {
+                    aggregate_id: aggregate_id.clone(),
+                    aggregate: Notification::default(),
+                    current_sequence: 0,
+                    current_snapshot: None,
+                }
+            } else {
+                self.store
+                    .load(&aggregate_id)
+                    .await
+                    .map_err(storage_failure)?
+            };
             let sink = EventSink::default();
             ctx.aggregate
                 .handle(cmd, &(), &sink)
@@ -209,23 +272,21 @@ impl CommandService {
                     changed: false,
                 });
             }
-            match self.store.commit(events, ctx, metadata).await {
-                Ok(committed) => {
+            match self.store.commit(events, &ctx, &metadata).await {
+                Ok(positions) => {
                     self.signal.notify();
-                    let last = committed.last().map_or(0, |e| e.sequence as i64);
-                    let position = self.position(&aggregate_id, last).await?;
                     return Ok(Receipt {
                         id,
-                        position,
+                        position: positions.last().copied().unwrap_or_default(),
                         state,
                         changed: true,
                     });
                 }
-                Err(AggregateError::AggregateConflict) => {
+                Err(CommandError::Conflict { .. }) => {
                     warn!(attempt, "conflict on append; retrying with fresh state");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                Err(other) => return Err(storage_failure(other)),
+                Err(other) => return Err(other),
             }
         }
         Err(CommandError::Conflict {
@@ -244,7 +305,7 @@ impl CommandService {
         meta: &CommandMetadata,
     ) -> Result<Created, CommandError> {
         let result = self
-            .execute(
+            .run(
                 id,
                 |at| NotificationCommand::Create {
                     id,
@@ -252,6 +313,7 @@ impl CommandService {
                     at,
                 },
                 meta,
+                meta.idempotency.is_none(),
             )
             .await;
         match (result, &meta.idempotency) {

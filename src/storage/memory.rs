@@ -71,12 +71,12 @@ impl MemoryEventStore {
     }
 
     /// Appends events of one stream if the stream is still at the version the
-    /// writer loaded. Used by the repository and by log imports alike.
-    pub fn append(&self, events: &[SerializedEvent]) -> Result<(), PersistenceError> {
+    /// writer loaded, and returns their global positions.
+    pub fn append(&self, events: &[SerializedEvent]) -> Result<Vec<Position>, PersistenceError> {
         let Some(first) = events.first() else {
-            return Ok(());
+            return Ok(vec![]);
         };
-        {
+        let positions = {
             let mut log = self.write();
             let key = (first.aggregate_type.clone(), first.aggregate_id.clone());
             let current = log.streams.get(&key).map_or(0, Vec::len);
@@ -94,9 +94,11 @@ impl MemoryEventStore {
             }
             let recorded_at = Utc::now();
             let mut indexes = Vec::with_capacity(events.len());
+            let mut positions = Vec::with_capacity(events.len());
             for event in events {
                 indexes.push(log.events.len());
                 let n = log.events.len() as i64 + 1;
+                positions.push(Position::new(n, n));
                 log.events.push(LoggedEvent {
                     position: Position::new(n, n),
                     aggregate_type: event.aggregate_type.clone(),
@@ -110,9 +112,10 @@ impl MemoryEventStore {
                 });
             }
             log.streams.entry(key).or_default().extend(indexes);
-        }
+            positions
+        };
         self.signal.notify();
-        Ok(())
+        Ok(positions)
     }
 }
 
@@ -165,7 +168,7 @@ impl PersistedEventRepository for MemoryEventStore {
         events: &[SerializedEvent],
         _snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        self.append(events)
+        self.append(events).map(drop)
     }
 
     async fn stream_events<A: Aggregate>(
