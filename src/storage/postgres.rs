@@ -161,19 +161,13 @@ impl PgAppender {
         &self,
         events: &[cqrs_es::persist::SerializedEvent],
     ) -> Result<Vec<Position>, AppendError> {
-        let mut columns: (Vec<&str>, Vec<&str>, Vec<i64>, Vec<&str>, Vec<&str>) =
-            Default::default();
-        let mut payloads = Vec::with_capacity(events.len());
-        let mut metadata = Vec::with_capacity(events.len());
-        for e in events {
-            columns.0.push(&e.aggregate_type);
-            columns.1.push(&e.aggregate_id);
-            columns.2.push(e.sequence as i64);
-            columns.3.push(&e.event_type);
-            columns.4.push(&e.event_version);
-            payloads.push(&e.payload);
-            metadata.push(&e.metadata);
-        }
+        let types: Vec<&str> = events.iter().map(|e| e.aggregate_type.as_str()).collect();
+        let ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
+        let sequences: Vec<i64> = events.iter().map(|e| e.sequence as i64).collect();
+        let event_types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let versions: Vec<&str> = events.iter().map(|e| e.event_version.as_str()).collect();
+        let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
+        let metadata: Vec<&serde_json::Value> = events.iter().map(|e| &e.metadata).collect();
         let client = self.pool.get().await.map_err(StorageError::from)?;
         let stmt = client
             .prepare_cached(APPEND)
@@ -183,7 +177,12 @@ impl PgAppender {
             .query(
                 &stmt,
                 &[
-                    &columns.0, &columns.1, &columns.2, &columns.3, &columns.4, &payloads,
+                    &types,
+                    &ids,
+                    &sequences,
+                    &event_types,
+                    &versions,
+                    &payloads,
                     &metadata,
                 ],
             )
