@@ -85,8 +85,15 @@ async fn run(
     let name = projection.name();
     let mut backoff = Duration::from_millis(100);
     let mut checkpoint: Option<Position> = None;
-    let mut page_size = config.page_size;
+    // After a failed page, go one event at a time up to its end, so the
+    // failing event is the only one in its page and is named in the log.
+    let mut narrow_until: Option<Position> = None;
     loop {
+        let page_size = if narrow_until.is_some() {
+            1
+        } else {
+            config.page_size
+        };
         let stopping = *shutdown.borrow();
         let step = async {
             let cp = match checkpoint {
@@ -99,11 +106,9 @@ async fn run(
             if page.is_empty() {
                 return Ok::<bool, ProjectionError>(false);
             }
+            let last = page.last().map_or(cp, |e| e.position);
             let new_cp = projection.apply(cp, &page).await.inspect_err(|_| {
-                if page.len() > 1 {
-                    // Narrow down: the next attempts go one event at a time.
-                    page_size = 1;
-                }
+                narrow_until = Some(narrow_until.map_or(last, |n| n.max(last)));
             })?;
             checkpoint = Some(new_cp);
             progress.send_replace(new_cp);
@@ -112,7 +117,9 @@ async fn run(
         match step.await {
             Ok(true) => {
                 backoff = Duration::from_millis(100);
-                page_size = config.page_size;
+                if narrow_until.is_some_and(|n| checkpoint.is_some_and(|cp| cp >= n)) {
+                    narrow_until = None;
+                }
             }
             Ok(false) => {
                 if stopping {
@@ -143,5 +150,143 @@ async fn run(
                 backoff = (backoff * 2).min(config.max_backoff);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use cqrs_es::persist::SerializedEvent;
+
+    use super::*;
+    use crate::storage::memory::MemoryEventStore;
+    use crate::storage::LoggedEvent;
+
+    /// Refuses the event at `poison` a few times, then takes it.
+    struct Flaky {
+        poison: Position,
+        failures_left: AtomicU32,
+        attempts_on_poison: AtomicU32,
+        applied: Mutex<Vec<Position>>,
+        checkpoint: Mutex<Position>,
+    }
+
+    #[async_trait]
+    impl Projection for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+
+        async fn checkpoint(&self) -> Result<Position, ProjectionError> {
+            Ok(*self.checkpoint.lock().unwrap())
+        }
+
+        async fn apply(
+            &self,
+            expected: Position,
+            events: &[LoggedEvent],
+        ) -> Result<Position, ProjectionError> {
+            assert_eq!(*self.checkpoint.lock().unwrap(), expected);
+            if let Some(bad) = events.iter().find(|e| e.position == self.poison) {
+                self.attempts_on_poison.fetch_add(1, Ordering::SeqCst);
+                let left = self.failures_left.load(Ordering::SeqCst);
+                if left > 0 {
+                    self.failures_left.store(left - 1, Ordering::SeqCst);
+                    return Err(ProjectionError::BadEvent {
+                        position: bad.position,
+                        event_type: bad.event_type.clone(),
+                        aggregate_id: bad.aggregate_id.clone(),
+                        reason: "not today".into(),
+                    });
+                }
+            }
+            let mut applied = self.applied.lock().unwrap();
+            applied.extend(events.iter().map(|e| e.position));
+            let last = events.last().map_or(expected, |e| e.position);
+            *self.checkpoint.lock().unwrap() = last;
+            Ok(last)
+        }
+    }
+
+    fn event(stream: usize) -> SerializedEvent {
+        SerializedEvent::new(
+            format!("stream-{stream}"),
+            1,
+            "Test".into(),
+            "Happened".into(),
+            "1.0".into(),
+            serde_json::json!({}),
+            serde_json::json!({}),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_event_is_retried_with_backoff_and_never_skipped() {
+        let signal = AppendSignal::default();
+        let log = MemoryEventStore::new(signal.clone());
+        for stream in 1..=5 {
+            log.append(&[event(stream)]).unwrap();
+        }
+        let flaky = Arc::new(Flaky {
+            poison: Position::new(3, 3),
+            failures_left: AtomicU32::new(3),
+            attempts_on_poison: AtomicU32::new(0),
+            applied: Mutex::default(),
+            checkpoint: Mutex::default(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let (handle, task) = spawn(
+            flaky.clone(),
+            Arc::new(log),
+            &signal,
+            EngineConfig::default(),
+            stopped,
+        );
+        assert!(
+            handle
+                .wait_for(Position::new(5, 5), Duration::from_secs(3600))
+                .await
+        );
+        let applied = flaky.applied.lock().unwrap().clone();
+        let expected: Vec<Position> = (1..=5).map(|n| Position::new(n, n)).collect();
+        assert_eq!(applied, expected, "each event once, in order, none skipped");
+        assert_eq!(flaky.attempts_on_poison.load(Ordering::SeqCst), 4);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stopping_flushes_what_was_appended() {
+        let signal = AppendSignal::default();
+        let log = MemoryEventStore::new(signal.clone());
+        let flaky = Arc::new(Flaky {
+            poison: Position::new(-1, -1),
+            failures_left: AtomicU32::new(0),
+            attempts_on_poison: AtomicU32::new(0),
+            applied: Mutex::default(),
+            checkpoint: Mutex::default(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let config = EngineConfig {
+            // Only the final flush can pick these up in time.
+            poll_interval: Duration::from_secs(3600),
+            ..EngineConfig::default()
+        };
+        let (_handle, task) = spawn(
+            flaky.clone(),
+            Arc::new(log.clone()),
+            &AppendSignal::default(),
+            config,
+            stopped,
+        );
+        for stream in 1..=3 {
+            log.append(&[event(stream)]).unwrap();
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(flaky.applied.lock().unwrap().len(), 3);
     }
 }

@@ -1,0 +1,145 @@
+//! The global log in PostgreSQL: commit order, nothing skipped, and what a
+//! writer sees when it keeps losing races.
+
+use std::collections::HashMap;
+
+use futures_util::future::join_all;
+use serde_json::Value;
+use tidings::storage::postgres::{connect, PgEventLog};
+use tidings::storage::{EventLog, Position};
+
+use crate::helpers::{
+    notification_for, postgres_server_url, settings, skipped, Backend, TestApp, TestDb,
+};
+
+async fn postgres_app(test: &str, attempts: u32) -> Option<TestApp> {
+    let Some(server) = postgres_server_url() else {
+        skipped(test, "DATABASE_URL is not set (PostgreSQL tests need it)");
+        return None;
+    };
+    let db = TestDb::create(&server).await;
+    Some(
+        TestApp::start(Backend::Postgres, Some(db), move |db| {
+            let mut s = settings(db);
+            s.command_attempts = attempts;
+            s
+        })
+        .await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_commits_late_is_handed_out_before_later_ones_never_skipped() {
+    let Some(app) = postgres_app("global_log::an_event_that_commits_late", 10).await else {
+        return;
+    };
+    let db = app.db.clone().unwrap();
+    let held = db.client().await;
+    // This transaction takes its global_position first and commits last.
+    held.batch_execute(
+        "BEGIN;
+         INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('Probe', 'held', 1, 'Held', '1.0', '{}', '{}');",
+    )
+    .await
+    .unwrap();
+    let (id, _) = app
+        .create(&notification_for("rita", "after the held one"))
+        .await;
+
+    let pools = connect(&db.url, 2).await.unwrap();
+    let log = PgEventLog::new(pools.deadpool.clone());
+    let page = log.read_after(Position::START, 100).await.unwrap();
+    assert!(
+        page.is_empty(),
+        "nothing is handed out while an earlier transaction may still commit: {page:?}"
+    );
+
+    held.batch_execute("COMMIT").await.unwrap();
+    let page = log.read_after(Position::START, 100).await.unwrap();
+    let order: Vec<(&str, &str)> = page
+        .iter()
+        .map(|e| (e.aggregate_id.as_str(), e.event_type.as_str()))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("held", "Held"),
+            (id.as_str(), "NotificationCreated"),
+            (id.as_str(), "NotificationDelivered"),
+        ]
+    );
+    assert!(page.windows(2).all(|w| w[0].position < w[1].position));
+    // Paging by the checkpoint pair sees each event exactly once.
+    let mut after = Position::START;
+    let mut one_by_one = Vec::new();
+    loop {
+        let page = log.read_after(after, 1).await.unwrap();
+        let Some(e) = page.first() else { break };
+        after = e.position;
+        one_by_one.push(e.clone());
+    }
+    assert_eq!(one_by_one, page);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_keeps_conflicting_gets_409_and_records_nothing() {
+    let Some(app) = postgres_app("global_log::a_command_that_keeps_conflicting_gets_409", 1).await
+    else {
+        return;
+    };
+    let (id, _) = app.create(&notification_for("sam", "hot")).await;
+    let mut conflicts = 0;
+    let mut changed: HashMap<String, i64> = HashMap::new();
+    let mut last = String::new();
+    for _round in 0..20 {
+        let answers = join_all((0..32).map(|i| {
+            let action = if i % 2 == 0 { "read" } else { "unread" };
+            let url = app.url(&format!("/v1/notifications/{id}/{action}"));
+            let client = app.client.clone();
+            async move {
+                let resp = client.post(url).send().await.unwrap();
+                (
+                    action,
+                    resp.status().as_u16(),
+                    resp.json::<Value>().await.unwrap(),
+                )
+            }
+        }))
+        .await;
+        for (action, status, body) in answers {
+            match status {
+                200 => {
+                    if body["changed"] == true {
+                        *changed.entry(action.to_owned()).or_default() += 1;
+                    }
+                    last = last.max(body["cursor"].as_str().unwrap().to_owned());
+                }
+                409 => {
+                    assert_eq!(body["type"], "urn:tidings:problem:concurrent-modification");
+                    conflicts += 1;
+                }
+                other => panic!("{action} answered {other}: {body}"),
+            }
+        }
+        if conflicts > 0 {
+            break;
+        }
+    }
+    assert!(
+        conflicts > 0,
+        "with one attempt, racing commands must conflict"
+    );
+    let n = app
+        .get_json(&format!("/v1/notifications/{id}?min_position={last}"))
+        .await;
+    let flips =
+        changed.get("read").copied().unwrap_or(0) - changed.get("unread").copied().unwrap_or(0);
+    assert_eq!(
+        flips,
+        i64::from(n["status"] == "read"),
+        "a 409 recorded nothing"
+    );
+    app.cleanup().await;
+}
