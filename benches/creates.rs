@@ -18,6 +18,10 @@ use serde_json::{json, Value};
 use tidings::config::Settings;
 use tidings::Application;
 
+/// The same allocator as the `tidings` binary, so the app runs as it does in production.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -141,13 +145,19 @@ async fn run(backend: &str, clients: usize, seconds: u64, database_url: Option<S
     })
 }
 
-async fn fresh_database(server_url: &str) -> String {
+async fn admin(server_url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(server_url, tokio_postgres::NoTls)
         .await
         .expect("DATABASE_URL is set but PostgreSQL is unreachable");
     tokio::spawn(conn);
-    let name = format!("tidings_bench_{}", uuid::Uuid::new_v4().simple());
     client
+}
+
+/// A database of the run's own on the DATABASE_URL server: (name, url).
+async fn fresh_database(server_url: &str) -> (String, String) {
+    let name = format!("tidings_bench_{}", uuid::Uuid::new_v4().simple());
+    admin(server_url)
+        .await
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .expect("create the bench database");
@@ -158,10 +168,11 @@ async fn fresh_database(server_url: &str) -> String {
     let base = base[scheme_end..]
         .find('/')
         .map_or(base, |i| &base[..scheme_end + i]);
-    match query {
+    let url = match query {
         Some(q) => format!("{base}/{name}?{q}"),
         None => format!("{base}/{name}"),
-    }
+    };
+    (name, url)
 }
 
 fn main() {
@@ -179,22 +190,23 @@ fn main() {
     runtime.block_on(async {
         for backend in &backends {
             for &n in &clients {
-                let url = match backend.as_str() {
-                    "memory" => None,
-                    "postgres" => {
-                        match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
-                            Some(server) => Some(fresh_database(&server).await),
-                            None => {
-                                eprintln!(
-                                    "*** SKIPPED postgres benchmark: DATABASE_URL is not set ***"
-                                );
-                                break;
-                            }
-                        }
+                let server = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
+                let db = match (backend.as_str(), &server) {
+                    ("memory", _) => None,
+                    ("postgres", Some(server)) => Some(fresh_database(server).await),
+                    ("postgres", None) => {
+                        eprintln!("*** SKIPPED postgres benchmark: DATABASE_URL is not set ***");
+                        break;
                     }
-                    other => panic!("unknown backend {other}"),
+                    (other, _) => panic!("unknown backend {other}"),
                 };
-                let r = run(backend, n, seconds, url).await;
+                let r = run(backend, n, seconds, db.as_ref().map(|(_, url)| url.clone())).await;
+                if let (Some((name, _)), Some(server)) = (&db, &server) {
+                    let _ = admin(server)
+                        .await
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
                 eprintln!("{r}");
                 results.push(r);
             }

@@ -104,7 +104,7 @@ impl NotificationStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| CommandError::Internal(error_chain(&e)))?;
         match self {
-            Self::Memory { events, .. } => events.append(&serialized).map_err(|e| match e {
+            Self::Memory { events, .. } => events.append(serialized).map_err(|e| match e {
                 PersistenceError::OptimisticLockError => CommandError::Conflict { attempts: 1 },
                 other => CommandError::Internal(error_chain(&other)),
             }),

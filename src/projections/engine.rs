@@ -163,7 +163,7 @@ mod tests {
 
     use super::*;
     use crate::storage::memory::MemoryEventStore;
-    use crate::storage::LoggedEvent;
+    use crate::storage::SharedEvent;
 
     /// Refuses the event at `poison` a few times, then takes it.
     struct Flaky {
@@ -187,7 +187,7 @@ mod tests {
         async fn apply(
             &self,
             expected: Position,
-            events: &[LoggedEvent],
+            events: &[SharedEvent],
         ) -> Result<Position, ProjectionError> {
             assert_eq!(*self.checkpoint.lock().unwrap(), expected);
             if let Some(bad) = events.iter().find(|e| e.position == self.poison) {
@@ -228,7 +228,7 @@ mod tests {
         let signal = AppendSignal::default();
         let log = MemoryEventStore::new(signal.clone());
         for stream in 1..=5 {
-            log.append(&[event(stream)]).unwrap();
+            log.append(vec![event(stream)]).unwrap();
         }
         let flaky = Arc::new(Flaky {
             poison: Position::new(3, 3),
@@ -283,7 +283,7 @@ mod tests {
             stopped,
         );
         for stream in 1..=3 {
-            log.append(&[event(stream)]).unwrap();
+            log.append(vec![event(stream)]).unwrap();
         }
         stop.send(true).unwrap();
         task.await.unwrap();

@@ -8,10 +8,11 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use cqrs_es::Aggregate;
+use serde::Deserialize;
 
 use super::ProjectionError;
 use crate::domain::{Category, Channel, Notification, NotificationEvent, NotificationId, UserId};
-use crate::storage::{LoggedEvent, Position, StorageError};
+use crate::storage::{LoggedEvent, Position, SharedEvent, StorageError};
 
 pub const NAME: &str = "inbox";
 
@@ -45,7 +46,7 @@ fn is_notification(event: &LoggedEvent) -> bool {
 }
 
 /// The notification ids a page touches, each once.
-pub fn ids_in(events: &[LoggedEvent]) -> Result<Vec<NotificationId>, ProjectionError> {
+pub fn ids_in(events: &[SharedEvent]) -> Result<Vec<NotificationId>, ProjectionError> {
     let mut ids = Vec::new();
     for event in events.iter().filter(|e| is_notification(e)) {
         let id = NotificationId::parse(&event.aggregate_id).map_err(|e| bad(event, e.0))?;
@@ -60,11 +61,11 @@ pub fn ids_in(events: &[LoggedEvent]) -> Result<Vec<NotificationId>, ProjectionE
 /// in the page. Afterwards each entry is the row to store, or None to remove.
 pub fn fold_page(
     rows: &mut HashMap<NotificationId, Option<InboxRow>>,
-    events: &[LoggedEvent],
+    events: &[SharedEvent],
 ) -> Result<(), ProjectionError> {
     for event in events.iter().filter(|e| is_notification(e)) {
         let id = NotificationId::parse(&event.aggregate_id).map_err(|e| bad(event, e.0))?;
-        let payload: NotificationEvent = serde_json::from_value(event.payload.clone())
+        let payload = NotificationEvent::deserialize(&event.payload)
             .map_err(|e| bad(event, format!("payload does not parse: {e}")))?;
         let slot = rows.entry(id).or_insert(None);
         if slot

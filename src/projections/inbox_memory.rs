@@ -12,7 +12,7 @@ use super::inbox::{
 };
 use super::{Projection, ProjectionError};
 use crate::domain::{NotificationId, UserId};
-use crate::storage::{LoggedEvent, Position, StorageError};
+use crate::storage::{Position, SharedEvent, StorageError};
 
 #[derive(Default)]
 struct State {
@@ -75,7 +75,7 @@ impl Projection for MemoryInbox {
     async fn apply(
         &self,
         expected: Position,
-        events: &[LoggedEvent],
+        events: &[SharedEvent],
     ) -> Result<Position, ProjectionError> {
         let Some(last) = events.last() else {
             return Ok(expected);
@@ -85,11 +85,11 @@ impl Projection for MemoryInbox {
         if state.checkpoint != expected {
             return Err(ProjectionError::CheckpointMoved { expected });
         }
+        // Fold copies so that a failing event leaves the page unapplied.
         let mut rows: HashMap<_, _> = ids
             .iter()
             .map(|id| (*id, state.rows.get(id).cloned()))
             .collect();
-        // Fold first: if an event fails, nothing of the page is applied.
         fold_page(&mut rows, events)?;
         for (id, row) in rows {
             if let Some(old) = state.rows.remove(&id) {

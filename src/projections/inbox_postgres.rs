@@ -18,7 +18,7 @@ use super::inbox::{
 };
 use super::{Projection, ProjectionError};
 use crate::domain::{Notification, NotificationId, UserId};
-use crate::storage::{LoggedEvent, Position, StorageError};
+use crate::storage::{Position, SharedEvent, StorageError};
 
 pub struct PostgresInbox {
     pool: Pool,
@@ -148,7 +148,7 @@ impl Projection for PostgresInbox {
     async fn apply(
         &self,
         expected: Position,
-        events: &[LoggedEvent],
+        events: &[SharedEvent],
     ) -> Result<Position, ProjectionError> {
         let Some(last) = events.last() else {
             return Ok(expected);

@@ -9,7 +9,7 @@ pub mod inbox_postgres;
 
 use async_trait::async_trait;
 
-use crate::storage::{LoggedEvent, Position, StorageError};
+use crate::storage::{Position, SharedEvent, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -53,6 +53,6 @@ pub trait Projection: Send + Sync {
     async fn apply(
         &self,
         expected: Position,
-        events: &[LoggedEvent],
+        events: &[SharedEvent],
     ) -> Result<Position, ProjectionError>;
 }

@@ -16,13 +16,41 @@ use cqrs_es::persist::{
 use cqrs_es::Aggregate;
 use serde_json::Value;
 
-use super::{AppendSignal, EventLog, LoggedEvent, Position, StorageError};
+use super::{AppendSignal, EventLog, LoggedEvent, Position, SharedEvent, StorageError};
+
+/// Events per chunk. The log grows chunk by chunk, so an append never copies
+/// the whole log (a single growing Vec would, stalling writers for
+/// milliseconds once it holds millions of events).
+const CHUNK: usize = 4096;
 
 #[derive(Default)]
 struct Log {
-    events: Vec<LoggedEvent>,
-    /// (aggregate type, aggregate id) -> indexes into `events`, in sequence order.
+    chunks: Vec<Vec<SharedEvent>>,
+    len: usize,
+    /// (aggregate type, aggregate id) -> global indexes, in sequence order.
     streams: HashMap<(String, String), Vec<usize>>,
+}
+
+impl Log {
+    fn get(&self, index: usize) -> &SharedEvent {
+        &self.chunks[index / CHUNK][index % CHUNK]
+    }
+
+    fn push(&mut self, event: LoggedEvent) {
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(Arc::new(event));
+            self.len += 1;
+        }
+    }
+
+    fn stream(&self, aggregate_type: &str, aggregate_id: &str) -> &[usize] {
+        self.streams
+            .get(&(aggregate_type.to_owned(), aggregate_id.to_owned()))
+            .map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Cheap to clone: clones share one log.
@@ -42,7 +70,8 @@ impl MemoryEventStore {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Log> {
         // A panic while holding the lock cannot leave the log half-written (an
-        // append pushes whole events), so a poisoned lock is still consistent.
+        // append checks everything before it pushes), so a poisoned lock is
+        // still consistent.
         self.log.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -57,57 +86,54 @@ impl MemoryEventStore {
         after: i64,
     ) -> Vec<SerializedEvent> {
         let log = self.read();
-        let key = (aggregate_type.to_owned(), aggregate_id.to_owned());
-        log.streams
-            .get(&key)
-            .map(|idx| {
-                idx.iter()
-                    .map(|&i| &log.events[i])
-                    .filter(|e| e.sequence > after)
-                    .map(to_serialized)
-                    .collect()
-            })
-            .unwrap_or_default()
+        log.stream(aggregate_type, aggregate_id)
+            .iter()
+            .map(|&i| log.get(i))
+            .filter(|e| e.sequence > after)
+            .map(|e| to_serialized(e))
+            .collect()
     }
 
     /// Appends events of one stream if the stream is still at the version the
     /// writer loaded, and returns their global positions.
-    pub fn append(&self, events: &[SerializedEvent]) -> Result<Vec<Position>, PersistenceError> {
+    pub fn append(&self, events: Vec<SerializedEvent>) -> Result<Vec<Position>, PersistenceError> {
         let Some(first) = events.first() else {
             return Ok(vec![]);
         };
+        let key = (first.aggregate_type.clone(), first.aggregate_id.clone());
         let positions = {
             let mut log = self.write();
-            let key = (first.aggregate_type.clone(), first.aggregate_id.clone());
             let current = log.streams.get(&key).map_or(0, Vec::len);
             if first.sequence != current + 1 {
                 return Err(PersistenceError::OptimisticLockError);
             }
-            for (offset, event) in events.iter().enumerate() {
-                if event.sequence != current + 1 + offset
-                    || event.aggregate_id != first.aggregate_id
-                {
-                    return Err(PersistenceError::UnknownError(
-                        "events of one append must be consecutive in one stream".into(),
-                    ));
-                }
+            let consecutive = events.iter().enumerate().all(|(offset, e)| {
+                e.sequence == current + 1 + offset
+                    && e.aggregate_id == key.1
+                    && e.aggregate_type == key.0
+            });
+            if !consecutive {
+                return Err(PersistenceError::UnknownError(
+                    "events of one append must be consecutive in one stream".into(),
+                ));
             }
             let recorded_at = Utc::now();
             let mut indexes = Vec::with_capacity(events.len());
             let mut positions = Vec::with_capacity(events.len());
             for event in events {
-                indexes.push(log.events.len());
-                let n = log.events.len() as i64 + 1;
+                let index = log.len;
+                let n = index as i64 + 1;
+                indexes.push(index);
                 positions.push(Position::new(n, n));
-                log.events.push(LoggedEvent {
+                log.push(LoggedEvent {
                     position: Position::new(n, n),
-                    aggregate_type: event.aggregate_type.clone(),
-                    aggregate_id: event.aggregate_id.clone(),
+                    aggregate_type: event.aggregate_type,
+                    aggregate_id: event.aggregate_id,
                     sequence: event.sequence as i64,
-                    event_type: event.event_type.clone(),
-                    event_version: event.event_version.clone(),
-                    payload: event.payload.clone(),
-                    metadata: event.metadata.clone(),
+                    event_type: event.event_type,
+                    event_version: event.event_version,
+                    payload: event.payload,
+                    metadata: event.metadata,
                     recorded_at,
                 });
             }
@@ -168,7 +194,7 @@ impl PersistedEventRepository for MemoryEventStore {
         events: &[SerializedEvent],
         _snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        self.append(events).map(drop)
+        self.append(events.to_vec()).map(drop)
     }
 
     async fn stream_events<A: Aggregate>(
@@ -179,13 +205,14 @@ impl PersistedEventRepository for MemoryEventStore {
     }
 
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
-        let events: Vec<_> = self
-            .read()
-            .events
-            .iter()
-            .filter(|e| e.aggregate_type == A::TYPE)
-            .map(to_serialized)
-            .collect();
+        let events: Vec<_> = {
+            let log = self.read();
+            (0..log.len)
+                .map(|i| log.get(i))
+                .filter(|e| e.aggregate_type == A::TYPE)
+                .map(|e| to_serialized(e))
+                .collect()
+        };
         Ok(replay(events).await)
     }
 }
@@ -196,12 +223,12 @@ impl EventLog for MemoryEventStore {
         &self,
         after: Position,
         limit: usize,
-    ) -> Result<Vec<LoggedEvent>, StorageError> {
+    ) -> Result<Vec<SharedEvent>, StorageError> {
         let log = self.read();
         // Positions are 1..=len, so the next event after `after` is at index after.seq.
-        let start = (after.seq.max(0) as usize).min(log.events.len());
-        let end = start.saturating_add(limit).min(log.events.len());
-        Ok(log.events[start..end].to_vec())
+        let start = (after.seq.max(0) as usize).min(log.len);
+        let end = start.saturating_add(limit).min(log.len);
+        Ok((start..end).map(|i| log.get(i).clone()).collect())
     }
 
     async fn position_of(
@@ -210,17 +237,75 @@ impl EventLog for MemoryEventStore {
         aggregate_id: &str,
         sequence: i64,
     ) -> Result<Option<Position>, StorageError> {
+        if sequence < 1 {
+            return Ok(None);
+        }
         let log = self.read();
-        let key = (aggregate_type.to_owned(), aggregate_id.to_owned());
         Ok(log
-            .streams
-            .get(&key)
-            .and_then(|idx| idx.get((sequence - 1).max(0) as usize))
-            .filter(|_| sequence >= 1)
-            .map(|&i| log.events[i].position))
+            .stream(aggregate_type, aggregate_id)
+            .get(sequence as usize - 1)
+            .map(|&i| log.get(i).position))
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(stream: &str, sequence: usize) -> SerializedEvent {
+        SerializedEvent::new(
+            stream.into(),
+            sequence,
+            "Test".into(),
+            "Happened".into(),
+            "1.0".into(),
+            serde_json::json!({"n": sequence}),
+            serde_json::json!({}),
+        )
+    }
+
+    #[test]
+    fn a_stale_append_is_refused_and_changes_nothing() {
+        let store = MemoryEventStore::new(AppendSignal::default());
+        store.append(vec![event("a", 1), event("a", 2)]).unwrap();
+        let stale = store.append(vec![event("a", 2)]);
+        assert!(matches!(stale, Err(PersistenceError::OptimisticLockError)));
+        let gap = store.append(vec![event("a", 4)]);
+        assert!(matches!(gap, Err(PersistenceError::OptimisticLockError)));
+        assert_eq!(store.read().len, 2);
+        assert_eq!(
+            store.append(vec![event("a", 3)]).unwrap(),
+            vec![Position::new(3, 3)]
+        );
+    }
+
+    #[tokio::test]
+    async fn positions_are_append_order_across_chunks() {
+        let store = MemoryEventStore::new(AppendSignal::default());
+        let total = CHUNK * 2 + 7;
+        for i in 0..total {
+            store.append(vec![event(&format!("s{i}"), 1)]).unwrap();
+        }
+        let mut after = Position::START;
+        let mut seen = 0;
+        loop {
+            let page = store.read_after(after, 1000).await.unwrap();
+            let Some(last) = page.last() else { break };
+            for (k, e) in page.iter().enumerate() {
+                assert_eq!(e.position.seq, after.seq + 1 + k as i64);
+            }
+            seen += page.len();
+            after = last.position;
+        }
+        assert_eq!(seen, total);
+        let p = store
+            .position_of("Test", &format!("s{}", CHUNK + 1), 1)
+            .await
+            .unwrap();
+        assert_eq!(p, Some(Position::new(CHUNK as i64 + 2, CHUNK as i64 + 2)));
     }
 }

@@ -31,6 +31,9 @@ pub struct LoggedEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// Events are read once and shared by every projection that gets them.
+pub type SharedEvent = Arc<LoggedEvent>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// The backend cannot be reached (connection refused, pool timed out).
@@ -90,7 +93,7 @@ pub trait EventLog: Send + Sync {
         &self,
         after: Position,
         limit: usize,
-    ) -> Result<Vec<LoggedEvent>, StorageError>;
+    ) -> Result<Vec<SharedEvent>, StorageError>;
 
     /// Where event `sequence` of stream `aggregate_id` sits in the global log.
     async fn position_of(

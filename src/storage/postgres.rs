@@ -8,6 +8,7 @@
 //! `global_position`.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +16,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
 
-use super::{error_chain, EventLog, LoggedEvent, Position, StorageError};
+use super::{error_chain, EventLog, LoggedEvent, Position, SharedEvent, StorageError};
 
 /// Migrations embedded at build time from `migrations/`, applied by sqlx's migrator.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -257,14 +258,14 @@ impl EventLog for PgEventLog {
         &self,
         after: Position,
         limit: usize,
-    ) -> Result<Vec<LoggedEvent>, StorageError> {
+    ) -> Result<Vec<SharedEvent>, StorageError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(READ_AFTER).await?;
         let rows = client
             .query(&stmt, &[&after.tx.to_string(), &after.seq, &(limit as i64)])
             .await?;
         rows.iter()
-            .map(|r| row_to_event(r).map_err(StorageError::from))
+            .map(|r| row_to_event(r).map(Arc::new).map_err(StorageError::from))
             .collect()
     }
 
