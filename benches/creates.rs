@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tidings::config::Settings;
+use tidings::storage::Position;
 use tidings::Application;
 
 /// The same allocator as the `tidings` binary, so the app runs as it does in production.
@@ -42,6 +43,15 @@ struct ClientResult {
     latencies: Histogram<u64>,
     ok: u64,
     errors: u64,
+    /// The greatest cursor this client was answered with.
+    last_cursor: Position,
+}
+
+/// The `cursor` of a create's answer, found without parsing the whole body.
+fn cursor_in(body: &[u8]) -> Option<Position> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("\"cursor\":\"")? + 10;
+    Position::parse_cursor(text.get(start..start + 32)?).ok()
 }
 
 /// One client: a keep-alive connection sending creates until `until`.
@@ -55,6 +65,7 @@ async fn client(
         latencies: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
         ok: 0,
         errors: 0,
+        last_cursor: Position::START,
     };
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.set_nodelay(true).expect("nodelay");
@@ -86,7 +97,11 @@ async fn client(
         let ok = match sender.send_request(req).await {
             Ok(resp) => {
                 let status = resp.status();
-                let _ = resp.into_body().collect().await;
+                if let Ok(body) = resp.into_body().collect().await {
+                    if let Some(c) = cursor_in(&body.to_bytes()) {
+                        result.last_cursor = result.last_cursor.max(c);
+                    }
+                }
                 status.as_u16() == 201
             }
             Err(_) => false,
@@ -109,6 +124,7 @@ async fn run(backend: &str, clients: usize, seconds: u64, database_url: Option<S
     settings.db_pool_size = env_or("BENCH_POOL_SIZE", 8);
     let app = Application::build(settings).await.expect("the app builds");
     let addr = app.addr();
+    let state = app.state();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -120,12 +136,21 @@ async fn run(backend: &str, clients: usize, seconds: u64, database_url: Option<S
         .collect();
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let (mut ok, mut errors) = (0, 0);
+    let mut last_cursor = Position::START;
     for t in tasks {
         let r = t.await.expect("client task");
         all.add(&r.latencies).expect("same bounds");
         ok += r.ok;
         errors += r.errors;
+        last_cursor = last_cursor.max(r.last_cursor);
     }
+    // How far behind the inbox projection was when the load stopped.
+    let load_stopped = Instant::now();
+    let caught_up = state
+        .inbox_projector
+        .wait_for(last_cursor, Duration::from_secs(300))
+        .await;
+    let catch_up_ms = caught_up.then(|| load_stopped.elapsed().as_secs_f64() * 1000.0);
     let _ = stop.send(());
     let _ = server.await;
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
@@ -136,6 +161,7 @@ async fn run(backend: &str, clients: usize, seconds: u64, database_url: Option<S
         "creates": ok,
         "errors": errors,
         "creates_per_second": (ok as f64 / seconds as f64).round(),
+        "projection_catch_up_ms": catch_up_ms,
         "latency_ms": {
             "p50": ms(0.50),
             "p99": ms(0.99),

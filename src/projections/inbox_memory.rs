@@ -14,9 +14,11 @@ use super::{Projection, ProjectionError};
 use crate::domain::{NotificationId, UserId};
 use crate::storage::{Position, SharedEvent, StorageError};
 
+/// B-trees rather than hash maps: they grow a node at a time, where a hash
+/// map's resize moves every row at once while writers wait on the lock.
 #[derive(Default)]
 struct State {
-    rows: HashMap<NotificationId, InboxRow>,
+    rows: BTreeMap<NotificationId, InboxRow>,
     by_recipient: HashMap<UserId, BTreeMap<Position, NotificationId>>,
     checkpoint: Position,
 }

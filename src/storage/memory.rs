@@ -5,7 +5,7 @@
 //! under the same lock that assigns global positions, so positions are commit
 //! order and a stale writer gets `OptimisticLockError`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -27,8 +27,10 @@ const CHUNK: usize = 4096;
 struct Log {
     chunks: Vec<Vec<SharedEvent>>,
     len: usize,
-    /// (aggregate type, aggregate id) -> global indexes, in sequence order.
-    streams: HashMap<(String, String), Vec<usize>>,
+    /// (aggregate type, aggregate id) -> global indexes, in sequence order. A
+    /// B-tree grows a node at a time; a hash map's resize would move every
+    /// stream at once under the write lock.
+    streams: BTreeMap<(String, String), Vec<usize>>,
 }
 
 impl Log {
