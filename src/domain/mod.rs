@@ -2,13 +2,19 @@
 //! errors and rules. No IO, no async runtime, no clock reads: time arrives
 //! inside each command, so every rule here is a plain function to test.
 
+pub mod command;
+pub mod event;
 pub mod notification;
 pub mod values;
 
-pub use notification::{
-    Data, Lifecycle, NewNotification, Notification, NotificationCommand, NotificationError,
-    NotificationEvent, Timestamp, EVENT_VERSION,
-};
+pub use command::{NewNotification, NotificationCommand};
+pub use event::{NotificationEvent, EVENT_VERSION};
+pub use notification::{Lifecycle, Notification, NotificationError};
+
+/// Every time in the domain: UTC.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;
+/// Free-form data the sender attaches (a JSON object); tidings stores and returns it.
+pub type Data = serde_json::Map<String, serde_json::Value>;
 pub use values::{
     Body, Category, Channel, GroupKey, InvalidValue, NotificationId, Priority, Title, UserId,
 };

@@ -4,10 +4,13 @@
 
 use proptest::prelude::*;
 
+use chrono::DateTime;
+
 use super::*;
 use crate::domain::values::{
     Body, Category, Channel, GroupKey, NotificationId, Priority, Title, UserId,
 };
+use crate::domain::Data;
 
 use NotificationCommand as C;
 use NotificationError as Error;

@@ -1,0 +1,92 @@
+//! Commands: what a caller asks of a notification, imperative, each carrying
+//! the time it is executed at (the domain never reads a clock).
+
+use serde::{Deserialize, Serialize};
+
+use super::values::{Body, Category, Channel, GroupKey, NotificationId, Priority, Title, UserId};
+use super::{Data, Timestamp};
+
+/// Everything a sender says about a new notification, already validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewNotification {
+    pub recipient: UserId,
+    pub category: Category,
+    pub title: Title,
+    pub body: Body,
+    pub data: Data,
+    pub priority: Priority,
+    /// Non-empty and without repeats (the edge dedups).
+    pub channels: Vec<Channel>,
+    pub group_key: Option<GroupKey>,
+    pub deliver_at: Option<Timestamp>,
+}
+
+/// Commands are imperative; each carries the time it is executed at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotificationCommand {
+    Create {
+        id: NotificationId,
+        content: Box<NewNotification>,
+        at: Timestamp,
+    },
+    Deliver {
+        channel: Channel,
+        at: Timestamp,
+    },
+    MarkSeen {
+        at: Timestamp,
+    },
+    MarkRead {
+        at: Timestamp,
+    },
+    MarkUnread {
+        at: Timestamp,
+    },
+    Click {
+        at: Timestamp,
+    },
+    Archive {
+        at: Timestamp,
+    },
+    Unarchive {
+        at: Timestamp,
+    },
+    Delete {
+        at: Timestamp,
+    },
+    Cancel {
+        at: Timestamp,
+    },
+}
+
+impl NotificationCommand {
+    /// The command's name, as recorded in event metadata.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Create { .. } => "Create",
+            Self::Deliver { .. } => "Deliver",
+            Self::MarkSeen { .. } => "MarkSeen",
+            Self::MarkRead { .. } => "MarkRead",
+            Self::MarkUnread { .. } => "MarkUnread",
+            Self::Click { .. } => "Click",
+            Self::Archive { .. } => "Archive",
+            Self::Unarchive { .. } => "Unarchive",
+            Self::Delete { .. } => "Delete",
+            Self::Cancel { .. } => "Cancel",
+        }
+    }
+
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Self::Create { at, .. } | Self::Deliver { at, .. } => *at,
+            Self::MarkSeen { at }
+            | Self::MarkRead { at }
+            | Self::MarkUnread { at }
+            | Self::Click { at }
+            | Self::Archive { at }
+            | Self::Unarchive { at }
+            | Self::Delete { at }
+            | Self::Cancel { at } => *at,
+        }
+    }
+}
