@@ -29,6 +29,50 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// Redis URL for stream updates between instances; absent: one instance,
+    /// in-process fan-out. Needs DATABASE_URL.
+    #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Redis pub/sub channel for stream updates, one per deployment; absent:
+    /// named after the database, so deployments sharing a Redis stay apart.
+    #[arg(long, env = "TIDINGS_REDIS_CHANNEL", global = true)]
+    pub redis_channel: Option<String>,
+
+    /// Most WebSocket stream connections at once; more are closed with code 1013.
+    #[arg(long, env = "TIDINGS_STREAM_MAX_CONNECTIONS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000), global = true)]
+    pub stream_max_connections: u64,
+
+    /// Updates a stream connection may have waiting; a reader further behind
+    /// is told to resync and disconnected. Keep it above the updates one
+    /// projector page can cause for one topic (up to a page of events plus one).
+    #[arg(long, env = "TIDINGS_STREAM_QUEUE", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000), global = true)]
+    pub stream_queue: u64,
+
+    /// Ping interval on stream connections, in milliseconds; a peer silent for
+    /// two intervals is closed.
+    #[arg(long, env = "TIDINGS_STREAM_HEARTBEAT_MS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000), global = true)]
+    pub stream_heartbeat_ms: u64,
+
+    /// Stream updates kept for resuming subscribers; an older cursor gets `resync`.
+    #[arg(long, env = "TIDINGS_STREAM_RETENTION", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000_000), global = true)]
+    pub stream_retention: u64,
+
+    /// How often each instance checks the update log for updates it missed
+    /// (Redis down, or no Redis), in milliseconds.
+    #[arg(long, env = "TIDINGS_STREAM_POLL_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..=60_000), global = true)]
+    pub stream_poll_ms: u64,
+
+    /// How often a standby instance tries to take over a projector, in milliseconds.
+    #[arg(long, env = "TIDINGS_ELECTION_INTERVAL_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000), global = true)]
+    pub election_interval_ms: u64,
+
     /// Connections in each PostgreSQL pool. A handful is right: PostgreSQL peaks
     /// at about as many concurrent transactions as the machine has cores.
     #[arg(long, env = "TIDINGS_DB_POOL_SIZE", default_value_t = 8,
@@ -80,12 +124,29 @@ impl Settings {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }
+    pub fn stream_heartbeat(&self) -> Duration {
+        Duration::from_millis(self.stream_heartbeat_ms)
+    }
+    pub fn stream_poll(&self) -> Duration {
+        Duration::from_millis(self.stream_poll_ms)
+    }
+    pub fn election_interval(&self) -> Duration {
+        Duration::from_millis(self.election_interval_ms)
+    }
 
     /// Defaults for an app in a test or benchmark: memory, port 0.
     pub fn for_tests(database_url: Option<String>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url,
+            redis_url: None,
+            redis_channel: None,
+            stream_max_connections: 20_000,
+            stream_queue: 4096,
+            stream_heartbeat_ms: 20_000,
+            stream_retention: 100_000,
+            stream_poll_ms: 200,
+            election_interval_ms: 200,
             db_pool_size: 8,
             max_body_bytes: 64 * 1024,
             command_attempts: 10,

@@ -10,7 +10,7 @@ use crate::AppState;
 
 #[derive(Object, Debug, Clone)]
 pub struct HealthView {
-    /// `live`, `ready` or `unavailable`.
+    /// `live`, `ready`, `degraded` or `unavailable`.
     pub status: String,
     /// `memory` or `postgres`.
     pub storage: String,
@@ -19,6 +19,13 @@ pub struct HealthView {
     pub detail: Option<String>,
     /// Where the inbox projection has got to.
     pub inbox_cursor: String,
+    /// Whether this instance runs the inbox projector now.
+    pub inbox_leader: bool,
+    /// `up` or `down`; absent without REDIS_URL.
+    #[oai(skip_serializing_if_is_none)]
+    pub redis: Option<String>,
+    /// Open stream connections on this instance.
+    pub stream_connections: u64,
 }
 
 #[derive(ApiResponse)]
@@ -46,15 +53,25 @@ impl HealthApi {
 
     /// Readiness
     ///
-    /// The event store answers a round trip.
+    /// The event store answers a round trip. With Redis configured but down the
+    /// instance still serves (its own subscribers live, others through the
+    /// update log): `degraded`, still 200.
     #[oai(path = "/health/ready", method = "get", operation_id = "ready")]
     async fn ready(&self) -> HealthResponse {
-        match self.state.commands.ping().await {
-            Ok(()) => HealthResponse::Ok(Json(self.view("ready", None))),
-            Err(e) => {
-                HealthResponse::Unavailable(Json(self.view("unavailable", Some(e.to_string()))))
-            }
+        if let Err(e) = self.state.commands.ping().await {
+            return HealthResponse::Unavailable(Json(
+                self.view("unavailable", Some(e.to_string())),
+            ));
         }
+        let mut view = self.view("ready", None);
+        if view.redis.as_deref() == Some("down") {
+            view.status = "degraded".into();
+            view.detail = Some(
+                "Redis is unreachable: other instances' subscribers get updates late, from the update log"
+                    .into(),
+            );
+        }
+        HealthResponse::Ok(Json(view))
     }
 }
 
@@ -65,6 +82,14 @@ impl HealthApi {
             storage: self.state.storage.to_owned(),
             detail,
             inbox_cursor: self.state.inbox_projector.checkpoint().to_cursor(),
+            inbox_leader: self.state.inbox_projector.is_leader(),
+            redis: self
+                .state
+                .streams
+                .fanout
+                .as_ref()
+                .map(|f| if f.is_up() { "up" } else { "down" }.to_owned()),
+            stream_connections: self.state.streams.router.connections() as u64,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod inbox;
 pub mod json;
 pub mod notifications;
 pub mod problem;
+pub mod stream;
 pub mod views;
 
 use std::sync::Arc;
@@ -55,19 +56,30 @@ pub fn openapi(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
         "Event-sourced notification service. Every accepted command is recorded as \
          immutable events; the inbox is a projection of the global event log. Commands \
          answer with a `cursor`: pass it as `min_position` to a query to read your own write. \
-         Errors are `application/problem+json`.",
+         Errors are `application/problem+json`.\n\n\
+         **Streams.** `GET /v1/stream?topics=inbox:{user},notification:{id}&cursor={cursor}` \
+         upgrades to a WebSocket of live updates (`inbox:{user}`: rows `created`, `changed`, \
+         `removed` and the `counts`; `notification:{id}`: the row). Every server message is JSON \
+         with a `type`: `subscribed`, `update` (`cursor`, `topic`, `kind`, `data` = the row as \
+         REST returns it), `resync` (fetch over REST, continue from the fresh `cursor`), \
+         `unsubscribed`, `error`. Clients may send `{\"type\":\"subscribe\",\"topics\":[...],\
+         \"cursor\":\"...\"}` and `{\"type\":\"unsubscribe\",\"topics\":[...]}`. Reconnect with \
+         the `cursor` of the last update received to get every update missed, in order, once. \
+         Close codes: 1013 connection limit reached, 4000 slow consumer (resync), 1001 going \
+         away. The messages' JSON Schema is `openapi/stream-messages.schema.json`.",
     )
 }
 
 /// The whole app: API, docs, spec, middleware.
 pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
-    let api = openapi(state);
+    let api = openapi(state.clone());
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
     Route::new()
         .nest("/", api)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
+        .at("/v1/stream", poem::get(stream::stream).data(state))
         .data(json::BodyLimit(body_limit))
         .catch_all_error(problem::problem_from_error)
         .with(CatchPanic::new().with_handler(|_| {

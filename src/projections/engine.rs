@@ -7,6 +7,7 @@
 //! isolated by retrying one event at a time, logged with its position, and
 //! never skipped.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,9 +39,27 @@ impl Default for EngineConfig {
 pub struct ProjectorHandle {
     pub name: &'static str,
     checkpoint: watch::Receiver<Position>,
+    leader: Arc<AtomicBool>,
 }
 
 impl ProjectorHandle {
+    pub fn new(
+        name: &'static str,
+        checkpoint: watch::Receiver<Position>,
+        leader: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            name,
+            checkpoint,
+            leader,
+        }
+    }
+
+    /// Whether this instance runs the projector now (always, without PostgreSQL).
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Acquire)
+    }
+
     pub fn checkpoint(&self) -> Position {
         *self.checkpoint.borrow()
     }
@@ -65,22 +84,20 @@ pub fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> (ProjectorHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(Position::START);
-    let handle = ProjectorHandle {
-        name: projection.name(),
-        checkpoint: rx,
-    };
+    let handle = ProjectorHandle::new(projection.name(), rx, Arc::new(AtomicBool::new(true)));
     let wake = signal.subscribe();
-    let task = tokio::spawn(run(projection, log, wake, config, shutdown, tx));
+    let task = tokio::spawn(async move { run(projection, log, wake, config, shutdown, &tx).await });
     (handle, task)
 }
 
-async fn run(
+/// Runs the projector until `shutdown` is true, then flushes and returns.
+pub async fn run(
     projection: Arc<dyn Projection>,
     log: Arc<dyn EventLog>,
     mut wake: watch::Receiver<u64>,
     config: EngineConfig,
     mut shutdown: watch::Receiver<bool>,
-    progress: watch::Sender<Position>,
+    progress: &watch::Sender<Position>,
 ) {
     let name = projection.name();
     let mut backoff = Duration::from_millis(100);

@@ -11,8 +11,10 @@ use cqrs_es::Aggregate;
 use serde::Deserialize;
 
 use super::ProjectionError;
+use crate::api::views::NotificationView;
 use crate::domain::{Category, Channel, Notification, NotificationEvent, NotificationId, UserId};
 use crate::storage::{LoggedEvent, Position, SharedEvent, StorageError};
+use crate::streams::updates::{NewUpdate, Topic};
 
 pub const NAME: &str = "inbox";
 
@@ -144,5 +146,104 @@ pub fn cut_page(mut items: Vec<InboxRow>, limit: usize) -> (Vec<InboxRow>, Optio
         (items, next)
     } else {
         (items, None)
+    }
+}
+
+/// The stream updates one page causes: per changed notification one update on
+/// `notification:{id}` and, when it is or was in an inbox, one on
+/// `inbox:{user}`; the caller adds the counts of each recipient in `touched`.
+pub struct PageUpdates {
+    pub rows: Vec<NewUpdate>,
+    /// Recipients whose inbox changed: their counts follow the rows.
+    pub touched: Vec<UserId>,
+}
+
+fn view_json(row: &InboxRow) -> serde_json::Value {
+    use poem_openapi::types::ToJSON;
+    NotificationView::from_state(&row.state, row.last_position)
+        .and_then(|v| v.to_json())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Compares each row before and after the page.
+pub fn page_updates(
+    before: &HashMap<NotificationId, Option<InboxRow>>,
+    after: &HashMap<NotificationId, Option<InboxRow>>,
+    page_end: Position,
+) -> PageUpdates {
+    let mut rows = Vec::new();
+    let mut touched: Vec<UserId> = Vec::new();
+    let mut ids: Vec<&NotificationId> = after.keys().collect();
+    // Deterministic order: by the position of each row's last change.
+    ids.sort_by_key(|id| {
+        after
+            .get(*id)
+            .and_then(|r| r.as_ref().map(|r| r.last_position))
+            .unwrap_or(page_end)
+    });
+    for id in ids {
+        let old = before.get(id).and_then(Option::as_ref);
+        let new = after.get(id).and_then(Option::as_ref);
+        if old == new {
+            continue;
+        }
+        let position = new.map_or(page_end, |r| r.last_position);
+        let removed = serde_json::json!({ "id": id.to_string() });
+        let (kind, data) = match (old, new) {
+            (None, Some(n)) => ("created", view_json(n)),
+            (Some(_), Some(n)) => ("changed", view_json(n)),
+            (Some(_), None) => ("removed", removed.clone()),
+            (None, None) => continue,
+        };
+        rows.push(NewUpdate {
+            topic: Topic::Notification(*id).to_string(),
+            kind,
+            data: data.clone(),
+            position,
+        });
+        let was = old.filter(|r| r.in_inbox());
+        let is = new.filter(|r| r.in_inbox());
+        let inbox_kind = match (was, is) {
+            (None, Some(_)) => "created",
+            (Some(_), Some(_)) => "changed",
+            (Some(_), None) => "removed",
+            (None, None) => continue,
+        };
+        let Some(recipient) = new
+            .or(old)
+            .and_then(|r| r.state.content.as_ref())
+            .map(|c| c.recipient.clone())
+        else {
+            continue;
+        };
+        rows.push(NewUpdate {
+            topic: Topic::Inbox(recipient.clone()).to_string(),
+            kind: inbox_kind,
+            data: if inbox_kind == "removed" {
+                removed
+            } else {
+                data
+            },
+            position,
+        });
+        if !touched.contains(&recipient) {
+            touched.push(recipient);
+        }
+    }
+    PageUpdates { rows, touched }
+}
+
+/// The `counts` update of one recipient's inbox.
+pub fn counts_update(
+    recipient: &UserId,
+    unread: u64,
+    unseen: u64,
+    position: Position,
+) -> NewUpdate {
+    NewUpdate {
+        topic: Topic::Inbox(recipient.clone()).to_string(),
+        kind: "counts",
+        data: serde_json::json!({ "unread_count": unread, "unseen_count": unseen }),
+        position,
     }
 }

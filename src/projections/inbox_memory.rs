@@ -3,16 +3,19 @@
 //! so a reader never sees a page half applied.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use async_trait::async_trait;
 
 use super::inbox::{
-    cut_page, fold_page, ids_in, InboxPage, InboxQuery, InboxReader, InboxRow, ReadFilter, NAME,
+    counts_update, cut_page, fold_page, ids_in, page_updates, InboxPage, InboxQuery, InboxReader,
+    InboxRow, ReadFilter, NAME,
 };
 use super::{Projection, ProjectionError};
 use crate::domain::{NotificationId, UserId};
 use crate::storage::{Position, SharedEvent, StorageError};
+use crate::streams::feed::Feed;
+use crate::streams::updates::MemoryUpdateLog;
 
 /// B-trees rather than hash maps: they grow a node at a time, where a hash
 /// map's resize moves every row at once while writers wait on the lock.
@@ -32,6 +35,20 @@ impl State {
         }
     }
 
+    /// (unread, unseen) among the recipient's unarchived inbox rows.
+    fn counts(&self, recipient: &UserId) -> (u64, u64) {
+        let (mut unread, mut unseen) = (0, 0);
+        if let Some(index) = self.by_recipient.get(recipient) {
+            for row in index.values().filter_map(|id| self.rows.get(id)) {
+                if !row.state.is_archived() {
+                    unread += u64::from(!row.state.is_read());
+                    unseen += u64::from(!row.state.is_seen());
+                }
+            }
+        }
+        (unread, unseen)
+    }
+
     fn index(&mut self, id: NotificationId, row: &InboxRow) {
         if let (true, Some(pos), Some(content)) =
             (row.in_inbox(), row.inbox_position, &row.state.content)
@@ -44,14 +61,26 @@ impl State {
     }
 }
 
-#[derive(Default)]
 pub struct MemoryInbox {
     state: RwLock<State>,
+    /// Stream updates, numbered as pages are applied.
+    updates: Arc<MemoryUpdateLog>,
+    /// Where numbered updates go live (set once the feed runs).
+    feed: OnceLock<Feed>,
 }
 
 impl MemoryInbox {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(updates: Arc<MemoryUpdateLog>) -> Self {
+        Self {
+            state: RwLock::default(),
+            updates,
+            feed: OnceLock::new(),
+        }
+    }
+
+    /// Connects the live feed; updates numbered before are read from the log.
+    pub fn set_feed(&self, feed: Feed) {
+        let _ = self.feed.set(feed);
     }
 
     // Writers replace whole rows, so a poisoned lock still guards a consistent state.
@@ -88,11 +117,13 @@ impl Projection for MemoryInbox {
             return Err(ProjectionError::CheckpointMoved { expected });
         }
         // Fold copies so that a failing event leaves the page unapplied.
-        let mut rows: HashMap<_, _> = ids
+        let before: HashMap<_, _> = ids
             .iter()
             .map(|id| (*id, state.rows.get(id).cloned()))
             .collect();
+        let mut rows = before.clone();
         fold_page(&mut rows, events)?;
+        let updates = page_updates(&before, &rows, last.position);
         for (id, row) in rows {
             if let Some(old) = state.rows.remove(&id) {
                 state.unindex(&old);
@@ -103,6 +134,17 @@ impl Projection for MemoryInbox {
             }
         }
         state.checkpoint = last.position;
+        let mut new_updates = updates.rows;
+        for recipient in &updates.touched {
+            let (unread, unseen) = state.counts(recipient);
+            new_updates.push(counts_update(recipient, unread, unseen, last.position));
+        }
+        // Numbered under the inbox lock, so numbers follow the pages.
+        let numbered = self.updates.append(new_updates);
+        drop(state);
+        if let Some(feed) = self.feed.get() {
+            feed.offer(numbered);
+        }
         Ok(last.position)
     }
 }
@@ -119,12 +161,7 @@ impl InboxReader for MemoryInbox {
                 unseen_count: 0,
             });
         };
-        let rows = index.values().filter_map(|id| state.rows.get(id));
-        let (mut unread, mut unseen) = (0, 0);
-        for row in rows.filter(|r| !r.state.is_archived()) {
-            unread += u64::from(!row.state.is_read());
-            unseen += u64::from(!row.state.is_seen());
-        }
+        let (unread, unseen) = state.counts(&q.recipient);
         let upper = q
             .before
             .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);

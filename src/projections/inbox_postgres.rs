@@ -7,6 +7,7 @@
 //! one delete, move the checkpoint, commit.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -14,19 +15,42 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::inbox::{
-    cut_page, fold_page, ids_in, InboxPage, InboxQuery, InboxReader, InboxRow, ReadFilter, NAME,
+    counts_update, cut_page, fold_page, ids_in, page_updates, InboxPage, InboxQuery, InboxReader,
+    InboxRow, PageUpdates, ReadFilter, NAME,
 };
 use super::{Projection, ProjectionError};
 use crate::domain::{Notification, NotificationId, UserId};
 use crate::storage::{Position, SharedEvent, StorageError};
+use crate::streams::fanout::Fanout;
+use crate::streams::feed::Feed;
+use crate::streams::updates::StreamUpdate;
 
 pub struct PostgresInbox {
     pool: Pool,
+    /// Stream updates kept for resuming subscribers.
+    retention: u64,
+    /// This instance's live feed (set once it runs).
+    feed: OnceLock<Feed>,
+    /// Redis, to reach the other instances' subscribers.
+    fanout: OnceLock<Arc<Fanout>>,
 }
 
 impl PostgresInbox {
-    pub fn new(pool: Pool) -> Self {
-        Self { pool }
+    pub fn new(pool: Pool, retention: u64) -> Self {
+        Self {
+            pool,
+            retention,
+            feed: OnceLock::new(),
+            fanout: OnceLock::new(),
+        }
+    }
+
+    pub fn set_feed(&self, feed: Feed) {
+        let _ = self.feed.set(feed);
+    }
+
+    pub fn set_fanout(&self, fanout: Arc<Fanout>) {
+        let _ = self.fanout.set(fanout);
     }
 }
 
@@ -180,7 +204,9 @@ impl Projection for PostgresInbox {
             let id = NotificationId(row.try_get("id")?);
             rows.insert(id, Some(to_row(&row)?));
         }
+        let before = rows.clone();
         fold_page(&mut rows, events)?;
+        let updates = page_updates(&before, &rows, last.position);
         let mut upserts = Columns::default();
         let mut deletes = Vec::new();
         for (id, row) in &rows {
@@ -199,9 +225,113 @@ impl Projection for PostgresInbox {
             )
             .await?;
         }
+        let numbered = record_updates(&tx, updates, last.position).await?;
         tx.commit().await?;
+        if let (Some(first), Some(newest)) = (
+            numbered.first().map(|u| u.id),
+            numbered.last().map(|u| u.id),
+        ) {
+            if let Some(feed) = self.feed.get() {
+                feed.offer(numbered.clone());
+            }
+            if let Some(fanout) = self.fanout.get() {
+                fanout.publish(numbered);
+            }
+            // Once per PRUNE_EVERY updates: when this page crossed a multiple of it.
+            if (first - 1) / PRUNE_EVERY != newest / PRUNE_EVERY {
+                self.prune(newest).await;
+            }
+        }
         Ok(last.position)
     }
+}
+
+/// Prune the update log once every this many updates.
+const PRUNE_EVERY: i64 = 10_000;
+
+impl PostgresInbox {
+    /// Drops updates older than the retention; a subscriber whose cursor is
+    /// older gets `resync`.
+    async fn prune(&self, newest: i64) {
+        let keep_from = newest - self.retention as i64;
+        if keep_from <= 0 {
+            return;
+        }
+        match self.pool.get().await {
+            Ok(client) => {
+                if let Err(e) = client
+                    .execute("DELETE FROM stream_updates WHERE id < $1", &[&keep_from])
+                    .await
+                {
+                    tracing::warn!(error = %e, "pruning stream updates failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pruning stream updates failed"),
+        }
+    }
+}
+
+/// Numbers the page's updates (plus the counts of every touched inbox) and
+/// stores them in the page's transaction.
+async fn record_updates(
+    tx: &tokio_postgres::Transaction<'_>,
+    updates: PageUpdates,
+    page_end: Position,
+) -> Result<Vec<Arc<StreamUpdate>>, ProjectionError> {
+    let mut new = updates.rows;
+    if !updates.touched.is_empty() {
+        let names: Vec<&str> = updates.touched.iter().map(|u| u.as_str()).collect();
+        let counts: HashMap<String, (i64, i64)> = tx
+            .query(
+                "SELECT recipient, count(*) FILTER (WHERE NOT read), count(*) FILTER (WHERE NOT seen)
+                   FROM inbox_notifications
+                  WHERE recipient = ANY($1) AND in_inbox AND NOT archived
+                  GROUP BY recipient",
+                &[&names],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+            .collect::<Result<_, tokio_postgres::Error>>()?;
+        for recipient in &updates.touched {
+            let (unread, unseen) = counts.get(recipient.as_str()).copied().unwrap_or((0, 0));
+            new.push(counts_update(
+                recipient,
+                unread as u64,
+                unseen as u64,
+                page_end,
+            ));
+        }
+    }
+    if new.is_empty() {
+        return Ok(vec![]);
+    }
+    let last: i64 = tx
+        .query_one(
+            "UPDATE stream_update_counter SET last_id = last_id + $1 RETURNING last_id",
+            &[&(new.len() as i64)],
+        )
+        .await?
+        .try_get(0)?;
+    let first = last - new.len() as i64 + 1;
+    let numbered: Vec<Arc<StreamUpdate>> = new
+        .into_iter()
+        .zip(first..)
+        .map(|(u, id)| Arc::new(u.numbered(id)))
+        .collect();
+    let ids: Vec<i64> = numbered.iter().map(|u| u.id).collect();
+    let topics: Vec<&str> = numbered.iter().map(|u| u.topic.as_str()).collect();
+    let kinds: Vec<&str> = numbered.iter().map(|u| u.kind.as_str()).collect();
+    let data: Vec<&serde_json::Value> = numbered.iter().map(|u| &u.data).collect();
+    let txs: Vec<i64> = numbered.iter().map(|u| u.position.tx).collect();
+    let seqs: Vec<i64> = numbered.iter().map(|u| u.position.seq).collect();
+    tx.execute(
+        "INSERT INTO stream_updates (id, topic, kind, data, tx, seq)
+         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::jsonb[], $5::int8[], $6::int8[])",
+        &[&ids, &topics, &kinds, &data, &txs, &seqs],
+    )
+    .await?;
+    Ok(numbered)
 }
 
 #[async_trait]

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod inbox;
 pub mod inbox_memory;
 pub mod inbox_postgres;
+pub mod leader;
 
 use async_trait::async_trait;
 

@@ -32,6 +32,8 @@ pub struct PgPools {
     pub sqlx: PgPool,
     /// For the log reader, read models and checkpoints.
     pub deadpool: Pool,
+    /// For connections of their own (the projector leader's lock).
+    pub pg_config: tokio_postgres::Config,
 }
 
 /// Loopback connections gain nothing from TLS but pay for it in throughput;
@@ -92,7 +94,7 @@ pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<PgPools> {
         pg_config.connect_timeout(Duration::from_secs(5));
     }
     let manager = Manager::from_config(
-        pg_config,
+        pg_config.clone(),
         tokio_postgres::NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -110,7 +112,31 @@ pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<PgPools> {
         .await
         .map_err(|e| anyhow::anyhow!(error_chain(&e)))
         .with_context(|| format!("cannot connect to PostgreSQL at `{shown}` (DATABASE_URL)"))?;
-    Ok(PgPools { sqlx, deadpool })
+    Ok(PgPools {
+        sqlx,
+        deadpool,
+        pg_config,
+    })
+}
+
+/// A name for this deployment, from where its database is: the default Redis
+/// channel, so that deployments sharing a Redis never mix their updates.
+pub fn deployment_channel(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "tidings:{}:{port}/{}:stream-updates",
+        hosts.join(","),
+        config.get_dbname().unwrap_or("postgres")
+    )
 }
 
 /// Applies pending migrations; safe to run from several instances at once

@@ -1,0 +1,361 @@
+//! Wiring: storage, projectors, streams and the HTTP server, built from
+//! `Settings`. `main`, the tests and the benchmarks all start the app here.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::Server;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::api;
+use crate::commands::{CommandService, NotificationStore};
+use crate::config::Settings;
+use crate::projections::engine::{self, EngineConfig, ProjectorHandle};
+use crate::projections::inbox::InboxReader;
+use crate::projections::inbox_memory::MemoryInbox;
+use crate::projections::inbox_postgres::PostgresInbox;
+use crate::projections::leader::{self, Election};
+use crate::storage::memory::MemoryEventStore;
+use crate::storage::postgres::{self, PgEventLog};
+use crate::storage::{AppendSignal, EventLog};
+use crate::streams::fanout::Fanout;
+use crate::streams::feed;
+use crate::streams::router::Router;
+use crate::streams::socket::StreamSettings;
+use crate::streams::updates::{MemoryUpdateLog, PgUpdateLog, UpdateLog};
+
+/// What request handlers share.
+pub struct AppState {
+    pub commands: CommandService,
+    pub inbox: Arc<dyn InboxReader>,
+    pub inbox_projector: ProjectorHandle,
+    /// How long a query with `min_position` waits for the read model.
+    pub read_wait: Duration,
+    /// `memory` or `postgres`.
+    pub storage: &'static str,
+    pub streams: Streams,
+}
+
+/// What stream connections share.
+pub struct Streams {
+    pub router: Arc<Router>,
+    pub log: Arc<dyn UpdateLog>,
+    /// One permit per open connection.
+    pub permits: Arc<Semaphore>,
+    pub max_connections: usize,
+    pub settings: StreamSettings,
+    /// Flips to true when the server starts shutting down.
+    pub closing: watch::Receiver<bool>,
+    /// Redis, when configured.
+    pub fanout: Option<Arc<Fanout>>,
+}
+
+/// The running parts behind the HTTP surface.
+pub struct Core {
+    pub state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    closing: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Started {
+    log: Arc<dyn EventLog>,
+    store: NotificationStore,
+    inbox: Arc<dyn InboxReader>,
+    projector: ProjectorHandle,
+    updates: Arc<dyn UpdateLog>,
+    fanout: Option<Arc<Fanout>>,
+    storage: &'static str,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn engine_config(settings: &Settings) -> EngineConfig {
+    EngineConfig {
+        page_size: settings.projector_page_size as usize,
+        poll_interval: settings.projector_poll(),
+        ..EngineConfig::default()
+    }
+}
+
+async fn start_memory(
+    settings: &Settings,
+    signal: &AppendSignal,
+    router: &Arc<Router>,
+    shutdown: &watch::Receiver<bool>,
+) -> Started {
+    warn!(
+        "storage: MEMORY. Nothing is kept: every notification is lost when this \
+         process exits. Set DATABASE_URL (or --database-url) to use PostgreSQL."
+    );
+    if settings.redis_url.is_some() {
+        warn!("REDIS_URL is ignored without DATABASE_URL: the memory store serves one instance");
+    }
+    let events = MemoryEventStore::new(signal.clone());
+    let updates = Arc::new(MemoryUpdateLog::new(settings.stream_retention as usize));
+    let inbox = Arc::new(MemoryInbox::new(updates.clone()));
+    let (feed, feed_task) = feed::spawn(
+        router.clone(),
+        updates.clone(),
+        settings.stream_poll(),
+        shutdown.clone(),
+    );
+    inbox.set_feed(feed);
+    let log: Arc<dyn EventLog> = Arc::new(events.clone());
+    let (projector, task) = engine::spawn(
+        inbox.clone(),
+        log.clone(),
+        signal,
+        engine_config(settings),
+        shutdown.clone(),
+    );
+    Started {
+        log,
+        store: NotificationStore::memory(events),
+        inbox,
+        projector,
+        updates,
+        fanout: None,
+        storage: "memory",
+        tasks: vec![task, feed_task],
+    }
+}
+
+async fn start_postgres(
+    url: &str,
+    settings: &Settings,
+    signal: &AppendSignal,
+    router: &Arc<Router>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Started> {
+    let pools = postgres::connect(url, settings.db_pool_size).await?;
+    postgres::migrate(&pools).await?;
+    info!(database = %postgres::redact(url), "storage: postgres (migrations applied)");
+    let updates = Arc::new(PgUpdateLog::new(pools.deadpool.clone()));
+    let inbox = Arc::new(PostgresInbox::new(
+        pools.deadpool.clone(),
+        settings.stream_retention,
+    ));
+    let (feed, feed_task) = feed::spawn(
+        router.clone(),
+        updates.clone(),
+        settings.stream_poll(),
+        shutdown.clone(),
+    );
+    inbox.set_feed(feed.clone());
+    let fanout = match &settings.redis_url {
+        Some(redis) => {
+            let fanout = Fanout::start(
+                redis,
+                settings
+                    .redis_channel
+                    .clone()
+                    .unwrap_or_else(|| postgres::deployment_channel(&pools.pg_config)),
+                feed,
+                shutdown.clone(),
+            )?;
+            inbox.set_fanout(fanout.clone());
+            info!("streams: updates travel between instances through Redis");
+            Some(fanout)
+        }
+        None => None,
+    };
+    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pools.deadpool.clone()));
+    let (projector, task) = leader::spawn(
+        inbox.clone(),
+        log.clone(),
+        signal,
+        engine_config(settings),
+        shutdown.clone(),
+        Election {
+            pg: pools.pg_config.clone(),
+            pool: pools.deadpool.clone(),
+            interval: settings.election_interval(),
+        },
+    );
+    Ok(Started {
+        log,
+        store: NotificationStore::postgres(&pools),
+        inbox,
+        projector,
+        updates,
+        fanout,
+        storage: "postgres",
+        tasks: vec![task, feed_task],
+    })
+}
+
+impl Core {
+    /// Connects storage (migrating PostgreSQL), starts projectors and streams.
+    pub async fn start(settings: &Settings) -> anyhow::Result<Self> {
+        let signal = AppendSignal::default();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (closing, closing_rx) = watch::channel(false);
+        let router = Arc::new(Router::new(settings.stream_queue as usize));
+        let started = match &settings.database_url {
+            None => start_memory(settings, &signal, &router, &shutdown_rx).await,
+            Some(url) => start_postgres(url, settings, &signal, &router, &shutdown_rx).await?,
+        };
+        let commands = CommandService::new(
+            started.store,
+            started.log,
+            signal,
+            settings.command_attempts,
+        );
+        let max_connections = settings.stream_max_connections as usize;
+        Ok(Self {
+            state: Arc::new(AppState {
+                commands,
+                inbox: started.inbox,
+                inbox_projector: started.projector,
+                read_wait: settings.read_wait(),
+                storage: started.storage,
+                streams: Streams {
+                    router,
+                    log: started.updates,
+                    permits: Arc::new(Semaphore::new(max_connections)),
+                    max_connections,
+                    settings: StreamSettings {
+                        heartbeat: settings.stream_heartbeat(),
+                    },
+                    closing: closing_rx,
+                    fanout: started.fanout,
+                },
+            }),
+            shutdown,
+            closing,
+            tasks: started.tasks,
+        })
+    }
+
+    /// Tells stream connections to close (the first step of a shutdown).
+    pub fn close_streams(&self) {
+        let _ = self.closing.send(true);
+    }
+
+    /// Stops the projectors after they have applied everything committed.
+    pub async fn stop(self) {
+        self.close_streams();
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops everything at once, without flushing: what a crash looks like to
+    /// the other instances (tests use it to kill a leader).
+    pub fn abort(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.close_streams();
+    }
+}
+
+/// The OpenAPI document, as served at /openapi.json.
+pub async fn openapi_json() -> anyhow::Result<String> {
+    let core = Core::start(&Settings::for_tests(None)).await?;
+    let spec = api::openapi(core.state.clone()).spec();
+    core.stop().await;
+    Ok(spec)
+}
+
+/// A built, bound, not yet serving application.
+pub struct Application {
+    core: Core,
+    acceptor: TcpAcceptor,
+    addr: SocketAddr,
+    settings: Settings,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let core = Core::start(&settings).await?;
+        let acceptor = TcpListener::bind(settings.listen.to_string())
+            .into_acceptor()
+            .await
+            .with_context(|| format!("cannot listen on {} (TIDINGS_LISTEN)", settings.listen))?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .context("the listener has no socket address")?;
+        Ok(Self {
+            core,
+            acceptor,
+            addr,
+            settings,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.core.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves; then closes streams, stops accepting,
+    /// lets in-flight requests finish (up to the configured timeout), flushes
+    /// the projectors. Returns the core unstopped when `kill` resolves first.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let app = api::routes(
+            self.core.state.clone(),
+            self.settings.max_body_bytes as usize,
+        );
+        info!(addr = %self.addr, docs = %format!("http://{}/docs", self.addr), "tidings is serving");
+        let closing = self.core.closing.clone();
+        let signal = async move {
+            shutdown.await;
+            // Stream connections never end by themselves: close them first.
+            let _ = closing.send(true);
+        };
+        Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(app, signal, Some(self.settings.shutdown_timeout()))
+            .await
+            .context("the HTTP server failed")?;
+        info!("HTTP drained; flushing projectors");
+        self.core.stop().await;
+        info!("stopped");
+        Ok(())
+    }
+
+    /// Serves until `stop` resolves to true (graceful, as above) or `kill`
+    /// resolves (everything aborted at once, as in a crash).
+    pub async fn run_until_stopped_or_killed(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+        kill: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let app = api::routes(
+            self.core.state.clone(),
+            self.settings.max_body_bytes as usize,
+        );
+        let closing = self.core.closing.clone();
+        let server = Server::new_with_acceptor(self.acceptor).run_with_graceful_shutdown(
+            app,
+            async move {
+                stop.await;
+                let _ = closing.send(true);
+            },
+            Some(self.settings.shutdown_timeout()),
+        );
+        tokio::select! {
+            result = server => {
+                result.context("the HTTP server failed")?;
+                self.core.stop().await;
+            }
+            _ = kill => self.core.abort(),
+        }
+        Ok(())
+    }
+}

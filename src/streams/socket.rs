@@ -1,0 +1,325 @@
+//! One WebSocket subscriber: subscribe (query string or message), replay from
+//! a cursor, then live updates; heartbeats; resync when it cannot keep up.
+//!
+//! Client messages: `{"type":"subscribe","topics":[...],"cursor":"..."}`,
+//! `{"type":"unsubscribe","topics":[...]}`. Server messages: `subscribed`,
+//! `unsubscribed`, `update`, `resync`, `error` (see openapi/stream-messages.schema.json).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use poem::web::websocket::{CloseCode, Message, WebSocketStream};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::debug;
+
+use super::router::{Router, Subscription};
+use super::updates::{cursor_string, parse_cursor, StreamUpdate, Topic, UpdateLog};
+use crate::storage::error_chain;
+
+/// Most topics one connection may hold.
+pub const MAX_TOPICS: usize = 100;
+/// Updates written before one flush.
+const BATCH: usize = 256;
+/// Close code for "slow consumer: resync" (application range).
+pub const CLOSE_SLOW: u16 = 4000;
+/// Close code for "too many connections: retry later" (RFC 6455 1013).
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub heartbeat: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Subscribe {
+        topics: Vec<String>,
+        #[serde(default)]
+        cursor: Option<String>,
+    },
+    Unsubscribe {
+        topics: Vec<String>,
+    },
+}
+
+/// Validates topic names; the problem in words otherwise.
+pub fn parse_topics<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Vec<String>, String> {
+    let mut topics = Vec::new();
+    for name in names {
+        let topic = Topic::parse(name.trim())?.to_string();
+        if !topics.contains(&topic) {
+            topics.push(topic);
+        }
+    }
+    if topics.len() > MAX_TOPICS {
+        return Err(format!("at most {MAX_TOPICS} topics per connection"));
+    }
+    Ok(topics)
+}
+
+struct Connection<'a> {
+    sink: futures_util::stream::SplitSink<WebSocketStream, Message>,
+    router: &'a Router,
+    log: &'a dyn UpdateLog,
+    sub: Subscription,
+    /// Per topic, the id of the last update sent (or skipped as already known).
+    last_sent: HashMap<String, i64>,
+}
+
+/// Why a connection ended.
+enum End {
+    Closed,
+    Close(u16, String),
+}
+
+impl Connection<'_> {
+    async fn send_json(&mut self, value: serde_json::Value) -> Result<(), End> {
+        self.sink
+            .send(Message::Text(value.to_string()))
+            .await
+            .map_err(|_| End::Closed)
+    }
+
+    async fn error(&mut self, detail: impl Into<String>) -> Result<(), End> {
+        self.send_json(json!({"type": "error", "detail": detail.into()}))
+            .await
+    }
+
+    /// The cursor a client should keep: the newest update it has been given.
+    fn cursor(&self) -> i64 {
+        self.last_sent.values().copied().max().unwrap_or(0)
+    }
+
+    async fn subscribe(&mut self, topics: Vec<String>, cursor: Option<&str>) -> Result<(), End> {
+        let total = self.last_sent.len()
+            + topics
+                .iter()
+                .filter(|t| !self.last_sent.contains_key(*t))
+                .count();
+        if total > MAX_TOPICS {
+            return self
+                .error(format!("at most {MAX_TOPICS} topics per connection"))
+                .await;
+        }
+        // Live first: from here on every update of these topics is queued.
+        let Some(live_from) = self.router.subscribe(self.sub.id, &topics) else {
+            return Err(End::Closed);
+        };
+        let bounds = self.log.bounds().await.map_err(|e| {
+            End::Close(
+                1011,
+                format!("the update log is unavailable: {}", error_chain(&e)),
+            )
+        })?;
+        let resume = match cursor {
+            None => None,
+            Some(raw) => match parse_cursor(raw) {
+                Some(n) if bounds.can_resume(n) => Some(n),
+                Some(n) if n < bounds.oldest => {
+                    return self.resync(&topics, live_from, "cursor_too_old").await;
+                }
+                _ => return self.resync(&topics, live_from, "cursor_unknown").await,
+            },
+        };
+        let Some(after) = resume else {
+            // A topic already subscribed keeps its place: resetting it could
+            // skip updates still waiting in the queue.
+            for t in &topics {
+                self.last_sent.entry(t.clone()).or_insert(live_from);
+            }
+            return self
+                .send_json(json!({"type": "subscribed", "topics": topics, "cursor": cursor_string(live_from)}))
+                .await;
+        };
+        for t in &topics {
+            self.last_sent.insert(t.clone(), after);
+        }
+        self.send_json(
+            json!({"type": "subscribed", "topics": topics, "cursor": cursor_string(after)}),
+        )
+        .await?;
+        let mut from = after;
+        loop {
+            let page = self.log.read_after(from, &topics, 500).await.map_err(|e| {
+                End::Close(
+                    1011,
+                    format!("the update log is unavailable: {}", error_chain(&e)),
+                )
+            })?;
+            let Some(last) = page.last() else { break };
+            from = last.id;
+            self.send_updates(&page).await?;
+        }
+        Ok(())
+    }
+
+    async fn resync(&mut self, topics: &[String], fresh: i64, reason: &str) -> Result<(), End> {
+        for t in topics {
+            self.last_sent.insert(t.clone(), fresh);
+        }
+        self.send_json(json!({
+            "type": "resync",
+            "reason": reason,
+            "topics": topics,
+            "cursor": cursor_string(fresh),
+            "detail": "updates after your cursor are no longer kept: fetch the current state over REST, then continue from this cursor",
+        }))
+        .await
+    }
+
+    /// Feeds the updates not sent yet, then flushes once.
+    async fn send_updates(&mut self, updates: &[Arc<StreamUpdate>]) -> Result<(), End> {
+        let mut fed = false;
+        for u in updates {
+            let Some(sent) = self.last_sent.get_mut(&u.topic) else {
+                continue; // unsubscribed meanwhile
+            };
+            if u.id <= *sent {
+                continue;
+            }
+            *sent = u.id;
+            self.sink
+                .feed(Message::Text(u.to_message()))
+                .await
+                .map_err(|_| End::Closed)?;
+            fed = true;
+        }
+        if fed {
+            self.sink.flush().await.map_err(|_| End::Closed)?;
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        match serde_json::from_str::<ClientMessage>(text) {
+            Ok(ClientMessage::Subscribe { topics, cursor }) => {
+                match parse_topics(topics.iter().map(String::as_str)) {
+                    Ok(topics) => self.subscribe(topics, cursor.as_deref()).await,
+                    Err(e) => self.error(e).await,
+                }
+            }
+            Ok(ClientMessage::Unsubscribe { topics }) => {
+                self.router.unsubscribe(self.sub.id, &topics);
+                for t in &topics {
+                    self.last_sent.remove(t);
+                }
+                self.send_json(json!({"type": "unsubscribed", "topics": topics}))
+                    .await
+            }
+            Err(e) => {
+                self.error(format!(
+                    "not a message this stream understands ({e}); send {{\"type\":\"subscribe\",\"topics\":[...]}} or {{\"type\":\"unsubscribe\",\"topics\":[...]}}"
+                ))
+                .await
+            }
+        }
+    }
+}
+
+/// Serves one connection until it ends.
+pub async fn serve(
+    socket: WebSocketStream,
+    router: Arc<Router>,
+    log: Arc<dyn UpdateLog>,
+    settings: StreamSettings,
+    topics: Vec<String>,
+    cursor: Option<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (sink, mut source) = socket.split();
+    let sub = router.connect();
+    let id = sub.id;
+    let mut conn = Connection {
+        sink,
+        router: &router,
+        log: &*log,
+        sub,
+        last_sent: HashMap::new(),
+    };
+    let end = async {
+        if !topics.is_empty() {
+            conn.subscribe(topics, cursor.as_deref()).await?;
+        }
+        let mut heard = Instant::now();
+        let mut heartbeat = tokio::time::interval(settings.heartbeat);
+        heartbeat.tick().await;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                update = conn.sub.updates.recv() => {
+                    let Some(first) = update else {
+                        if conn.sub.slow.load(Ordering::Acquire) {
+                            let cursor = conn.cursor();
+                            conn.send_json(json!({
+                                "type": "resync",
+                                "reason": "slow_consumer",
+                                "cursor": cursor_string(cursor),
+                                "detail": "updates arrived faster than this connection read them; reconnect with this cursor to resume",
+                            })).await?;
+                            return Err(End::Close(CLOSE_SLOW, "slow consumer: reconnect with the last cursor".into()));
+                        }
+                        return Err(End::Close(1001, "server shutting down".into()));
+                    };
+                    batch.clear();
+                    batch.push(first);
+                    while batch.len() < BATCH {
+                        match conn.sub.updates.try_recv() {
+                            Ok(u) => batch.push(u),
+                            Err(_) => break,
+                        }
+                    }
+                    let updates = std::mem::take(&mut batch);
+                    conn.send_updates(&updates).await?;
+                    batch = updates;
+                }
+                incoming = source.next() => {
+                    heard = Instant::now();
+                    match incoming {
+                        Some(Ok(Message::Text(text))) => conn.on_text(&text).await?,
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Err(End::Closed),
+                        Some(Ok(_)) => {} // pong, ping (answered by the library), binary
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if heard.elapsed() > settings.heartbeat * 2 {
+                        return Err(End::Close(1001, "no pong: the connection seems dead".into()));
+                    }
+                    conn.sink.send(Message::Ping(Vec::new())).await.map_err(|_| End::Closed)?;
+                }
+                _ = shutdown.changed() => {
+                    return Err(End::Close(1001, "server shutting down".into()));
+                }
+            }
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), End>(())
+    }
+    .await;
+    router.disconnect(id);
+    if let Err(End::Close(code, reason)) = end {
+        debug!(connection = id, code, %reason, "closing stream");
+        let _ = conn
+            .sink
+            .send(Message::Close(Some((CloseCode::from(code), reason))))
+            .await;
+        let _ = conn.sink.close().await;
+    }
+}
+
+/// Refuses a connection over the limit with a clear close code.
+pub async fn refuse(socket: WebSocketStream, limit: usize) {
+    let (mut sink, _source) = socket.split();
+    let _ = sink
+        .send(Message::Close(Some((
+            CloseCode::from(CLOSE_TRY_AGAIN_LATER),
+            format!("connection limit ({limit}) reached; retry later"),
+        ))))
+        .await;
+    let _ = sink.close().await;
+}

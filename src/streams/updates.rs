@@ -1,0 +1,370 @@
+//! Stream updates, their topics and cursors, and the logs that keep them.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use serde_json::{json, Value};
+
+use crate::domain::{NotificationId, UserId};
+use crate::storage::{Position, StorageError};
+
+/// What a subscriber listens to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// A user's inbox: rows created, changed, removed, and the counts.
+    Inbox(UserId),
+    /// One notification's row.
+    Notification(NotificationId),
+}
+
+impl Topic {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("inbox", user)) => UserId::parse(user)
+                .map(Topic::Inbox)
+                .map_err(|e| format!("`{s}`: the user {e}")),
+            Some(("notification", id)) => NotificationId::parse(id)
+                .map(Topic::Notification)
+                .map_err(|e| format!("`{s}`: {e}")),
+            _ => Err(format!(
+                "`{s}` is not a topic; use `inbox:{{user}}` or `notification:{{id}}`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Topic::Inbox(user) => write!(f, "inbox:{}", user.as_str()),
+            Topic::Notification(id) => write!(f, "notification:{id}"),
+        }
+    }
+}
+
+/// A stream cursor: the number of the last update a subscriber has seen.
+/// Opaque to clients (16 hex digits, distinct from 32-digit log cursors).
+pub fn cursor_string(id: i64) -> String {
+    format!("{:016x}", id as u64)
+}
+
+pub fn parse_cursor(s: &str) -> Option<i64> {
+    if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(s, 16)
+        .ok()
+        .filter(|n| *n <= i64::MAX as u64)
+        .map(|n| n as i64)
+}
+
+/// One change of one topic, as the projection recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamUpdate {
+    /// 1, 2, 3, ... across all topics, in commit order, without gaps.
+    pub id: i64,
+    pub topic: String,
+    /// `created`, `changed`, `removed` (rows) or `counts`.
+    pub kind: String,
+    /// The row exactly as REST returns it, or `{unread_count, unseen_count}`.
+    pub data: Value,
+    /// The event that caused it.
+    pub position: Position,
+}
+
+impl StreamUpdate {
+    /// The message a subscriber receives.
+    pub fn to_message(&self) -> String {
+        json!({
+            "type": "update",
+            "cursor": cursor_string(self.id),
+            "topic": self.topic,
+            "kind": self.kind,
+            "data": self.data,
+        })
+        .to_string()
+    }
+}
+
+/// An update before the log numbers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewUpdate {
+    pub topic: String,
+    pub kind: &'static str,
+    pub data: Value,
+    pub position: Position,
+}
+
+impl NewUpdate {
+    pub fn numbered(self, id: i64) -> StreamUpdate {
+        StreamUpdate {
+            id,
+            topic: self.topic,
+            kind: self.kind.to_owned(),
+            data: self.data,
+            position: self.position,
+        }
+    }
+}
+
+/// What the log holds: updates `oldest..=newest` (oldest > newest when empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub oldest: i64,
+    pub newest: i64,
+}
+
+impl Bounds {
+    /// Whether a subscriber at `cursor` can be brought up to date from the log.
+    pub fn can_resume(&self, cursor: i64) -> bool {
+        cursor >= self.oldest - 1 && cursor <= self.newest
+    }
+}
+
+/// Reads the numbered updates back.
+#[async_trait]
+pub trait UpdateLog: Send + Sync {
+    /// Up to `limit` updates after `after` whose topic is one of `topics`, in order.
+    async fn read_after(
+        &self,
+        after: i64,
+        topics: &[String],
+        limit: usize,
+    ) -> Result<Vec<Arc<StreamUpdate>>, StorageError>;
+
+    /// Every update after `after` up to `upto` (any topic), for filling gaps.
+    async fn range(&self, after: i64, upto: i64) -> Result<Vec<Arc<StreamUpdate>>, StorageError>;
+
+    async fn bounds(&self) -> Result<Bounds, StorageError>;
+}
+
+/// The in-memory update log: the newest `capacity` updates.
+pub struct MemoryUpdateLog {
+    ring: RwLock<(VecDeque<Arc<StreamUpdate>>, i64)>,
+    capacity: usize,
+}
+
+impl MemoryUpdateLog {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            ring: RwLock::new((VecDeque::new(), 0)),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Numbers and keeps `updates`; returns them numbered. Called under the
+    /// projection's lock, so numbering follows the projection's order.
+    pub fn append(&self, updates: Vec<NewUpdate>) -> Vec<Arc<StreamUpdate>> {
+        let mut guard = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        let (ring, newest) = &mut *guard;
+        let mut out = Vec::with_capacity(updates.len());
+        for update in updates {
+            *newest += 1;
+            let numbered = Arc::new(update.numbered(*newest));
+            ring.push_back(numbered.clone());
+            out.push(numbered);
+        }
+        while ring.len() > self.capacity {
+            ring.pop_front();
+        }
+        out
+    }
+
+    fn snapshot_bounds(ring: &VecDeque<Arc<StreamUpdate>>, newest: i64) -> Bounds {
+        Bounds {
+            oldest: ring.front().map_or(newest + 1, |u| u.id),
+            newest,
+        }
+    }
+}
+
+#[async_trait]
+impl UpdateLog for MemoryUpdateLog {
+    async fn read_after(
+        &self,
+        after: i64,
+        topics: &[String],
+        limit: usize,
+    ) -> Result<Vec<Arc<StreamUpdate>>, StorageError> {
+        let guard = self.ring.read().unwrap_or_else(|p| p.into_inner());
+        let (ring, newest) = &*guard;
+        let bounds = Self::snapshot_bounds(ring, *newest);
+        let start = (after + 1 - bounds.oldest).max(0) as usize;
+        Ok(ring
+            .iter()
+            .skip(start)
+            .filter(|u| topics.iter().any(|t| *t == u.topic))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn range(&self, after: i64, upto: i64) -> Result<Vec<Arc<StreamUpdate>>, StorageError> {
+        let guard = self.ring.read().unwrap_or_else(|p| p.into_inner());
+        let (ring, newest) = &*guard;
+        let bounds = Self::snapshot_bounds(ring, *newest);
+        let start = (after + 1 - bounds.oldest).max(0) as usize;
+        Ok(ring
+            .iter()
+            .skip(start)
+            .take_while(|u| u.id <= upto)
+            .cloned()
+            .collect())
+    }
+
+    async fn bounds(&self) -> Result<Bounds, StorageError> {
+        let guard = self.ring.read().unwrap_or_else(|p| p.into_inner());
+        Ok(Self::snapshot_bounds(&guard.0, guard.1))
+    }
+}
+
+/// The update log in PostgreSQL (`stream_updates`, written by the inbox
+/// projection in its page transaction).
+pub struct PgUpdateLog {
+    pool: Pool,
+}
+
+impl PgUpdateLog {
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+}
+
+fn row_to_update(row: &tokio_postgres::Row) -> Result<Arc<StreamUpdate>, tokio_postgres::Error> {
+    Ok(Arc::new(StreamUpdate {
+        id: row.try_get("id")?,
+        topic: row.try_get("topic")?,
+        kind: row.try_get("kind")?,
+        data: row.try_get("data")?,
+        position: Position::new(row.try_get("tx")?, row.try_get("seq")?),
+    }))
+}
+
+#[async_trait]
+impl UpdateLog for PgUpdateLog {
+    async fn read_after(
+        &self,
+        after: i64,
+        topics: &[String],
+        limit: usize,
+    ) -> Result<Vec<Arc<StreamUpdate>>, StorageError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, topic, kind, data, tx, seq FROM stream_updates
+                  WHERE topic = ANY($1) AND id > $2 ORDER BY id LIMIT $3",
+            )
+            .await?;
+        let rows = client
+            .query(&stmt, &[&topics, &after, &(limit as i64)])
+            .await?;
+        rows.iter()
+            .map(|r| row_to_update(r).map_err(StorageError::from))
+            .collect()
+    }
+
+    async fn range(&self, after: i64, upto: i64) -> Result<Vec<Arc<StreamUpdate>>, StorageError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, topic, kind, data, tx, seq FROM stream_updates
+                  WHERE id > $1 AND id <= $2 ORDER BY id",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&after, &upto]).await?;
+        rows.iter()
+            .map(|r| row_to_update(r).map_err(StorageError::from))
+            .collect()
+    }
+
+    async fn bounds(&self) -> Result<Bounds, StorageError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(min(id), 0), coalesce(max(id), 0),
+                        (SELECT coalesce(max(last_id), 0) FROM stream_update_counter)
+                   FROM stream_updates",
+                &[],
+            )
+            .await?;
+        let newest: i64 = row.try_get(2)?;
+        let oldest: i64 = row.try_get::<_, i64>(0)?;
+        Ok(Bounds {
+            oldest: if oldest == 0 { newest + 1 } else { oldest },
+            newest,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(topic: &str) -> NewUpdate {
+        NewUpdate {
+            topic: topic.into(),
+            kind: "changed",
+            data: json!({}),
+            position: Position::START,
+        }
+    }
+
+    #[test]
+    fn topics_round_trip_and_bad_ones_say_why() {
+        for t in [
+            "inbox:alice",
+            "notification:01a2024f-eced-76cf-8900-aa4e3541250c",
+        ] {
+            assert_eq!(Topic::parse(t).unwrap().to_string(), t);
+        }
+        for bad in [
+            "inbox:",
+            "inbox:a b",
+            "notification:x",
+            "feed:alice",
+            "alice",
+        ] {
+            assert!(Topic::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn stream_cursors_round_trip() {
+        for id in [0, 1, 255, i64::MAX] {
+            assert_eq!(parse_cursor(&cursor_string(id)), Some(id));
+        }
+        assert_eq!(parse_cursor("00000000000002de0000000000000002"), None);
+        assert_eq!(parse_cursor("zz"), None);
+    }
+
+    #[tokio::test]
+    async fn the_memory_log_keeps_the_newest_and_says_what_it_can_resume() {
+        let log = MemoryUpdateLog::new(3);
+        let numbered = log.append(
+            (0..5)
+                .map(|i| update(if i % 2 == 0 { "a" } else { "b" }))
+                .collect(),
+        );
+        assert_eq!(
+            numbered.iter().map(|u| u.id).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        let bounds = log.bounds().await.unwrap();
+        assert_eq!(
+            bounds,
+            Bounds {
+                oldest: 3,
+                newest: 5
+            }
+        );
+        assert!(bounds.can_resume(2) && bounds.can_resume(5));
+        assert!(!bounds.can_resume(1) && !bounds.can_resume(6));
+        let a = log.read_after(2, &["a".into()], 10).await.unwrap();
+        assert_eq!(a.iter().map(|u| u.id).collect::<Vec<_>>(), [3, 5]);
+        let gap = log.range(3, 4).await.unwrap();
+        assert_eq!(gap.iter().map(|u| u.id).collect::<Vec<_>>(), [4]);
+    }
+}
