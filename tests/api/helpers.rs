@@ -96,7 +96,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub backend: Backend,
     pub db: Option<TestDb>,
+    pub addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+    kill: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -130,16 +132,36 @@ impl TestApp {
             .expect("the app builds");
         let addr = app.addr();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
+        let (kill, killed) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped_or_killed(
+            async move {
+                let _ = stopped.await;
+            },
+            async move {
+                if killed.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            },
+        ));
         Self {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             backend,
             db,
+            addr,
             stop: Some(stop),
+            kill: Some(kill),
             server: Some(server),
+        }
+    }
+
+    /// Stops everything at once without flushing, as a crash would.
+    pub async fn kill(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
         }
     }
 
