@@ -85,11 +85,14 @@ impl Server {
             .env_remove("DATABASE_URL")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit());
-        let child = cmd.spawn().expect("the tidings binary starts");
-        let addr = format!("127.0.0.1:{port}");
+        // Owned by `Server` at once, so that its Drop reaps the child on every path.
+        let server = Self {
+            child: cmd.spawn().expect("the tidings binary starts"),
+            addr: format!("127.0.0.1:{port}"),
+        };
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-                return Self { child, addr };
+            if tokio::net::TcpStream::connect(&server.addr).await.is_ok() {
+                return server;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
