@@ -364,7 +364,7 @@ async fn connections_over_the_limit_are_closed_with_1013() {
 async fn a_silent_peer_is_closed_by_the_heartbeat() {
     let app = TestApp::start(Backend::Memory, None, |db| {
         let mut s = settings(db);
-        s.stream_heartbeat_ms = 200;
+        s.stream_heartbeat_ms = 400;
         s
     })
     .await;
@@ -374,13 +374,13 @@ async fn a_silent_peer_is_closed_by_the_heartbeat() {
     silent.expect("subscribed").await;
     // `alive` reads (and so answers pings) while `silent` does not.
     let reader = tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
         while tokio::time::Instant::now() < deadline {
             let _ = tokio::time::timeout(Duration::from_millis(50), alive.frame()).await;
         }
         alive
     });
-    silent.stay_silent(Duration::from_millis(1500)).await;
+    silent.stay_silent(Duration::from_millis(2500)).await;
     let frame = silent.frame().await;
     assert!(is_close(&frame, 1001), "{frame:?}");
     let mut alive = reader.await.unwrap();
