@@ -13,7 +13,7 @@ pub fn rfc3339(t: Timestamp) -> String {
 }
 
 /// One delivery of a notification on one channel.
-#[derive(Object, Debug, Clone, PartialEq)]
+#[derive(Object, serde::Serialize, Debug, Clone, PartialEq)]
 pub struct DeliveryView {
     pub channel: String,
     /// RFC 3339 UTC.
@@ -21,7 +21,7 @@ pub struct DeliveryView {
 }
 
 /// A notification and where it is in its lifecycle.
-#[derive(Object, Debug, Clone, PartialEq)]
+#[derive(Object, serde::Serialize, Debug, Clone, PartialEq)]
 #[oai(rename = "Notification")]
 pub struct NotificationView {
     pub id: String,

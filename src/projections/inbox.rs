@@ -5,6 +5,7 @@
 //! model cannot drift from the write side's rules.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use cqrs_es::Aggregate;
@@ -158,21 +159,52 @@ pub struct PageUpdates {
     pub touched: Vec<UserId>,
 }
 
-fn view_json(row: &InboxRow) -> serde_json::Value {
-    use poem_openapi::types::ToJSON;
-    NotificationView::from_state(&row.state, row.last_position)
-        .and_then(|v| v.to_json())
-        .unwrap_or(serde_json::Value::Null)
+/// The row as REST returns it, as JSON text.
+fn view_json(row: &InboxRow) -> Arc<str> {
+    let text = NotificationView::from_state(&row.state, row.last_position)
+        .and_then(|v| serde_json::to_string(&v).ok())
+        .unwrap_or_else(|| "null".to_owned());
+    Arc::from(text)
+}
+
+/// What page_updates needs to know of a row before the page: much less than
+/// the row, so nothing has to be cloned to remember it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Before {
+    pub last_position: Position,
+    pub in_inbox: bool,
+    /// Only for rows in an inbox: where a removal is announced.
+    pub recipient: Option<UserId>,
+}
+
+/// Remembers each row's `Before` (None: it did not exist).
+pub fn remember(
+    rows: &HashMap<NotificationId, Option<InboxRow>>,
+) -> HashMap<NotificationId, Option<Before>> {
+    rows.iter()
+        .map(|(id, row)| {
+            let before = row.as_ref().map(|r| Before {
+                last_position: r.last_position,
+                in_inbox: r.in_inbox(),
+                recipient: r
+                    .in_inbox()
+                    .then(|| r.state.content.as_ref().map(|c| c.recipient.clone()))
+                    .flatten(),
+            });
+            (*id, before)
+        })
+        .collect()
 }
 
 /// Compares each row before and after the page.
 pub fn page_updates(
-    before: &HashMap<NotificationId, Option<InboxRow>>,
+    before: &HashMap<NotificationId, Option<Before>>,
     after: &HashMap<NotificationId, Option<InboxRow>>,
     page_end: Position,
 ) -> PageUpdates {
     let mut rows = Vec::new();
     let mut touched: Vec<UserId> = Vec::new();
+    let mut seen_recipients = std::collections::HashSet::new();
     let mut ids: Vec<&NotificationId> = after.keys().collect();
     // Deterministic order: by the position of each row's last change.
     ids.sort_by_key(|id| {
@@ -184,13 +216,11 @@ pub fn page_updates(
     for id in ids {
         let old = before.get(id).and_then(Option::as_ref);
         let new = after.get(id).and_then(Option::as_ref);
-        if old == new {
-            continue;
-        }
         let position = new.map_or(page_end, |r| r.last_position);
-        let removed = serde_json::json!({ "id": id.to_string() });
+        let removed: Arc<str> = Arc::from(format!(r#"{{"id":"{id}"}}"#));
         let (kind, data) = match (old, new) {
             (None, Some(n)) => ("created", view_json(n)),
+            (Some(o), Some(n)) if o.last_position == n.last_position => continue,
             (Some(_), Some(n)) => ("changed", view_json(n)),
             (Some(_), None) => ("removed", removed.clone()),
             (None, None) => continue,
@@ -201,18 +231,18 @@ pub fn page_updates(
             data: data.clone(),
             position,
         });
-        let was = old.filter(|r| r.in_inbox());
-        let is = new.filter(|r| r.in_inbox());
+        let was = old.is_some_and(|o| o.in_inbox);
+        let is = new.is_some_and(InboxRow::in_inbox);
         let inbox_kind = match (was, is) {
-            (None, Some(_)) => "created",
-            (Some(_), Some(_)) => "changed",
-            (Some(_), None) => "removed",
-            (None, None) => continue,
+            (false, true) => "created",
+            (true, true) => "changed",
+            (true, false) => "removed",
+            (false, false) => continue,
         };
         let Some(recipient) = new
-            .or(old)
             .and_then(|r| r.state.content.as_ref())
             .map(|c| c.recipient.clone())
+            .or_else(|| old.and_then(|o| o.recipient.clone()))
         else {
             continue;
         };
@@ -226,7 +256,7 @@ pub fn page_updates(
             },
             position,
         });
-        if !touched.contains(&recipient) {
+        if seen_recipients.insert(recipient.clone()) {
             touched.push(recipient);
         }
     }
@@ -243,7 +273,9 @@ pub fn counts_update(
     NewUpdate {
         topic: Topic::Inbox(recipient.clone()).to_string(),
         kind: "counts",
-        data: serde_json::json!({ "unread_count": unread, "unseen_count": unseen }),
+        data: Arc::from(format!(
+            r#"{{"unread_count":{unread},"unseen_count":{unseen}}}"#
+        )),
         position,
     }
 }

@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 use async_trait::async_trait;
 
 use super::inbox::{
-    counts_update, cut_page, fold_page, ids_in, page_updates, InboxPage, InboxQuery, InboxReader,
-    InboxRow, ReadFilter, NAME,
+    counts_update, cut_page, fold_page, ids_in, page_updates, remember, InboxPage, InboxQuery,
+    InboxReader, InboxRow, ReadFilter, NAME,
 };
 use super::{Projection, ProjectionError};
 use crate::domain::{NotificationId, UserId};
@@ -24,6 +24,21 @@ struct State {
     rows: BTreeMap<NotificationId, InboxRow>,
     by_recipient: HashMap<UserId, BTreeMap<Position, NotificationId>>,
     checkpoint: Position,
+    /// Per recipient (unread, unseen), kept in step by index/unindex: every
+    /// row change passes through both, so the counts stay exact.
+    counts: HashMap<UserId, (u64, u64)>,
+}
+
+/// What an inbox row adds to its recipient's (unread, unseen) counts.
+fn contribution(row: &InboxRow) -> (u64, u64) {
+    if row.state.is_archived() {
+        (0, 0)
+    } else {
+        (
+            u64::from(!row.state.is_read()),
+            u64::from(!row.state.is_seen()),
+        )
+    }
 }
 
 impl State {
@@ -32,21 +47,18 @@ impl State {
             if let Some(index) = self.by_recipient.get_mut(&content.recipient) {
                 index.remove(&pos);
             }
+            if row.in_inbox() {
+                let (unread, unseen) = contribution(row);
+                let counts = self.counts.entry(content.recipient.clone()).or_default();
+                counts.0 = counts.0.saturating_sub(unread);
+                counts.1 = counts.1.saturating_sub(unseen);
+            }
         }
     }
 
     /// (unread, unseen) among the recipient's unarchived inbox rows.
     fn counts(&self, recipient: &UserId) -> (u64, u64) {
-        let (mut unread, mut unseen) = (0, 0);
-        if let Some(index) = self.by_recipient.get(recipient) {
-            for row in index.values().filter_map(|id| self.rows.get(id)) {
-                if !row.state.is_archived() {
-                    unread += u64::from(!row.state.is_read());
-                    unseen += u64::from(!row.state.is_seen());
-                }
-            }
-        }
-        (unread, unseen)
+        self.counts.get(recipient).copied().unwrap_or_default()
     }
 
     fn index(&mut self, id: NotificationId, row: &InboxRow) {
@@ -57,6 +69,10 @@ impl State {
                 .entry(content.recipient.clone())
                 .or_default()
                 .insert(pos, id);
+            let (unread, unseen) = contribution(row);
+            let counts = self.counts.entry(content.recipient.clone()).or_default();
+            counts.0 += unread;
+            counts.1 += unseen;
         }
     }
 }
@@ -117,11 +133,11 @@ impl Projection for MemoryInbox {
             return Err(ProjectionError::CheckpointMoved { expected });
         }
         // Fold copies so that a failing event leaves the page unapplied.
-        let before: HashMap<_, _> = ids
+        let mut rows: HashMap<_, _> = ids
             .iter()
             .map(|id| (*id, state.rows.get(id).cloned()))
             .collect();
-        let mut rows = before.clone();
+        let before = remember(&rows);
         fold_page(&mut rows, events)?;
         let updates = page_updates(&before, &rows, last.position);
         for (id, row) in rows {

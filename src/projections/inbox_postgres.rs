@@ -15,8 +15,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::inbox::{
-    counts_update, cut_page, fold_page, ids_in, page_updates, InboxPage, InboxQuery, InboxReader,
-    InboxRow, PageUpdates, ReadFilter, NAME,
+    counts_update, cut_page, fold_page, ids_in, page_updates, remember, InboxPage, InboxQuery,
+    InboxReader, InboxRow, PageUpdates, ReadFilter, NAME,
 };
 use super::{Projection, ProjectionError};
 use crate::domain::{Notification, NotificationId, UserId};
@@ -204,7 +204,7 @@ impl Projection for PostgresInbox {
             let id = NotificationId(row.try_get("id")?);
             rows.insert(id, Some(to_row(&row)?));
         }
-        let before = rows.clone();
+        let before = remember(&rows);
         fold_page(&mut rows, events)?;
         let updates = page_updates(&before, &rows, last.position);
         let mut upserts = Columns::default();
@@ -322,12 +322,14 @@ async fn record_updates(
     let ids: Vec<i64> = numbered.iter().map(|u| u.id).collect();
     let topics: Vec<&str> = numbered.iter().map(|u| u.topic.as_str()).collect();
     let kinds: Vec<&str> = numbered.iter().map(|u| u.kind.as_str()).collect();
-    let data: Vec<&serde_json::Value> = numbered.iter().map(|u| &u.data).collect();
+    let data: Vec<&str> = numbered.iter().map(|u| &*u.data).collect();
     let txs: Vec<i64> = numbered.iter().map(|u| u.position.tx).collect();
     let seqs: Vec<i64> = numbered.iter().map(|u| u.position.seq).collect();
     tx.execute(
         "INSERT INTO stream_updates (id, topic, kind, data, tx, seq)
-         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::jsonb[], $5::int8[], $6::int8[])",
+         SELECT id, topic, kind, data::jsonb, tx, seq
+           FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])
+             AS u(id, topic, kind, data, tx, seq)",
         &[&ids, &topics, &kinds, &data, &txs, &seqs],
     )
     .await?;

@@ -120,6 +120,7 @@ impl MemoryEventStore {
                 ));
             }
             let recorded_at = Utc::now();
+            let mut metadata: Option<Arc<Value>> = None;
             let mut indexes = Vec::with_capacity(events.len());
             let mut positions = Vec::with_capacity(events.len());
             for event in events {
@@ -135,7 +136,10 @@ impl MemoryEventStore {
                     event_type: event.event_type,
                     event_version: event.event_version,
                     payload: event.payload,
-                    metadata: event.metadata,
+                    metadata: match &metadata {
+                        Some(shared) if **shared == event.metadata => shared.clone(),
+                        _ => metadata.insert(Arc::new(event.metadata)).clone(),
+                    },
                     recorded_at,
                 });
             }
@@ -155,7 +159,7 @@ fn to_serialized(e: &LoggedEvent) -> SerializedEvent {
         e.event_type.clone(),
         e.event_version.clone(),
         e.payload.clone(),
-        e.metadata.clone(),
+        (*e.metadata).clone(),
     )
 }
 

@@ -27,7 +27,8 @@ pub struct LoggedEvent {
     pub event_type: String,
     pub event_version: String,
     pub payload: serde_json::Value,
-    pub metadata: serde_json::Value,
+    /// Shared: the events of one command carry the same metadata.
+    pub metadata: Arc<serde_json::Value>,
     pub recorded_at: DateTime<Utc>,
 }
 

@@ -273,7 +273,7 @@ pub fn row_to_event(row: &tokio_postgres::Row) -> Result<LoggedEvent, tokio_post
         event_type: row.try_get("event_type")?,
         event_version: row.try_get("event_version")?,
         payload: row.try_get("payload")?,
-        metadata: row.try_get("metadata")?,
+        metadata: Arc::new(row.try_get("metadata")?),
         recorded_at: row.try_get("recorded_at")?,
     })
 }

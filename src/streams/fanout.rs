@@ -13,6 +13,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use fred::types::Builder;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
@@ -22,37 +23,36 @@ use crate::storage::Position;
 
 /// Updates as they travel through Redis.
 #[derive(Serialize, Deserialize)]
-struct Wire {
+struct Wire<'a> {
     id: i64,
     topic: String,
     kind: String,
-    data: serde_json::Value,
+    #[serde(borrow)]
+    data: &'a RawValue,
     tx: i64,
     seq: i64,
 }
 
-impl From<&StreamUpdate> for Wire {
-    fn from(u: &StreamUpdate) -> Self {
-        Self {
-            id: u.id,
-            topic: u.topic.clone(),
-            kind: u.kind.clone(),
-            data: u.data.clone(),
-            tx: u.position.tx,
-            seq: u.position.seq,
-        }
-    }
+fn to_wire(u: &StreamUpdate) -> Option<Wire<'_>> {
+    Some(Wire {
+        id: u.id,
+        topic: u.topic.clone(),
+        kind: u.kind.clone(),
+        data: serde_json::from_str(&u.data).ok()?,
+        tx: u.position.tx,
+        seq: u.position.seq,
+    })
 }
 
-impl From<Wire> for StreamUpdate {
-    fn from(w: Wire) -> Self {
-        Self {
-            id: w.id,
-            topic: w.topic,
-            kind: w.kind,
-            data: w.data,
-            position: Position::new(w.tx, w.seq),
-        }
+impl From<Wire<'_>> for StreamUpdate {
+    fn from(w: Wire<'_>) -> Self {
+        StreamUpdate::new(
+            w.id,
+            w.topic,
+            w.kind,
+            Arc::from(w.data.get()),
+            Position::new(w.tx, w.seq),
+        )
     }
 }
 
@@ -122,7 +122,7 @@ async fn publish(
     mut pending: mpsc::Receiver<Vec<Arc<StreamUpdate>>>,
 ) {
     while let Some(updates) = pending.recv().await {
-        let wire: Vec<Wire> = updates.iter().map(|u| Wire::from(&**u)).collect();
+        let wire: Vec<Wire> = updates.iter().filter_map(|u| to_wire(u)).collect();
         let payload = match serde_json::to_string(&wire) {
             Ok(p) => p,
             Err(e) => {

@@ -178,7 +178,7 @@ mod tests {
         NewUpdate {
             topic: topic.into(),
             kind: "changed",
-            data: serde_json::json!({}),
+            data: Arc::from("{}"),
             position: Position::START,
         }
     }

@@ -183,13 +183,13 @@ mod tests {
     use crate::storage::Position;
 
     fn update(id: i64, topic: &str) -> Arc<StreamUpdate> {
-        Arc::new(StreamUpdate {
+        Arc::new(StreamUpdate::new(
             id,
-            topic: topic.into(),
-            kind: "changed".into(),
-            data: serde_json::json!({}),
-            position: Position::START,
-        })
+            topic.into(),
+            "changed".into(),
+            Arc::from("{}"),
+            Position::START,
+        ))
     }
 
     #[tokio::test]

@@ -185,7 +185,7 @@ impl Connection<'_> {
             }
             *sent = u.id;
             self.sink
-                .feed(Message::Text(u.to_message()))
+                .feed(Message::Text(u.message().to_owned()))
                 .await
                 .map_err(|_| End::Closed)?;
             fed = true;

@@ -2,11 +2,11 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::domain::{NotificationId, UserId};
 use crate::storage::{Position, StorageError};
@@ -69,23 +69,39 @@ pub struct StreamUpdate {
     pub topic: String,
     /// `created`, `changed`, `removed` (rows) or `counts`.
     pub kind: String,
-    /// The row exactly as REST returns it, or `{unread_count, unseen_count}`.
-    pub data: Value,
+    /// JSON text: the row exactly as REST returns it, or
+    /// `{unread_count, unseen_count}`. Text, not a value tree: it is written
+    /// once and sent as it is, often to many subscribers.
+    pub data: Arc<str>,
     /// The event that caused it.
     pub position: Position,
+    /// The subscriber message, made on first use and shared by every send.
+    message: OnceLock<String>,
 }
 
 impl StreamUpdate {
+    pub fn new(id: i64, topic: String, kind: String, data: Arc<str>, position: Position) -> Self {
+        Self {
+            id,
+            topic,
+            kind,
+            data,
+            position,
+            message: OnceLock::new(),
+        }
+    }
+
     /// The message a subscriber receives.
-    pub fn to_message(&self) -> String {
-        json!({
-            "type": "update",
-            "cursor": cursor_string(self.id),
-            "topic": self.topic,
-            "kind": self.kind,
-            "data": self.data,
+    pub fn message(&self) -> &str {
+        self.message.get_or_init(|| {
+            format!(
+                r#"{{"type":"update","cursor":"{}","topic":{},"kind":{},"data":{}}}"#,
+                cursor_string(self.id),
+                Value::String(self.topic.clone()),
+                Value::String(self.kind.clone()),
+                self.data
+            )
         })
-        .to_string()
     }
 }
 
@@ -94,19 +110,19 @@ impl StreamUpdate {
 pub struct NewUpdate {
     pub topic: String,
     pub kind: &'static str,
-    pub data: Value,
+    pub data: Arc<str>,
     pub position: Position,
 }
 
 impl NewUpdate {
     pub fn numbered(self, id: i64) -> StreamUpdate {
-        StreamUpdate {
+        StreamUpdate::new(
             id,
-            topic: self.topic,
-            kind: self.kind.to_owned(),
-            data: self.data,
-            position: self.position,
-        }
+            self.topic,
+            self.kind.to_owned(),
+            self.data,
+            self.position,
+        )
     }
 }
 
@@ -234,13 +250,14 @@ impl PgUpdateLog {
 }
 
 fn row_to_update(row: &tokio_postgres::Row) -> Result<Arc<StreamUpdate>, tokio_postgres::Error> {
-    Ok(Arc::new(StreamUpdate {
-        id: row.try_get("id")?,
-        topic: row.try_get("topic")?,
-        kind: row.try_get("kind")?,
-        data: row.try_get("data")?,
-        position: Position::new(row.try_get("tx")?, row.try_get("seq")?),
-    }))
+    let data: String = row.try_get("data")?;
+    Ok(Arc::new(StreamUpdate::new(
+        row.try_get("id")?,
+        row.try_get("topic")?,
+        row.try_get("kind")?,
+        Arc::from(data),
+        Position::new(row.try_get("tx")?, row.try_get("seq")?),
+    )))
 }
 
 #[async_trait]
@@ -254,7 +271,7 @@ impl UpdateLog for PgUpdateLog {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT id, topic, kind, data, tx, seq FROM stream_updates
+                "SELECT id, topic, kind, data::text AS data, tx, seq FROM stream_updates
                   WHERE topic = ANY($1) AND id > $2 ORDER BY id LIMIT $3",
             )
             .await?;
@@ -270,7 +287,7 @@ impl UpdateLog for PgUpdateLog {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT id, topic, kind, data, tx, seq FROM stream_updates
+                "SELECT id, topic, kind, data::text AS data, tx, seq FROM stream_updates
                   WHERE id > $1 AND id <= $2 ORDER BY id",
             )
             .await?;
@@ -307,7 +324,7 @@ mod tests {
         NewUpdate {
             topic: topic.into(),
             kind: "changed",
-            data: json!({}),
+            data: Arc::from("{}"),
             position: Position::START,
         }
     }
