@@ -104,8 +104,9 @@ impl Fanout {
     /// (other instances read them from the log).
     pub fn publish(&self, updates: Vec<Arc<StreamUpdate>>) {
         if self.outbox.try_send(updates).is_err() {
-            warn!(
-                "Redis publishing is behind; other instances will read these updates from the log"
+            // Logged once per outage by the publishing task.
+            tracing::debug!(
+                "Redis publishing is behind; other instances read these updates from the log"
             );
         }
     }
@@ -121,6 +122,8 @@ async fn publish(
     channel: String,
     mut pending: mpsc::Receiver<Vec<Arc<StreamUpdate>>>,
 ) {
+    // An outage is logged when it starts and when it ends, not per page.
+    let mut failing = false;
     while let Some(updates) = pending.recv().await {
         let wire: Vec<Wire> = updates.iter().filter_map(|u| to_wire(u)).collect();
         let payload = match serde_json::to_string(&wire) {
@@ -130,8 +133,17 @@ async fn publish(
                 continue;
             }
         };
-        if let Err(e) = client.publish::<i64, _, _>(channel.as_str(), payload).await {
-            warn!(error = %e, "publishing updates to Redis failed; other instances will read them from the log");
+        match client.publish::<i64, _, _>(channel.as_str(), payload).await {
+            Err(e) if !failing => {
+                failing = true;
+                warn!(error = %e, "publishing updates to Redis fails; other instances read them from the log until it recovers");
+            }
+            Err(_) => {}
+            Ok(_) if failing => {
+                failing = false;
+                info!("publishing updates to Redis works again");
+            }
+            Ok(_) => {}
         }
     }
 }

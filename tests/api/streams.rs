@@ -388,3 +388,24 @@ async fn a_silent_peer_is_closed_by_the_heartbeat() {
     assert_eq!(alive.update().await["kind"], "created");
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_closes_streams_with_going_away() {
+    let mut app = TestApp::spawn(
+        Backend::Memory,
+        "streams::stopping_the_server_closes_streams",
+    )
+    .await
+    .expect("memory always runs");
+    let mut sub = Subscriber::connect(&app, "topics=inbox:jon").await;
+    sub.expect("subscribed").await;
+    let (stopped, frame) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(10), app.stop()),
+        sub.frame()
+    );
+    assert!(is_close(&frame, 1001), "{frame:?}");
+    stopped
+        .expect("an open stream does not hold the shutdown up")
+        .expect("a clean stop");
+    app.cleanup().await;
+}
