@@ -28,5 +28,6 @@ pub mod startup;
 pub mod storage;
 pub mod streams;
 pub mod telemetry;
+pub mod transfer;
 
 pub use startup::{openapi_json, AppState, Application, Core, Streams};

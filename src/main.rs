@@ -28,11 +28,28 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum EventsCommand {
+    /// Write every event (after --after) to stdout, one JSON object per line.
+    Export {
+        /// Start after this cursor (from an earlier export or a command's answer).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Read events (as exported) from stdin into an empty store.
+    Import,
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API (the default).
     Serve,
     /// Apply database migrations to DATABASE_URL and exit.
     Migrate,
+    /// Export or import the event log (NDJSON), with DATABASE_URL.
+    Events {
+        #[command(subcommand)]
+        action: EventsCommand,
+    },
     /// Write the OpenAPI document (to a file, or stdout).
     ExportOpenapi {
         /// Where to write it; absent: stdout.
@@ -75,6 +92,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pools = storage::postgres::connect(&url, 1).await?;
             storage::postgres::migrate(&pools).await?;
             tracing::info!(database = %storage::postgres::redact(&url), "migrations applied");
+            Ok(())
+        }
+        Command::Events { action } => {
+            let url = cli.settings.database_url.context(
+                "events export/import need a database: set DATABASE_URL or --database-url",
+            )?;
+            match action {
+                EventsCommand::Export { after } => {
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::new(stdout.lock());
+                    let n = tidings::transfer::export(&url, after.as_deref(), &mut out).await?;
+                    tracing::info!(events = n, "exported");
+                }
+                EventsCommand::Import => {
+                    let stdin = std::io::stdin();
+                    let n = tidings::transfer::import(&url, stdin.lock()).await?;
+                    tracing::info!(events = n, "imported");
+                }
+            }
             Ok(())
         }
         Command::ExportOpenapi { output } => {

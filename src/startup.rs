@@ -33,6 +33,8 @@ use crate::streams::updates::{MemoryUpdateLog, PgUpdateLog, UpdateLog};
 /// What request handlers share.
 pub struct AppState {
     pub commands: CommandService,
+    /// The global log, for audit and export queries.
+    pub log: Arc<dyn EventLog>,
     pub inbox: Arc<dyn InboxReader>,
     pub inbox_projector: ProjectorHandle,
     /// How long a query with `min_position` waits for the read model.
@@ -201,6 +203,7 @@ impl Core {
             None => start_memory(settings, &signal, &router, &shutdown_rx).await,
             Some(url) => start_postgres(url, settings, &signal, &router, &shutdown_rx).await?,
         };
+        let log = started.log.clone();
         let commands = CommandService::new(
             started.store,
             started.log,
@@ -211,6 +214,7 @@ impl Core {
         Ok(Self {
             state: Arc::new(AppState {
                 commands,
+                log,
                 inbox: started.inbox,
                 inbox_projector: started.projector,
                 read_wait: settings.read_wait(),

@@ -4,6 +4,7 @@
 
 pub mod context;
 pub mod create;
+pub mod events;
 pub mod health;
 pub mod inbox;
 pub mod json;
@@ -28,6 +29,8 @@ pub enum ApiTags {
     Notifications,
     /// Each user's inbox.
     Inbox,
+    /// The event log: audit and export.
+    Events,
     /// Health checks.
     Operations,
 }
@@ -35,6 +38,7 @@ pub enum ApiTags {
 pub type Apis = (
     notifications::NotificationsApi,
     inbox::InboxApi,
+    events::EventsApi,
     health::HealthApi,
 );
 
@@ -45,6 +49,9 @@ pub fn openapi(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
                 state: state.clone(),
             },
             inbox::InboxApi {
+                state: state.clone(),
+            },
+            events::EventsApi {
                 state: state.clone(),
             },
             health::HealthApi { state },
@@ -79,7 +86,8 @@ pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
         .nest("/", api)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
-        .at("/v1/stream", poem::get(stream::stream).data(state))
+        .at("/v1/stream", poem::get(stream::stream).data(state.clone()))
+        .at("/v1/events/export", poem::get(events::export).data(state))
         .data(json::BodyLimit(body_limit))
         .catch_all_error(problem::problem_from_error)
         .with(CatchPanic::new().with_handler(|_| {

@@ -253,6 +253,23 @@ impl EventLog for MemoryEventStore {
             .map(|&i| log.get(i).position))
     }
 
+    async fn stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<SharedEvent>, StorageError> {
+        let log = self.read();
+        Ok(log
+            .stream(aggregate_type, aggregate_id)
+            .iter()
+            .skip(after.max(0) as usize)
+            .take(limit)
+            .map(|&i| log.get(i).clone())
+            .collect())
+    }
+
     async fn ping(&self) -> Result<(), StorageError> {
         Ok(())
     }

@@ -104,6 +104,15 @@ pub trait EventLog: Send + Sync {
         sequence: i64,
     ) -> Result<Option<Position>, StorageError>;
 
+    /// Events of one stream after sequence `after`, in sequence order.
+    async fn stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<SharedEvent>, StorageError>;
+
     /// A cheap round trip proving the store answers.
     async fn ping(&self) -> Result<(), StorageError>;
 }

@@ -259,6 +259,14 @@ SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggr
  ORDER BY transaction_id, global_position
  LIMIT $3";
 
+const STREAM: &str = "
+SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
+       sequence, event_type, event_version, payload, metadata, recorded_at
+  FROM events
+ WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+ ORDER BY sequence
+ LIMIT $4";
+
 const POSITION_OF: &str = "
 SELECT transaction_id::text::bigint AS tx, global_position
   FROM events
@@ -314,6 +322,26 @@ impl EventLog for PgEventLog {
         })
         .transpose()
         .map_err(|e: tokio_postgres::Error| StorageError::from(e))
+    }
+
+    async fn stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<SharedEvent>, StorageError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(STREAM).await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[&aggregate_type, &aggregate_id, &after, &(limit as i64)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| row_to_event(r).map(Arc::new).map_err(StorageError::from))
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), StorageError> {

@@ -7,6 +7,7 @@ mod helpers;
 
 mod concurrency;
 mod errors;
+mod events;
 mod global_log;
 mod idempotency;
 mod inbox;

@@ -1,0 +1,276 @@
+//! The event log over HTTP: a notification's history (audit) and the global
+//! log in commit order (export and backfills), as JSON pages or NDJSON.
+
+use std::sync::Arc;
+
+use poem::web::{Data, Query};
+use poem::{handler, Body, Response};
+use poem_openapi::param::{Path, Query as OaQuery};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::{Deserialize, Serialize};
+
+use super::problem::ApiError;
+use super::views::rfc3339;
+use super::ApiTags;
+use crate::domain::NotificationId;
+use crate::storage::{LoggedEvent, Position};
+use crate::AppState;
+
+pub const DEFAULT_LIMIT: i64 = 100;
+pub const MAX_LIMIT: i64 = 1000;
+/// Events scanned for one filtered page before it is answered as it is.
+const SCAN_PAGES: usize = 10;
+
+/// One event of a notification's history.
+#[derive(Object, Serialize, Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    /// Position within the notification's stream, from 1.
+    pub sequence: i64,
+    /// `NotificationCreated`, `NotificationRead`, ...
+    #[oai(rename = "type")]
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub version: String,
+    /// The event's fields.
+    pub data: serde_json::Value,
+    /// RFC 3339 UTC, when the store recorded it.
+    pub recorded_at: String,
+    /// Position in the global log.
+    pub cursor: String,
+    /// Who and why: request_id, correlation_id, causation_id, actor, command, ...
+    pub metadata: serde_json::Value,
+}
+
+/// One event as the global log (and an NDJSON export line) holds it.
+#[derive(Object, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct LogEvent {
+    pub cursor: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    #[oai(rename = "type")]
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub version: String,
+    /// The event as stored.
+    pub payload: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub recorded_at: String,
+}
+
+impl From<&LoggedEvent> for LogEvent {
+    fn from(e: &LoggedEvent) -> Self {
+        Self {
+            cursor: e.position.to_cursor(),
+            aggregate_type: e.aggregate_type.clone(),
+            aggregate_id: e.aggregate_id.clone(),
+            sequence: e.sequence,
+            event_type: e.event_type.clone(),
+            version: e.event_version.clone(),
+            payload: e.payload.clone(),
+            metadata: (*e.metadata).clone(),
+            recorded_at: rfc3339(e.recorded_at),
+        }
+    }
+}
+
+fn audit_event(e: &LoggedEvent) -> AuditEvent {
+    // Stored payloads name their variant: {"NotificationRead": {...}}.
+    let data = e
+        .payload
+        .get(&e.event_type)
+        .cloned()
+        .unwrap_or_else(|| e.payload.clone());
+    AuditEvent {
+        sequence: e.sequence,
+        event_type: e.event_type.clone(),
+        version: e.event_version.clone(),
+        data,
+        recorded_at: rfc3339(e.recorded_at),
+        cursor: e.position.to_cursor(),
+        metadata: (*e.metadata).clone(),
+    }
+}
+
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct AuditPage {
+    pub events: Vec<AuditEvent>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next_after: Option<i64>,
+}
+
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct LogPage {
+    pub events: Vec<LogEvent>,
+    /// Where the next page starts (pass as `after`); also where to poll from
+    /// when `has_more` is false.
+    pub next_cursor: String,
+    /// More events were committed after this page when it was read.
+    pub has_more: bool,
+}
+
+#[derive(ApiResponse)]
+pub enum AuditResponse {
+    #[oai(status = 200)]
+    Ok(Json<AuditPage>),
+}
+
+#[derive(ApiResponse)]
+pub enum LogResponse {
+    #[oai(status = 200)]
+    Ok(Json<LogPage>),
+}
+
+fn check_limit(limit: Option<i64>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid(
+            "query.limit",
+            format!("{limit} is out of range; use 1 to {MAX_LIMIT}"),
+        ));
+    }
+    Ok(limit as usize)
+}
+
+fn parse_after(after: Option<&str>) -> Result<Position, ApiError> {
+    after
+        .map(Position::parse_cursor)
+        .transpose()
+        .map(Option::unwrap_or_default)
+        .map_err(|e| ApiError::invalid("query.after", e.to_string()))
+}
+
+pub struct EventsApi {
+    pub state: Arc<AppState>,
+}
+
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Events")]
+impl EventsApi {
+    /// A notification's history (audit)
+    ///
+    /// Every event of the notification in order, with who asked and why
+    /// (metadata). Deleted notifications keep their history.
+    #[oai(
+        path = "/notifications/:id/events",
+        method = "get",
+        operation_id = "notificationEvents"
+    )]
+    async fn audit(
+        &self,
+        id: Path<String>,
+        /// The `next_after` of the previous page (a sequence number).
+        after: OaQuery<Option<i64>>,
+        /// Events per page, 1–1000 (default 100).
+        limit: OaQuery<Option<i64>>,
+    ) -> Result<AuditResponse, ApiError> {
+        let id = NotificationId::parse(&id.0).map_err(|e| ApiError::not_found(e.0))?;
+        let limit = check_limit(limit.0)?;
+        let after = after.0.unwrap_or(0);
+        if after < 0 {
+            return Err(ApiError::invalid("query.after", "must be 0 or more"));
+        }
+        let events = self
+            .state
+            .log
+            .stream("Notification", &id.to_string(), after, limit + 1)
+            .await?;
+        if events.is_empty() && after == 0 {
+            return Err(ApiError::not_found(format!("no notification {id} exists")));
+        }
+        let more = events.len() > limit;
+        let events: Vec<AuditEvent> = events.iter().take(limit).map(|e| audit_event(e)).collect();
+        let next_after = more.then(|| events.last().map_or(after, |e| e.sequence));
+        Ok(AuditResponse::Ok(Json(AuditPage { events, next_after })))
+    }
+
+    /// The global event log
+    ///
+    /// Committed events in commit order after `after` (a cursor), optionally
+    /// of one `type`. For large exports use `GET /v1/events/export` (NDJSON,
+    /// streamed) or `tidings events export`.
+    #[oai(path = "/events", method = "get", operation_id = "events")]
+    async fn log(
+        &self,
+        /// A cursor: the `next_cursor` of the previous page, or any event's cursor.
+        after: OaQuery<Option<String>>,
+        /// Events per page, 1–1000 (default 100).
+        limit: OaQuery<Option<i64>>,
+        /// Only events of this type (`NotificationRead`, ...).
+        #[oai(name = "type")]
+        event_type: OaQuery<Option<String>>,
+    ) -> Result<LogResponse, ApiError> {
+        let limit = check_limit(limit.0)?;
+        let mut cursor = parse_after(after.0.as_deref())?;
+        let mut events = Vec::new();
+        let mut has_more = false;
+        for _ in 0..SCAN_PAGES {
+            let page = self.state.log.read_after(cursor, limit).await?;
+            let full = page.len() == limit;
+            for e in &page {
+                cursor = e.position;
+                if event_type.0.as_deref().is_none_or(|t| t == e.event_type) {
+                    events.push(LogEvent::from(&**e));
+                    if events.len() == limit {
+                        break;
+                    }
+                }
+            }
+            has_more = full;
+            if !full || events.len() == limit {
+                break;
+            }
+        }
+        Ok(LogResponse::Ok(Json(LogPage {
+            events,
+            next_cursor: cursor.to_cursor(),
+            has_more,
+        })))
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ExportQuery {
+    after: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+}
+
+/// `GET /v1/events/export`: every event after `after` up to the newest, one
+/// JSON object per line, streamed page by page.
+#[handler]
+pub async fn export(
+    Query(query): Query<ExportQuery>,
+    state: Data<&Arc<AppState>>,
+) -> poem::Result<Response> {
+    let start = parse_after(query.after.as_deref())?;
+    let log = state.0.log.clone();
+    let event_type = query.event_type;
+    let pages = futures_util::stream::unfold(Some(start), move |cursor| {
+        let log = log.clone();
+        let event_type = event_type.clone();
+        async move {
+            let cursor = cursor?;
+            match log.read_after(cursor, 1000).await {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    let next = page.last().map(|e| e.position);
+                    let mut lines = Vec::new();
+                    for e in page
+                        .iter()
+                        .filter(|e| event_type.as_deref().is_none_or(|t| t == e.event_type))
+                    {
+                        if serde_json::to_writer(&mut lines, &LogEvent::from(&**e)).is_ok() {
+                            lines.push(b'\n');
+                        }
+                    }
+                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from(lines)), next))
+                }
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+            }
+        }
+    });
+    Ok(Response::builder()
+        .content_type("application/x-ndjson")
+        .body(Body::from_bytes_stream(pages)))
+}

@@ -1,0 +1,326 @@
+//! The event log over HTTP and the CLI: audit, global log, NDJSON export,
+//! export/import between deployments.
+
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{
+    max_cursor, notification_for, postgres_server_url, skipped, Backend, TestApp, TestDb,
+};
+
+on_both_backends!(
+    a_notifications_history_lists_every_event_in_order_with_who_asked,
+    the_global_log_pages_in_commit_order_and_filters_by_type,
+    the_ndjson_export_streams_every_event_in_order,
+);
+
+async fn a_notifications_history_lists_every_event_in_order_with_who_asked(app: &TestApp) {
+    let resp = app
+        .client
+        .post(app.url("/v1/notifications"))
+        .header("X-Request-Id", "create-1")
+        .header("X-Actor", "billing")
+        .json(&notification_for("una", "Invoice"))
+        .send()
+        .await
+        .unwrap();
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (action, request) in [("read", "read-1"), ("archive", "archive-1")] {
+        let resp = app
+            .client
+            .post(app.url(&format!("/v1/notifications/{id}/{action}")))
+            .header("X-Request-Id", request)
+            .header("X-Correlation-Id", "flow-7")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    app.client
+        .delete(app.url(&format!("/v1/notifications/{id}")))
+        .header("X-Request-Id", "delete-1")
+        .send()
+        .await
+        .unwrap();
+
+    let page = app
+        .get_json(&format!("/v1/notifications/{id}/events"))
+        .await;
+    let events = page["events"].as_array().unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "NotificationCreated",
+            "NotificationDelivered",
+            "NotificationSeen",
+            "NotificationRead",
+            "NotificationArchived",
+            "NotificationDeleted"
+        ],
+        "every event, in order, deleted notifications too"
+    );
+    let requests: Vec<&str> = events
+        .iter()
+        .map(|e| e["metadata"]["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        requests,
+        [
+            "create-1",
+            "create-1",
+            "read-1",
+            "read-1",
+            "archive-1",
+            "delete-1"
+        ]
+    );
+    assert_eq!(events[0]["metadata"]["actor"], "billing");
+    assert_eq!(events[2]["metadata"]["correlation_id"], "flow-7");
+    assert_eq!(events[3]["metadata"]["command"], "MarkRead");
+    assert_eq!(events[0]["data"]["recipient"], "una");
+    assert_eq!(events[0]["version"], "1.0");
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["sequence"], i as i64 + 1);
+        assert!(e["recorded_at"].as_str().unwrap().ends_with('Z'));
+    }
+    let cursors: Vec<&str> = events
+        .iter()
+        .map(|e| e["cursor"].as_str().unwrap())
+        .collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(page["next_after"], json!(null));
+
+    // Pages of two, chained by next_after.
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = app
+            .get_json(&format!(
+                "/v1/notifications/{id}/events?limit=2&after={after}"
+            ))
+            .await;
+        paged.extend(page["events"].as_array().unwrap().iter().cloned());
+        match page["next_after"].as_i64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(&paged, events);
+
+    let unknown = app
+        .get(&format!(
+            "/v1/notifications/{}/events",
+            uuid::Uuid::new_v4()
+        ))
+        .await;
+    assert_eq!(unknown.status(), 404);
+    let bad = app
+        .get(&format!("/v1/notifications/{id}/events?limit=0"))
+        .await;
+    assert_eq!(bad.status(), 422);
+}
+
+async fn seed(app: &TestApp, user: &str) -> (usize, String) {
+    let mut last = String::new();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let (id, c) = app.create(&notification_for(user, &format!("n{i}"))).await;
+        ids.push(id);
+        last = c;
+    }
+    for id in &ids[..10] {
+        last = max_cursor([
+            last.as_str(),
+            app.command(id, "read").await["cursor"].as_str().unwrap(),
+        ]);
+    }
+    // 30 creates of 2 events, 10 reads of 2 events (seen, read).
+    (80, last)
+}
+
+async fn the_global_log_pages_in_commit_order_and_filters_by_type(app: &TestApp) {
+    let (total, last) = seed(app, "vic").await;
+    let mut events = Vec::new();
+    let mut after = String::new();
+    for _ in 0..100 {
+        let path = if after.is_empty() {
+            "/v1/events?limit=7".to_owned()
+        } else {
+            format!("/v1/events?limit=7&after={after}")
+        };
+        let page = app.get_json(&path).await;
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+        after = page["next_cursor"].as_str().unwrap().to_owned();
+        if page["has_more"] == false && after >= last {
+            break;
+        }
+    }
+    assert_eq!(events.len(), total);
+    let cursors: Vec<&str> = events
+        .iter()
+        .map(|e| e["cursor"].as_str().unwrap())
+        .collect();
+    assert!(
+        cursors.windows(2).all(|w| w[0] < w[1]),
+        "commit order, once each"
+    );
+    assert_eq!(events[0]["type"], "NotificationCreated");
+    assert!(events[0]["payload"]["NotificationCreated"].is_object());
+
+    let reads = app
+        .get_json("/v1/events?type=NotificationRead&limit=1000")
+        .await;
+    assert_eq!(reads["events"].as_array().unwrap().len(), 10);
+    let bad = app.get("/v1/events?after=nope").await;
+    assert_eq!(bad.status(), 422);
+}
+
+async fn the_ndjson_export_streams_every_event_in_order(app: &TestApp) {
+    let (total, _) = seed(app, "wes").await;
+    let resp = app.get("/v1/events/export").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let text = resp.text().await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is a JSON event"))
+        .collect();
+    assert_eq!(lines.len(), total);
+    let paged = app.get_json("/v1/events?limit=1000").await;
+    assert_eq!(&lines, paged["events"].as_array().unwrap());
+    let after = lines[39]["cursor"].as_str().unwrap();
+    let rest = app
+        .get(&format!("/v1/events/export?after={after}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(rest.lines().count(), total - 40);
+}
+
+fn tidings(database_url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
+    cmd.env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn strip_cursors(items: &mut [Value]) {
+    for item in items {
+        item["cursor"] = Value::Null;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_import_moves_a_log_to_another_deployment() {
+    let test = "events::export_then_import_moves_a_log_to_another_deployment";
+    let Some(server) = postgres_server_url() else {
+        skipped(test, "DATABASE_URL is not set (PostgreSQL tests need it)");
+        return;
+    };
+    let app = TestApp::spawn(Backend::Postgres, test)
+        .await
+        .expect("postgres");
+    let (total, last) = seed(&app, "xia").await;
+    let mut before = app.whole_inbox("xia", 100, &last).await;
+    let source = app.db.clone().expect("postgres").url;
+
+    let export = tidings(&source)
+        .args(["events", "export"])
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let ndjson = String::from_utf8(export.stdout).unwrap();
+    assert_eq!(ndjson.lines().count(), total);
+
+    let target = TestDb::create(&server).await;
+    let import = |input: String| {
+        let mut child = tidings(&target.url)
+            .args(["events", "import"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let first = import(ndjson.clone());
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let again = import(ndjson.clone());
+    assert!(
+        !again.status.success(),
+        "a second import into a non-empty store is refused"
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("empty store"));
+
+    // A deployment on the imported log rebuilds the same inbox.
+    let moved = TestApp::start(Backend::Postgres, Some(target), crate::helpers::settings).await;
+    let head = moved.get_json("/v1/events?limit=1000").await;
+    assert_eq!(head["events"].as_array().unwrap().len(), total);
+    let newest = head["events"].as_array().unwrap().last().unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut after = moved.whole_inbox("xia", 100, &newest).await;
+    strip_cursors(&mut before);
+    strip_cursors(&mut after);
+    assert_eq!(after, before);
+
+    // A broken line fails the whole import and stores nothing.
+    let broken_target = TestDb::create(&server).await;
+    let mut lines: Vec<&str> = ndjson.lines().collect();
+    lines.insert(5, "{not json");
+    let mut child = tidings(&broken_target.url)
+        .args(["events", "import"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.join("\n").as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 6"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count: i64 = broken_target
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0, "all or nothing");
+    broken_target.drop_database().await;
+    moved.cleanup().await;
+    app.cleanup().await;
+}
