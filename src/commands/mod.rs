@@ -29,6 +29,7 @@ use crate::domain::{
 };
 use crate::storage::memory::MemoryEventStore;
 use crate::storage::postgres::{AppendError, PgAppender, PgPools};
+use crate::storage::upcast::upcasters;
 use crate::storage::{error_chain, AppendSignal, EventLog, Position, StorageError};
 
 /// Where a notification's events are loaded from and appended to.
@@ -54,7 +55,8 @@ type AggErr = AggregateError<NotificationError>;
 impl NotificationStore {
     pub fn memory(events: MemoryEventStore) -> Self {
         Self::Memory {
-            loader: PersistedEventStore::new_event_store(events.clone()),
+            loader: PersistedEventStore::new_event_store(events.clone())
+                .with_upcasters(upcasters()),
             events,
         }
     }
@@ -63,7 +65,8 @@ impl NotificationStore {
         Self::Postgres {
             loader: PersistedEventStore::new_event_store(PostgresEventRepository::new(
                 pools.sqlx.clone(),
-            )),
+            ))
+            .with_upcasters(upcasters()),
             appender: PgAppender::new(pools.deadpool.clone()),
         }
     }

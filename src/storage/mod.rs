@@ -7,6 +7,7 @@
 pub mod memory;
 pub mod position;
 pub mod postgres;
+pub mod upcast;
 
 use std::sync::Arc;
 

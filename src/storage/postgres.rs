@@ -273,6 +273,16 @@ SELECT transaction_id::text::bigint AS tx, global_position
  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3";
 
 pub fn row_to_event(row: &tokio_postgres::Row) -> Result<LoggedEvent, tokio_postgres::Error> {
+    let mut event = raw_row_to_event(row)?;
+    super::upcast::upcast_logged(
+        &event.event_type,
+        &mut event.event_version,
+        &mut event.payload,
+    );
+    Ok(event)
+}
+
+fn raw_row_to_event(row: &tokio_postgres::Row) -> Result<LoggedEvent, tokio_postgres::Error> {
     Ok(LoggedEvent {
         position: Position::new(row.try_get("tx")?, row.try_get("global_position")?),
         aggregate_type: row.try_get("aggregate_type")?,

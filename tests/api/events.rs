@@ -324,3 +324,63 @@ async fn export_then_import_moves_a_log_to_another_deployment() {
     moved.cleanup().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_event_shape_reads_as_the_current_one_everywhere() {
+    let test = "events::an_old_event_shape_reads_as_the_current_one_everywhere";
+    if postgres_server_url().is_none() {
+        skipped(test, "DATABASE_URL is not set (PostgreSQL tests need it)");
+        return;
+    }
+    let app = TestApp::spawn(Backend::Postgres, test)
+        .await
+        .expect("postgres");
+    let id = uuid::Uuid::now_v7().to_string();
+    let client = app.db.as_ref().unwrap().client().await;
+    // Written by a release before several channels: one `channel`, an `urgent` flag.
+    let created = json!({"NotificationCreated": {
+        "id": id, "recipient": "yara", "category": "comment", "title": "Old", "body": "shape",
+        "channel": "in_app", "urgent": true, "created_at": "2025-06-01T10:00:00Z"
+    }});
+    let delivered = json!({"NotificationDelivered": {
+        "channel": "in_app", "delivered_at": "2025-06-01T10:00:00Z"
+    }});
+    client
+        .execute(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             VALUES ('Notification', $1, 1, 'NotificationCreated', '0.9', $2, '{}'),
+                    ('Notification', $1, 2, 'NotificationDelivered', '1.0', $3, '{}')",
+            &[&id, &created, &delivered],
+        )
+        .await
+        .unwrap();
+
+    // The aggregate loads it (a command works) ...
+    let read = app.command(&id, "read").await;
+    assert_eq!(read["notification"]["priority"], "urgent");
+    assert_eq!(read["notification"]["channels"], json!(["in_app"]));
+    // ... the projection folded it ...
+    let cursor = read["cursor"].as_str().unwrap();
+    let n = app
+        .get_json(&format!("/v1/notifications/{id}?min_position={cursor}"))
+        .await;
+    assert_eq!(n["priority"], "urgent");
+    assert_eq!(n["status"], "read");
+    // ... and the audit and the export show the current shape.
+    let audit = app
+        .get_json(&format!("/v1/notifications/{id}/events"))
+        .await;
+    assert_eq!(audit["events"][0]["version"], "1.0");
+    assert_eq!(audit["events"][0]["data"]["channels"], json!(["in_app"]));
+    let export = app.get("/v1/events/export").await.text().await.unwrap();
+    let first: Value = serde_json::from_str(export.lines().next().unwrap()).unwrap();
+    assert_eq!(first["version"], "1.0");
+    assert_eq!(
+        first["payload"]["NotificationCreated"]["priority"],
+        "urgent"
+    );
+    assert!(first["payload"]["NotificationCreated"]
+        .get("urgent")
+        .is_none());
+    app.cleanup().await;
+}
