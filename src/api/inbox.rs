@@ -14,7 +14,7 @@ use super::problem::ApiError;
 use super::views::{InboxPageView, NotificationView, ReadAllView};
 use super::{wait_for_inbox, ApiTags};
 use crate::domain::{Category, NotificationCommand, UserId};
-use crate::projections::inbox::{InboxQuery, ReadFilter};
+use crate::projections::inbox::{page_from_history, InboxQuery, ReadFilter};
 use crate::storage::Position;
 use crate::AppState;
 
@@ -33,6 +33,21 @@ pub enum InboxResponse {
 pub enum ReadAllResponse {
     #[oai(status = 200)]
     Ok(Json<ReadAllView>),
+}
+
+/// `as_of` as (last position included, latest recording time included).
+fn parse_as_of(raw: &str) -> Result<(Position, chrono::DateTime<chrono::Utc>), ApiError> {
+    let far = Position::new(i64::MAX, i64::MAX);
+    if let Ok(position) = Position::parse_cursor(raw) {
+        return Ok((position, chrono::DateTime::<chrono::Utc>::MAX_UTC));
+    }
+    match chrono::DateTime::parse_from_rfc3339(raw) {
+        Ok(t) => Ok((far, t.with_timezone(&chrono::Utc))),
+        Err(_) => Err(ApiError::invalid(
+            "query.as_of",
+            format!("`{raw}` is neither an RFC 3339 time (2026-11-22T08:00:00Z) nor a cursor"),
+        )),
+    }
 }
 
 pub struct InboxApi {
@@ -67,6 +82,9 @@ impl InboxApi {
         limit: Query<Option<i64>>,
         /// A command's `cursor`: answer only once the inbox includes that command.
         min_position: Query<Option<String>>,
+        /// Time travel: the inbox and its counts as they were at this RFC 3339
+        /// time or cursor (read from the event log).
+        as_of: Query<Option<String>>,
     ) -> Result<InboxResponse, ApiError> {
         let recipient = parse_user(&user.0)?;
         let status = match status.0.as_deref() {
@@ -100,18 +118,26 @@ impl InboxApi {
             .transpose()
             .map_err(|e| ApiError::invalid("query.cursor", e.to_string()))?;
         wait_for_inbox(&self.state, min_position.0.as_deref()).await?;
-        let page = self
-            .state
-            .inbox
-            .page(&InboxQuery {
-                recipient,
-                status,
-                category,
-                archived: archived.0.unwrap_or(false),
-                before,
-                limit: limit as usize,
-            })
-            .await?;
+        let query = InboxQuery {
+            recipient,
+            status,
+            category,
+            archived: archived.0.unwrap_or(false),
+            before,
+            limit: limit as usize,
+        };
+        let page = match as_of.0.as_deref() {
+            None => self.state.inbox.page(&query).await?,
+            Some(raw) => {
+                let (until, recorded_by) = parse_as_of(raw)?;
+                let history = self
+                    .state
+                    .log
+                    .recipient_history(query.recipient.as_str(), until, recorded_by)
+                    .await?;
+                page_from_history(&history, &query).map_err(|e| ApiError::internal(&e))?
+            }
+        };
         Ok(InboxResponse::Ok(Json(InboxPageView {
             items: page
                 .items

@@ -279,3 +279,45 @@ pub fn counts_update(
         position,
     }
 }
+
+/// The inbox as it was: folded from the recipient's history (events up to
+/// the chosen point), filtered and paged like the live inbox.
+pub fn page_from_history(
+    history: &[SharedEvent],
+    q: &InboxQuery,
+) -> Result<InboxPage, ProjectionError> {
+    let mut rows: HashMap<NotificationId, Option<InboxRow>> = HashMap::new();
+    fold_page(&mut rows, history)?;
+    let mut inbox: Vec<InboxRow> = rows
+        .into_values()
+        .flatten()
+        .filter(InboxRow::in_inbox)
+        .collect();
+    let (mut unread, mut unseen) = (0, 0);
+    for row in inbox.iter().filter(|r| !r.state.is_archived()) {
+        unread += u64::from(!row.state.is_read());
+        unseen += u64::from(!row.state.is_seen());
+    }
+    inbox.retain(|r| {
+        r.state.is_archived() == q.archived
+            && match q.status {
+                Some(ReadFilter::Read) => r.state.is_read(),
+                Some(ReadFilter::Unread) => !r.state.is_read(),
+                None => true,
+            }
+            && q.category
+                .as_ref()
+                .is_none_or(|c| r.state.content.as_ref().is_some_and(|n| &n.category == c))
+            && q.before
+                .is_none_or(|b| r.inbox_position.is_some_and(|p| p < b))
+    });
+    inbox.sort_by(|a, b| b.inbox_position.cmp(&a.inbox_position));
+    inbox.truncate(q.limit + 1);
+    let (items, next) = cut_page(inbox, q.limit);
+    Ok(InboxPage {
+        items,
+        next,
+        unread_count: unread,
+        unseen_count: unseen,
+    })
+}

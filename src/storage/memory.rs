@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
@@ -119,7 +119,9 @@ impl MemoryEventStore {
                     "events of one append must be consecutive in one stream".into(),
                 ));
             }
-            let recorded_at = Utc::now();
+            // Microseconds, as PostgreSQL keeps them: a time read back from the
+            // API then compares equal to the stored one.
+            let recorded_at = Utc::now().trunc_subsecs(6);
             let mut metadata: Option<Arc<Value>> = None;
             let mut indexes = Vec::with_capacity(events.len());
             let mut positions = Vec::with_capacity(events.len());
@@ -267,6 +269,26 @@ impl EventLog for MemoryEventStore {
             .skip(after.max(0) as usize)
             .take(limit)
             .map(|&i| log.get(i).clone())
+            .collect())
+    }
+
+    async fn recipient_history(
+        &self,
+        recipient: &str,
+        until: Position,
+        recorded_by: chrono::DateTime<Utc>,
+    ) -> Result<Vec<SharedEvent>, StorageError> {
+        let log = self.read();
+        let all = || (0..log.len).map(|i| log.get(i));
+        let ids: std::collections::HashSet<&str> = all()
+            .filter(|e| e.event_type == "NotificationCreated")
+            .filter(|e| e.payload["NotificationCreated"]["recipient"] == recipient)
+            .map(|e| e.aggregate_id.as_str())
+            .collect();
+        Ok(all()
+            .filter(|e| e.position <= until && e.recorded_at <= recorded_by)
+            .filter(|e| e.aggregate_type == "Notification" && ids.contains(e.aggregate_id.as_str()))
+            .cloned()
             .collect())
     }
 

@@ -114,6 +114,16 @@ pub trait EventLog: Send + Sync {
         limit: usize,
     ) -> Result<Vec<SharedEvent>, StorageError>;
 
+    /// Every event of the notifications created for `recipient`, up to
+    /// `until` (inclusive) and recorded no later than `recorded_by`, in
+    /// commit order: what time travel folds.
+    async fn recipient_history(
+        &self,
+        recipient: &str,
+        until: Position,
+        recorded_by: DateTime<Utc>,
+    ) -> Result<Vec<SharedEvent>, StorageError>;
+
     /// A cheap round trip proving the store answers.
     async fn ping(&self) -> Result<(), StorageError>;
 }

@@ -267,6 +267,19 @@ SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggr
  ORDER BY sequence
  LIMIT $4";
 
+/// Served by events_created_recipient (migrations/0004) and the primary key.
+const RECIPIENT_HISTORY: &str = "
+SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
+       sequence, event_type, event_version, payload, metadata, recorded_at
+  FROM events
+ WHERE aggregate_type = 'Notification'
+   AND aggregate_id IN (SELECT aggregate_id FROM events
+                         WHERE event_type = 'NotificationCreated'
+                           AND payload -> 'NotificationCreated' ->> 'recipient' = $1)
+   AND (transaction_id, global_position) <= ($2::text::xid8, $3)
+   AND recorded_at <= $4
+ ORDER BY transaction_id, global_position";
+
 const POSITION_OF: &str = "
 SELECT transaction_id::text::bigint AS tx, global_position
   FROM events
@@ -347,6 +360,25 @@ impl EventLog for PgEventLog {
             .query(
                 &stmt,
                 &[&aggregate_type, &aggregate_id, &after, &(limit as i64)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| row_to_event(r).map(Arc::new).map_err(StorageError::from))
+            .collect()
+    }
+
+    async fn recipient_history(
+        &self,
+        recipient: &str,
+        until: Position,
+        recorded_by: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<SharedEvent>, StorageError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(RECIPIENT_HISTORY).await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[&recipient, &until.tx.to_string(), &until.seq, &recorded_by],
             )
             .await?;
         rows.iter()

@@ -196,3 +196,101 @@ async fn read_all_leaves_the_counts_exact(app: &TestApp) {
         .unwrap();
     assert_eq!(again["marked"], 0, "nothing left to mark");
 }
+
+mod time_travel {
+    use serde_json::Value;
+
+    use crate::helpers::{notification_for, TestApp};
+
+    on_both_backends!(the_inbox_as_of_a_cursor_or_time_is_what_it_was_then);
+
+    fn titles(page: &Value) -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["title"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn as_of(app: &TestApp, point: &str, extra: &str) -> Value {
+        let point = point.replace('+', "%2B");
+        app.get_json(&format!("/v1/users/zoe/inbox?as_of={point}{extra}"))
+            .await
+    }
+
+    async fn the_inbox_as_of_a_cursor_or_time_is_what_it_was_then(app: &TestApp) {
+        let (a, _) = app.create(&notification_for("zoe", "A")).await;
+        let (b, after_b) = app.create(&notification_for("zoe", "B")).await;
+        let after_read = app.command(&a, "read").await["cursor"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let after_archive = app.command(&b, "archive").await["cursor"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let deleted = app
+            .client
+            .delete(app.url(&format!("/v1/notifications/{a}")))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        let after_delete = deleted["cursor"].as_str().unwrap().to_owned();
+        let (_, now) = app.create(&notification_for("zoe", "C")).await;
+
+        let page = as_of(app, &after_b, "").await;
+        assert_eq!(titles(&page), ["B", "A"]);
+        assert_eq!(
+            (page["unread_count"].as_u64(), page["unseen_count"].as_u64()),
+            (Some(2), Some(2))
+        );
+
+        let page = as_of(app, &after_read, "").await;
+        assert_eq!(titles(&page), ["B", "A"]);
+        assert_eq!(page["unread_count"], 1);
+        assert_eq!(page["items"][1]["status"], "read");
+
+        let page = as_of(app, &after_archive, "").await;
+        assert_eq!(titles(&page), ["A"]);
+        assert_eq!(page["unread_count"], 0);
+        assert_eq!(
+            titles(&as_of(app, &after_archive, "&archived=true").await),
+            ["B"]
+        );
+
+        assert_eq!(
+            titles(&as_of(app, &after_delete, "").await),
+            Vec::<String>::new()
+        );
+        assert_eq!(titles(&as_of(app, &now, "").await), ["C"]);
+
+        // A time works like a cursor: everything recorded up to then.
+        let history = app.get_json(&format!("/v1/notifications/{a}/events")).await;
+        let read_at = history["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == "NotificationRead")
+            .unwrap()["recorded_at"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let page = as_of(app, &read_at, "").await;
+        assert_eq!(titles(&page), ["B", "A"]);
+        assert_eq!(page["unread_count"], 1);
+        let before_everything = as_of(app, "2000-01-01T00:00:00Z", "").await;
+        assert_eq!(titles(&before_everything), Vec::<String>::new());
+
+        let bad = app.get("/v1/users/zoe/inbox?as_of=yesterday").await;
+        assert_eq!(bad.status(), 422);
+        // The live inbox is untouched by all this.
+        let live = app
+            .get_json(&format!("/v1/users/zoe/inbox?min_position={now}"))
+            .await;
+        assert_eq!(titles(&live), ["C"]);
+    }
+}
