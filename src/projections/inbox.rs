@@ -311,7 +311,7 @@ pub fn page_from_history(
             && q.before
                 .is_none_or(|b| r.inbox_position.is_some_and(|p| p < b))
     });
-    inbox.sort_by(|a, b| b.inbox_position.cmp(&a.inbox_position));
+    inbox.sort_by_key(|r| std::cmp::Reverse(r.inbox_position));
     inbox.truncate(q.limit + 1);
     let (items, next) = cut_page(inbox, q.limit);
     Ok(InboxPage {
