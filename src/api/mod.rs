@@ -10,6 +10,7 @@ pub mod inbox;
 pub mod json;
 pub mod notifications;
 pub mod problem;
+pub mod projections;
 pub mod stream;
 pub mod views;
 
@@ -39,6 +40,7 @@ pub type Apis = (
     notifications::NotificationsApi,
     inbox::InboxApi,
     events::EventsApi,
+    projections::ProjectionsApi,
     health::HealthApi,
 );
 
@@ -52,6 +54,9 @@ pub fn openapi(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
                 state: state.clone(),
             },
             events::EventsApi {
+                state: state.clone(),
+            },
+            projections::ProjectionsApi {
                 state: state.clone(),
             },
             health::HealthApi { state },

@@ -292,6 +292,16 @@ impl EventLog for MemoryEventStore {
             .collect())
     }
 
+    async fn behind(
+        &self,
+        after: Position,
+    ) -> Result<(u64, Option<chrono::DateTime<Utc>>), StorageError> {
+        let log = self.read();
+        let next = (after.seq.max(0) as usize).min(log.len);
+        let oldest = (next < log.len).then(|| log.get(next).recorded_at);
+        Ok(((log.len - next) as u64, oldest))
+    }
+
     async fn ping(&self) -> Result<(), StorageError> {
         Ok(())
     }

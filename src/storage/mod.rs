@@ -124,6 +124,10 @@ pub trait EventLog: Send + Sync {
         recorded_by: DateTime<Utc>,
     ) -> Result<Vec<SharedEvent>, StorageError>;
 
+    /// How far a reader at `after` is behind: events after it, and when the
+    /// oldest of them was recorded.
+    async fn behind(&self, after: Position) -> Result<(u64, Option<DateTime<Utc>>), StorageError>;
+
     /// A cheap round trip proving the store answers.
     async fn ping(&self) -> Result<(), StorageError>;
 }

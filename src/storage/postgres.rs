@@ -386,6 +386,21 @@ impl EventLog for PgEventLog {
             .collect()
     }
 
+    async fn behind(
+        &self,
+        after: Position,
+    ) -> Result<(u64, Option<chrono::DateTime<chrono::Utc>>), StorageError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*), min(recorded_at) FROM events
+                  WHERE (transaction_id, global_position) > ($1::text::xid8, $2)",
+                &[&after.tx.to_string(), &after.seq],
+            )
+            .await?;
+        Ok((row.try_get::<_, i64>(0)? as u64, row.try_get(1)?))
+    }
+
     async fn ping(&self) -> Result<(), StorageError> {
         let client = self.pool.get().await?;
         client.simple_query("SELECT 1").await?;

@@ -152,3 +152,48 @@ async fn a_command_that_keeps_conflicting_gets_409_and_records_nothing() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_report_how_far_behind_they_are() {
+    let Some(app) =
+        postgres_app("global_log::projections_report_how_far_behind_they_are", 10).await
+    else {
+        return;
+    };
+    let (_, cursor) = app.create(&notification_for("pia", "first")).await;
+    app.get_json(&format!("/v1/users/pia/inbox?min_position={cursor}"))
+        .await;
+    let caught_up = app.get_json("/v1/projections").await;
+    assert_eq!(caught_up[0]["name"], "inbox");
+    assert_eq!(caught_up[0]["status"], "live");
+    assert_eq!(caught_up[0]["events_behind"], 0);
+    assert_eq!(caught_up[0]["cursor"], cursor.as_str());
+    assert_eq!(caught_up[0]["leader"], true);
+
+    // An open transaction holds the projector back: the next create waits.
+    let held = app.db.as_ref().unwrap().client().await;
+    held.batch_execute(
+        "BEGIN;
+         INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('Probe', 'held', 1, 'Held', '1.0', '{}', '{}');",
+    )
+    .await
+    .unwrap();
+    app.create(&notification_for("pia", "second")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let behind = app.get_json("/v1/projections").await;
+    assert_eq!(behind[0]["status"], "catching_up");
+    assert_eq!(behind[0]["events_behind"], 2, "created and delivered");
+    assert!(behind[0]["oldest_unprocessed_age_ms"].as_u64().unwrap() >= 250);
+    held.batch_execute("COMMIT").await.unwrap();
+    for _ in 0..100 {
+        let now = app.get_json("/v1/projections").await;
+        if now[0]["status"] == "live" {
+            assert_eq!(now[0]["events_behind"], 0);
+            app.cleanup().await;
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the projection never caught up");
+}
