@@ -69,8 +69,10 @@ fn to_row(row: &Row) -> Result<InboxRow, StorageError> {
     })
 }
 
-const UPSERT: &str = "
-INSERT INTO inbox_notifications
+fn upsert_sql(table: &str) -> String {
+    format!(
+        "
+INSERT INTO {table}
        (id, recipient, category, lifecycle, in_inbox, read, seen, archived,
         inbox_tx, inbox_seq, state, last_tx, last_seq)
 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::bool[],
@@ -81,7 +83,76 @@ ON CONFLICT (id) DO UPDATE SET
        lifecycle = EXCLUDED.lifecycle, in_inbox = EXCLUDED.in_inbox, read = EXCLUDED.read,
        seen = EXCLUDED.seen, archived = EXCLUDED.archived, inbox_tx = EXCLUDED.inbox_tx,
        inbox_seq = EXCLUDED.inbox_seq, state = EXCLUDED.state, last_tx = EXCLUDED.last_tx,
-       last_seq = EXCLUDED.last_seq";
+       last_seq = EXCLUDED.last_seq"
+    )
+}
+
+/// The live version's table, read under the checkpoint lock so that a
+/// rebuild's switch is seen by the very next page.
+async fn live_table(tx: &tokio_postgres::Transaction<'_>) -> Result<String, ProjectionError> {
+    let table: String = tx
+        .query_one(
+            "SELECT read_table FROM projection_versions WHERE projection = $1",
+            &[&NAME],
+        )
+        .await?
+        .try_get(0)?;
+    checked_table(&table)
+}
+
+/// Table names are built into SQL, so only ones tidings makes are accepted.
+pub(crate) fn checked_table(table: &str) -> Result<String, ProjectionError> {
+    let ok = table == "inbox_notifications"
+        || table
+            .strip_prefix("inbox_notifications_v")
+            .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        Ok(table.to_owned())
+    } else {
+        Err(StorageError::Backend(format!("`{table}` is not an inbox table")).into())
+    }
+}
+
+/// Folds `events` into the rows of `table` inside `tx`; returns what changed
+/// for the streams.
+pub(crate) async fn write_page(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    events: &[SharedEvent],
+    page_end: Position,
+) -> Result<PageUpdates, ProjectionError> {
+    let ids = ids_in(events)?;
+    let uuids: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
+    let mut rows: HashMap<NotificationId, Option<InboxRow>> =
+        ids.iter().map(|id| (*id, None)).collect();
+    let sql = format!("SELECT {ROW_COLUMNS} FROM {table} WHERE id = ANY($1)");
+    for row in tx.query(&sql, &[&uuids]).await? {
+        let id = NotificationId(row.try_get("id")?);
+        rows.insert(id, Some(to_row(&row)?));
+    }
+    let before = remember(&rows);
+    fold_page(&mut rows, events)?;
+    let updates = page_updates(&before, &rows, page_end);
+    let mut upserts = Columns::default();
+    let mut deletes = Vec::new();
+    for (id, row) in &rows {
+        match row {
+            Some(row) => upserts.push(*id, row)?,
+            None => deletes.push(id.0),
+        }
+    }
+    if !upserts.id.is_empty() {
+        tx.execute(&upsert_sql(table), &upserts.params()).await?;
+    }
+    if !deletes.is_empty() {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE id = ANY($1)"),
+            &[&deletes],
+        )
+        .await?;
+    }
+    Ok(updates)
+}
 
 /// Column arrays for the UNNEST upsert.
 #[derive(Default)]
@@ -177,7 +248,6 @@ impl Projection for PostgresInbox {
         let Some(last) = events.last() else {
             return Ok(expected);
         };
-        let ids = ids_in(events)?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let moved = tx
@@ -196,36 +266,9 @@ impl Projection for PostgresInbox {
         if moved != 1 {
             return Err(ProjectionError::CheckpointMoved { expected });
         }
-        let uuids: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
-        let mut rows: HashMap<NotificationId, Option<InboxRow>> =
-            ids.iter().map(|id| (*id, None)).collect();
-        let sql = format!("SELECT {ROW_COLUMNS} FROM inbox_notifications WHERE id = ANY($1)");
-        for row in tx.query(&sql, &[&uuids]).await? {
-            let id = NotificationId(row.try_get("id")?);
-            rows.insert(id, Some(to_row(&row)?));
-        }
-        let before = remember(&rows);
-        fold_page(&mut rows, events)?;
-        let updates = page_updates(&before, &rows, last.position);
-        let mut upserts = Columns::default();
-        let mut deletes = Vec::new();
-        for (id, row) in &rows {
-            match row {
-                Some(row) => upserts.push(*id, row)?,
-                None => deletes.push(id.0),
-            }
-        }
-        if !upserts.id.is_empty() {
-            tx.execute(UPSERT, &upserts.params()).await?;
-        }
-        if !deletes.is_empty() {
-            tx.execute(
-                "DELETE FROM inbox_notifications WHERE id = ANY($1)",
-                &[&deletes],
-            )
-            .await?;
-        }
-        let numbered = record_updates(&tx, updates, last.position).await?;
+        let table = live_table(&tx).await?;
+        let updates = write_page(&tx, &table, events, last.position).await?;
+        let numbered = record_updates(&tx, &table, updates, last.position).await?;
         tx.commit().await?;
         if let (Some(first), Some(newest)) = (
             numbered.first().map(|u| u.id),
@@ -275,20 +318,21 @@ impl PostgresInbox {
 /// stores them in the page's transaction.
 async fn record_updates(
     tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
     updates: PageUpdates,
     page_end: Position,
 ) -> Result<Vec<Arc<StreamUpdate>>, ProjectionError> {
     let mut new = updates.rows;
     if !updates.touched.is_empty() {
         let names: Vec<&str> = updates.touched.iter().map(|u| u.as_str()).collect();
+        let sql = format!(
+            "SELECT recipient, count(*) FILTER (WHERE NOT read), count(*) FILTER (WHERE NOT seen)
+               FROM {table}
+              WHERE recipient = ANY($1) AND in_inbox AND NOT archived
+              GROUP BY recipient"
+        );
         let counts: HashMap<String, (i64, i64)> = tx
-            .query(
-                "SELECT recipient, count(*) FILTER (WHERE NOT read), count(*) FILTER (WHERE NOT seen)
-                   FROM inbox_notifications
-                  WHERE recipient = ANY($1) AND in_inbox AND NOT archived
-                  GROUP BY recipient",
-                &[&names],
-            )
+            .query(&sql, &[&names])
             .await?
             .iter()
             .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
@@ -344,7 +388,7 @@ impl InboxReader for PostgresInbox {
         let limit = q.limit as i64 + 1;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&recipient, &q.archived, &limit];
         let mut sql = format!(
-            "SELECT {ROW_COLUMNS} FROM inbox_notifications
+            "SELECT {ROW_COLUMNS} FROM inbox_live
               WHERE recipient = $1 AND in_inbox AND archived = $2"
         );
         let before = q.before.map(|p| (p.tx, p.seq));
@@ -377,7 +421,7 @@ impl InboxReader for PostgresInbox {
         let counts = client
             .query_one(
                 "SELECT count(*) FILTER (WHERE NOT read), count(*) FILTER (WHERE NOT seen)
-                   FROM inbox_notifications
+                   FROM inbox_live
                   WHERE recipient = $1 AND in_inbox AND NOT archived AND (NOT read OR NOT seen)",
                 &[&recipient],
             )
@@ -393,7 +437,7 @@ impl InboxReader for PostgresInbox {
 
     async fn get(&self, id: NotificationId) -> Result<Option<InboxRow>, StorageError> {
         let client = self.pool.get().await?;
-        let sql = format!("SELECT {ROW_COLUMNS} FROM inbox_notifications WHERE id = $1");
+        let sql = format!("SELECT {ROW_COLUMNS} FROM inbox_live WHERE id = $1");
         client
             .query_opt(&sql, &[&id.0])
             .await?
@@ -406,7 +450,7 @@ impl InboxReader for PostgresInbox {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT id FROM inbox_notifications
+                "SELECT id FROM inbox_live
                   WHERE recipient = $1 AND in_inbox AND NOT read
                   ORDER BY inbox_tx, inbox_seq",
                 &[&recipient.as_str()],
