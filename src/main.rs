@@ -50,6 +50,13 @@ enum Command {
         #[command(subcommand)]
         action: EventsCommand,
     },
+    /// Rebuild a projection from the whole log beside the live one, then switch
+    /// reads to it (DATABASE_URL; the service keeps running).
+    Replay {
+        /// Which projection (`inbox`).
+        #[arg(long, default_value = "inbox")]
+        projection: String,
+    },
     /// Write the OpenAPI document (to a file, or stdout).
     ExportOpenapi {
         /// Where to write it; absent: stdout.
@@ -111,6 +118,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tracing::info!(events = n, "imported");
                 }
             }
+            Ok(())
+        }
+        Command::Replay { projection } => {
+            let url = cli
+                .settings
+                .database_url
+                .context("replay needs a database: set DATABASE_URL or --database-url")?;
+            let version = tidings::projections::rebuild::replay(&url, &projection).await?;
+            tracing::info!(projection, version, "rebuilt and switched");
+            eprintln!("{projection}: now at version {version}");
             Ok(())
         }
         Command::ExportOpenapi { output } => {

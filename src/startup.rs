@@ -21,6 +21,7 @@ use crate::projections::inbox::InboxReader;
 use crate::projections::inbox_memory::MemoryInbox;
 use crate::projections::inbox_postgres::PostgresInbox;
 use crate::projections::leader::{self, Election};
+use crate::projections::rebuild::{Rebuildable, Rebuilds};
 use crate::storage::memory::MemoryEventStore;
 use crate::storage::postgres::{self, PgEventLog};
 use crate::storage::{AppendSignal, EventLog};
@@ -42,6 +43,10 @@ pub struct AppState {
     /// `memory` or `postgres`.
     pub storage: &'static str,
     pub streams: Streams,
+    /// The inbox, as something that can build a new version of itself.
+    pub inbox_rebuild: Arc<dyn Rebuildable>,
+    /// The latest rebuild on this instance.
+    pub rebuilds: Arc<Rebuilds>,
 }
 
 /// What stream connections share.
@@ -67,6 +72,7 @@ pub struct Core {
 }
 
 struct Started {
+    rebuildable: Arc<dyn Rebuildable>,
     log: Arc<dyn EventLog>,
     store: NotificationStore,
     inbox: Arc<dyn InboxReader>,
@@ -117,6 +123,7 @@ async fn start_memory(
         shutdown.clone(),
     );
     Started {
+        rebuildable: inbox.clone(),
         log,
         store: NotificationStore::memory(events),
         inbox,
@@ -141,6 +148,7 @@ async fn start_postgres(
     let updates = Arc::new(PgUpdateLog::new(pools.deadpool.clone()));
     let inbox = Arc::new(PostgresInbox::new(
         pools.deadpool.clone(),
+        pools.pg_config.clone(),
         settings.stream_retention,
     ));
     let (feed, feed_task) = feed::spawn(
@@ -181,6 +189,7 @@ async fn start_postgres(
         },
     );
     Ok(Started {
+        rebuildable: inbox.clone(),
         log,
         store: NotificationStore::postgres(&pools),
         inbox,
@@ -230,6 +239,8 @@ impl Core {
                     closing: closing_rx,
                     fanout: started.fanout,
                 },
+                inbox_rebuild: started.rebuildable,
+                rebuilds: Arc::default(),
             }),
             shutdown,
             closing,

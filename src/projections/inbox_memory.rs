@@ -9,11 +9,12 @@ use async_trait::async_trait;
 
 use super::inbox::{
     counts_update, cut_page, fold_page, ids_in, page_updates, remember, InboxPage, InboxQuery,
-    InboxReader, InboxRow, ReadFilter, NAME,
+    InboxReader, InboxRow, PageUpdates, ReadFilter, NAME,
 };
+use super::rebuild::{RebuildState, Rebuildable, Rebuilds, BUILD_PAGE};
 use super::{Projection, ProjectionError};
 use crate::domain::{NotificationId, UserId};
-use crate::storage::{Position, SharedEvent, StorageError};
+use crate::storage::{EventLog, Position, SharedEvent, StorageError};
 use crate::streams::feed::Feed;
 use crate::streams::updates::MemoryUpdateLog;
 
@@ -42,6 +43,37 @@ fn contribution(row: &InboxRow) -> (u64, u64) {
 }
 
 impl State {
+    /// Folds a page in and moves the checkpoint; what changed, for streams.
+    /// Nothing changes when an event fails.
+    fn apply_page(&mut self, events: &[SharedEvent]) -> Result<PageUpdates, ProjectionError> {
+        let Some(last) = events.last() else {
+            return Ok(PageUpdates {
+                rows: vec![],
+                touched: vec![],
+            });
+        };
+        let ids = ids_in(events)?;
+        // Fold copies so that a failing event leaves the page unapplied.
+        let mut rows: HashMap<_, _> = ids
+            .iter()
+            .map(|id| (*id, self.rows.get(id).cloned()))
+            .collect();
+        let before = remember(&rows);
+        fold_page(&mut rows, events)?;
+        let updates = page_updates(&before, &rows, last.position);
+        for (id, row) in rows {
+            if let Some(old) = self.rows.remove(&id) {
+                self.unindex(&old);
+            }
+            if let Some(row) = row {
+                self.index(id, &row);
+                self.rows.insert(id, row);
+            }
+        }
+        self.checkpoint = last.position;
+        Ok(updates)
+    }
+
     fn unindex(&mut self, row: &InboxRow) {
         if let (Some(pos), Some(content)) = (row.inbox_position, &row.state.content) {
             if let Some(index) = self.by_recipient.get_mut(&content.recipient) {
@@ -88,6 +120,8 @@ impl State {
 
 pub struct MemoryInbox {
     state: RwLock<State>,
+    /// The live version: 1, then one more per rebuild.
+    version: std::sync::atomic::AtomicU32,
     /// Stream updates, numbered as pages are applied.
     updates: Arc<MemoryUpdateLog>,
     /// Where numbered updates go live (set once the feed runs).
@@ -98,6 +132,7 @@ impl MemoryInbox {
     pub fn new(updates: Arc<MemoryUpdateLog>) -> Self {
         Self {
             state: RwLock::default(),
+            version: std::sync::atomic::AtomicU32::new(1),
             updates,
             feed: OnceLock::new(),
         }
@@ -136,29 +171,11 @@ impl Projection for MemoryInbox {
         let Some(last) = events.last() else {
             return Ok(expected);
         };
-        let ids = ids_in(events)?;
         let mut state = self.write();
         if state.checkpoint != expected {
             return Err(ProjectionError::CheckpointMoved { expected });
         }
-        // Fold copies so that a failing event leaves the page unapplied.
-        let mut rows: HashMap<_, _> = ids
-            .iter()
-            .map(|id| (*id, state.rows.get(id).cloned()))
-            .collect();
-        let before = remember(&rows);
-        fold_page(&mut rows, events)?;
-        let updates = page_updates(&before, &rows, last.position);
-        for (id, row) in rows {
-            if let Some(old) = state.rows.remove(&id) {
-                state.unindex(&old);
-            }
-            if let Some(row) = row {
-                state.index(id, &row);
-                state.rows.insert(id, row);
-            }
-        }
-        state.checkpoint = last.position;
+        let updates = state.apply_page(events)?;
         let mut new_updates = updates.rows;
         for recipient in &updates.touched {
             let (unread, unseen) = state.counts(recipient);
@@ -171,6 +188,65 @@ impl Projection for MemoryInbox {
             feed.offer(numbered);
         }
         Ok(last.position)
+    }
+}
+
+#[async_trait]
+impl Rebuildable for MemoryInbox {
+    async fn version(&self) -> Result<u32, ProjectionError> {
+        Ok(self.version.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    async fn rebuild(
+        &self,
+        log: &dyn EventLog,
+        progress: &Rebuilds,
+    ) -> Result<u32, ProjectionError> {
+        let version = self.version.load(std::sync::atomic::Ordering::Acquire) + 1;
+        let (total, _) = log.behind(Position::START).await?;
+        progress.plan(version, total);
+        // Beside the live state: nothing here is visible until the switch.
+        let mut fresh = State::default();
+        loop {
+            let page = log.read_after(fresh.checkpoint, BUILD_PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            fresh.apply_page(&page)?;
+            progress.advance(page.len() as u64);
+        }
+        progress.set_state(RebuildState::Switching);
+        // Catch up to exactly where the live state is, then swap under its
+        // lock; if it moved meanwhile, catch up again. No event past the live
+        // checkpoint is applied here: those are the live projector's, with
+        // their stream updates.
+        for _ in 0..10_000 {
+            let live = self.read().checkpoint;
+            while fresh.checkpoint < live {
+                let page = log.read_after(fresh.checkpoint, BUILD_PAGE).await?;
+                let page: Vec<_> = page.into_iter().filter(|e| e.position <= live).collect();
+                if page.is_empty() {
+                    break;
+                }
+                fresh.apply_page(&page)?;
+                progress.advance(page.len() as u64);
+            }
+            {
+                let mut state = self.write();
+                if state.checkpoint == fresh.checkpoint {
+                    *state = std::mem::take(&mut fresh);
+                    self.version
+                        .store(version, std::sync::atomic::Ordering::Release);
+                    return Ok(version);
+                }
+            }
+            // The live state is behind the new one (or just moved): let it go on.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Err(StorageError::Backend(
+            "the live inbox kept moving; the rebuild could not switch".into(),
+        )
+        .into())
     }
 }
 

@@ -18,15 +18,18 @@ use super::inbox::{
     counts_update, cut_page, fold_page, ids_in, page_updates, remember, InboxPage, InboxQuery,
     InboxReader, InboxRow, PageUpdates, ReadFilter, NAME,
 };
+use super::rebuild::{RebuildState, Rebuildable, Rebuilds, BUILD_PAGE};
 use super::{Projection, ProjectionError};
 use crate::domain::{Notification, NotificationId, UserId};
-use crate::storage::{Position, SharedEvent, StorageError};
+use crate::storage::{EventLog, Position, SharedEvent, StorageError};
 use crate::streams::fanout::Fanout;
 use crate::streams::feed::Feed;
 use crate::streams::updates::StreamUpdate;
 
 pub struct PostgresInbox {
     pool: Pool,
+    /// For the rebuild lock, held on a connection of its own.
+    pg_config: tokio_postgres::Config,
     /// Stream updates kept for resuming subscribers.
     retention: u64,
     /// This instance's live feed (set once it runs).
@@ -36,9 +39,10 @@ pub struct PostgresInbox {
 }
 
 impl PostgresInbox {
-    pub fn new(pool: Pool, retention: u64) -> Self {
+    pub fn new(pool: Pool, pg_config: tokio_postgres::Config, retention: u64) -> Self {
         Self {
             pool,
+            pg_config,
             retention,
             feed: OnceLock::new(),
             fanout: OnceLock::new(),
@@ -378,6 +382,160 @@ async fn record_updates(
     )
     .await?;
     Ok(numbered)
+}
+
+#[async_trait]
+impl Rebuildable for PostgresInbox {
+    async fn version(&self) -> Result<u32, ProjectionError> {
+        let client = self.pool.get().await?;
+        let version: i32 = client
+            .query_one(
+                "SELECT version FROM projection_versions WHERE projection = $1",
+                &[&NAME],
+            )
+            .await?
+            .try_get(0)?;
+        Ok(version as u32)
+    }
+
+    async fn rebuild(
+        &self,
+        log: &dyn EventLog,
+        progress: &Rebuilds,
+    ) -> Result<u32, ProjectionError> {
+        // One rebuild at a time across instances, on a connection that holds
+        // the lock until it closes.
+        let (lock, connection) = self.pg_config.connect(tokio_postgres::NoTls).await?;
+        let connection = tokio::spawn(connection);
+        let result = self.rebuild_locked(&lock, log, progress).await;
+        drop(lock);
+        let _ = connection.await;
+        result
+    }
+}
+
+impl PostgresInbox {
+    async fn rebuild_locked(
+        &self,
+        lock: &tokio_postgres::Client,
+        log: &dyn EventLog,
+        progress: &Rebuilds,
+    ) -> Result<u32, ProjectionError> {
+        let won: bool = lock
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended('tidings:rebuild:' || $1, 0))",
+                &[&NAME],
+            )
+            .await?
+            .try_get(0)?;
+        if !won {
+            return Err(StorageError::Backend(format!(
+                "a rebuild of {NAME} is already running on another instance"
+            ))
+            .into());
+        }
+        let mut client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT version, read_table FROM projection_versions WHERE projection = $1",
+                &[&NAME],
+            )
+            .await?;
+        let old_version: i32 = row.try_get(0)?;
+        let old_table = checked_table(row.try_get(1)?)?;
+        let version = old_version + 1;
+        let table = checked_table(&format!("inbox_notifications_v{version}"))?;
+        let (total, _) = log.behind(Position::START).await?;
+        progress.plan(version as u32, total);
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table};
+                 CREATE TABLE {table} (LIKE {old_table} INCLUDING ALL);"
+            ))
+            .await?;
+        // Build beside the live version, one transaction per page, no stream
+        // updates: subscribers already had them from the live version.
+        let mut cp = Position::START;
+        loop {
+            let page = log.read_after(cp, BUILD_PAGE).await?;
+            let Some(last) = page.last().map(|e| e.position) else {
+                break;
+            };
+            let tx = client.transaction().await?;
+            write_page(&tx, &table, &page, last).await?;
+            tx.commit().await?;
+            cp = last;
+            progress.advance(page.len() as u64);
+        }
+        progress.set_state(RebuildState::Switching);
+        // Switch: hold the live checkpoint (the live projector waits), catch
+        // up to exactly it, point the view at the new table, record the version.
+        let mut switched = false;
+        for _ in 0..1_000 {
+            let tx = client.transaction().await?;
+            tx.execute(
+                "INSERT INTO projection_checkpoints (projection, tx, seq) VALUES ($1, 0, 0)
+                 ON CONFLICT (projection) DO NOTHING",
+                &[&NAME],
+            )
+            .await?;
+            let live_row = tx
+                .query_one(
+                    "SELECT tx, seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
+                    &[&NAME],
+                )
+                .await?;
+            let live = Position::new(live_row.try_get(0)?, live_row.try_get(1)?);
+            if cp > live {
+                // The live projector is behind the new version: let it go on.
+                drop(tx);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+            while cp < live {
+                let page: Vec<_> = log
+                    .read_after(cp, BUILD_PAGE)
+                    .await?
+                    .into_iter()
+                    .filter(|e| e.position <= live)
+                    .collect();
+                let Some(last) = page.last().map(|e| e.position) else {
+                    break;
+                };
+                write_page(&tx, &table, &page, last).await?;
+                cp = last;
+                progress.advance(page.len() as u64);
+            }
+            if cp != live {
+                return Err(StorageError::Backend(format!(
+                    "the rebuild could not read up to the live checkpoint {live}"
+                ))
+                .into());
+            }
+            tx.batch_execute(&format!(
+                "CREATE OR REPLACE VIEW inbox_live AS SELECT * FROM {table};"
+            ))
+            .await?;
+            tx.execute(
+                "UPDATE projection_versions SET version = $2, read_table = $3 WHERE projection = $1",
+                &[&NAME, &version, &table],
+            )
+            .await?;
+            tx.commit().await?;
+            switched = true;
+            break;
+        }
+        if !switched {
+            return Err(StorageError::Backend(
+                "the live projector stayed behind the rebuild; it was not switched".into(),
+            )
+            .into());
+        }
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {old_table}"))
+            .await?;
+        Ok(version as u32)
+    }
 }
 
 #[async_trait]

@@ -7,6 +7,7 @@ pub mod inbox;
 pub mod inbox_memory;
 pub mod inbox_postgres;
 pub mod leader;
+pub mod rebuild;
 
 use async_trait::async_trait;
 

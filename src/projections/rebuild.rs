@@ -1,0 +1,210 @@
+//! Rebuilding a projection without downtime.
+//!
+//! The new version is built beside the live one from the whole log, without
+//! announcing stream updates (the live version already did). When it has
+//! caught up, the live projector is paused for the last few events, the new
+//! version catches up to exactly the live checkpoint, and reads switch to it
+//! in one step; the old version is dropped. The service answers throughout:
+//! reads use the old version until the switch, commands never wait.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::ProjectionError;
+use crate::storage::EventLog;
+
+/// Events read per page while building.
+pub const BUILD_PAGE: usize = 5_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebuildState {
+    Building,
+    Switching,
+    Done,
+    Failed(String),
+}
+
+/// How a rebuild on this instance is going.
+#[derive(Debug, Clone)]
+pub struct RebuildStatus {
+    pub projection: &'static str,
+    /// The version being built.
+    pub version: u32,
+    pub done: u64,
+    /// Events in the log when the rebuild started.
+    pub total: u64,
+    pub started: Instant,
+    pub finished: Option<Instant>,
+    pub state: RebuildState,
+}
+
+impl RebuildStatus {
+    /// Events per second so far.
+    pub fn rate(&self) -> f64 {
+        let end = self.finished.unwrap_or_else(Instant::now);
+        let secs = end.duration_since(self.started).as_secs_f64();
+        if secs > 0.0 {
+            self.done as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Seconds left at the current rate, while building.
+    pub fn eta_seconds(&self) -> Option<f64> {
+        let rate = self.rate();
+        (self.state == RebuildState::Building && rate > 0.0)
+            .then(|| self.total.saturating_sub(self.done) as f64 / rate)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("a rebuild of {0} is already running")]
+pub struct AlreadyRebuilding(pub &'static str);
+
+/// The latest rebuild on this instance, for status queries and progress bars.
+#[derive(Default)]
+pub struct Rebuilds {
+    current: Mutex<Option<RebuildStatus>>,
+}
+
+impl Rebuilds {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<RebuildStatus>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims the slot; refused while another rebuild runs here.
+    pub fn begin(&self, projection: &'static str) -> Result<(), AlreadyRebuilding> {
+        let mut current = self.lock();
+        if current
+            .as_ref()
+            .is_some_and(|s| matches!(s.state, RebuildState::Building | RebuildState::Switching))
+        {
+            return Err(AlreadyRebuilding(projection));
+        }
+        *current = Some(RebuildStatus {
+            projection,
+            version: 0,
+            done: 0,
+            total: 0,
+            started: Instant::now(),
+            finished: None,
+            state: RebuildState::Building,
+        });
+        Ok(())
+    }
+
+    pub fn plan(&self, version: u32, total: u64) {
+        if let Some(s) = self.lock().as_mut() {
+            s.version = version;
+            s.total = total;
+        }
+    }
+
+    pub fn advance(&self, events: u64) {
+        if let Some(s) = self.lock().as_mut() {
+            s.done += events;
+        }
+    }
+
+    pub fn set_state(&self, state: RebuildState) {
+        if let Some(s) = self.lock().as_mut() {
+            if matches!(state, RebuildState::Done | RebuildState::Failed(_)) {
+                s.finished = Some(Instant::now());
+            }
+            s.state = state;
+        }
+    }
+
+    pub fn snapshot(&self) -> Option<RebuildStatus> {
+        self.lock().clone()
+    }
+}
+
+/// A projection that can build a new version of itself beside the live one.
+#[async_trait]
+pub trait Rebuildable: Send + Sync {
+    /// The live version.
+    async fn version(&self) -> Result<u32, ProjectionError>;
+
+    /// Builds the next version from the whole log and switches reads to it;
+    /// returns the new version. Progress goes to `progress` (already begun).
+    async fn rebuild(
+        &self,
+        log: &dyn EventLog,
+        progress: &Rebuilds,
+    ) -> Result<u32, ProjectionError>;
+}
+
+/// Runs a rebuild, recording how it ended.
+pub async fn run(
+    target: &dyn Rebuildable,
+    log: &dyn EventLog,
+    progress: &Rebuilds,
+) -> Result<u32, ProjectionError> {
+    let result = target.rebuild(log, progress).await;
+    match &result {
+        Ok(_) => progress.set_state(RebuildState::Done),
+        Err(e) => progress.set_state(RebuildState::Failed(crate::storage::error_chain(e))),
+    }
+    result
+}
+
+/// `tidings replay --projection NAME`: rebuilds against DATABASE_URL while
+/// the service keeps running, with a progress bar on a terminal.
+pub async fn replay(url: &str, projection: &str) -> anyhow::Result<u32> {
+    use std::io::IsTerminal;
+
+    use crate::projections::inbox_postgres::PostgresInbox;
+    use crate::storage::postgres::{self, PgEventLog};
+
+    if projection != super::inbox::NAME {
+        anyhow::bail!(
+            "no projection `{projection}`; the projections are: {}",
+            super::inbox::NAME
+        );
+    }
+    let pools = postgres::connect(url, 4).await?;
+    postgres::migrate(&pools).await?;
+    // Retention only matters to the live projector; the rebuild prunes nothing.
+    let inbox = PostgresInbox::new(pools.deadpool.clone(), pools.pg_config.clone(), 0);
+    let log = PgEventLog::new(pools.deadpool.clone());
+    let rebuilds = std::sync::Arc::new(Rebuilds::default());
+    rebuilds.begin(super::inbox::NAME)?;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg:10} {bar:40} {pos}/{len} events  {per_sec}  eta {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let watcher = {
+        let rebuilds = rebuilds.clone();
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(s) = rebuilds.snapshot() {
+                    bar.set_length(s.total.max(s.done));
+                    bar.set_position(s.done);
+                    bar.set_message(match s.state {
+                        RebuildState::Building => "building",
+                        RebuildState::Switching => "switching",
+                        RebuildState::Done => "done",
+                        RebuildState::Failed(_) => "failed",
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let result = run(&inbox, &log, &rebuilds).await;
+    watcher.abort();
+    bar.finish_and_clear();
+    Ok(result?)
+}
