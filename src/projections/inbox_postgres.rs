@@ -104,6 +104,19 @@ async fn live_table(tx: &tokio_postgres::Transaction<'_>) -> Result<String, Proj
     checked_table(&table)
 }
 
+/// The inbox's secondary indexes (as in migrations/0002) for a rebuilt table.
+fn secondary_indexes(table: &str) -> String {
+    format!(
+        "CREATE INDEX {table}_page ON {table} (recipient, archived, inbox_tx DESC, inbox_seq DESC)
+             WHERE in_inbox;
+         CREATE INDEX {table}_unread ON {table} (recipient)
+             WHERE in_inbox AND NOT read AND NOT archived;
+         CREATE INDEX {table}_unseen ON {table} (recipient)
+             WHERE in_inbox AND NOT seen AND NOT archived;
+         ANALYZE {table};"
+    )
+}
+
 /// Table names are built into SQL, so only ones tidings makes are accepted.
 pub(crate) fn checked_table(table: &str) -> Result<String, ProjectionError> {
     let ok = table == "inbox_notifications"
@@ -159,8 +172,9 @@ pub(crate) async fn write_page(
 }
 
 /// Column arrays for the UNNEST upsert.
+/// The state is written straight from the struct (no value tree between).
 #[derive(Default)]
-struct Columns {
+struct Columns<'a> {
     id: Vec<uuid::Uuid>,
     recipient: Vec<String>,
     category: Vec<String>,
@@ -171,13 +185,13 @@ struct Columns {
     archived: Vec<bool>,
     inbox_tx: Vec<Option<i64>>,
     inbox_seq: Vec<Option<i64>>,
-    state: Vec<serde_json::Value>,
+    state: Vec<tokio_postgres::types::Json<&'a Notification>>,
     last_tx: Vec<i64>,
     last_seq: Vec<i64>,
 }
 
-impl Columns {
-    fn push(&mut self, id: NotificationId, row: &InboxRow) -> Result<(), ProjectionError> {
+impl<'a> Columns<'a> {
+    fn push(&mut self, id: NotificationId, row: &'a InboxRow) -> Result<(), ProjectionError> {
         let content = row.state.content.as_ref();
         self.id.push(id.0);
         self.recipient
@@ -191,11 +205,7 @@ impl Columns {
         self.archived.push(row.state.is_archived());
         self.inbox_tx.push(row.inbox_position.map(|p| p.tx));
         self.inbox_seq.push(row.inbox_position.map(|p| p.seq));
-        self.state.push(
-            serde_json::to_value(&row.state).map_err(|e| {
-                StorageError::Backend(format!("cannot serialize inbox row {id}: {e}"))
-            })?,
-        );
+        self.state.push(tokio_postgres::types::Json(&row.state));
         self.last_tx.push(row.last_position.tx);
         self.last_seq.push(row.last_position.seq);
         Ok(())
@@ -447,26 +457,51 @@ impl PostgresInbox {
         let table = checked_table(&format!("inbox_notifications_v{version}"))?;
         let (total, _) = log.behind(Position::START).await?;
         progress.plan(version as u32, total);
+        // Only the primary key while building: the secondary indexes are made
+        // in one pass at the end, far cheaper than keeping them up per row.
         client
             .batch_execute(&format!(
                 "DROP TABLE IF EXISTS {table};
-                 CREATE TABLE {table} (LIKE {old_table} INCLUDING ALL);"
+                 CREATE TABLE {table} (LIKE {old_table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+                 ALTER TABLE {table} ADD PRIMARY KEY (id);"
             ))
             .await?;
         // Build beside the live version, one transaction per page, no stream
-        // updates: subscribers already had them from the live version.
+        // updates: subscribers already had them from the live version. Never
+        // past the live checkpoint: what lies beyond is the live projector's
+        // to apply (and announce), before or after the switch.
         let mut cp = Position::START;
-        loop {
-            let page = log.read_after(cp, BUILD_PAGE).await?;
-            let Some(last) = page.last().map(|e| e.position) else {
-                break;
+        let read_page = |after: Position| async move {
+            let live = self.checkpoint().await?;
+            let page: Vec<_> = log
+                .read_after(after, BUILD_PAGE)
+                .await?
+                .into_iter()
+                .filter(|e| e.position <= live)
+                .collect();
+            Ok::<_, ProjectionError>(page)
+        };
+        let mut page = read_page(cp).await?;
+        // Reading the next page overlaps writing this one: the database works
+        // on one while this process decodes the other.
+        while let Some(last) = page.last().map(|e| e.position) {
+            let write = async {
+                let tx = client.transaction().await?;
+                // A crash mid-build loses only the half-built version, which the
+                // next attempt starts over: no need to wait for each page's flush.
+                tx.batch_execute("SET LOCAL synchronous_commit = off")
+                    .await?;
+                write_page(&tx, &table, &page, last).await?;
+                tx.commit().await?;
+                Ok::<_, ProjectionError>(())
             };
-            let tx = client.transaction().await?;
-            write_page(&tx, &table, &page, last).await?;
-            tx.commit().await?;
-            cp = last;
+            let (written, next) = tokio::join!(write, read_page(last));
+            written?;
             progress.advance(page.len() as u64);
+            cp = last;
+            page = next?;
         }
+        client.batch_execute(&secondary_indexes(&table)).await?;
         progress.set_state(RebuildState::Switching);
         // Switch: hold the live checkpoint (the live projector waits), catch
         // up to exactly it, point the view at the new table, record the version.

@@ -16,7 +16,7 @@ use super::ProjectionError;
 use crate::storage::EventLog;
 
 /// Events read per page while building.
-pub const BUILD_PAGE: usize = 5_000;
+pub const BUILD_PAGE: usize = 2_500;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RebuildState {

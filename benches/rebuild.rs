@@ -1,0 +1,130 @@
+//! Rebuild rate of the inbox from a large log in PostgreSQL.
+//!
+//! Seeds a fresh database with BENCH_EVENTS events (default 1,000,000: half a
+//! million notifications, created and delivered, for 10,000 users) straight
+//! in SQL, then rebuilds the inbox from zero the way `tidings replay` does and
+//! reports events per second as JSON. Needs DATABASE_URL (the server; the
+//! bench makes and drops its own database).
+
+use std::time::Instant;
+
+use serde_json::json;
+use tidings::projections::inbox_postgres::PostgresInbox;
+use tidings::projections::rebuild::{self, Rebuildable, Rebuilds};
+use tidings::storage::postgres::{self, PgEventLog};
+
+const SEED: &str = "
+WITH n AS (
+    SELECT i, gen_random_uuid()::text AS id FROM generate_series($1::int, $2::int) AS i
+)
+INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+SELECT 'Notification', n.id, e.seq, e.kind, '1.0', e.payload,
+       jsonb_build_object('request_id', 'seed', 'actor', 'bench', 'command', 'Create')
+  FROM n CROSS JOIN LATERAL (VALUES
+    (1, 'NotificationCreated', jsonb_build_object('NotificationCreated', jsonb_build_object(
+        'id', n.id, 'recipient', 'user-' || (n.i % 10000), 'category', 'bench',
+        'title', 'Hello ' || n.i, 'body', 'Bob replied to your post', 'data', jsonb_build_object('n', n.i),
+        'priority', 'normal', 'channels', '[\"in_app\"]'::jsonb, 'group_key', NULL,
+        'deliver_at', NULL, 'created_at', '2026-01-01T00:00:00Z'))),
+    (2, 'NotificationDelivered', jsonb_build_object('NotificationDelivered', jsonb_build_object(
+        'channel', 'in_app', 'delivered_at', '2026-01-01T00:00:00Z')))
+  ) AS e(seq, kind, payload)
+ ORDER BY n.i, e.seq";
+
+fn main() {
+    let Some(server) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
+        eprintln!("*** SKIPPED rebuild benchmark: DATABASE_URL is not set ***");
+        return;
+    };
+    let events: i64 = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let report = runtime.block_on(async {
+        let (admin, conn) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+            .await
+            .expect("DATABASE_URL is set but PostgreSQL is unreachable");
+        tokio::spawn(conn);
+        let name = format!("tidings_bench_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the bench database");
+        let (base, query) = server
+            .split_once('?')
+            .map_or((server.as_str(), None), |(b, q)| (b, Some(q)));
+        let scheme_end = base.find("://").map_or(0, |i| i + 3);
+        let base = base[scheme_end..]
+            .find('/')
+            .map_or(base, |i| &base[..scheme_end + i]);
+        let url = match query {
+            Some(q) => format!("{base}/{name}?{q}"),
+            None => format!("{base}/{name}"),
+        };
+
+        let pools = postgres::connect(&url, 4).await.expect("connect");
+        postgres::migrate(&pools).await.expect("migrate");
+        let seeding = Instant::now();
+        let client = pools.deadpool.get().await.expect("a connection");
+        let notifications = (events / 2) as i32;
+        let mut from = 1;
+        while from <= notifications {
+            let to = (from + 49_999).min(notifications);
+            client.execute(SEED, &[&from, &to]).await.expect("seed");
+            from = to + 1;
+        }
+        client
+            .batch_execute("ANALYZE events")
+            .await
+            .expect("analyze");
+        // The live inbox is taken to be caught up with the whole log: the
+        // rebuild then builds every event beside it.
+        client
+            .execute(
+                "INSERT INTO projection_checkpoints (projection, tx, seq)
+                 SELECT 'inbox', transaction_id::text::bigint, global_position FROM events
+                  ORDER BY transaction_id DESC, global_position DESC LIMIT 1
+                 ON CONFLICT (projection) DO UPDATE SET tx = EXCLUDED.tx, seq = EXCLUDED.seq",
+                &[],
+            )
+            .await
+            .expect("checkpoint");
+        let seed_seconds = seeding.elapsed().as_secs_f64();
+
+        let inbox = PostgresInbox::new(pools.deadpool.clone(), pools.pg_config.clone(), 0);
+        let log = PgEventLog::new(pools.deadpool.clone());
+        let rebuilds = Rebuilds::default();
+        rebuilds.begin("inbox").expect("no other rebuild");
+        let started = Instant::now();
+        let version = rebuild::run(&inbox, &log, &rebuilds)
+            .await
+            .expect("the rebuild succeeds");
+        let seconds = started.elapsed().as_secs_f64();
+        let rows: i64 = client
+            .query_one("SELECT count(*) FROM inbox_live", &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(version, inbox.version().await.expect("version"));
+        drop(client);
+        drop(pools);
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+        json!({
+            "benchmark": "rebuild",
+            "backend": "postgres",
+            "events": events,
+            "rows_built": rows,
+            "seed_seconds": (seed_seconds * 10.0).round() / 10.0,
+            "rebuild_seconds": (seconds * 100.0).round() / 100.0,
+            "events_per_second": (events as f64 / seconds).round(),
+            "page_size": rebuild::BUILD_PAGE,
+        })
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
