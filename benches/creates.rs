@@ -19,6 +19,9 @@ use tidings::config::Settings;
 use tidings::storage::Position;
 use tidings::Application;
 
+mod common;
+use common::{drop_database, fresh_database};
+
 /// The same allocator as the `tidings` binary, so the app runs as it does in production.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -171,36 +174,6 @@ async fn run(backend: &str, clients: usize, seconds: u64, database_url: Option<S
     })
 }
 
-async fn admin(server_url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(server_url, tokio_postgres::NoTls)
-        .await
-        .expect("DATABASE_URL is set but PostgreSQL is unreachable");
-    tokio::spawn(conn);
-    client
-}
-
-/// A database of the run's own on the DATABASE_URL server: (name, url).
-async fn fresh_database(server_url: &str) -> (String, String) {
-    let name = format!("tidings_bench_{}", uuid::Uuid::new_v4().simple());
-    admin(server_url)
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the bench database");
-    let (base, query) = server_url
-        .split_once('?')
-        .map_or((server_url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let base = base[scheme_end..]
-        .find('/')
-        .map_or(base, |i| &base[..scheme_end + i]);
-    let url = match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
-    };
-    (name, url)
-}
-
 fn main() {
     let seconds: u64 = env_or("BENCH_SECONDS", 5);
     let clients: Vec<usize> = list("BENCH_CLIENTS", "1,16,64")
@@ -228,10 +201,7 @@ fn main() {
                 };
                 let r = run(backend, n, seconds, db.as_ref().map(|(_, url)| url.clone())).await;
                 if let (Some((name, _)), Some(server)) = (&db, &server) {
-                    let _ = admin(server)
-                        .await
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
+                    drop_database(server, name).await;
                 }
                 eprintln!("{r}");
                 results.push(r);

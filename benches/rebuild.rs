@@ -13,6 +13,9 @@ use tidings::projections::inbox_postgres::PostgresInbox;
 use tidings::projections::rebuild::{self, Rebuildable, Rebuilds};
 use tidings::storage::postgres::{self, PgEventLog};
 
+mod common;
+use common::{drop_database, fresh_database};
+
 const SEED: &str = "
 WITH n AS (
     SELECT i, gen_random_uuid()::text AS id FROM generate_series($1::int, $2::int) AS i
@@ -45,26 +48,7 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     let report = runtime.block_on(async {
-        let (admin, conn) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
-            .await
-            .expect("DATABASE_URL is set but PostgreSQL is unreachable");
-        tokio::spawn(conn);
-        let name = format!("tidings_bench_{}", uuid::Uuid::new_v4().simple());
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create the bench database");
-        let (base, query) = server
-            .split_once('?')
-            .map_or((server.as_str(), None), |(b, q)| (b, Some(q)));
-        let scheme_end = base.find("://").map_or(0, |i| i + 3);
-        let base = base[scheme_end..]
-            .find('/')
-            .map_or(base, |i| &base[..scheme_end + i]);
-        let url = match query {
-            Some(q) => format!("{base}/{name}?{q}"),
-            None => format!("{base}/{name}"),
-        };
+        let (name, url) = fresh_database(&server).await;
 
         let pools = postgres::connect(&url, 4).await.expect("connect");
         postgres::migrate(&pools).await.expect("migrate");
@@ -112,9 +96,7 @@ fn main() {
         assert_eq!(version, inbox.version().await.expect("version"));
         drop(client);
         drop(pools);
-        let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await;
+        drop_database(&server, &name).await;
         json!({
             "benchmark": "rebuild",
             "backend": "postgres",
