@@ -318,34 +318,17 @@ impl Application {
 
     /// Serves until `shutdown` resolves; then closes streams, stops accepting,
     /// lets in-flight requests finish (up to the configured timeout), flushes
-    /// the projectors. Returns the core unstopped when `kill` resolves first.
+    /// the projectors.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let app = api::routes(
-            self.core.state.clone(),
-            self.settings.max_body_bytes as usize,
-        );
-        info!(addr = %self.addr, docs = %format!("http://{}/docs", self.addr), "tidings is serving");
-        let closing = self.core.closing.clone();
-        let signal = async move {
-            shutdown.await;
-            // Stream connections never end by themselves: close them first.
-            let _ = closing.send(true);
-        };
-        Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(app, signal, Some(self.settings.shutdown_timeout()))
+        self.run_until_stopped_or_killed(shutdown, std::future::pending())
             .await
-            .context("the HTTP server failed")?;
-        info!("HTTP drained; flushing projectors");
-        self.core.stop().await;
-        info!("stopped");
-        Ok(())
     }
 
-    /// Serves until `stop` resolves to true (graceful, as above) or `kill`
-    /// resolves (everything aborted at once, as in a crash).
+    /// Serves until `stop` resolves (graceful, as above) or `kill` resolves
+    /// (everything aborted at once, as in a crash; tests kill a leader so).
     pub async fn run_until_stopped_or_killed(
         self,
         stop: impl Future<Output = ()> + Send + 'static,
@@ -355,11 +338,13 @@ impl Application {
             self.core.state.clone(),
             self.settings.max_body_bytes as usize,
         );
+        info!(addr = %self.addr, docs = %format!("http://{}/docs", self.addr), "tidings is serving");
         let closing = self.core.closing.clone();
         let server = Server::new_with_acceptor(self.acceptor).run_with_graceful_shutdown(
             app,
             async move {
                 stop.await;
+                // Stream connections never end by themselves: close them first.
                 let _ = closing.send(true);
             },
             Some(self.settings.shutdown_timeout()),
@@ -367,7 +352,9 @@ impl Application {
         tokio::select! {
             result = server => {
                 result.context("the HTTP server failed")?;
+                info!("HTTP drained; flushing projectors");
                 self.core.stop().await;
+                info!("stopped");
             }
             _ = kill => self.core.abort(),
         }

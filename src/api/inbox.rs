@@ -135,7 +135,7 @@ impl InboxApi {
                     .log
                     .recipient_history(query.recipient.as_str(), until, recorded_by)
                     .await?;
-                page_from_history(&history, &query).map_err(|e| ApiError::internal(&e))?
+                page_from_history(&history, &query)?
             }
         };
         Ok(InboxResponse::Ok(Json(InboxPageView {

@@ -234,6 +234,15 @@ impl From<CommandError> for ApiError {
     }
 }
 
+impl From<crate::projections::ProjectionError> for ApiError {
+    fn from(err: crate::projections::ProjectionError) -> Self {
+        match err {
+            crate::projections::ProjectionError::Storage(e) => e.into(),
+            other => Self::internal(&other),
+        }
+    }
+}
+
 impl From<StorageError> for ApiError {
     fn from(err: StorageError) -> Self {
         match err {

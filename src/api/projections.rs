@@ -102,12 +102,7 @@ impl ProjectionsApi {
         let age = oldest.map_or(0, |t| {
             (chrono::Utc::now() - t).num_milliseconds().max(0) as u64
         });
-        let version = self
-            .state
-            .inbox_rebuild
-            .version()
-            .await
-            .map_err(|e| ApiError::internal(&e))?;
+        let version = self.state.inbox_rebuild.version().await?;
         Ok(ProjectionsResponse::Ok(Json(vec![ProjectionView {
             name: projector.name.to_owned(),
             version,
