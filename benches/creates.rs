@@ -10,17 +10,18 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tidings::config::Settings;
 use tidings::storage::Position;
 use tidings::Application;
 
-mod common;
-use common::{drop_database, fresh_database};
+#[path = "common/db.rs"]
+mod db;
+#[path = "common/http.rs"]
+mod http;
+use db::{drop_database, fresh_database};
+use http::Writer;
 
 /// The same allocator as the `tidings` binary, so the app runs as it does in production.
 #[global_allocator]
@@ -70,12 +71,7 @@ async fn client(
         errors: 0,
         last_cursor: Position::START,
     };
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
+    let mut writer = Writer::connect(addr).await;
     let mut i = 0u64;
     loop {
         let now = Instant::now();
@@ -91,23 +87,15 @@ async fn client(
             "data": {"post_id": i},
         })
         .to_string();
-        let req = hyper::Request::post("/v1/notifications")
-            .header("host", "bench")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
         let started = Instant::now();
-        let ok = match sender.send_request(req).await {
-            Ok(resp) => {
-                let status = resp.status();
-                if let Ok(body) = resp.into_body().collect().await {
-                    if let Some(c) = cursor_in(&body.to_bytes()) {
-                        result.last_cursor = result.last_cursor.max(c);
-                    }
+        let ok = match writer.create(body).await {
+            Some((status, body)) => {
+                if let Some(c) = cursor_in(&body) {
+                    result.last_cursor = result.last_cursor.max(c);
                 }
-                status.as_u16() == 201
+                status == 201
             }
-            Err(_) => false,
+            None => false,
         };
         if started < warmup_until {
             continue;

@@ -13,8 +13,9 @@ use tidings::projections::inbox_postgres::PostgresInbox;
 use tidings::projections::rebuild::{self, Rebuildable, Rebuilds};
 use tidings::storage::postgres::{self, PgEventLog};
 
-mod common;
-use common::{drop_database, fresh_database};
+#[path = "common/db.rs"]
+mod db;
+use db::{drop_database, fresh_database};
 
 const SEED: &str = "
 WITH n AS (

@@ -19,13 +19,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+#[path = "common/http.rs"]
+mod http;
+use http::Writer;
 use tokio_tungstenite::tungstenite::Message;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -111,45 +112,17 @@ impl Drop for Server {
     }
 }
 
-/// A keep-alive HTTP/1.1 connection sending creates.
-struct Writer {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-impl Writer {
-    async fn connect(addr: &str) -> Self {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        Self { sender }
-    }
-
-    async fn create(&mut self, recipient: usize, sent_ns: u64) -> bool {
-        let body = json!({
-            "recipient": format!("user-{recipient}"),
-            "category": "bench",
-            "title": "Ping",
-            "body": "fan-out",
-            "data": {"sent_ns": sent_ns},
-        })
-        .to_string();
-        let req = hyper::Request::post("/v1/notifications")
-            .header("host", "bench")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
-        match self.sender.send_request(req).await {
-            Ok(resp) => {
-                let ok = resp.status().as_u16() == 201;
-                let _ = resp.into_body().collect().await;
-                ok
-            }
-            Err(_) => false,
-        }
-    }
+/// A subscriber's user gets a create that says when it was sent.
+async fn create(writer: &mut Writer, recipient: usize, sent_ns: u64) -> bool {
+    let body = json!({
+        "recipient": format!("user-{recipient}"),
+        "category": "bench",
+        "title": "Ping",
+        "body": "fan-out",
+        "data": {"sent_ns": sent_ns},
+    })
+    .to_string();
+    matches!(writer.create(body).await, Some((201, _)))
 }
 
 struct Measures {
@@ -226,7 +199,7 @@ async fn peak_rate(addr: &str, users: usize) -> f64 {
                 let mut writer = Writer::connect(&addr).await;
                 let mut n = w;
                 while Instant::now() < until {
-                    if writer.create(n % users, u64::MAX).await {
+                    if create(&mut writer, n % users, u64::MAX).await {
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     n += 64;
@@ -303,7 +276,7 @@ async fn run(n: usize, seconds: u64) -> Value {
                 while Instant::now() < until {
                     tick.tick().await;
                     let sent_ns = measures.start.elapsed().as_nanos() as u64;
-                    if writer.create(k % n.max(1), sent_ns).await {
+                    if create(&mut writer, k % n.max(1), sent_ns).await {
                         sent.fetch_add(1, Ordering::Relaxed);
                     }
                     k += writers;

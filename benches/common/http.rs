@@ -1,0 +1,34 @@
+//! A lean keep-alive HTTP/1.1 client for the benchmarks (hyper, no pool).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+pub struct Writer {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Writer {
+    pub async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        Self { sender }
+    }
+
+    /// POSTs a create; the status and body, or None when the connection failed.
+    pub async fn create(&mut self, body: String) -> Option<(u16, Bytes)> {
+        let req = hyper::Request::post("/v1/notifications")
+            .header("host", "bench")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        let resp = self.sender.send_request(req).await.ok()?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        Some((status, body))
+    }
+}
