@@ -425,6 +425,18 @@ impl Rebuildable for PostgresInbox {
 }
 
 impl PostgresInbox {
+    /// Where the live projector is: one read, for every page of a rebuild.
+    async fn live_checkpoint(&self) -> Result<Position, ProjectionError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT tx, seq FROM projection_checkpoints WHERE projection = $1",
+                &[&NAME],
+            )
+            .await?;
+        Ok(Position::new(row.try_get(0)?, row.try_get(1)?))
+    }
+
     async fn rebuild_locked(
         &self,
         lock: &tokio_postgres::Client,
@@ -471,8 +483,9 @@ impl PostgresInbox {
         // past the live checkpoint: what lies beyond is the live projector's
         // to apply (and announce), before or after the switch.
         let mut cp = Position::START;
+        self.checkpoint().await?; // makes sure the live checkpoint row exists
         let read_page = |after: Position| async move {
-            let live = self.checkpoint().await?;
+            let live = self.live_checkpoint().await?;
             let page: Vec<_> = log
                 .read_after(after, BUILD_PAGE)
                 .await?
