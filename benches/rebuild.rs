@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use serde_json::json;
-use tidings::projections::inbox_postgres::PostgresInbox;
+use tidings::projections::inbox::postgres::PostgresInbox;
 use tidings::projections::rebuild::{self, Rebuildable, Rebuilds};
 use tidings::storage::postgres::{self, PgEventLog};
 

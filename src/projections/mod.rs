@@ -4,8 +4,6 @@
 
 pub mod engine;
 pub mod inbox;
-pub mod inbox_memory;
-pub mod inbox_postgres;
 pub mod leader;
 pub mod rebuild;
 

@@ -157,7 +157,7 @@ pub async fn run(
 pub async fn replay(url: &str, projection: &str) -> anyhow::Result<u32> {
     use std::io::IsTerminal;
 
-    use crate::projections::inbox_postgres::PostgresInbox;
+    use crate::projections::inbox::postgres::PostgresInbox;
     use crate::storage::postgres::{self, PgEventLog};
 
     if projection != super::inbox::NAME {

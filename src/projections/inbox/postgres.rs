@@ -14,13 +14,13 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::inbox::{
+use super::{
     counts_update, cut_page, fold_page, ids_in, page_updates, remember, InboxPage, InboxQuery,
     InboxReader, InboxRow, PageUpdates, ReadFilter, NAME,
 };
-use super::rebuild::{RebuildState, Rebuildable, Rebuilds, BUILD_PAGE};
-use super::{Projection, ProjectionError};
 use crate::domain::{Notification, NotificationId, UserId};
+use crate::projections::rebuild::{RebuildState, Rebuildable, Rebuilds, BUILD_PAGE};
+use crate::projections::{Projection, ProjectionError};
 use crate::storage::{EventLog, Position, SharedEvent, StorageError};
 use crate::streams::fanout::Fanout;
 use crate::streams::feed::Feed;

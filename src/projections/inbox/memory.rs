@@ -7,13 +7,13 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use async_trait::async_trait;
 
-use super::inbox::{
+use super::{
     counts_update, cut_page, fold_page, ids_in, page_updates, remember, InboxPage, InboxQuery,
     InboxReader, InboxRow, PageUpdates, ReadFilter, NAME,
 };
-use super::rebuild::{RebuildState, Rebuildable, Rebuilds, BUILD_PAGE};
-use super::{Projection, ProjectionError};
 use crate::domain::{NotificationId, UserId};
+use crate::projections::rebuild::{RebuildState, Rebuildable, Rebuilds, BUILD_PAGE};
+use crate::projections::{Projection, ProjectionError};
 use crate::storage::{EventLog, Position, SharedEvent, StorageError};
 use crate::streams::feed::Feed;
 use crate::streams::updates::MemoryUpdateLog;

@@ -1,0 +1,129 @@
+//! The inbox projection: every live notification's state, and per recipient
+//! the in-app ones newest first with unread and unseen counts.
+//!
+//! Both backends fold events with the aggregate's own `apply`, so the read
+//! model cannot drift from the write side's rules.
+
+pub mod fold;
+pub mod memory;
+pub mod postgres;
+pub mod updates;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+pub use fold::{fold_page, ids_in};
+pub use updates::{counts_update, page_updates, remember, PageUpdates};
+
+use super::ProjectionError;
+use crate::domain::{Category, Notification, NotificationId, UserId};
+use crate::storage::{Position, SharedEvent, StorageError};
+
+pub const NAME: &str = "inbox";
+
+/// One notification as the read model holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxRow {
+    pub state: Notification,
+    /// Position of its in-app delivery: the inbox sort key (None: not in the inbox).
+    pub inbox_position: Option<Position>,
+    /// Position of the last event folded in; older events are not applied twice.
+    pub last_position: Position,
+}
+
+impl InboxRow {
+    pub fn in_inbox(&self) -> bool {
+        self.inbox_position.is_some() && self.state.in_inbox()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFilter {
+    Unread,
+    Read,
+}
+
+#[derive(Debug, Clone)]
+pub struct InboxQuery {
+    pub recipient: UserId,
+    pub status: Option<ReadFilter>,
+    pub category: Option<Category>,
+    /// false: the inbox proper; true: only archived notifications.
+    pub archived: bool,
+    /// Continue after this inbox position (from a previous page's `next`).
+    pub before: Option<Position>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct InboxPage {
+    pub items: Vec<InboxRow>,
+    /// Where the next page starts; None on the last page.
+    pub next: Option<Position>,
+    /// Unarchived in-app notifications not yet read / not yet seen.
+    pub unread_count: u64,
+    pub unseen_count: u64,
+}
+
+/// Queries over the inbox read model.
+#[async_trait]
+pub trait InboxReader: Send + Sync {
+    async fn page(&self, query: &InboxQuery) -> Result<InboxPage, StorageError>;
+    async fn get(&self, id: NotificationId) -> Result<Option<InboxRow>, StorageError>;
+    /// Every unread notification in the recipient's inbox, archived ones too.
+    async fn unread_ids(&self, recipient: &UserId) -> Result<Vec<NotificationId>, StorageError>;
+}
+
+/// Cuts a fetched run of `limit + 1` rows into a page and its continuation.
+pub fn cut_page(mut items: Vec<InboxRow>, limit: usize) -> (Vec<InboxRow>, Option<Position>) {
+    if items.len() > limit {
+        items.truncate(limit);
+        let next = items.last().and_then(|r| r.inbox_position);
+        (items, next)
+    } else {
+        (items, None)
+    }
+}
+
+/// The inbox as it was: folded from the recipient's history (events up to
+/// the chosen point), filtered and paged like the live inbox.
+pub fn page_from_history(
+    history: &[SharedEvent],
+    q: &InboxQuery,
+) -> Result<InboxPage, ProjectionError> {
+    let mut rows: HashMap<NotificationId, Option<InboxRow>> = HashMap::new();
+    fold_page(&mut rows, history)?;
+    let mut inbox: Vec<InboxRow> = rows
+        .into_values()
+        .flatten()
+        .filter(InboxRow::in_inbox)
+        .collect();
+    let (mut unread, mut unseen) = (0, 0);
+    for row in inbox.iter().filter(|r| !r.state.is_archived()) {
+        unread += u64::from(!row.state.is_read());
+        unseen += u64::from(!row.state.is_seen());
+    }
+    inbox.retain(|r| {
+        r.state.is_archived() == q.archived
+            && match q.status {
+                Some(ReadFilter::Read) => r.state.is_read(),
+                Some(ReadFilter::Unread) => !r.state.is_read(),
+                None => true,
+            }
+            && q.category
+                .as_ref()
+                .is_none_or(|c| r.state.content.as_ref().is_some_and(|n| &n.category == c))
+            && q.before
+                .is_none_or(|b| r.inbox_position.is_some_and(|p| p < b))
+    });
+    inbox.sort_by_key(|r| std::cmp::Reverse(r.inbox_position));
+    inbox.truncate(q.limit + 1);
+    let (items, next) = cut_page(inbox, q.limit);
+    Ok(InboxPage {
+        items,
+        next,
+        unread_count: unread,
+        unseen_count: unseen,
+    })
+}

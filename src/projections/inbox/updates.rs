@@ -1,0 +1,141 @@
+//! The stream updates a page of inbox changes causes: what WebSocket
+//! subscribers of `notification:{id}` and `inbox:{user}` receive.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::InboxRow;
+use crate::api::views::NotificationView;
+use crate::domain::{NotificationId, UserId};
+use crate::storage::Position;
+use crate::streams::updates::{NewUpdate, Topic};
+
+/// The stream updates one page causes: per changed notification one update on
+/// `notification:{id}` and, when it is or was in an inbox, one on
+/// `inbox:{user}`; the caller adds the counts of each recipient in `touched`.
+pub struct PageUpdates {
+    pub rows: Vec<NewUpdate>,
+    /// Recipients whose inbox changed: their counts follow the rows.
+    pub touched: Vec<UserId>,
+}
+
+/// The row as REST returns it, as JSON text.
+fn view_json(row: &InboxRow) -> Arc<str> {
+    let text = NotificationView::from_state(&row.state, row.last_position)
+        .and_then(|v| serde_json::to_string(&v).ok())
+        .unwrap_or_else(|| "null".to_owned());
+    Arc::from(text)
+}
+
+/// What page_updates needs to know of a row before the page: much less than
+/// the row, so nothing has to be cloned to remember it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Before {
+    pub last_position: Position,
+    pub in_inbox: bool,
+    /// Only for rows in an inbox: where a removal is announced.
+    pub recipient: Option<UserId>,
+}
+
+/// Remembers each row's `Before` (None: it did not exist).
+pub fn remember(
+    rows: &HashMap<NotificationId, Option<InboxRow>>,
+) -> HashMap<NotificationId, Option<Before>> {
+    rows.iter()
+        .map(|(id, row)| {
+            let before = row.as_ref().map(|r| Before {
+                last_position: r.last_position,
+                in_inbox: r.in_inbox(),
+                recipient: r
+                    .in_inbox()
+                    .then(|| r.state.content.as_ref().map(|c| c.recipient.clone()))
+                    .flatten(),
+            });
+            (*id, before)
+        })
+        .collect()
+}
+
+/// Compares each row before and after the page.
+pub fn page_updates(
+    before: &HashMap<NotificationId, Option<Before>>,
+    after: &HashMap<NotificationId, Option<InboxRow>>,
+    page_end: Position,
+) -> PageUpdates {
+    let mut rows = Vec::new();
+    let mut touched: Vec<UserId> = Vec::new();
+    let mut seen_recipients = std::collections::HashSet::new();
+    let mut ids: Vec<&NotificationId> = after.keys().collect();
+    // Deterministic order: by the position of each row's last change.
+    ids.sort_by_key(|id| {
+        after
+            .get(*id)
+            .and_then(|r| r.as_ref().map(|r| r.last_position))
+            .unwrap_or(page_end)
+    });
+    for id in ids {
+        let old = before.get(id).and_then(Option::as_ref);
+        let new = after.get(id).and_then(Option::as_ref);
+        let position = new.map_or(page_end, |r| r.last_position);
+        let removed: Arc<str> = Arc::from(format!(r#"{{"id":"{id}"}}"#));
+        let (kind, data) = match (old, new) {
+            (None, Some(n)) => ("created", view_json(n)),
+            (Some(o), Some(n)) if o.last_position == n.last_position => continue,
+            (Some(_), Some(n)) => ("changed", view_json(n)),
+            (Some(_), None) => ("removed", removed.clone()),
+            (None, None) => continue,
+        };
+        rows.push(NewUpdate {
+            topic: Topic::Notification(*id).to_string(),
+            kind,
+            data: data.clone(),
+            position,
+        });
+        let was = old.is_some_and(|o| o.in_inbox);
+        let is = new.is_some_and(InboxRow::in_inbox);
+        let inbox_kind = match (was, is) {
+            (false, true) => "created",
+            (true, true) => "changed",
+            (true, false) => "removed",
+            (false, false) => continue,
+        };
+        let Some(recipient) = new
+            .and_then(|r| r.state.content.as_ref())
+            .map(|c| c.recipient.clone())
+            .or_else(|| old.and_then(|o| o.recipient.clone()))
+        else {
+            continue;
+        };
+        rows.push(NewUpdate {
+            topic: Topic::Inbox(recipient.clone()).to_string(),
+            kind: inbox_kind,
+            data: if inbox_kind == "removed" {
+                removed
+            } else {
+                data
+            },
+            position,
+        });
+        if seen_recipients.insert(recipient.clone()) {
+            touched.push(recipient);
+        }
+    }
+    PageUpdates { rows, touched }
+}
+
+/// The `counts` update of one recipient's inbox.
+pub fn counts_update(
+    recipient: &UserId,
+    unread: u64,
+    unseen: u64,
+    position: Position,
+) -> NewUpdate {
+    NewUpdate {
+        topic: Topic::Inbox(recipient.clone()).to_string(),
+        kind: "counts",
+        data: Arc::from(format!(
+            r#"{{"unread_count":{unread},"unseen_count":{unseen}}}"#
+        )),
+        position,
+    }
+}
