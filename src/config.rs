@@ -104,6 +104,12 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1..=10_000), global = true)]
     pub projector_page_size: u64,
 
+    /// Tries of an event the projection refuses (with exponential backoff)
+    /// before it is parked and the projector moves on.
+    #[arg(long, env = "TIDINGS_PROJECTOR_MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1_000), global = true)]
+    pub projector_max_attempts: u32,
+
     /// Longest wait for in-flight requests at shutdown, in seconds.
     #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3_600), global = true)]
@@ -153,6 +159,7 @@ impl Settings {
             read_wait_ms: 10_000,
             projector_poll_ms: 100,
             projector_page_size: 500,
+            projector_max_attempts: 5,
             shutdown_timeout_secs: 10,
             log_format: LogFormat::Text,
         }

@@ -1,4 +1,5 @@
-//! The `tidings` command line: serve (default), migrate, export-openapi.
+//! The `tidings` command line: serve (default), migrate, events export/import,
+//! replay, parked, export-openapi.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,20 @@ enum EventsCommand {
 }
 
 #[derive(Subcommand)]
+enum ParkedCommand {
+    /// Every parked event, one JSON object a line.
+    List,
+    /// Try every parked event again (after deploying a fix).
+    Redrive,
+    /// Give up on one parked event for good; the events held behind it are re-driven.
+    Skip {
+        /// The parked event's cursor (from `list`).
+        #[arg(long)]
+        cursor: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API (the default).
     Serve,
@@ -56,6 +71,15 @@ enum Command {
         /// Which projection (`inbox`).
         #[arg(long, default_value = "inbox")]
         projection: String,
+    },
+    /// Poison events a projection parked: list, re-drive or skip them
+    /// (DATABASE_URL; the service keeps running).
+    Parked {
+        /// Which projection (`inbox`).
+        #[arg(long, default_value = "inbox", global = true)]
+        projection: String,
+        #[command(subcommand)]
+        action: ParkedCommand,
     },
     /// Write the OpenAPI document (to a file, or stdout).
     ExportOpenapi {
@@ -125,9 +149,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .settings
                 .database_url
                 .context("replay needs a database: set DATABASE_URL or --database-url")?;
-            let version = tidings::projections::rebuild::replay(&url, &projection).await?;
+            let version = tidings::projections::cli::replay(&url, &projection).await?;
             tracing::info!(projection, version, "rebuilt and switched");
             eprintln!("{projection}: now at version {version}");
+            Ok(())
+        }
+        Command::Parked { projection, action } => {
+            use tidings::projections::cli::{self as operate, ParkedAction};
+            let url = cli.settings.database_url.context(
+                "parked needs a database: set DATABASE_URL or --database-url \
+                 (with the memory store, use the HTTP endpoints)",
+            )?;
+            let action = match action {
+                ParkedCommand::List => ParkedAction::List,
+                ParkedCommand::Redrive => ParkedAction::Redrive,
+                ParkedCommand::Skip { cursor } => ParkedAction::Skip { cursor },
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            operate::parked(&url, &projection, action, &mut out).await?;
+            std::io::Write::flush(&mut out)?;
             Ok(())
         }
         Command::ExportOpenapi { output } => {

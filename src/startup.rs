@@ -21,6 +21,7 @@ use crate::projections::inbox::memory::MemoryInbox;
 use crate::projections::inbox::postgres::PostgresInbox;
 use crate::projections::inbox::InboxReader;
 use crate::projections::leader::{self, Election};
+use crate::projections::parked::Parking;
 use crate::projections::rebuild::{Rebuildable, Rebuilds};
 use crate::storage::memory::MemoryEventStore;
 use crate::storage::postgres::{self, PgEventLog};
@@ -47,6 +48,8 @@ pub struct AppState {
     pub inbox_rebuild: Arc<dyn Rebuildable>,
     /// The latest rebuild on this instance.
     pub rebuilds: Arc<Rebuilds>,
+    /// The inbox's parked events (poison events), to list, re-drive and skip.
+    pub inbox_parking: Arc<dyn Parking>,
 }
 
 /// What stream connections share.
@@ -73,6 +76,7 @@ pub struct Core {
 
 struct Started {
     rebuildable: Arc<dyn Rebuildable>,
+    parking: Arc<dyn Parking>,
     log: Arc<dyn EventLog>,
     store: NotificationStore,
     inbox: Arc<dyn InboxReader>,
@@ -87,6 +91,7 @@ fn engine_config(settings: &Settings) -> EngineConfig {
     EngineConfig {
         page_size: settings.projector_page_size as usize,
         poll_interval: settings.projector_poll(),
+        max_attempts: settings.projector_max_attempts,
         ..EngineConfig::default()
     }
 }
@@ -124,6 +129,7 @@ async fn start_memory(
     );
     Started {
         rebuildable: inbox.clone(),
+        parking: inbox.clone(),
         log,
         store: NotificationStore::memory(events),
         inbox,
@@ -190,6 +196,7 @@ async fn start_postgres(
     );
     Ok(Started {
         rebuildable: inbox.clone(),
+        parking: inbox.clone(),
         log,
         store: NotificationStore::postgres(&pools),
         inbox,
@@ -241,6 +248,7 @@ impl Core {
                 },
                 inbox_rebuild: started.rebuildable,
                 rebuilds: Arc::default(),
+                inbox_parking: started.parking,
             }),
             shutdown,
             closing,

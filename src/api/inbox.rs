@@ -135,7 +135,8 @@ impl InboxApi {
                     .log
                     .recipient_history(query.recipient.as_str(), until, recorded_by)
                     .await?;
-                page_from_history(&history, &query)?
+                let skipped = self.state.inbox_parking.skipped().await?;
+                page_from_history(&history, &skipped, &query)
             }
         };
         Ok(InboxResponse::Ok(Json(InboxPageView {

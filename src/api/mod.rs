@@ -9,6 +9,7 @@ pub mod health;
 pub mod inbox;
 pub mod json;
 pub mod notifications;
+pub mod parked;
 pub mod problem;
 pub mod projections;
 pub mod stream;
@@ -41,6 +42,7 @@ pub type Apis = (
     inbox::InboxApi,
     events::EventsApi,
     projections::ProjectionsApi,
+    parked::ParkedApi,
     health::HealthApi,
 );
 
@@ -57,6 +59,9 @@ pub fn openapi(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
                 state: state.clone(),
             },
             projections::ProjectionsApi {
+                state: state.clone(),
+            },
+            parked::ParkedApi {
                 state: state.clone(),
             },
             health::HealthApi { state },

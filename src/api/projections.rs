@@ -67,6 +67,9 @@ pub struct ProjectionView {
     pub events_behind: u64,
     /// Age of the oldest event not applied yet, in milliseconds (0 when caught up).
     pub oldest_unprocessed_age_ms: u64,
+    /// Events the projection could not apply, parked (see
+    /// `GET /v1/projections/{name}/parked`); 0 when all is well.
+    pub parked_events: u64,
     /// The latest rebuild started on this instance, if any.
     pub rebuild: Option<RebuildView>,
 }
@@ -103,6 +106,7 @@ impl ProjectionsApi {
             (chrono::Utc::now() - t).num_milliseconds().max(0) as u64
         });
         let version = self.state.inbox_rebuild.version().await?;
+        let parked_events = self.state.inbox_parking.parked_count().await?;
         Ok(ProjectionsResponse::Ok(Json(vec![ProjectionView {
             name: projector.name.to_owned(),
             version,
@@ -111,6 +115,7 @@ impl ProjectionsApi {
             status: if behind == 0 { "live" } else { "catching_up" }.to_owned(),
             events_behind: behind,
             oldest_unprocessed_age_ms: age,
+            parked_events,
             rebuild: self
                 .state
                 .rebuilds

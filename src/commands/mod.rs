@@ -203,6 +203,16 @@ pub struct CommandService {
 }
 
 impl CommandService {
+    /// The memory event store behind the commands, when that is the backend:
+    /// for appending events as another writer would (an older or newer
+    /// release, an import), which tests of the projections need.
+    pub fn memory_events(&self) -> Option<&MemoryEventStore> {
+        match &self.store {
+            NotificationStore::Memory { events, .. } => Some(events),
+            NotificationStore::Postgres { .. } => None,
+        }
+    }
+
     pub fn new(
         store: NotificationStore,
         log: Arc<dyn EventLog>,

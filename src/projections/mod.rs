@@ -2,9 +2,11 @@
 //! checkpoint, committed together with its read-model changes, and is driven by
 //! the projector engine.
 
+pub mod cli;
 pub mod engine;
 pub mod inbox;
 pub mod leader;
+pub mod parked;
 pub mod rebuild;
 
 use async_trait::async_trait;
@@ -13,7 +15,7 @@ use crate::storage::{Position, SharedEvent, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
-    /// One event could not be applied; the engine names it and retries.
+    /// One event could not be applied; the engine retries it, then parks it.
     #[error("event at {position} ({event_type} of {aggregate_id}) could not be applied: {reason}")]
     BadEvent {
         position: Position,
@@ -54,5 +56,16 @@ pub trait Projection: Send + Sync {
         &self,
         expected: Position,
         events: &[SharedEvent],
+    ) -> Result<Position, ProjectionError>;
+
+    /// Parks `event` (the next one after `expected`) as one this projection
+    /// cannot apply, with why and after how many tries, and moves the
+    /// checkpoint to it, atomically. Returns the new checkpoint.
+    async fn park(
+        &self,
+        expected: Position,
+        event: &SharedEvent,
+        error: &str,
+        attempts: u32,
     ) -> Result<Position, ProjectionError>;
 }

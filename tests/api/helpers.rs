@@ -97,6 +97,7 @@ pub struct TestApp {
     pub backend: Backend,
     pub db: Option<TestDb>,
     pub addr: std::net::SocketAddr,
+    pub state: std::sync::Arc<tidings::AppState>,
     stop: Option<oneshot::Sender<()>>,
     kill: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
@@ -131,6 +132,7 @@ impl TestApp {
             .await
             .expect("the app builds");
         let addr = app.addr();
+        let state = app.state();
         let (stop, stopped) = oneshot::channel::<()>();
         let (kill, killed) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped_or_killed(
@@ -149,6 +151,7 @@ impl TestApp {
             backend,
             db,
             addr,
+            state,
             stop: Some(stop),
             kill: Some(kill),
             server: Some(server),
@@ -187,6 +190,43 @@ impl TestApp {
         let _ = self.stop().await;
         if let Some(db) = self.db.take() {
             db.drop_database().await;
+        }
+    }
+
+    /// Appends one event to notification `id`'s stream directly, as another
+    /// writer would (a newer release, say), bypassing the commands.
+    pub async fn append_raw(&self, id: &str, sequence: i64, event_type: &str, payload: Value) {
+        match &self.db {
+            Some(db) => {
+                db.client()
+                    .await
+                    .execute(
+                        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                             event_version, payload, metadata)
+                         VALUES ('Notification', $1, $2, $3, '1.0', $4, '{}')",
+                        &[&id, &sequence, &event_type, &payload],
+                    )
+                    .await
+                    .expect("the raw event is appended");
+            }
+            None => {
+                let events = self
+                    .state
+                    .commands
+                    .memory_events()
+                    .expect("a memory app has a memory store");
+                events
+                    .append(vec![cqrs_es::persist::SerializedEvent::new(
+                        id.to_owned(),
+                        sequence as usize,
+                        "Notification".into(),
+                        event_type.into(),
+                        "1.0".into(),
+                        payload,
+                        json!({}),
+                    )])
+                    .expect("the raw event is appended");
+            }
         }
     }
 

@@ -14,6 +14,7 @@ mod inbox;
 mod instances;
 mod lifecycle;
 mod operations;
+mod parked;
 mod rebuild;
 mod restart;
 mod stream_client;

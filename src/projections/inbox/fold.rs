@@ -1,78 +1,364 @@
 //! Folding logged events into inbox rows, with the aggregate's own `apply`.
+//!
+//! An event the inbox cannot apply (a payload that does not parse, a version
+//! this release cannot read, an event for a notification that was never
+//! created) is *refused*: the rows stay as they were, and every later event
+//! of the same notification is held back behind it, so a notification's
+//! events are never applied out of order. Other notifications go on. Live
+//! processing parks what was refused (after retries); a rebuild and time
+//! travel follow the same rule, so all three agree.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use cqrs_es::Aggregate;
 use serde::Deserialize;
 
 use super::InboxRow;
-use crate::domain::{Channel, Notification, NotificationEvent, NotificationId};
+use crate::domain::{
+    Channel, Lifecycle, Notification, NotificationEvent, NotificationId, EVENT_VERSION,
+};
+use crate::projections::parked::ParkedEvent;
 use crate::projections::ProjectionError;
-use crate::storage::{LoggedEvent, Position, SharedEvent};
+use crate::storage::{upcast, LoggedEvent, Position, SharedEvent};
 
-fn bad(event: &LoggedEvent, reason: impl Into<String>) -> ProjectionError {
-    ProjectionError::BadEvent {
-        position: event.position,
-        event_type: event.event_type.clone(),
-        aggregate_id: event.aggregate_id.clone(),
-        reason: reason.into(),
-    }
-}
-
-fn is_notification(event: &LoggedEvent) -> bool {
+pub fn is_notification(event: &LoggedEvent) -> bool {
     event.aggregate_type == Notification::TYPE
 }
 
-/// The notification ids a page touches, each once.
-pub fn ids_in(events: &[SharedEvent]) -> Result<Vec<NotificationId>, ProjectionError> {
+/// The notification ids a page touches, each once (ids that do not parse are
+/// left out: their events are refused by the fold).
+pub fn ids_in(events: &[SharedEvent]) -> Vec<NotificationId> {
     let mut ids = Vec::new();
     for event in events.iter().filter(|e| is_notification(e)) {
-        let id = NotificationId::parse(&event.aggregate_id).map_err(|e| bad(event, e.0))?;
-        if !ids.contains(&id) {
-            ids.push(id);
+        if let Ok(id) = NotificationId::parse(&event.aggregate_id) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
         }
     }
-    Ok(ids)
+    ids
 }
 
-/// Folds a page into `rows`, which holds the current row (or None) of every id
-/// in the page. Afterwards each entry is the row to store, or None to remove.
-pub fn fold_page(
+/// Reads a logged notification event in the current shape, upcasting an old
+/// one that the reader has not upcast yet.
+pub fn decode(event: &LoggedEvent) -> Result<(NotificationId, NotificationEvent), String> {
+    let id = NotificationId::parse(&event.aggregate_id)
+        .map_err(|e| format!("the aggregate id is not a notification id: {}", e.0))?;
+    let payload = if event.event_version == EVENT_VERSION {
+        NotificationEvent::deserialize(&event.payload)
+    } else {
+        match upcast::upcast(&event.event_type, &event.event_version, &event.payload) {
+            Some(current) => NotificationEvent::deserialize(&current),
+            None => {
+                return Err(format!(
+                "event version {} of {} is not one this release reads (it reads {EVENT_VERSION})",
+                event.event_version, event.event_type
+            ))
+            }
+        }
+    }
+    .map_err(|e| format!("the payload does not parse: {e}"))?;
+    Ok((id, payload))
+}
+
+/// Folds one event into its row (None: no row). On a refusal the row is left
+/// as it was.
+pub fn fold_one(
+    slot: &mut Option<InboxRow>,
+    position: Position,
+    payload: NotificationEvent,
+) -> Result<(), String> {
+    let created = matches!(payload, NotificationEvent::NotificationCreated { .. });
+    match slot.as_ref() {
+        Some(row) if row.last_position >= position => return Ok(()), // already applied
+        Some(_) if created => {
+            return Err("the notification was already created; a second creation cannot apply".into())
+        }
+        None if !created => {
+            return Err(
+                "the inbox holds no such notification (its creation is missing, was skipped, or it was deleted)"
+                    .into(),
+            )
+        }
+        _ => {}
+    }
+    let mut row = slot.take().unwrap_or(InboxRow {
+        state: Notification::default(),
+        inbox_position: None,
+        last_position: Position::START,
+    });
+    let delivered_in_app = matches!(
+        payload,
+        NotificationEvent::NotificationDelivered {
+            channel: Channel::InApp,
+            ..
+        }
+    );
+    row.state.apply(payload);
+    row.last_position = position;
+    if delivered_in_app {
+        row.inbox_position = Some(position);
+    }
+    *slot = match row.state.lifecycle {
+        Lifecycle::Deleted => None,
+        _ => Some(row),
+    };
+    Ok(())
+}
+
+/// An event the fold did not apply.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub event: SharedEvent,
+    pub reason: String,
+    /// The refused event of the same notification this one waits behind;
+    /// None when this event was refused itself.
+    pub behind: Option<Position>,
+}
+
+impl Refusal {
+    /// The refusal as a parked event, tried `attempts` times (held: 0).
+    pub fn parked(&self, attempts: u32) -> ParkedEvent {
+        let event = &self.event;
+        let now = chrono::Utc::now();
+        ParkedEvent {
+            position: event.position,
+            aggregate_type: event.aggregate_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            sequence: event.sequence,
+            event_type: event.event_type.clone(),
+            error: self.reason.clone(),
+            attempts: if self.behind.is_some() { 0 } else { attempts },
+            held_behind: self.behind,
+            parked_at: now,
+            last_attempt_at: now,
+        }
+    }
+}
+
+/// Notifications with a refused event: aggregate id -> that event's position.
+pub type Held = HashMap<String, Position>;
+
+/// Why a held event was not applied.
+pub fn held_reason(behind: Position) -> String {
+    format!(
+        "held behind the parked event at {} of the same notification",
+        behind.to_cursor()
+    )
+}
+
+/// Folds `events` into `rows`, which must hold the current row (or None) of
+/// every notification id in them. Events at `skipped` positions are passed
+/// over; events of notifications in `held` are refused as held; an event that
+/// cannot apply is refused and holds back its notification from then on.
+pub fn fold_events(
     rows: &mut HashMap<NotificationId, Option<InboxRow>>,
     events: &[SharedEvent],
-) -> Result<(), ProjectionError> {
+    held: &mut Held,
+    skipped: &BTreeSet<Position>,
+) -> Vec<Refusal> {
+    let mut refused = Vec::new();
     for event in events.iter().filter(|e| is_notification(e)) {
-        let id = NotificationId::parse(&event.aggregate_id).map_err(|e| bad(event, e.0))?;
-        let payload = NotificationEvent::deserialize(&event.payload)
-            .map_err(|e| bad(event, format!("payload does not parse: {e}")))?;
-        let slot = rows.entry(id).or_insert(None);
-        if slot
-            .as_ref()
-            .is_some_and(|r| r.last_position >= event.position)
-        {
-            continue; // already applied
+        if skipped.contains(&event.position) {
+            continue;
         }
-        let mut row = slot.take().unwrap_or(InboxRow {
-            state: Notification::default(),
-            inbox_position: None,
-            last_position: Position::START,
+        if let Some(&behind) = held.get(&event.aggregate_id) {
+            refused.push(Refusal {
+                event: event.clone(),
+                reason: held_reason(behind),
+                behind: Some(behind),
+            });
+            continue;
+        }
+        let outcome = decode(event).and_then(|(id, payload)| {
+            fold_one(rows.entry(id).or_insert(None), event.position, payload)
         });
-        let delivered_in_app = matches!(
-            payload,
-            NotificationEvent::NotificationDelivered {
-                channel: Channel::InApp,
-                ..
-            }
-        );
-        row.state.apply(payload);
-        row.last_position = event.position;
-        if delivered_in_app {
-            row.inbox_position = Some(event.position);
+        if let Err(reason) = outcome {
+            held.insert(event.aggregate_id.clone(), event.position);
+            refused.push(Refusal {
+                event: event.clone(),
+                reason,
+                behind: None,
+            });
         }
-        *slot = match row.state.lifecycle {
-            crate::domain::Lifecycle::Deleted => None,
-            _ => Some(row),
-        };
     }
-    Ok(())
+    refused
+}
+
+/// The first refusal that is not merely held, as the error a projector retries.
+pub fn first_failure(refused: &[Refusal]) -> Option<ProjectionError> {
+    refused
+        .iter()
+        .find(|r| r.behind.is_none())
+        .map(|r| ProjectionError::BadEvent {
+            position: r.event.position,
+            event_type: r.event.event_type.clone(),
+            aggregate_id: r.event.aggregate_id.clone(),
+            reason: r.reason.clone(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn logged(
+        n: i64,
+        id: &str,
+        sequence: i64,
+        event_type: &str,
+        payload: serde_json::Value,
+    ) -> SharedEvent {
+        Arc::new(LoggedEvent {
+            position: Position::new(n, n),
+            aggregate_type: "Notification".into(),
+            aggregate_id: id.into(),
+            sequence,
+            event_type: event_type.into(),
+            event_version: EVENT_VERSION.into(),
+            payload,
+            metadata: Arc::new(json!({})),
+            recorded_at: chrono::Utc::now(),
+        })
+    }
+
+    fn created(n: i64, id: &str) -> SharedEvent {
+        logged(
+            n,
+            id,
+            1,
+            "NotificationCreated",
+            json!({"NotificationCreated": {
+            "id": id, "recipient": "ann", "category": "comment", "title": "t", "body": "b",
+            "data": {}, "priority": "normal", "channels": ["in_app"], "group_key": null,
+            "deliver_at": null, "created_at": "2026-01-01T00:00:00Z"}}),
+        )
+    }
+
+    fn read(n: i64, id: &str, sequence: i64) -> SharedEvent {
+        logged(
+            n,
+            id,
+            sequence,
+            "NotificationRead",
+            json!({"NotificationRead": {"read_at": "2026-01-01T00:00:01Z"}}),
+        )
+    }
+
+    const A: &str = "01a2024f-eced-76cf-8900-aa4e3541250c";
+    const B: &str = "01a2024f-eced-76cf-8900-aa4e3541250d";
+
+    #[test]
+    fn a_refused_event_holds_back_its_notification_and_no_other() {
+        let events = vec![
+            created(1, A),
+            created(2, B),
+            logged(
+                3,
+                A,
+                2,
+                "NotificationSnoozed",
+                json!({"NotificationSnoozed": {}}),
+            ),
+            read(4, A, 3),
+            read(5, B, 2),
+        ];
+        let mut rows = HashMap::new();
+        let mut held = Held::new();
+        let refused = fold_events(&mut rows, &events, &mut held, &BTreeSet::new());
+        let positions: Vec<(i64, Option<Position>)> = refused
+            .iter()
+            .map(|r| (r.event.position.seq, r.behind))
+            .collect();
+        assert_eq!(positions, [(3, None), (4, Some(Position::new(3, 3)))]);
+        assert!(
+            refused[0]
+                .reason
+                .contains("unknown variant `NotificationSnoozed`"),
+            "{}",
+            refused[0].reason
+        );
+        let a = rows[&NotificationId::parse(A).unwrap()].as_ref().unwrap();
+        let b = rows[&NotificationId::parse(B).unwrap()].as_ref().unwrap();
+        assert_eq!(
+            a.last_position,
+            Position::new(1, 1),
+            "nothing after the refusal applied"
+        );
+        assert!(b.state.is_read(), "the other notification went on");
+        assert_eq!(held.get(A), Some(&Position::new(3, 3)));
+        assert!(first_failure(&refused).is_some());
+    }
+
+    #[test]
+    fn a_skipped_event_is_passed_over_and_the_rest_applies() {
+        let events = vec![
+            created(1, A),
+            logged(
+                2,
+                A,
+                2,
+                "NotificationSnoozed",
+                json!({"NotificationSnoozed": {}}),
+            ),
+            read(3, A, 3),
+        ];
+        let mut rows = HashMap::new();
+        let skipped = BTreeSet::from([Position::new(2, 2)]);
+        let refused = fold_events(&mut rows, &events, &mut Held::new(), &skipped);
+        assert!(refused.is_empty());
+        assert!(rows[&NotificationId::parse(A).unwrap()]
+            .as_ref()
+            .unwrap()
+            .state
+            .is_read());
+    }
+
+    #[test]
+    fn events_without_a_creation_and_unknown_versions_are_refused() {
+        let mut rows = HashMap::new();
+        let mut orphan = (*read(1, A, 2)).clone();
+        let refused = fold_events(
+            &mut rows,
+            &[Arc::new(orphan.clone())],
+            &mut Held::new(),
+            &BTreeSet::new(),
+        );
+        assert!(
+            refused[0].reason.contains("holds no such notification"),
+            "{}",
+            refused[0].reason
+        );
+        orphan.event_version = "7.0".into();
+        assert!(decode(&orphan).unwrap_err().contains("version 7.0"));
+        let mut bad_id = (*created(1, A)).clone();
+        bad_id.aggregate_id = "not-a-uuid".into();
+        assert!(decode(&bad_id)
+            .unwrap_err()
+            .contains("not a notification id"));
+    }
+
+    #[test]
+    fn a_second_creation_is_refused_and_a_repeat_is_a_no_op() {
+        let mut rows = HashMap::new();
+        let first = created(1, A);
+        assert!(fold_events(
+            &mut rows,
+            &[first.clone(), first],
+            &mut Held::new(),
+            &BTreeSet::new()
+        )
+        .is_empty());
+        let refused = fold_events(
+            &mut rows,
+            &[created(2, A)],
+            &mut Held::new(),
+            &BTreeSet::new(),
+        );
+        assert!(refused[0].reason.contains("already created"));
+    }
 }

@@ -1,33 +1,41 @@
 //! The inbox read model in memory: rows by id plus, per recipient, the in-app
-//! rows ordered by inbox position. Rows and checkpoint change under one lock,
-//! so a reader never sees a page half applied.
+//! rows ordered by inbox position. Rows, checkpoint and parked events change
+//! under one lock, so a reader never sees a page half applied.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use async_trait::async_trait;
 
+use super::fold::{first_failure, fold_events, ids_in, Held, Refusal};
 use super::{
-    counts_update, cut_page, fold_page, ids_in, page_updates, remember, InboxPage, InboxQuery,
-    InboxReader, InboxRow, PageUpdates, ReadFilter, NAME,
+    counts_update, cut_page, page_updates, remember, InboxPage, InboxQuery, InboxReader, InboxRow,
+    PageUpdates, ReadFilter, NAME,
 };
 use crate::domain::{NotificationId, UserId};
-use crate::projections::rebuild::{RebuildState, Rebuildable, Rebuilds, BUILD_PAGE};
+use crate::projections::parked::ParkedEvent;
 use crate::projections::{Projection, ProjectionError};
-use crate::storage::{EventLog, Position, SharedEvent, StorageError};
+use crate::storage::{Position, SharedEvent, StorageError};
 use crate::streams::feed::Feed;
-use crate::streams::updates::MemoryUpdateLog;
+use crate::streams::updates::{MemoryUpdateLog, NewUpdate};
 
 /// B-trees rather than hash maps: they grow a node at a time, where a hash
 /// map's resize moves every row at once while writers wait on the lock.
 #[derive(Default)]
-struct State {
-    rows: BTreeMap<NotificationId, InboxRow>,
-    by_recipient: HashMap<UserId, BTreeMap<Position, NotificationId>>,
-    checkpoint: Position,
+pub(super) struct State {
+    pub(super) rows: BTreeMap<NotificationId, InboxRow>,
+    pub(super) by_recipient: HashMap<UserId, BTreeMap<Position, NotificationId>>,
+    pub(super) checkpoint: Position,
     /// Per recipient (unread, unseen), kept in step by index/unindex: every
     /// row change passes through both, so the counts stay exact.
-    counts: HashMap<UserId, (u64, u64)>,
+    pub(super) counts: HashMap<UserId, (u64, u64)>,
+    /// Parked events, with the event itself (re-driven from here: a memory
+    /// log never changes shape while the process lives).
+    pub(super) parked: BTreeMap<Position, (ParkedEvent, SharedEvent)>,
+    /// Aggregate id -> the parked event that holds its stream back.
+    pub(super) held: Held,
+    /// Events given up on for good; a rebuild passes them over too.
+    pub(super) skipped: BTreeSet<Position>,
 }
 
 /// What an inbox row adds to its recipient's (unread, unseen) counts.
@@ -44,23 +52,48 @@ fn contribution(row: &InboxRow) -> (u64, u64) {
 
 impl State {
     /// Folds a page in and moves the checkpoint; what changed, for streams.
-    /// Nothing changes when an event fails.
-    fn apply_page(&mut self, events: &[SharedEvent]) -> Result<PageUpdates, ProjectionError> {
+    /// Events of held streams are parked behind their cause. `strict`: an
+    /// event that fails fails the page and nothing changes (the live
+    /// projector retries it); otherwise it is parked at once (a rebuild).
+    pub(super) fn apply_page(
+        &mut self,
+        events: &[SharedEvent],
+        strict: bool,
+    ) -> Result<PageUpdates, ProjectionError> {
         let Some(last) = events.last() else {
             return Ok(PageUpdates {
                 rows: vec![],
                 touched: vec![],
             });
         };
-        let ids = ids_in(events)?;
         // Fold copies so that a failing event leaves the page unapplied.
-        let mut rows: HashMap<_, _> = ids
-            .iter()
-            .map(|id| (*id, self.rows.get(id).cloned()))
+        let mut rows: HashMap<_, _> = ids_in(events)
+            .into_iter()
+            .map(|id| (id, self.rows.get(&id).cloned()))
             .collect();
         let before = remember(&rows);
-        fold_page(&mut rows, events)?;
+        let mut held: Held = events
+            .iter()
+            .filter_map(|e| {
+                self.held
+                    .get(&e.aggregate_id)
+                    .map(|cause| (e.aggregate_id.clone(), *cause))
+            })
+            .collect();
+        let refused = fold_events(&mut rows, events, &mut held, &self.skipped);
+        if strict {
+            if let Some(failure) = first_failure(&refused) {
+                return Err(failure);
+            }
+        }
         let updates = page_updates(&before, &rows, last.position);
+        self.store_rows(rows);
+        self.park_refused(&refused, |_| 1);
+        self.checkpoint = last.position;
+        Ok(updates)
+    }
+
+    pub(super) fn store_rows(&mut self, rows: HashMap<NotificationId, Option<InboxRow>>) {
         for (id, row) in rows {
             if let Some(old) = self.rows.remove(&id) {
                 self.unindex(&old);
@@ -70,8 +103,19 @@ impl State {
                 self.rows.insert(id, row);
             }
         }
-        self.checkpoint = last.position;
-        Ok(updates)
+    }
+
+    /// Parks refused events: a failure with `attempts(refusal)` tries, a held
+    /// event with none.
+    fn park_refused(&mut self, refused: &[Refusal], attempts: impl Fn(&Refusal) -> u32) {
+        for refusal in refused {
+            let cause = refusal.behind.unwrap_or(refusal.event.position);
+            self.held.insert(refusal.event.aggregate_id.clone(), cause);
+            self.parked.insert(
+                refusal.event.position,
+                (refusal.parked(attempts(refusal)), refusal.event.clone()),
+            );
+        }
     }
 
     fn unindex(&mut self, row: &InboxRow) {
@@ -98,7 +142,7 @@ impl State {
     }
 
     /// (unread, unseen) among the recipient's unarchived inbox rows.
-    fn counts(&self, recipient: &UserId) -> (u64, u64) {
+    pub(super) fn counts(&self, recipient: &UserId) -> (u64, u64) {
         self.counts.get(recipient).copied().unwrap_or_default()
     }
 
@@ -119,13 +163,15 @@ impl State {
 }
 
 pub struct MemoryInbox {
-    state: RwLock<State>,
+    pub(super) state: RwLock<State>,
     /// The live version: 1, then one more per rebuild.
-    version: std::sync::atomic::AtomicU32,
+    pub(super) version: std::sync::atomic::AtomicU32,
     /// Stream updates, numbered as pages are applied.
     updates: Arc<MemoryUpdateLog>,
     /// Where numbered updates go live (set once the feed runs).
     feed: OnceLock<Feed>,
+    /// Held by a rebuild; re-drives and skips do not run beside one.
+    pub(super) maintenance: tokio::sync::Mutex<()>,
 }
 
 impl MemoryInbox {
@@ -135,6 +181,7 @@ impl MemoryInbox {
             version: std::sync::atomic::AtomicU32::new(1),
             updates,
             feed: OnceLock::new(),
+            maintenance: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -144,12 +191,35 @@ impl MemoryInbox {
     }
 
     // Writers replace whole rows, so a poisoned lock still guards a consistent state.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+    pub(super) fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+    pub(super) fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Numbers the updates of a change (plus the counts of every touched
+    /// inbox) under the state's lock, so numbers follow the changes; the
+    /// caller offers them to the feed once the lock is released.
+    pub(super) fn number(
+        &self,
+        state: &State,
+        updates: PageUpdates,
+        position: Position,
+    ) -> Vec<Arc<crate::streams::updates::StreamUpdate>> {
+        let mut new_updates: Vec<NewUpdate> = updates.rows;
+        for recipient in &updates.touched {
+            let (unread, unseen) = state.counts(recipient);
+            new_updates.push(counts_update(recipient, unread, unseen, position));
+        }
+        self.updates.append(new_updates)
+    }
+
+    pub(super) fn offer(&self, numbered: Vec<Arc<crate::streams::updates::StreamUpdate>>) {
+        if let Some(feed) = self.feed.get() {
+            feed.offer(numbered);
+        }
     }
 }
 
@@ -175,78 +245,32 @@ impl Projection for MemoryInbox {
         if state.checkpoint != expected {
             return Err(ProjectionError::CheckpointMoved { expected });
         }
-        let updates = state.apply_page(events)?;
-        let mut new_updates = updates.rows;
-        for recipient in &updates.touched {
-            let (unread, unseen) = state.counts(recipient);
-            new_updates.push(counts_update(recipient, unread, unseen, last.position));
-        }
-        // Numbered under the inbox lock, so numbers follow the pages.
-        let numbered = self.updates.append(new_updates);
+        let updates = state.apply_page(events, true)?;
+        let numbered = self.number(&state, updates, last.position);
         drop(state);
-        if let Some(feed) = self.feed.get() {
-            feed.offer(numbered);
-        }
+        self.offer(numbered);
         Ok(last.position)
     }
-}
 
-#[async_trait]
-impl Rebuildable for MemoryInbox {
-    async fn version(&self) -> Result<u32, ProjectionError> {
-        Ok(self.version.load(std::sync::atomic::Ordering::Acquire))
-    }
-
-    async fn rebuild(
+    async fn park(
         &self,
-        log: &dyn EventLog,
-        progress: &Rebuilds,
-    ) -> Result<u32, ProjectionError> {
-        let version = self.version.load(std::sync::atomic::Ordering::Acquire) + 1;
-        let (total, _) = log.behind(Position::START).await?;
-        progress.plan(version, total);
-        // Beside the live state: nothing here is visible until the switch.
-        let mut fresh = State::default();
-        loop {
-            let page = log.read_after(fresh.checkpoint, BUILD_PAGE).await?;
-            if page.is_empty() {
-                break;
-            }
-            fresh.apply_page(&page)?;
-            progress.advance(page.len() as u64);
+        expected: Position,
+        event: &SharedEvent,
+        error: &str,
+        attempts: u32,
+    ) -> Result<Position, ProjectionError> {
+        let mut state = self.write();
+        if state.checkpoint != expected {
+            return Err(ProjectionError::CheckpointMoved { expected });
         }
-        progress.set_state(RebuildState::Switching);
-        // Catch up to exactly where the live state is, then swap under its
-        // lock; if it moved meanwhile, catch up again. No event past the live
-        // checkpoint is applied here: those are the live projector's, with
-        // their stream updates.
-        for _ in 0..10_000 {
-            let live = self.read().checkpoint;
-            while fresh.checkpoint < live {
-                let page = log.read_after(fresh.checkpoint, BUILD_PAGE).await?;
-                let page: Vec<_> = page.into_iter().filter(|e| e.position <= live).collect();
-                if page.is_empty() {
-                    break;
-                }
-                fresh.apply_page(&page)?;
-                progress.advance(page.len() as u64);
-            }
-            {
-                let mut state = self.write();
-                if state.checkpoint == fresh.checkpoint {
-                    *state = std::mem::take(&mut fresh);
-                    self.version
-                        .store(version, std::sync::atomic::Ordering::Release);
-                    return Ok(version);
-                }
-            }
-            // The live state is behind the new one (or just moved): let it go on.
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        Err(StorageError::Backend(
-            "the live inbox kept moving; the rebuild could not switch".into(),
-        )
-        .into())
+        let refusal = Refusal {
+            event: event.clone(),
+            reason: error.to_owned(),
+            behind: None,
+        };
+        state.park_refused(&[refusal], |_| attempts);
+        state.checkpoint = event.position;
+        Ok(event.position)
     }
 }
 

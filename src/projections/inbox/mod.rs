@@ -6,17 +6,20 @@
 
 pub mod fold;
 pub mod memory;
+pub mod memory_maintenance;
 pub mod postgres;
+pub mod postgres_parked;
+pub mod postgres_reader;
+pub mod postgres_rebuild;
 pub mod updates;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 
-pub use fold::{fold_page, ids_in};
+pub use fold::{fold_events, ids_in};
 pub use updates::{counts_update, page_updates, remember, PageUpdates};
 
-use super::ProjectionError;
 use crate::domain::{Category, Notification, NotificationId, UserId};
 use crate::storage::{Position, SharedEvent, StorageError};
 
@@ -87,13 +90,16 @@ pub fn cut_page(mut items: Vec<InboxRow>, limit: usize) -> (Vec<InboxRow>, Optio
 }
 
 /// The inbox as it was: folded from the recipient's history (events up to
-/// the chosen point), filtered and paged like the live inbox.
+/// the chosen point), filtered and paged like the live inbox. Events the
+/// inbox refuses hold their notification back, and skipped events are passed
+/// over, as in the live read model.
 pub fn page_from_history(
     history: &[SharedEvent],
+    skipped: &BTreeSet<Position>,
     q: &InboxQuery,
-) -> Result<InboxPage, ProjectionError> {
+) -> InboxPage {
     let mut rows: HashMap<NotificationId, Option<InboxRow>> = HashMap::new();
-    fold_page(&mut rows, history)?;
+    fold_events(&mut rows, history, &mut fold::Held::new(), skipped);
     let mut inbox: Vec<InboxRow> = rows
         .into_values()
         .flatten()
@@ -120,10 +126,10 @@ pub fn page_from_history(
     inbox.sort_by_key(|r| std::cmp::Reverse(r.inbox_position));
     inbox.truncate(q.limit + 1);
     let (items, next) = cut_page(inbox, q.limit);
-    Ok(InboxPage {
+    InboxPage {
         items,
         next,
         unread_count: unread,
         unseen_count: unseen,
-    })
+    }
 }

@@ -6,7 +6,7 @@
 //! the touched rows, fold in memory, write them back with one UNNEST upsert and
 //! one delete, move the checkpoint, commit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
@@ -14,22 +14,20 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::{
-    counts_update, cut_page, fold_page, ids_in, page_updates, remember, InboxPage, InboxQuery,
-    InboxReader, InboxRow, PageUpdates, ReadFilter, NAME,
-};
-use crate::domain::{Notification, NotificationId, UserId};
-use crate::projections::rebuild::{RebuildState, Rebuildable, Rebuilds, BUILD_PAGE};
+use super::fold::{first_failure, fold_events, ids_in, Held, Refusal};
+use super::postgres_parked::{held_streams, insert_parked};
+use super::{counts_update, page_updates, remember, InboxRow, PageUpdates, NAME};
+use crate::domain::{Notification, NotificationId};
 use crate::projections::{Projection, ProjectionError};
-use crate::storage::{EventLog, Position, SharedEvent, StorageError};
+use crate::storage::{Position, SharedEvent, StorageError};
 use crate::streams::fanout::Fanout;
 use crate::streams::feed::Feed;
 use crate::streams::updates::StreamUpdate;
 
 pub struct PostgresInbox {
-    pool: Pool,
-    /// For the rebuild lock, held on a connection of its own.
-    pg_config: tokio_postgres::Config,
+    pub(super) pool: Pool,
+    /// For the maintenance lock (rebuilds, re-drives), held on a connection of its own.
+    pub(super) pg_config: tokio_postgres::Config,
     /// Stream updates kept for resuming subscribers.
     retention: u64,
     /// This instance's live feed (set once it runs).
@@ -58,9 +56,9 @@ impl PostgresInbox {
     }
 }
 
-const ROW_COLUMNS: &str = "id, state, inbox_tx, inbox_seq, last_tx, last_seq";
+pub(super) const ROW_COLUMNS: &str = "id, state, inbox_tx, inbox_seq, last_tx, last_seq";
 
-fn to_row(row: &Row) -> Result<InboxRow, StorageError> {
+pub(super) fn to_row(row: &Row) -> Result<InboxRow, StorageError> {
     let state: serde_json::Value = row.try_get("state")?;
     let state: Notification = serde_json::from_value(state)
         .map_err(|e| StorageError::Backend(format!("an inbox row does not parse: {e}")))?;
@@ -91,21 +89,43 @@ ON CONFLICT (id) DO UPDATE SET
     )
 }
 
-/// The live version's table, read under the checkpoint lock so that a
+/// The live version and its table, read under the checkpoint lock so that a
 /// rebuild's switch is seen by the very next page.
-async fn live_table(tx: &tokio_postgres::Transaction<'_>) -> Result<String, ProjectionError> {
-    let table: String = tx
+pub(crate) async fn live_version(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<(i32, String), ProjectionError> {
+    let row = tx
         .query_one(
-            "SELECT read_table FROM projection_versions WHERE projection = $1",
+            "SELECT version, read_table FROM projection_versions WHERE projection = $1",
             &[&NAME],
         )
-        .await?
-        .try_get(0)?;
-    checked_table(&table)
+        .await?;
+    Ok((row.try_get(0)?, checked_table(row.try_get(1)?)?))
+}
+
+/// Moves the checkpoint from `expected` to `to` inside `tx`; the row stays
+/// locked until `tx` ends, so one page at a time is applied anywhere.
+async fn move_checkpoint(
+    tx: &tokio_postgres::Transaction<'_>,
+    expected: Position,
+    to: Position,
+) -> Result<(), ProjectionError> {
+    let moved = tx
+        .execute(
+            "UPDATE projection_checkpoints SET tx = $2, seq = $3, updated_at = now()
+              WHERE projection = $1 AND tx = $4 AND seq = $5",
+            &[&NAME, &to.tx, &to.seq, &expected.tx, &expected.seq],
+        )
+        .await?;
+    if moved == 1 {
+        Ok(())
+    } else {
+        Err(ProjectionError::CheckpointMoved { expected })
+    }
 }
 
 /// The inbox's secondary indexes (as in migrations/0002) for a rebuilt table.
-fn secondary_indexes(table: &str) -> String {
+pub(super) fn secondary_indexes(table: &str) -> String {
     format!(
         "CREATE INDEX {table}_page ON {table} (recipient, archived, inbox_tx DESC, inbox_seq DESC)
              WHERE in_inbox;
@@ -130,15 +150,35 @@ pub(crate) fn checked_table(table: &str) -> Result<String, ProjectionError> {
     }
 }
 
-/// Folds `events` into the rows of `table` inside `tx`; returns what changed
-/// for the streams.
+/// Folds `events` into the rows of `table` inside `tx`: events of streams in
+/// `held` are refused as held, events at `skipped` positions passed over, and
+/// an event that cannot apply is refused (and holds its stream from then on).
+/// Returns what changed for the streams (when `announce`) and the refusals;
+/// the caller decides whether a refusal fails the page (rolling `tx` back).
 pub(crate) async fn write_page(
     tx: &tokio_postgres::Transaction<'_>,
     table: &str,
     events: &[SharedEvent],
     page_end: Position,
-) -> Result<PageUpdates, ProjectionError> {
-    let ids = ids_in(events)?;
+    held: &mut Held,
+    skipped: &BTreeSet<Position>,
+    announce: bool,
+) -> Result<(Option<PageUpdates>, Vec<Refusal>), ProjectionError> {
+    let ids = ids_in(events);
+    let mut rows = load_rows(tx, table, &ids).await?;
+    let before = announce.then(|| remember(&rows));
+    let refused = fold_events(&mut rows, events, held, skipped);
+    let updates = before.map(|before| page_updates(&before, &rows, page_end));
+    store_rows(tx, table, &rows).await?;
+    Ok((updates, refused))
+}
+
+/// The current rows (None: no row) of `ids` in `table`.
+pub(crate) async fn load_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    ids: &[NotificationId],
+) -> Result<HashMap<NotificationId, Option<InboxRow>>, ProjectionError> {
     let uuids: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
     let mut rows: HashMap<NotificationId, Option<InboxRow>> =
         ids.iter().map(|id| (*id, None)).collect();
@@ -147,14 +187,20 @@ pub(crate) async fn write_page(
         let id = NotificationId(row.try_get("id")?);
         rows.insert(id, Some(to_row(&row)?));
     }
-    let before = remember(&rows);
-    fold_page(&mut rows, events)?;
-    let updates = page_updates(&before, &rows, page_end);
+    Ok(rows)
+}
+
+/// Writes folded rows back: one UNNEST upsert, one delete for the removed.
+pub(crate) async fn store_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    rows: &HashMap<NotificationId, Option<InboxRow>>,
+) -> Result<(), ProjectionError> {
     let mut upserts = Columns::default();
     let mut deletes = Vec::new();
-    for (id, row) in &rows {
+    for (id, row) in rows {
         match row {
-            Some(row) => upserts.push(*id, row)?,
+            Some(row) => upserts.push(*id, row),
             None => deletes.push(id.0),
         }
     }
@@ -168,7 +214,7 @@ pub(crate) async fn write_page(
         )
         .await?;
     }
-    Ok(updates)
+    Ok(())
 }
 
 /// Column arrays for the UNNEST upsert.
@@ -191,7 +237,7 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    fn push(&mut self, id: NotificationId, row: &'a InboxRow) -> Result<(), ProjectionError> {
+    fn push(&mut self, id: NotificationId, row: &'a InboxRow) {
         let content = row.state.content.as_ref();
         self.id.push(id.0);
         self.recipient
@@ -208,7 +254,6 @@ impl<'a> Columns<'a> {
         self.state.push(tokio_postgres::types::Json(&row.state));
         self.last_tx.push(row.last_position.tx);
         self.last_seq.push(row.last_position.seq);
-        Ok(())
     }
 
     fn params(&self) -> [&(dyn ToSql + Sync); 13] {
@@ -264,42 +309,57 @@ impl Projection for PostgresInbox {
         };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let moved = tx
-            .execute(
-                "UPDATE projection_checkpoints SET tx = $2, seq = $3, updated_at = now()
-                  WHERE projection = $1 AND tx = $4 AND seq = $5",
-                &[
-                    &NAME,
-                    &last.position.tx,
-                    &last.position.seq,
-                    &expected.tx,
-                    &expected.seq,
-                ],
-            )
-            .await?;
-        if moved != 1 {
-            return Err(ProjectionError::CheckpointMoved { expected });
+        move_checkpoint(&tx, expected, last.position).await?;
+        let (version, table) = live_version(&tx).await?;
+        let mut held = held_streams(&tx, version, events).await?;
+        let (updates, refused) = write_page(
+            &tx,
+            &table,
+            events,
+            last.position,
+            &mut held,
+            &BTreeSet::new(),
+            true,
+        )
+        .await?;
+        if let Some(failure) = first_failure(&refused) {
+            return Err(failure); // rolls the page back; the engine retries
         }
-        let table = live_table(&tx).await?;
-        let updates = write_page(&tx, &table, events, last.position).await?;
+        insert_parked(
+            &tx,
+            version,
+            &refused.iter().map(|r| r.parked(0)).collect::<Vec<_>>(),
+        )
+        .await?;
+        let updates = updates.unwrap_or(PageUpdates {
+            rows: vec![],
+            touched: vec![],
+        });
         let numbered = record_updates(&tx, &table, updates, last.position).await?;
         tx.commit().await?;
-        if let (Some(first), Some(newest)) = (
-            numbered.first().map(|u| u.id),
-            numbered.last().map(|u| u.id),
-        ) {
-            if let Some(feed) = self.feed.get() {
-                feed.offer(numbered.clone());
-            }
-            if let Some(fanout) = self.fanout.get() {
-                fanout.publish(numbered);
-            }
-            // Once per PRUNE_EVERY updates: when this page crossed a multiple of it.
-            if (first - 1) / PRUNE_EVERY != newest / PRUNE_EVERY {
-                self.prune(newest).await;
-            }
-        }
+        self.publish(numbered).await;
         Ok(last.position)
+    }
+
+    async fn park(
+        &self,
+        expected: Position,
+        event: &SharedEvent,
+        error: &str,
+        attempts: u32,
+    ) -> Result<Position, ProjectionError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        move_checkpoint(&tx, expected, event.position).await?;
+        let (version, _) = live_version(&tx).await?;
+        let refusal = Refusal {
+            event: event.clone(),
+            reason: error.to_owned(),
+            behind: None,
+        };
+        insert_parked(&tx, version, &[refusal.parked(attempts)]).await?;
+        tx.commit().await?;
+        Ok(event.position)
     }
 }
 
@@ -307,6 +367,27 @@ impl Projection for PostgresInbox {
 const PRUNE_EVERY: i64 = 10_000;
 
 impl PostgresInbox {
+    /// Hands committed updates to this instance's subscribers and, through
+    /// Redis, to the other instances'; prunes the update log now and then.
+    pub(crate) async fn publish(&self, numbered: Vec<Arc<StreamUpdate>>) {
+        let (Some(first), Some(newest)) = (
+            numbered.first().map(|u| u.id),
+            numbered.last().map(|u| u.id),
+        ) else {
+            return;
+        };
+        if let Some(feed) = self.feed.get() {
+            feed.offer(numbered.clone());
+        }
+        if let Some(fanout) = self.fanout.get() {
+            fanout.publish(numbered);
+        }
+        // Once per PRUNE_EVERY updates: when this page crossed a multiple of it.
+        if (first - 1) / PRUNE_EVERY != newest / PRUNE_EVERY {
+            self.prune(newest).await;
+        }
+    }
+
     /// Drops updates older than the retention; a subscriber whose cursor is
     /// older gets `resync`.
     async fn prune(&self, newest: i64) {
@@ -330,7 +411,7 @@ impl PostgresInbox {
 
 /// Numbers the page's updates (plus the counts of every touched inbox) and
 /// stores them in the page's transaction.
-async fn record_updates(
+pub(crate) async fn record_updates(
     tx: &tokio_postgres::Transaction<'_>,
     table: &str,
     updates: PageUpdates,
@@ -392,278 +473,4 @@ async fn record_updates(
     )
     .await?;
     Ok(numbered)
-}
-
-#[async_trait]
-impl Rebuildable for PostgresInbox {
-    async fn version(&self) -> Result<u32, ProjectionError> {
-        let client = self.pool.get().await?;
-        let version: i32 = client
-            .query_one(
-                "SELECT version FROM projection_versions WHERE projection = $1",
-                &[&NAME],
-            )
-            .await?
-            .try_get(0)?;
-        Ok(version as u32)
-    }
-
-    async fn rebuild(
-        &self,
-        log: &dyn EventLog,
-        progress: &Rebuilds,
-    ) -> Result<u32, ProjectionError> {
-        // One rebuild at a time across instances, on a connection that holds
-        // the lock until it closes.
-        let (lock, connection) = self.pg_config.connect(tokio_postgres::NoTls).await?;
-        let connection = tokio::spawn(connection);
-        let result = self.rebuild_locked(&lock, log, progress).await;
-        drop(lock);
-        let _ = connection.await;
-        result
-    }
-}
-
-impl PostgresInbox {
-    /// Where the live projector is: one read, for every page of a rebuild.
-    async fn live_checkpoint(&self) -> Result<Position, ProjectionError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_one(
-                "SELECT tx, seq FROM projection_checkpoints WHERE projection = $1",
-                &[&NAME],
-            )
-            .await?;
-        Ok(Position::new(row.try_get(0)?, row.try_get(1)?))
-    }
-
-    async fn rebuild_locked(
-        &self,
-        lock: &tokio_postgres::Client,
-        log: &dyn EventLog,
-        progress: &Rebuilds,
-    ) -> Result<u32, ProjectionError> {
-        let won: bool = lock
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtextextended('tidings:rebuild:' || $1, 0))",
-                &[&NAME],
-            )
-            .await?
-            .try_get(0)?;
-        if !won {
-            return Err(StorageError::Backend(format!(
-                "a rebuild of {NAME} is already running on another instance"
-            ))
-            .into());
-        }
-        let mut client = self.pool.get().await?;
-        let row = client
-            .query_one(
-                "SELECT version, read_table FROM projection_versions WHERE projection = $1",
-                &[&NAME],
-            )
-            .await?;
-        let old_version: i32 = row.try_get(0)?;
-        let old_table = checked_table(row.try_get(1)?)?;
-        let version = old_version + 1;
-        let table = checked_table(&format!("inbox_notifications_v{version}"))?;
-        let (total, _) = log.behind(Position::START).await?;
-        progress.plan(version as u32, total);
-        // Only the primary key while building: the secondary indexes are made
-        // in one pass at the end, far cheaper than keeping them up per row.
-        client
-            .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {table};
-                 CREATE TABLE {table} (LIKE {old_table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
-                 ALTER TABLE {table} ADD PRIMARY KEY (id);"
-            ))
-            .await?;
-        // Build beside the live version, one transaction per page, no stream
-        // updates: subscribers already had them from the live version. Never
-        // past the live checkpoint: what lies beyond is the live projector's
-        // to apply (and announce), before or after the switch.
-        let mut cp = Position::START;
-        self.checkpoint().await?; // makes sure the live checkpoint row exists
-        let read_page = |after: Position| async move {
-            let live = self.live_checkpoint().await?;
-            let page: Vec<_> = log
-                .read_after(after, BUILD_PAGE)
-                .await?
-                .into_iter()
-                .filter(|e| e.position <= live)
-                .collect();
-            Ok::<_, ProjectionError>(page)
-        };
-        let mut page = read_page(cp).await?;
-        // Reading the next page overlaps writing this one: the database works
-        // on one while this process decodes the other.
-        while let Some(last) = page.last().map(|e| e.position) {
-            let write = async {
-                let tx = client.transaction().await?;
-                // A crash mid-build loses only the half-built version, which the
-                // next attempt starts over: no need to wait for each page's flush.
-                tx.batch_execute("SET LOCAL synchronous_commit = off")
-                    .await?;
-                write_page(&tx, &table, &page, last).await?;
-                tx.commit().await?;
-                Ok::<_, ProjectionError>(())
-            };
-            let (written, next) = tokio::join!(write, read_page(last));
-            written?;
-            progress.advance(page.len() as u64);
-            cp = last;
-            page = next?;
-        }
-        client.batch_execute(&secondary_indexes(&table)).await?;
-        progress.set_state(RebuildState::Switching);
-        // Switch: hold the live checkpoint (the live projector waits), catch
-        // up to exactly it, point the view at the new table, record the version.
-        let mut switched = false;
-        for _ in 0..1_000 {
-            let tx = client.transaction().await?;
-            tx.execute(
-                "INSERT INTO projection_checkpoints (projection, tx, seq) VALUES ($1, 0, 0)
-                 ON CONFLICT (projection) DO NOTHING",
-                &[&NAME],
-            )
-            .await?;
-            let live_row = tx
-                .query_one(
-                    "SELECT tx, seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
-                    &[&NAME],
-                )
-                .await?;
-            let live = Position::new(live_row.try_get(0)?, live_row.try_get(1)?);
-            if cp > live {
-                // The live projector is behind the new version: let it go on.
-                drop(tx);
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                continue;
-            }
-            while cp < live {
-                let page: Vec<_> = log
-                    .read_after(cp, BUILD_PAGE)
-                    .await?
-                    .into_iter()
-                    .filter(|e| e.position <= live)
-                    .collect();
-                let Some(last) = page.last().map(|e| e.position) else {
-                    break;
-                };
-                write_page(&tx, &table, &page, last).await?;
-                cp = last;
-                progress.advance(page.len() as u64);
-            }
-            if cp != live {
-                return Err(StorageError::Backend(format!(
-                    "the rebuild could not read up to the live checkpoint {live}"
-                ))
-                .into());
-            }
-            tx.batch_execute(&format!(
-                "CREATE OR REPLACE VIEW inbox_live AS SELECT * FROM {table};"
-            ))
-            .await?;
-            tx.execute(
-                "UPDATE projection_versions SET version = $2, read_table = $3 WHERE projection = $1",
-                &[&NAME, &version, &table],
-            )
-            .await?;
-            tx.commit().await?;
-            switched = true;
-            break;
-        }
-        if !switched {
-            return Err(StorageError::Backend(
-                "the live projector stayed behind the rebuild; it was not switched".into(),
-            )
-            .into());
-        }
-        client
-            .batch_execute(&format!("DROP TABLE IF EXISTS {old_table}"))
-            .await?;
-        Ok(version as u32)
-    }
-}
-
-#[async_trait]
-impl InboxReader for PostgresInbox {
-    async fn page(&self, q: &InboxQuery) -> Result<InboxPage, StorageError> {
-        let client = self.pool.get().await?;
-        let recipient = q.recipient.as_str();
-        let limit = q.limit as i64 + 1;
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&recipient, &q.archived, &limit];
-        let mut sql = format!(
-            "SELECT {ROW_COLUMNS} FROM inbox_live
-              WHERE recipient = $1 AND in_inbox AND archived = $2"
-        );
-        let before = q.before.map(|p| (p.tx, p.seq));
-        if let Some((tx, seq)) = &before {
-            params.push(tx);
-            params.push(seq);
-            sql.push_str(&format!(
-                " AND (inbox_tx, inbox_seq) < (${}, ${})",
-                params.len() - 1,
-                params.len()
-            ));
-        }
-        let read = q.status.map(|s| s == ReadFilter::Read);
-        if let Some(read) = &read {
-            params.push(read);
-            sql.push_str(&format!(" AND read = ${}", params.len()));
-        }
-        let category = q.category.as_ref().map(|c| c.as_str());
-        if let Some(category) = &category {
-            params.push(category);
-            sql.push_str(&format!(" AND category = ${}", params.len()));
-        }
-        sql.push_str(" ORDER BY inbox_tx DESC, inbox_seq DESC LIMIT $3");
-        let items = client
-            .query(&sql, &params)
-            .await?
-            .iter()
-            .map(to_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let counts = client
-            .query_one(
-                "SELECT count(*) FILTER (WHERE NOT read), count(*) FILTER (WHERE NOT seen)
-                   FROM inbox_live
-                  WHERE recipient = $1 AND in_inbox AND NOT archived AND (NOT read OR NOT seen)",
-                &[&recipient],
-            )
-            .await?;
-        let (items, next) = cut_page(items, q.limit);
-        Ok(InboxPage {
-            items,
-            next,
-            unread_count: counts.try_get::<_, i64>(0)? as u64,
-            unseen_count: counts.try_get::<_, i64>(1)? as u64,
-        })
-    }
-
-    async fn get(&self, id: NotificationId) -> Result<Option<InboxRow>, StorageError> {
-        let client = self.pool.get().await?;
-        let sql = format!("SELECT {ROW_COLUMNS} FROM inbox_live WHERE id = $1");
-        client
-            .query_opt(&sql, &[&id.0])
-            .await?
-            .as_ref()
-            .map(to_row)
-            .transpose()
-    }
-
-    async fn unread_ids(&self, recipient: &UserId) -> Result<Vec<NotificationId>, StorageError> {
-        let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT id FROM inbox_live
-                  WHERE recipient = $1 AND in_inbox AND NOT read
-                  ORDER BY inbox_tx, inbox_seq",
-                &[&recipient.as_str()],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| Ok(NotificationId(r.try_get("id")?)))
-            .collect()
-    }
 }

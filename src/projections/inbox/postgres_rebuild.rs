@@ -1,0 +1,214 @@
+//! Rebuilding the PostgreSQL inbox without downtime: a new versioned table is
+//! built beside the live one, caught up to exactly the live checkpoint under
+//! its lock, and switched to in one transaction (the `inbox_live` view and
+//! `projection_versions`); then the old table is dropped.
+//!
+//! What the rebuild cannot apply it parks in its own version at once (the
+//! live projector is the one that retries); events skipped by an operator are
+//! passed over, as the live projection passed them.
+
+use async_trait::async_trait;
+
+use super::fold::Held;
+use super::postgres::{checked_table, live_version, secondary_indexes, write_page, PostgresInbox};
+use super::postgres_parked::{insert_parked, load_skipped, Maintenance};
+use super::NAME;
+use crate::projections::rebuild::{RebuildState, Rebuildable, Rebuilds, BUILD_PAGE};
+use crate::projections::ProjectionError;
+use crate::storage::{EventLog, Position, StorageError};
+
+#[async_trait]
+impl Rebuildable for PostgresInbox {
+    async fn version(&self) -> Result<u32, ProjectionError> {
+        let client = self.pool.get().await?;
+        let version: i32 = client
+            .query_one(
+                "SELECT version FROM projection_versions WHERE projection = $1",
+                &[&NAME],
+            )
+            .await?
+            .try_get(0)?;
+        Ok(version as u32)
+    }
+
+    async fn rebuild(
+        &self,
+        log: &dyn EventLog,
+        progress: &Rebuilds,
+    ) -> Result<u32, ProjectionError> {
+        // One rebuild (or re-drive) at a time across instances.
+        let Some(_maintenance) = Maintenance::try_take(&self.pg_config).await? else {
+            return Err(StorageError::Backend(format!(
+                "a rebuild of {NAME} is already running on another instance"
+            ))
+            .into());
+        };
+        self.rebuild_locked(log, progress).await
+    }
+}
+
+impl PostgresInbox {
+    /// Where the live projector is: one read, for every page of a rebuild.
+    async fn live_checkpoint(&self) -> Result<Position, ProjectionError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT tx, seq FROM projection_checkpoints WHERE projection = $1",
+                &[&NAME],
+            )
+            .await?;
+        Ok(Position::new(row.try_get(0)?, row.try_get(1)?))
+    }
+
+    async fn rebuild_locked(
+        &self,
+        log: &dyn EventLog,
+        progress: &Rebuilds,
+    ) -> Result<u32, ProjectionError> {
+        let mut client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT version, read_table FROM projection_versions WHERE projection = $1",
+                &[&NAME],
+            )
+            .await?;
+        let old_version: i32 = row.try_get(0)?;
+        let old_table = checked_table(row.try_get(1)?)?;
+        let version = old_version + 1;
+        let table = checked_table(&format!("inbox_notifications_v{version}"))?;
+        let (total, _) = log.behind(Position::START).await?;
+        progress.plan(version as u32, total);
+        let skipped = load_skipped(&**client).await?;
+        // Only the primary key while building: the secondary indexes are made
+        // in one pass at the end, far cheaper than keeping them up per row.
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table};
+                 CREATE TABLE {table} (LIKE {old_table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+                 ALTER TABLE {table} ADD PRIMARY KEY (id);"
+            ))
+            .await?;
+        // What an earlier, interrupted attempt at this version parked.
+        client
+            .execute(
+                "DELETE FROM parked_events WHERE projection = $1 AND version = $2",
+                &[&NAME, &version],
+            )
+            .await?;
+        // Streams the new version holds back, and the event holding each.
+        let mut held = Held::new();
+        // Build beside the live version, one transaction per page, no stream
+        // updates: subscribers already had them from the live version. Never
+        // past the live checkpoint: what lies beyond is the live projector's
+        // to apply (and announce), before or after the switch.
+        let mut cp = Position::START;
+        // Makes sure the live checkpoint row exists.
+        crate::projections::Projection::checkpoint(self).await?;
+        let read_page = |after: Position| async move {
+            let live = self.live_checkpoint().await?;
+            let page: Vec<_> = log
+                .read_after(after, BUILD_PAGE)
+                .await?
+                .into_iter()
+                .filter(|e| e.position <= live)
+                .collect();
+            Ok::<_, ProjectionError>(page)
+        };
+        let mut page = read_page(cp).await?;
+        // Reading the next page overlaps writing this one: the database works
+        // on one while this process decodes the other.
+        while let Some(last) = page.last().map(|e| e.position) {
+            let write = async {
+                let tx = client.transaction().await?;
+                // A crash mid-build loses only the half-built version, which the
+                // next attempt starts over: no need to wait for each page's flush.
+                tx.batch_execute("SET LOCAL synchronous_commit = off")
+                    .await?;
+                let (_, refused) =
+                    write_page(&tx, &table, &page, last, &mut held, &skipped, false).await?;
+                let parked: Vec<_> = refused.iter().map(|r| r.parked(1)).collect();
+                insert_parked(&tx, version, &parked).await?;
+                tx.commit().await?;
+                Ok::<_, ProjectionError>(())
+            };
+            let (written, next) = tokio::join!(write, read_page(last));
+            written?;
+            progress.advance(page.len() as u64);
+            cp = last;
+            page = next?;
+        }
+        client.batch_execute(&secondary_indexes(&table)).await?;
+        progress.set_state(RebuildState::Switching);
+        // Switch: hold the live checkpoint (the live projector waits), catch
+        // up to exactly it, point the view at the new table, record the version.
+        for _ in 0..1_000 {
+            let tx = client.transaction().await?;
+            let live_row = tx
+                .query_one(
+                    "SELECT tx, seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
+                    &[&NAME],
+                )
+                .await?;
+            let live = Position::new(live_row.try_get(0)?, live_row.try_get(1)?);
+            if cp > live {
+                // The live projector is behind the new version: let it go on.
+                drop(tx);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+            while cp < live {
+                let page: Vec<_> = log
+                    .read_after(cp, BUILD_PAGE)
+                    .await?
+                    .into_iter()
+                    .filter(|e| e.position <= live)
+                    .collect();
+                let Some(last) = page.last().map(|e| e.position) else {
+                    break;
+                };
+                let (_, refused) =
+                    write_page(&tx, &table, &page, last, &mut held, &skipped, false).await?;
+                let parked: Vec<_> = refused.iter().map(|r| r.parked(1)).collect();
+                insert_parked(&tx, version, &parked).await?;
+                cp = last;
+                progress.advance(page.len() as u64);
+            }
+            if cp != live {
+                return Err(StorageError::Backend(format!(
+                    "the rebuild could not read up to the live checkpoint {live}"
+                ))
+                .into());
+            }
+            let (live_version_now, _) = live_version(&tx).await?;
+            if live_version_now != old_version {
+                return Err(StorageError::Backend(
+                    "another rebuild switched versions meanwhile; this one is abandoned".into(),
+                )
+                .into());
+            }
+            tx.batch_execute(&format!(
+                "CREATE OR REPLACE VIEW inbox_live AS SELECT * FROM {table};"
+            ))
+            .await?;
+            tx.execute(
+                "UPDATE projection_versions SET version = $2, read_table = $3 WHERE projection = $1",
+                &[&NAME, &version, &table],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM parked_events WHERE projection = $1 AND version = $2",
+                &[&NAME, &old_version],
+            )
+            .await?;
+            tx.commit().await?;
+            client
+                .batch_execute(&format!("DROP TABLE IF EXISTS {old_table}"))
+                .await?;
+            return Ok(version as u32);
+        }
+        Err(StorageError::Backend(
+            "the live projector stayed behind the rebuild; it was not switched".into(),
+        )
+        .into())
+    }
+}
