@@ -39,26 +39,91 @@ pub fn ids_in(events: &[SharedEvent]) -> Vec<NotificationId> {
     ids
 }
 
+/// Where an event is and what it is: all that parking needs to know of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRef {
+    pub position: Position,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+}
+
+impl EventRef {
+    pub fn of(event: &LoggedEvent) -> Self {
+        Self {
+            position: event.position,
+            aggregate_type: event.aggregate_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            sequence: event.sequence,
+            event_type: event.event_type.clone(),
+        }
+    }
+}
+
+/// A notification event read for folding: what it says, or why it cannot
+/// be read.
+#[derive(Debug)]
+pub struct Decoded {
+    pub event: EventRef,
+    pub payload: Result<(NotificationId, NotificationEvent), String>,
+}
+
+fn unreadable_version(event_type: &str, version: &str) -> String {
+    format!(
+        "event version {version} of {event_type} is not one this release reads (it reads {EVENT_VERSION})"
+    )
+}
+
+/// Why a payload does not parse, the same whether it was read from text or
+/// from a value tree (only text parsing knows a line and column).
+fn unparsable(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let at = format!(" at line {} column {}", e.line(), e.column());
+    let why = text.strip_suffix(&at).unwrap_or(&text);
+    format!("the payload does not parse: {why}")
+}
+
+fn parse_id(aggregate_id: &str) -> Result<NotificationId, String> {
+    NotificationId::parse(aggregate_id)
+        .map_err(|e| format!("the aggregate id is not a notification id: {}", e.0))
+}
+
 /// Reads a logged notification event in the current shape, upcasting an old
 /// one that the reader has not upcast yet.
 pub fn decode(event: &LoggedEvent) -> Result<(NotificationId, NotificationEvent), String> {
-    let id = NotificationId::parse(&event.aggregate_id)
-        .map_err(|e| format!("the aggregate id is not a notification id: {}", e.0))?;
+    let id = parse_id(&event.aggregate_id)?;
     let payload = if event.event_version == EVENT_VERSION {
         NotificationEvent::deserialize(&event.payload)
     } else {
         match upcast::upcast(&event.event_type, &event.event_version, &event.payload) {
             Some(current) => NotificationEvent::deserialize(&current),
-            None => {
-                return Err(format!(
-                "event version {} of {} is not one this release reads (it reads {EVENT_VERSION})",
-                event.event_version, event.event_type
-            ))
-            }
+            None => return Err(unreadable_version(&event.event_type, &event.event_version)),
         }
     }
-    .map_err(|e| format!("the payload does not parse: {e}"))?;
+    .map_err(|e| unparsable(&e))?;
     Ok((id, payload))
+}
+
+/// Reads a notification event from its payload's JSON text straight into
+/// the current shape (no value tree in between), upcasting an old shape.
+pub fn decode_json(event: EventRef, event_version: &str, payload: &[u8]) -> Decoded {
+    let read = || {
+        let id = parse_id(&event.aggregate_id)?;
+        let parsed = if event_version == EVENT_VERSION {
+            serde_json::from_slice::<NotificationEvent>(payload)
+        } else {
+            let old: serde_json::Value =
+                serde_json::from_slice(payload).map_err(|e| unparsable(&e))?;
+            match upcast::upcast(&event.event_type, event_version, &old) {
+                Some(current) => NotificationEvent::deserialize(&current),
+                None => return Err(unreadable_version(&event.event_type, event_version)),
+            }
+        };
+        parsed.map(|p| (id, p)).map_err(|e| unparsable(&e))
+    };
+    let payload = read();
+    Decoded { event, payload }
 }
 
 /// Folds one event into its row (None: no row). On a refusal the row is left
@@ -109,7 +174,7 @@ pub fn fold_one(
 /// An event the fold did not apply.
 #[derive(Debug, Clone)]
 pub struct Refusal {
-    pub event: SharedEvent,
+    pub event: EventRef,
     pub reason: String,
     /// The refused event of the same notification this one waits behind;
     /// None when this event was refused itself.
@@ -147,42 +212,71 @@ pub fn held_reason(behind: Position) -> String {
     )
 }
 
-/// Folds `events` into `rows`, which must hold the current row (or None) of
-/// every notification id in them. Events at `skipped` positions are passed
-/// over; events of notifications in `held` are refused as held; an event that
-/// cannot apply is refused and holds back its notification from then on.
-pub fn fold_events(
-    rows: &mut HashMap<NotificationId, Option<InboxRow>>,
-    events: &[SharedEvent],
+/// Where the fold finds each notification's current row.
+pub trait Slots {
+    /// The row of `id` (None: no row), to fold an event into.
+    fn slot(&mut self, id: NotificationId) -> &mut Option<InboxRow>;
+}
+
+impl Slots for HashMap<NotificationId, Option<InboxRow>> {
+    fn slot(&mut self, id: NotificationId) -> &mut Option<InboxRow> {
+        self.entry(id).or_insert(None)
+    }
+}
+
+/// Folds decoded notification events (in log order) into `rows`, which must
+/// know the current row of every notification in them. Events at `skipped`
+/// positions are passed over; events of notifications in `held` are refused
+/// as held; an event that cannot apply is refused and holds back its
+/// notification from then on.
+pub fn fold_decoded(
+    rows: &mut impl Slots,
+    events: impl IntoIterator<Item = Decoded>,
     held: &mut Held,
     skipped: &BTreeSet<Position>,
 ) -> Vec<Refusal> {
     let mut refused = Vec::new();
-    for event in events.iter().filter(|e| is_notification(e)) {
+    for Decoded { event, payload } in events {
         if skipped.contains(&event.position) {
             continue;
         }
         if let Some(&behind) = held.get(&event.aggregate_id) {
             refused.push(Refusal {
-                event: event.clone(),
+                event,
                 reason: held_reason(behind),
                 behind: Some(behind),
             });
             continue;
         }
-        let outcome = decode(event).and_then(|(id, payload)| {
-            fold_one(rows.entry(id).or_insert(None), event.position, payload)
-        });
+        let outcome =
+            payload.and_then(|(id, payload)| fold_one(rows.slot(id), event.position, payload));
         if let Err(reason) = outcome {
             held.insert(event.aggregate_id.clone(), event.position);
             refused.push(Refusal {
-                event: event.clone(),
+                event,
                 reason,
                 behind: None,
             });
         }
     }
     refused
+}
+
+/// `fold_decoded` over logged events (other aggregates' are passed over).
+pub fn fold_events(
+    rows: &mut HashMap<NotificationId, Option<InboxRow>>,
+    events: &[SharedEvent],
+    held: &mut Held,
+    skipped: &BTreeSet<Position>,
+) -> Vec<Refusal> {
+    let decoded = events
+        .iter()
+        .filter(|e| is_notification(e))
+        .map(|e| Decoded {
+            event: EventRef::of(e),
+            payload: decode(e),
+        });
+    fold_decoded(rows, decoded, held, skipped)
 }
 
 /// The first refusal that is not merely held, as the error a projector retries.
@@ -340,6 +434,38 @@ mod tests {
         assert!(decode(&bad_id)
             .unwrap_err()
             .contains("not a notification id"));
+    }
+
+    #[test]
+    fn reading_from_text_and_from_a_value_agree_on_what_and_why() {
+        for event in [
+            created(1, A),
+            read(2, A, 2),
+            logged(
+                3,
+                A,
+                3,
+                "NotificationSnoozed",
+                json!({"NotificationSnoozed": {}}),
+            ),
+            logged(
+                4,
+                A,
+                4,
+                "NotificationRead",
+                json!({"NotificationRead": {"read_at": 7}}),
+            ),
+        ] {
+            let text = serde_json::to_vec(&event.payload).unwrap();
+            let from_text = decode_json(EventRef::of(&event), &event.event_version, &text);
+            let from_value = decode(&event);
+            assert_eq!(
+                format!("{:?}", from_text.payload),
+                format!("{from_value:?}"),
+                "{}",
+                event.event_type
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use async_trait::async_trait;
 
-use super::fold::{first_failure, fold_events, ids_in, Held, Refusal};
+use super::fold::{first_failure, fold_events, ids_in, EventRef, Held, Refusal};
 use super::{
     counts_update, cut_page, page_updates, remember, InboxPage, InboxQuery, InboxReader, InboxRow,
     PageUpdates, ReadFilter, NAME,
@@ -88,7 +88,7 @@ impl State {
         }
         let updates = page_updates(&before, &rows, last.position);
         self.store_rows(rows);
-        self.park_refused(&refused, |_| 1);
+        self.park_refused(&refused, events, |_| 1);
         self.checkpoint = last.position;
         Ok(updates)
     }
@@ -105,17 +105,28 @@ impl State {
         }
     }
 
-    /// Parks refused events: a failure with `attempts(refusal)` tries, a held
-    /// event with none.
-    fn park_refused(&mut self, refused: &[Refusal], attempts: impl Fn(&Refusal) -> u32) {
+    /// Parks refused events (found in `events`, in log order): a failure
+    /// with `attempts(refusal)` tries, a held event with none.
+    pub(super) fn park_refused(
+        &mut self,
+        refused: &[Refusal],
+        events: &[SharedEvent],
+        attempts: impl Fn(&Refusal) -> u32,
+    ) {
         for refusal in refused {
-            let cause = refusal.behind.unwrap_or(refusal.event.position);
-            self.held.insert(refusal.event.aggregate_id.clone(), cause);
-            self.parked.insert(
-                refusal.event.position,
-                (refusal.parked(attempts(refusal)), refusal.event.clone()),
-            );
+            self.park(refusal.parked(attempts(refusal)), events);
         }
+    }
+
+    /// Parks one event, kept with its logged event (found in `events`).
+    pub(super) fn park(&mut self, parked: ParkedEvent, events: &[SharedEvent]) {
+        let Ok(i) = events.binary_search_by_key(&parked.position, |e| e.position) else {
+            return; // refusals come from `events`: always found
+        };
+        let cause = parked.held_behind.unwrap_or(parked.position);
+        self.held.insert(parked.aggregate_id.clone(), cause);
+        self.parked
+            .insert(parked.position, (parked, events[i].clone()));
     }
 
     fn unindex(&mut self, row: &InboxRow) {
@@ -264,11 +275,11 @@ impl Projection for MemoryInbox {
             return Err(ProjectionError::CheckpointMoved { expected });
         }
         let refusal = Refusal {
-            event: event.clone(),
+            event: EventRef::of(event),
             reason: error.to_owned(),
             behind: None,
         };
-        state.park_refused(&[refusal], |_| attempts);
+        state.park_refused(&[refusal], std::slice::from_ref(event), |_| attempts);
         state.checkpoint = event.position;
         Ok(event.position)
     }

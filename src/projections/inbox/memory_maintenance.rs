@@ -52,10 +52,7 @@ impl State {
             let old = previous.get(&refusal.event.position);
             let mut entry = refusal.parked(old.map_or(0, |o| o.attempts) + 1);
             entry.parked_at = old.map_or(now, |o| o.parked_at);
-            let cause = refusal.behind.unwrap_or(refusal.event.position);
-            self.held.insert(refusal.event.aggregate_id.clone(), cause);
-            self.parked
-                .insert(refusal.event.position, (entry, refusal.event.clone()));
+            self.park(entry, &events);
         }
         let applied = (events.len() - refused.len()) as u64;
         (updates, applied, page_end)

@@ -8,6 +8,7 @@ pub mod fold;
 pub mod memory;
 pub mod memory_maintenance;
 pub mod postgres;
+mod postgres_build;
 pub mod postgres_parked;
 pub mod postgres_reader;
 pub mod postgres_rebuild;

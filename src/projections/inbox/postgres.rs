@@ -14,7 +14,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::fold::{first_failure, fold_events, ids_in, Held, Refusal};
+use super::fold::{first_failure, fold_events, ids_in, EventRef, Held, Refusal};
 use super::postgres_parked::{held_streams, insert_parked};
 use super::{counts_update, page_updates, remember, InboxRow, PageUpdates, NAME};
 use crate::domain::{Notification, NotificationId};
@@ -71,12 +71,10 @@ pub(super) fn to_row(row: &Row) -> Result<InboxRow, StorageError> {
     })
 }
 
-fn upsert_sql(table: &str) -> String {
+pub(super) fn upsert_sql(table: &str) -> String {
     format!(
         "
-INSERT INTO {table}
-       (id, recipient, category, lifecycle, in_inbox, read, seen, archived,
-        inbox_tx, inbox_seq, state, last_tx, last_seq)
+INSERT INTO {table} ({COLUMNS})
 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::bool[],
                      $7::bool[], $8::bool[], $9::int8[], $10::int8[], $11::jsonb[],
                      $12::int8[], $13::int8[])
@@ -217,13 +215,82 @@ pub(crate) async fn store_rows(
     Ok(())
 }
 
+/// One row as the table's columns (in `COLUMNS` order). The state is
+/// written straight from the struct (no value tree between).
+pub(super) struct FlatRow<'a> {
+    pub id: uuid::Uuid,
+    pub recipient: &'a str,
+    pub category: &'a str,
+    pub lifecycle: &'static str,
+    pub in_inbox: bool,
+    pub read: bool,
+    pub seen: bool,
+    pub archived: bool,
+    pub inbox_tx: Option<i64>,
+    pub inbox_seq: Option<i64>,
+    pub state: tokio_postgres::types::Json<&'a Notification>,
+    pub last_tx: i64,
+    pub last_seq: i64,
+}
+
+/// The columns a row is written to, in `FlatRow` order.
+pub(super) const COLUMNS: &str = "id, recipient, category, lifecycle, in_inbox, read, seen, \
+     archived, inbox_tx, inbox_seq, state, last_tx, last_seq";
+
+impl<'a> FlatRow<'a> {
+    pub fn of(id: NotificationId, row: &'a InboxRow) -> Self {
+        let content = row.state.content.as_ref();
+        Self {
+            id: id.0,
+            recipient: content.map_or("", |c| c.recipient.as_str()),
+            category: content.map_or("", |c| c.category.as_str()),
+            lifecycle: row.state.lifecycle.as_str(),
+            in_inbox: row.in_inbox(),
+            read: row.state.is_read(),
+            seen: row.state.is_seen(),
+            archived: row.state.is_archived(),
+            inbox_tx: row.inbox_position.map(|p| p.tx),
+            inbox_seq: row.inbox_position.map(|p| p.seq),
+            state: tokio_postgres::types::Json(&row.state),
+            last_tx: row.last_position.tx,
+            last_seq: row.last_position.seq,
+        }
+    }
+
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+        [
+            &self.id,
+            &self.recipient,
+            &self.category,
+            &self.lifecycle,
+            &self.in_inbox,
+            &self.read,
+            &self.seen,
+            &self.archived,
+            &self.inbox_tx,
+            &self.inbox_seq,
+            &self.state,
+            &self.last_tx,
+            &self.last_seq,
+        ]
+    }
+}
+
+/// Column arrays for the UNNEST upsert of `rows`.
+pub(super) fn columns_of(rows: &[(NotificationId, InboxRow)]) -> Columns<'_> {
+    let mut columns = Columns::default();
+    for (id, row) in rows {
+        columns.push(*id, row);
+    }
+    columns
+}
+
 /// Column arrays for the UNNEST upsert.
-/// The state is written straight from the struct (no value tree between).
 #[derive(Default)]
-struct Columns<'a> {
+pub(super) struct Columns<'a> {
     id: Vec<uuid::Uuid>,
-    recipient: Vec<String>,
-    category: Vec<String>,
+    recipient: Vec<&'a str>,
+    category: Vec<&'a str>,
     lifecycle: Vec<&'static str>,
     in_inbox: Vec<bool>,
     read: Vec<bool>,
@@ -238,25 +305,23 @@ struct Columns<'a> {
 
 impl<'a> Columns<'a> {
     fn push(&mut self, id: NotificationId, row: &'a InboxRow) {
-        let content = row.state.content.as_ref();
-        self.id.push(id.0);
-        self.recipient
-            .push(content.map_or_else(String::new, |c| c.recipient.as_str().to_owned()));
-        self.category
-            .push(content.map_or_else(String::new, |c| c.category.as_str().to_owned()));
-        self.lifecycle.push(row.state.lifecycle.as_str());
-        self.in_inbox.push(row.in_inbox());
-        self.read.push(row.state.is_read());
-        self.seen.push(row.state.is_seen());
-        self.archived.push(row.state.is_archived());
-        self.inbox_tx.push(row.inbox_position.map(|p| p.tx));
-        self.inbox_seq.push(row.inbox_position.map(|p| p.seq));
-        self.state.push(tokio_postgres::types::Json(&row.state));
-        self.last_tx.push(row.last_position.tx);
-        self.last_seq.push(row.last_position.seq);
+        let flat = FlatRow::of(id, row);
+        self.id.push(flat.id);
+        self.recipient.push(flat.recipient);
+        self.category.push(flat.category);
+        self.lifecycle.push(flat.lifecycle);
+        self.in_inbox.push(flat.in_inbox);
+        self.read.push(flat.read);
+        self.seen.push(flat.seen);
+        self.archived.push(flat.archived);
+        self.inbox_tx.push(flat.inbox_tx);
+        self.inbox_seq.push(flat.inbox_seq);
+        self.state.push(flat.state);
+        self.last_tx.push(flat.last_tx);
+        self.last_seq.push(flat.last_seq);
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 13] {
         [
             &self.id,
             &self.recipient,
@@ -326,7 +391,7 @@ impl Projection for PostgresInbox {
             return Err(failure); // rolls the page back; the engine retries
         }
         insert_parked(
-            &tx,
+            &*tx,
             version,
             &refused.iter().map(|r| r.parked(0)).collect::<Vec<_>>(),
         )
@@ -353,11 +418,11 @@ impl Projection for PostgresInbox {
         move_checkpoint(&tx, expected, event.position).await?;
         let (version, _) = live_version(&tx).await?;
         let refusal = Refusal {
-            event: event.clone(),
+            event: EventRef::of(event),
             reason: error.to_owned(),
             behind: None,
         };
-        insert_parked(&tx, version, &[refusal.parked(attempts)]).await?;
+        insert_parked(&*tx, version, &[refusal.parked(attempts)]).await?;
         tx.commit().await?;
         Ok(event.position)
     }

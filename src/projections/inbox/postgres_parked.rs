@@ -91,7 +91,7 @@ pub(super) async fn held_streams(
 
 /// Records parked events of version `version`.
 pub(super) async fn insert_parked(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &impl GenericClient,
     version: i32,
     parked: &[ParkedEvent],
 ) -> Result<(), ProjectionError> {

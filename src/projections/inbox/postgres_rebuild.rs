@@ -8,9 +8,10 @@
 //! passed over, as the live projection passed them.
 
 use async_trait::async_trait;
+use tracing::info;
 
-use super::fold::Held;
 use super::postgres::{checked_table, live_version, secondary_indexes, write_page, PostgresInbox};
+use super::postgres_build::{build, Built};
 use super::postgres_parked::{insert_parked, load_skipped, Maintenance};
 use super::NAME;
 use crate::projections::rebuild::{RebuildState, Rebuildable, Rebuilds, BUILD_PAGE};
@@ -48,18 +49,6 @@ impl Rebuildable for PostgresInbox {
 }
 
 impl PostgresInbox {
-    /// Where the live projector is: one read, for every page of a rebuild.
-    async fn live_checkpoint(&self) -> Result<Position, ProjectionError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_one(
-                "SELECT tx, seq FROM projection_checkpoints WHERE projection = $1",
-                &[&NAME],
-            )
-            .await?;
-        Ok(Position::new(row.try_get(0)?, row.try_get(1)?))
-    }
-
     async fn rebuild_locked(
         &self,
         log: &dyn EventLog,
@@ -79,13 +68,12 @@ impl PostgresInbox {
         let (total, _) = log.behind(Position::START).await?;
         progress.plan(version as u32, total);
         let skipped = load_skipped(&**client).await?;
-        // Only the primary key while building: the secondary indexes are made
-        // in one pass at the end, far cheaper than keeping them up per row.
+        // No index while building (see postgres_build): the build leaves the
+        // primary key, the secondary indexes are made in one pass after it.
         client
             .batch_execute(&format!(
                 "DROP TABLE IF EXISTS {table};
-                 CREATE TABLE {table} (LIKE {old_table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
-                 ALTER TABLE {table} ADD PRIMARY KEY (id);"
+                 CREATE TABLE {table} (LIKE {old_table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);"
             ))
             .await?;
         // What an earlier, interrupted attempt at this version parked.
@@ -95,50 +83,28 @@ impl PostgresInbox {
                 &[&NAME, &version],
             )
             .await?;
-        // Streams the new version holds back, and the event holding each.
-        let mut held = Held::new();
-        // Build beside the live version, one transaction per page, no stream
-        // updates: subscribers already had them from the live version. Never
-        // past the live checkpoint: what lies beyond is the live projector's
-        // to apply (and announce), before or after the switch.
-        let mut cp = Position::START;
         // Makes sure the live checkpoint row exists.
         crate::projections::Projection::checkpoint(self).await?;
-        let read_page = |after: Position| async move {
-            let live = self.live_checkpoint().await?;
-            let page: Vec<_> = log
-                .read_after(after, BUILD_PAGE)
-                .await?
-                .into_iter()
-                .filter(|e| e.position <= live)
-                .collect();
-            Ok::<_, ProjectionError>(page)
-        };
-        let mut page = read_page(cp).await?;
-        // Reading the next page overlaps writing this one: the database works
-        // on one while this process decodes the other.
-        while let Some(last) = page.last().map(|e| e.position) {
-            let write = async {
-                let tx = client.transaction().await?;
-                // A crash mid-build loses only the half-built version, which the
-                // next attempt starts over: no need to wait for each page's flush.
-                tx.batch_execute("SET LOCAL synchronous_commit = off")
-                    .await?;
-                let (_, refused) =
-                    write_page(&tx, &table, &page, last, &mut held, &skipped, false).await?;
-                let parked: Vec<_> = refused.iter().map(|r| r.parked(1)).collect();
-                insert_parked(&tx, version, &parked).await?;
-                tx.commit().await?;
-                Ok::<_, ProjectionError>(())
-            };
-            let (written, next) = tokio::join!(write, read_page(last));
-            written?;
-            progress.advance(page.len() as u64);
-            cp = last;
-            page = next?;
-        }
+        // Build beside the live version without announcing stream updates:
+        // subscribers had them from the live version. Never past the live
+        // checkpoint: what lies beyond is the live projector's to apply (and
+        // announce), before or after the switch.
+        let started = std::time::Instant::now();
+        let Built {
+            checkpoint: mut cp,
+            mut held,
+        } = build(self, &table, version, &skipped, progress).await?;
+        let built = started.elapsed();
         client.batch_execute(&secondary_indexes(&table)).await?;
+        info!(
+            projection = NAME,
+            version,
+            build_ms = built.as_millis() as u64,
+            indexes_ms = (started.elapsed() - built).as_millis() as u64,
+            "rebuild built the new version; switching"
+        );
         progress.set_state(RebuildState::Switching);
+        let switching = std::time::Instant::now();
         // Switch: hold the live checkpoint (the live projector waits), catch
         // up to exactly it, point the view at the new table, record the version.
         for _ in 0..1_000 {
@@ -169,7 +135,7 @@ impl PostgresInbox {
                 let (_, refused) =
                     write_page(&tx, &table, &page, last, &mut held, &skipped, false).await?;
                 let parked: Vec<_> = refused.iter().map(|r| r.parked(1)).collect();
-                insert_parked(&tx, version, &parked).await?;
+                insert_parked(&*tx, version, &parked).await?;
                 cp = last;
                 progress.advance(page.len() as u64);
             }
@@ -201,6 +167,12 @@ impl PostgresInbox {
             )
             .await?;
             tx.commit().await?;
+            info!(
+                projection = NAME,
+                version,
+                switch_ms = switching.elapsed().as_millis() as u64,
+                "rebuild switched reads to the new version"
+            );
             client
                 .batch_execute(&format!("DROP TABLE IF EXISTS {old_table}"))
                 .await?;
