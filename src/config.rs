@@ -110,6 +110,18 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..=1_000), global = true)]
     pub projector_max_attempts: u32,
 
+    /// Events a PostgreSQL rebuild reads per statement.
+    #[arg(long, env = "TIDINGS_REBUILD_PAGE_SIZE", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000), global = true)]
+    pub rebuild_page_size: u64,
+
+    /// Rows a PostgreSQL rebuild keeps in memory (about 0.5 KiB each); past
+    /// that the least recently touched are written out, and read back if a
+    /// later event needs them.
+    #[arg(long, env = "TIDINGS_REBUILD_CACHE_ROWS", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000), global = true)]
+    pub rebuild_cache_rows: u64,
+
     /// Longest wait for in-flight requests at shutdown, in seconds.
     #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3_600), global = true)]
@@ -136,6 +148,12 @@ impl Settings {
     pub fn stream_poll(&self) -> Duration {
         Duration::from_millis(self.stream_poll_ms)
     }
+    pub fn rebuild_tuning(&self) -> crate::projections::rebuild::RebuildTuning {
+        crate::projections::rebuild::RebuildTuning {
+            page_size: self.rebuild_page_size as usize,
+            cache_rows: self.rebuild_cache_rows as usize,
+        }
+    }
     pub fn election_interval(&self) -> Duration {
         Duration::from_millis(self.election_interval_ms)
     }
@@ -160,6 +178,8 @@ impl Settings {
             projector_poll_ms: 100,
             projector_page_size: 500,
             projector_max_attempts: 5,
+            rebuild_page_size: 10_000,
+            rebuild_cache_rows: 100_000,
             shutdown_timeout_secs: 10,
             log_format: LogFormat::Text,
         }

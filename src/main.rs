@@ -145,11 +145,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay { projection } => {
+            let tuning = cli.settings.rebuild_tuning();
             let url = cli
                 .settings
                 .database_url
                 .context("replay needs a database: set DATABASE_URL or --database-url")?;
-            let version = tidings::projections::cli::replay(&url, &projection).await?;
+            let version = tidings::projections::cli::replay(&url, &projection, tuning).await?;
             tracing::info!(projection, version, "rebuilt and switched");
             eprintln!("{projection}: now at version {version}");
             Ok(())

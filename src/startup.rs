@@ -152,11 +152,14 @@ async fn start_postgres(
     postgres::migrate(&pools).await?;
     info!(database = %postgres::redact(url), "storage: postgres (migrations applied)");
     let updates = Arc::new(PgUpdateLog::new(pools.deadpool.clone()));
-    let inbox = Arc::new(PostgresInbox::new(
-        pools.deadpool.clone(),
-        pools.pg_config.clone(),
-        settings.stream_retention,
-    ));
+    let inbox = Arc::new(
+        PostgresInbox::new(
+            pools.deadpool.clone(),
+            pools.pg_config.clone(),
+            settings.stream_retention,
+        )
+        .with_rebuild_tuning(settings.rebuild_tuning()),
+    );
     let (feed, feed_task) = feed::spawn(
         router.clone(),
         updates.clone(),

@@ -7,12 +7,16 @@ use std::sync::Arc;
 
 use super::inbox::postgres::PostgresInbox;
 use super::parked::Parking;
-use super::rebuild::{run, RebuildState, Rebuilds};
+use super::rebuild::{run, RebuildState, RebuildTuning, Rebuilds};
 use crate::storage::postgres::{self, PgEventLog};
 use crate::storage::Position;
 
 /// The inbox and the log of the database at `url` (migrated).
-async fn open(url: &str, projection: &str) -> anyhow::Result<(PostgresInbox, PgEventLog)> {
+async fn open(
+    url: &str,
+    projection: &str,
+    tuning: RebuildTuning,
+) -> anyhow::Result<(PostgresInbox, PgEventLog)> {
     if projection != super::inbox::NAME {
         anyhow::bail!(
             "no projection `{projection}`; the projections are: {}",
@@ -22,14 +26,15 @@ async fn open(url: &str, projection: &str) -> anyhow::Result<(PostgresInbox, PgE
     let pools = postgres::connect(url, 4).await?;
     postgres::migrate(&pools).await?;
     // Retention only matters to the live projector, which prunes; these don't.
-    let inbox = PostgresInbox::new(pools.deadpool.clone(), pools.pg_config.clone(), 0);
+    let inbox = PostgresInbox::new(pools.deadpool.clone(), pools.pg_config.clone(), 0)
+        .with_rebuild_tuning(tuning);
     Ok((inbox, PgEventLog::new(pools.deadpool.clone())))
 }
 
 /// `tidings replay --projection NAME`: rebuilds against DATABASE_URL while
 /// the service keeps running, with a progress bar on a terminal.
-pub async fn replay(url: &str, projection: &str) -> anyhow::Result<u32> {
-    let (inbox, log) = open(url, projection).await?;
+pub async fn replay(url: &str, projection: &str, tuning: RebuildTuning) -> anyhow::Result<u32> {
+    let (inbox, log) = open(url, projection, tuning).await?;
     let rebuilds = Arc::new(Rebuilds::default());
     rebuilds.begin(super::inbox::NAME)?;
     let bar = if std::io::stderr().is_terminal() {
@@ -91,7 +96,7 @@ pub async fn parked(
 
     use crate::api::parked::{ParkedEventView, RedriveView};
 
-    let (inbox, log) = open(url, projection).await?;
+    let (inbox, log) = open(url, projection, RebuildTuning::default()).await?;
     let report = match action {
         ParkedAction::List => {
             let mut after = Position::START;

@@ -15,8 +15,28 @@ use async_trait::async_trait;
 use super::ProjectionError;
 use crate::storage::EventLog;
 
-/// Events read per page while building.
+/// Events read per page while building (memory) and catching up (both).
 pub const BUILD_PAGE: usize = 2_500;
+
+/// How a PostgreSQL rebuild reads and caches (`--rebuild-page-size`,
+/// `--rebuild-cache-rows`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildTuning {
+    /// Events read per statement while building.
+    pub page_size: usize,
+    /// Rows held in memory while building; more are written out, least
+    /// recently touched first (about 0.5 KiB each).
+    pub cache_rows: usize,
+}
+
+impl Default for RebuildTuning {
+    fn default() -> Self {
+        Self {
+            page_size: 10_000,
+            cache_rows: 100_000,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RebuildState {

@@ -16,6 +16,7 @@ mod lifecycle;
 mod operations;
 mod parked;
 mod rebuild;
+mod rebuild_equivalence;
 mod restart;
 mod stream_client;
 mod streams;

@@ -18,6 +18,7 @@ use super::fold::{first_failure, fold_events, ids_in, EventRef, Held, Refusal};
 use super::postgres_parked::{held_streams, insert_parked};
 use super::{counts_update, page_updates, remember, InboxRow, PageUpdates, NAME};
 use crate::domain::{Notification, NotificationId};
+use crate::projections::rebuild::RebuildTuning;
 use crate::projections::{Projection, ProjectionError};
 use crate::storage::{Position, SharedEvent, StorageError};
 use crate::streams::fanout::Fanout;
@@ -34,6 +35,8 @@ pub struct PostgresInbox {
     feed: OnceLock<Feed>,
     /// Redis, to reach the other instances' subscribers.
     fanout: OnceLock<Arc<Fanout>>,
+    /// How a rebuild reads and caches.
+    pub(super) tuning: RebuildTuning,
 }
 
 impl PostgresInbox {
@@ -44,7 +47,13 @@ impl PostgresInbox {
             retention,
             feed: OnceLock::new(),
             fanout: OnceLock::new(),
+            tuning: RebuildTuning::default(),
         }
+    }
+
+    pub fn with_rebuild_tuning(mut self, tuning: RebuildTuning) -> Self {
+        self.tuning = tuning;
+        self
     }
 
     pub fn set_feed(&self, feed: Feed) {

@@ -5,7 +5,8 @@
 //! - the **reader** pages through the log in commit order on a connection of
 //!   its own, fetching only what a fold needs (no metadata), and decodes
 //!   payloads straight from their JSON text into domain events;
-//! - the **folder** folds them into a write-behind cache of rows. Most
+//! - the **folder** folds them into a write-behind cache of rows (bounded by
+//!   `--rebuild-cache-rows`, least recently touched out first). Most
 //!   notifications get all their events while they are cached, so most rows
 //!   are written once. A row is looked up in the table only when an event
 //!   other than a stream's first misses the cache after rows have spilled;
@@ -31,15 +32,10 @@ use super::postgres_parked::insert_parked;
 use super::{InboxRow, NAME};
 use crate::domain::{Notification, NotificationId};
 use crate::projections::parked::ParkedEvent;
-use crate::projections::rebuild::Rebuilds;
+use crate::projections::rebuild::{RebuildTuning, Rebuilds};
 use crate::projections::ProjectionError;
 use crate::storage::{Position, StorageError};
 
-/// Events the reader fetches per statement (each its own short snapshot).
-const READ_PAGE: i64 = 10_000;
-/// Rows the cache holds before it evicts the least recently touched quarter.
-/// About 0.5 KiB each: ~50 MiB at most.
-const CACHE_ROWS: usize = 100_000;
 /// Parked events kept before they are written out.
 const PARKED_BATCH: usize = 10_000;
 
@@ -99,6 +95,7 @@ SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggr
 async fn read(
     client: tokio_postgres::Client,
     mut after: Position,
+    page_size: i64,
     pages: mpsc::Sender<Chunk>,
 ) -> Result<(), ProjectionError> {
     let statement = client.prepare(READ).await?;
@@ -118,7 +115,7 @@ async fn read(
                     &after.seq,
                     &live.tx.to_string(),
                     &live.seq,
-                    &READ_PAGE,
+                    &page_size,
                 ],
             )
             .await?;
@@ -249,11 +246,12 @@ struct Entry {
 }
 
 /// The write-behind cache the folder folds into.
-#[derive(Default)]
 struct Cache {
     entries: HashMap<NotificationId, Entry>,
     /// The chunk being folded.
     chunk: u32,
+    /// Past this many rows, the least recently touched are let go.
+    capacity: usize,
 }
 
 impl Slots for Cache {
@@ -276,7 +274,7 @@ impl Cache {
     /// quarters of the capacity are held (everything, when `all`).
     fn evict(&mut self, all: bool) -> Evicted {
         let mut out = Evicted::default();
-        let keep = if all { 0 } else { CACHE_ROWS * 3 / 4 };
+        let keep = if all { 0 } else { self.capacity * 3 / 4 };
         if self.entries.len() <= keep {
             return out;
         }
@@ -329,6 +327,7 @@ pub(super) async fn build(
     skipped: &BTreeSet<Position>,
     progress: &Rebuilds,
 ) -> Result<Built, ProjectionError> {
+    let tuning = inbox.tuning;
     let connect = || async {
         let (client, connection) = inbox.pg_config.connect(tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
@@ -337,15 +336,19 @@ pub(super) async fn build(
         Ok::<_, ProjectionError>(client)
     };
     let (pages_tx, mut pages) = mpsc::channel(2);
-    let reader: JoinHandle<Result<(), ProjectionError>> =
-        tokio::spawn(read(connect().await?, Position::START, pages_tx));
+    let reader: JoinHandle<Result<(), ProjectionError>> = tokio::spawn(read(
+        connect().await?,
+        Position::START,
+        tuning.page_size.max(1) as i64,
+        pages_tx,
+    ));
     let (to_writer, batches) = mpsc::channel(2);
     let writer: JoinHandle<Result<(), ProjectionError>> =
         tokio::spawn(write(connect().await?, table.to_owned(), batches));
     let folder = connect().await?;
 
     let folded = fold_all(
-        &folder, &mut pages, &to_writer, table, version, skipped, progress,
+        &folder, &mut pages, &to_writer, table, version, skipped, progress, tuning,
     )
     .await;
     drop(to_writer);
@@ -367,6 +370,7 @@ pub(super) async fn build(
 
 /// The folder: returns what the build leaves and whether the table already
 /// has its primary key.
+#[allow(clippy::too_many_arguments)]
 async fn fold_all(
     client: &tokio_postgres::Client,
     pages: &mut mpsc::Receiver<Chunk>,
@@ -375,9 +379,14 @@ async fn fold_all(
     version: i32,
     skipped: &BTreeSet<Position>,
     progress: &Rebuilds,
+    tuning: RebuildTuning,
 ) -> Result<(Built, bool), ProjectionError> {
     let writer_gone = || StorageError::Backend("the rebuild's writer stopped".into());
-    let mut cache = Cache::default();
+    let mut cache = Cache {
+        entries: HashMap::new(),
+        chunk: 0,
+        capacity: tuning.cache_rows.max(1),
+    };
     let mut held = Held::new();
     let mut parked: Vec<ParkedEvent> = Vec::new();
     let mut checkpoint = Position::START;
@@ -433,7 +442,7 @@ async fn fold_all(
         }
         checkpoint = chunk.end;
         progress.advance(chunk.events);
-        if cache.entries.len() > CACHE_ROWS {
+        if cache.entries.len() > cache.capacity {
             let evicted = cache.evict(false);
             spilled |= !evicted.inserts.is_empty();
             to_writer
