@@ -37,6 +37,13 @@ pub struct PostgresInbox {
     fanout: OnceLock<Arc<Fanout>>,
     /// How a rebuild reads and caches.
     pub(super) tuning: RebuildTuning,
+    /// (live version, whether it may have parked events), as this instance
+    /// knows it; None: unknown, count first. While this instance applies
+    /// every page, only its own pages can park in the live version (a
+    /// re-drive or skip only re-parks or removes; a rebuild brings a new
+    /// version), so "none" stays true until the checkpoint is reloaded, which
+    /// a leadership change or another writer's page always causes.
+    parked_hint: std::sync::Mutex<Option<(i32, bool)>>,
 }
 
 impl PostgresInbox {
@@ -48,7 +55,35 @@ impl PostgresInbox {
             feed: OnceLock::new(),
             fanout: OnceLock::new(),
             tuning: RebuildTuning::default(),
+            parked_hint: std::sync::Mutex::new(None),
         }
+    }
+
+    fn hint(&self) -> std::sync::MutexGuard<'_, Option<(i32, bool)>> {
+        self.parked_hint.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `version` may hold parked events (if not, no stream of a page
+    /// can be held and the page needs no look-up).
+    async fn may_have_parked(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        version: i32,
+    ) -> Result<bool, ProjectionError> {
+        if let Some((known, may)) = *self.hint() {
+            if known == version {
+                return Ok(may);
+            }
+        }
+        let any: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM parked_events WHERE projection = $1 AND version = $2)",
+                &[&NAME, &version],
+            )
+            .await?
+            .try_get(0)?;
+        *self.hint() = Some((version, any));
+        Ok(any)
     }
 
     pub fn with_rebuild_tuning(mut self, tuning: RebuildTuning) -> Self {
@@ -356,6 +391,9 @@ impl Projection for PostgresInbox {
     }
 
     async fn checkpoint(&self) -> Result<Position, ProjectionError> {
+        // Reloaded at every leadership start and after another writer's page:
+        // what this instance knew of parked events may be out of date.
+        *self.hint() = None;
         let client = self.pool.get().await?;
         client
             .execute(
@@ -385,7 +423,11 @@ impl Projection for PostgresInbox {
         let tx = client.transaction().await?;
         move_checkpoint(&tx, expected, last.position).await?;
         let (version, table) = live_version(&tx).await?;
-        let mut held = held_streams(&tx, version, events).await?;
+        let mut held = if self.may_have_parked(&tx, version).await? {
+            held_streams(&tx, version, events).await?
+        } else {
+            Held::new()
+        };
         let (updates, refused) = write_page(
             &tx,
             &table,
@@ -431,6 +473,7 @@ impl Projection for PostgresInbox {
             reason: error.to_owned(),
             behind: None,
         };
+        *self.hint() = Some((version, true));
         insert_parked(&*tx, version, &[refusal.parked(attempts)]).await?;
         tx.commit().await?;
         Ok(event.position)
