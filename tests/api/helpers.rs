@@ -110,6 +110,15 @@ pub fn settings(db: Option<&TestDb>) -> Settings {
 impl TestApp {
     /// None when the backend is PostgreSQL and DATABASE_URL is unset (skipped loudly).
     pub async fn spawn(backend: Backend, test: &str) -> Option<Self> {
+        Self::spawn_with(backend, test, settings).await
+    }
+
+    /// `spawn` with settings of the test's own.
+    pub async fn spawn_with(
+        backend: Backend,
+        test: &str,
+        configure: impl FnOnce(Option<&TestDb>) -> Settings,
+    ) -> Option<Self> {
         let db = match backend {
             Backend::Memory => None,
             Backend::Postgres => match postgres_server_url() {
@@ -120,7 +129,7 @@ impl TestApp {
                 }
             },
         };
-        Some(Self::start(backend, db, settings).await)
+        Some(Self::start(backend, db, configure).await)
     }
 
     pub async fn start(

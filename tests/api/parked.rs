@@ -6,31 +6,17 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{
-    notification_for, postgres_server_url, settings, skipped, Backend, TestApp, TestDb,
-};
+use crate::helpers::{notification_for, settings, Backend, TestApp};
 use crate::stream_client::Subscriber;
 
 /// An app that parks a refused event after three tries (0.7 s of backoff).
 async fn spawn(backend: Backend, test: &str) -> Option<TestApp> {
-    let db = match backend {
-        Backend::Memory => None,
-        Backend::Postgres => match postgres_server_url() {
-            Some(url) => Some(TestDb::create(&url).await),
-            None => {
-                skipped(test, "DATABASE_URL is not set (PostgreSQL tests need it)");
-                return None;
-            }
-        },
-    };
-    Some(
-        TestApp::start(backend, db, |db| {
-            let mut s = settings(db);
-            s.projector_max_attempts = 3;
-            s
-        })
-        .await,
-    )
+    TestApp::spawn_with(backend, test, |db| {
+        let mut s = settings(db);
+        s.projector_max_attempts = 3;
+        s
+    })
+    .await
 }
 
 macro_rules! on_both {
@@ -302,6 +288,20 @@ async fn rebuild_and_wait(app: &TestApp) -> Value {
     panic!("the rebuild did not finish within 30 s");
 }
 
+/// Which events are parked, behind what, and why.
+fn what_and_why(items: &[Value]) -> Vec<[Value; 3]> {
+    items
+        .iter()
+        .map(|p| {
+            [
+                p["cursor"].clone(),
+                p["held_behind"].clone(),
+                p["error"].clone(),
+            ]
+        })
+        .collect()
+}
+
 async fn a_rebuild_parks_what_the_live_projection_parked(app: &TestApp) {
     let (a, n) = created(app, "rp", "poisoned").await;
     app.append_raw(&a, n + 1, "NotificationSnoozed", snoozed())
@@ -310,35 +310,16 @@ async fn a_rebuild_parks_what_the_live_projection_parked(app: &TestApp) {
         .await;
     parked_reaches(app, 2).await;
     let (_, _) = created(app, "rp", "fine").await;
-    let live: Vec<(Value, Value, Value)> = parked(app)
-        .await
-        .iter()
-        .map(|p| {
-            (
-                p["cursor"].clone(),
-                p["held_behind"].clone(),
-                p["error"].clone(),
-            )
-        })
-        .collect();
+    let live = what_and_why(&parked(app).await);
     let before = app.get_json("/v1/users/rp/inbox").await;
 
     let after = rebuild_and_wait(app).await;
     assert_eq!(after["version"], 2);
     assert_eq!(after["parked_events"], 2);
     let rebuilt = parked(app).await;
-    let same: Vec<(Value, Value, Value)> = rebuilt
-        .iter()
-        .map(|p| {
-            (
-                p["cursor"].clone(),
-                p["held_behind"].clone(),
-                p["error"].clone(),
-            )
-        })
-        .collect();
     assert_eq!(
-        same, live,
+        what_and_why(&rebuilt),
+        live,
         "the rebuild parked the same events for the same reasons"
     );
     assert_eq!(rebuilt[0]["attempts"], 1, "a rebuild tries once and parks");

@@ -182,6 +182,15 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    /// `event` refused by the projection itself, for `reason`.
+    pub fn failed(event: &LoggedEvent, reason: &str) -> Self {
+        Self {
+            event: EventRef::of(event),
+            reason: reason.to_owned(),
+            behind: None,
+        }
+    }
+
     /// The refusal as a parked event, tried `attempts` times (held: 0).
     pub fn parked(&self, attempts: u32) -> ParkedEvent {
         let event = &self.event;

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use async_trait::async_trait;
 
-use super::fold::{first_failure, fold_events, ids_in, EventRef, Held, Refusal};
+use super::fold::{first_failure, fold_events, ids_in, Held, Refusal};
 use super::{
     counts_update, cut_page, page_updates, remember, InboxPage, InboxQuery, InboxReader, InboxRow,
     PageUpdates, ReadFilter, NAME,
@@ -274,11 +274,7 @@ impl Projection for MemoryInbox {
         if state.checkpoint != expected {
             return Err(ProjectionError::CheckpointMoved { expected });
         }
-        let refusal = Refusal {
-            event: EventRef::of(event),
-            reason: error.to_owned(),
-            behind: None,
-        };
+        let refusal = Refusal::failed(event, error);
         state.park_refused(&[refusal], std::slice::from_ref(event), |_| attempts);
         state.checkpoint = event.position;
         Ok(event.position)

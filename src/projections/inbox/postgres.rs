@@ -14,7 +14,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::fold::{first_failure, fold_events, ids_in, EventRef, Held, Refusal};
+use super::fold::{first_failure, fold_events, ids_in, Held, Refusal};
 use super::postgres_parked::{held_streams, insert_parked};
 use super::{counts_update, page_updates, remember, InboxRow, PageUpdates, NAME};
 use crate::domain::{Notification, NotificationId};
@@ -468,11 +468,7 @@ impl Projection for PostgresInbox {
         let tx = client.transaction().await?;
         move_checkpoint(&tx, expected, event.position).await?;
         let (version, _) = live_version(&tx).await?;
-        let refusal = Refusal {
-            event: EventRef::of(event),
-            reason: error.to_owned(),
-            behind: None,
-        };
+        let refusal = Refusal::failed(event, error);
         *self.hint() = Some((version, true));
         insert_parked(&*tx, version, &[refusal.parked(attempts)]).await?;
         tx.commit().await?;
