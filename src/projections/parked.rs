@@ -55,7 +55,9 @@ pub struct RedriveReport {
 pub enum ParkingError {
     #[error("no event is parked at {}", .0.to_cursor())]
     NotParked(Position),
-    #[error("a rebuild of {0} is running; re-drive or skip once it has switched")]
+    #[error(
+        "a rebuild (or another re-drive or skip) of {0} is running; try again once it has finished"
+    )]
     Busy(&'static str),
     #[error(transparent)]
     Projection(#[from] ProjectionError),

@@ -40,7 +40,7 @@ impl Rebuildable for PostgresInbox {
         // One rebuild (or re-drive) at a time across instances.
         let Some(_maintenance) = Maintenance::try_take(&self.pg_config).await? else {
             return Err(StorageError::Backend(format!(
-                "a rebuild of {NAME} is already running on another instance"
+                "a rebuild, re-drive or skip of {NAME} is running (here or on another instance); try again once it has finished"
             ))
             .into());
         };
