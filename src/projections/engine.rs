@@ -99,6 +99,10 @@ pub fn spawn(
     (handle, task)
 }
 
+/// How long a stopping projector waits for committed events that the log
+/// does not hand out yet (see `run`).
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
+
 /// An event the projection refused: where, how often, and why (last time).
 struct Failing {
     position: Position,
@@ -122,6 +126,7 @@ pub async fn run(
     // its end, so the failing event is the only one in its page.
     let mut narrow_until: Option<Position> = None;
     let mut failing: Option<Failing> = None;
+    let mut flush_deadline: Option<tokio::time::Instant> = None;
     loop {
         let page_size = if narrow_until.is_some() {
             1
@@ -209,7 +214,23 @@ pub async fn run(
             }
             Ok(false) => {
                 if stopping {
-                    info!(projection = name, checkpoint = %checkpoint.unwrap_or_default(), "projector flushed and stopped");
+                    // An empty page can still leave committed events behind:
+                    // the log hands out nothing above the cluster's oldest
+                    // running transaction, which may be anyone's. Give that
+                    // transaction a moment to end.
+                    let cp = checkpoint.unwrap_or_default();
+                    let deadline = *flush_deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_WAIT);
+                    let behind = log.behind(cp).await.map_or(0, |(n, _)| n);
+                    if behind > 0 && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    if behind > 0 {
+                        warn!(projection = name, checkpoint = %cp, behind, "projector stopped with committed events not applied yet (held back by a transaction elsewhere); the next start applies them");
+                    } else {
+                        info!(projection = name, checkpoint = %cp, "projector flushed and stopped");
+                    }
                     return;
                 }
                 tokio::select! {

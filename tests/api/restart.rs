@@ -155,3 +155,39 @@ async fn a_graceful_stop_loses_no_acknowledged_command() {
     }
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_waits_for_events_a_transaction_elsewhere_holds_back() {
+    let test = "restart::stopping_waits_for_events_a_transaction_elsewhere_holds_back";
+    let Some(mut app) = TestApp::spawn(Backend::Postgres, test).await else {
+        return;
+    };
+    let db = app.db.clone().expect("postgres");
+    // Any transaction with an id holds every log reader in the cluster back
+    // at its start; this one stays open across the stop.
+    let other = db.client().await;
+    other
+        .batch_execute("BEGIN; SELECT pg_current_xact_id();")
+        .await
+        .unwrap();
+    let (id, _) = app.create(&notification_for("held", "late")).await;
+    let stopping = tokio::spawn(async move {
+        app.stop().await.expect("a graceful stop");
+        app
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    other.batch_execute("COMMIT").await.unwrap();
+    let app = stopping.await.unwrap();
+    let applied: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM inbox_live WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 1, "the stop waited for the held-back event");
+    app.cleanup().await;
+}
