@@ -353,13 +353,15 @@ pub(super) async fn build(
     .await;
     drop(to_writer);
     drop(pages);
-    // The first error of any stage is the one to report.
+    // A reader or writer that failed is why the folder stopped (it only saw
+    // a closed channel): their errors say more, so they come first. A folder
+    // that failed closed the channels, and the others then end without one.
     let written = writer.await;
     let read = reader.await;
-    let (built, has_key) = folded?;
     for stage in [written, read] {
         stage.map_err(|e| StorageError::Backend(format!("a rebuild stage failed: {e}")))??;
     }
+    let (built, has_key) = folded?;
     if !has_key {
         folder
             .batch_execute(&format!("ALTER TABLE {table} ADD PRIMARY KEY (id)"))
