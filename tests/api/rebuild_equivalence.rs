@@ -96,6 +96,8 @@ async fn table(db: &TestDb) -> Vec<Vec<Option<String>>> {
 }
 
 async fn check(server: &str, steps: Vec<Step>) {
+    use futures_util::FutureExt;
+
     let db = TestDb::create(server).await;
     let app = TestApp::start(Backend::Postgres, Some(db), |db| {
         let mut s = settings(db);
@@ -104,10 +106,21 @@ async fn check(server: &str, steps: Vec<Step>) {
         s
     })
     .await;
+    // Drop the case's database even when it fails (shrinking runs many).
+    let outcome = std::panic::AssertUnwindSafe(live_equals_rebuilt(&app, steps))
+        .catch_unwind()
+        .await;
+    app.cleanup().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn live_equals_rebuilt(app: &TestApp, steps: Vec<Step>) {
     let mut ids = Vec::new();
     let mut last = None;
     for step in steps {
-        if let Some(cursor) = run_step(&app, &mut ids, step).await {
+        if let Some(cursor) = run_step(app, &mut ids, step).await {
             last = last.max(Some(cursor));
         }
     }
@@ -136,7 +149,6 @@ async fn check(server: &str, steps: Vec<Step>) {
     }
     assert!(done, "the rebuild finished");
     let rebuilt = table(&db).await;
-    app.cleanup().await;
     assert_eq!(
         rebuilt, live,
         "the rebuilt table is the live one, row for row"
