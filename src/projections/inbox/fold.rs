@@ -89,38 +89,46 @@ fn parse_id(aggregate_id: &str) -> Result<NotificationId, String> {
         .map_err(|e| format!("the aggregate id is not a notification id: {}", e.0))
 }
 
+/// A payload in the shape `event_version` gave it, in the current shape:
+/// upcast when it is an old one, refused when this release does not know it.
+fn from_value(
+    event_type: &str,
+    event_version: &str,
+    payload: &serde_json::Value,
+) -> Result<NotificationEvent, String> {
+    let read = if event_version == EVENT_VERSION {
+        NotificationEvent::deserialize(payload)
+    } else {
+        match upcast::upcast(event_type, event_version, payload) {
+            Some(current) => NotificationEvent::deserialize(&current),
+            None => return Err(unreadable_version(event_type, event_version)),
+        }
+    };
+    read.map_err(|e| unparsable(&e))
+}
+
 /// Reads a logged notification event in the current shape, upcasting an old
 /// one that the reader has not upcast yet.
 pub fn decode(event: &LoggedEvent) -> Result<(NotificationId, NotificationEvent), String> {
     let id = parse_id(&event.aggregate_id)?;
-    let payload = if event.event_version == EVENT_VERSION {
-        NotificationEvent::deserialize(&event.payload)
-    } else {
-        match upcast::upcast(&event.event_type, &event.event_version, &event.payload) {
-            Some(current) => NotificationEvent::deserialize(&current),
-            None => return Err(unreadable_version(&event.event_type, &event.event_version)),
-        }
-    }
-    .map_err(|e| unparsable(&e))?;
+    let payload = from_value(&event.event_type, &event.event_version, &event.payload)?;
     Ok((id, payload))
 }
 
-/// Reads a notification event from its payload's JSON text straight into
-/// the current shape (no value tree in between), upcasting an old shape.
+/// Reads a notification event from its payload's JSON text: in the current
+/// shape straight from the text (no value tree in between), an old shape
+/// through a value tree and its upcaster.
 pub fn decode_json(event: EventRef, event_version: &str, payload: &[u8]) -> Decoded {
     let read = || {
         let id = parse_id(&event.aggregate_id)?;
-        let parsed = if event_version == EVENT_VERSION {
-            serde_json::from_slice::<NotificationEvent>(payload)
+        let payload = if event_version == EVENT_VERSION {
+            serde_json::from_slice::<NotificationEvent>(payload).map_err(|e| unparsable(&e))?
         } else {
             let old: serde_json::Value =
                 serde_json::from_slice(payload).map_err(|e| unparsable(&e))?;
-            match upcast::upcast(&event.event_type, event_version, &old) {
-                Some(current) => NotificationEvent::deserialize(&current),
-                None => return Err(unreadable_version(&event.event_type, event_version)),
-            }
+            from_value(&event.event_type, event_version, &old)?
         };
-        parsed.map(|p| (id, p)).map_err(|e| unparsable(&e))
+        Ok((id, payload))
     };
     let payload = read();
     Decoded { event, payload }

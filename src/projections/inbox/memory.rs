@@ -88,7 +88,7 @@ impl State {
         }
         let updates = page_updates(&before, &rows, last.position);
         self.store_rows(rows);
-        self.park_refused(&refused, events, |_| 1);
+        self.park_refused(&refused, events, 1);
         self.checkpoint = last.position;
         Ok(updates)
     }
@@ -106,15 +106,15 @@ impl State {
     }
 
     /// Parks refused events (found in `events`, in log order): a failure
-    /// with `attempts(refusal)` tries, a held event with none.
+    /// with `attempts` tries, a held event with none.
     pub(super) fn park_refused(
         &mut self,
         refused: &[Refusal],
         events: &[SharedEvent],
-        attempts: impl Fn(&Refusal) -> u32,
+        attempts: u32,
     ) {
         for refusal in refused {
-            self.park(refusal.parked(attempts(refusal)), events);
+            self.park(refusal.parked(attempts), events);
         }
     }
 
@@ -275,7 +275,7 @@ impl Projection for MemoryInbox {
             return Err(ProjectionError::CheckpointMoved { expected });
         }
         let refusal = Refusal::failed(event, error);
-        state.park_refused(&[refusal], std::slice::from_ref(event), |_| attempts);
+        state.park_refused(&[refusal], std::slice::from_ref(event), attempts);
         state.checkpoint = event.position;
         Ok(event.position)
     }
