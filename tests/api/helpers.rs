@@ -63,6 +63,21 @@ impl TestDb {
         admin(&self.url).await
     }
 
+    /// Appends one event to notification `id`'s stream in this database, as
+    /// another writer would (a newer release, say), bypassing the commands.
+    pub async fn append_raw(&self, id: &str, sequence: i64, event_type: &str, payload: Value) {
+        self.client()
+            .await
+            .execute(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                     event_version, payload, metadata)
+                 VALUES ('Notification', $1, $2, $3, '1.0', $4, '{}')",
+                &[&id, &sequence, &event_type, &payload],
+            )
+            .await
+            .expect("the raw event is appended");
+    }
+
     pub async fn drop_database(&self) {
         let _ = admin(&self.server_url)
             .await
@@ -206,18 +221,7 @@ impl TestApp {
     /// writer would (a newer release, say), bypassing the commands.
     pub async fn append_raw(&self, id: &str, sequence: i64, event_type: &str, payload: Value) {
         match &self.db {
-            Some(db) => {
-                db.client()
-                    .await
-                    .execute(
-                        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                                             event_version, payload, metadata)
-                         VALUES ('Notification', $1, $2, $3, '1.0', $4, '{}')",
-                        &[&id, &sequence, &event_type, &payload],
-                    )
-                    .await
-                    .expect("the raw event is appended");
-            }
+            Some(db) => db.append_raw(id, sequence, event_type, payload).await,
             None => {
                 let events = self
                     .state
@@ -344,12 +348,16 @@ pub fn max_cursor<'a>(cursors: impl IntoIterator<Item = &'a str>) -> String {
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),+ $(,)?) => {
+        on_both_backends!(spawned_by $crate::helpers::TestApp::spawn; $($name),+);
+    };
+    // `$spawn(backend, test)` starts the app (with settings of the test's own).
+    (spawned_by $spawn:path; $($name:ident),+ $(,)?) => {
         mod memory {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let app = $crate::helpers::TestApp::spawn(
-                        $crate::helpers::Backend::Memory, stringify!($name)).await
+                    let app = $spawn($crate::helpers::Backend::Memory, stringify!($name))
+                        .await
                         .expect("memory always runs");
                     super::$name(&app).await;
                     app.cleanup().await;
@@ -362,8 +370,10 @@ macro_rules! on_both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let test = concat!(module_path!(), "::", stringify!($name));
-                    let Some(app) = $crate::helpers::TestApp::spawn(
-                        $crate::helpers::Backend::Postgres, test).await else { return };
+                    let Some(app) = $spawn($crate::helpers::Backend::Postgres, test).await
+                    else {
+                        return;
+                    };
                     // Drop the test's database even when the scenario fails.
                     let outcome = std::panic::AssertUnwindSafe(super::$name(&app)).catch_unwind().await;
                     app.cleanup().await;

@@ -19,43 +19,8 @@ async fn spawn(backend: Backend, test: &str) -> Option<TestApp> {
     .await
 }
 
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let app = super::spawn(crate::helpers::Backend::Memory, stringify!($name))
-                        .await
-                        .expect("memory always runs");
-                    super::$name(&app).await;
-                    app.cleanup().await;
-                }
-            )+
-        }
-        mod postgres {
-            use futures_util::FutureExt;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let test = concat!(module_path!(), "::", stringify!($name));
-                    let Some(app) = super::spawn(crate::helpers::Backend::Postgres, test).await
-                    else {
-                        return;
-                    };
-                    let outcome =
-                        std::panic::AssertUnwindSafe(super::$name(&app)).catch_unwind().await;
-                    app.cleanup().await;
-                    if let Err(panic) = outcome {
-                        std::panic::resume_unwind(panic);
-                    }
-                }
-            )+
-        }
-    };
-}
-
-on_both!(
+on_both_backends!(
+    spawned_by super::spawn;
     a_poison_event_is_parked_with_what_follows_it_and_a_skip_applies_the_rest,
     a_rebuild_parks_what_the_live_projection_parked,
 );
@@ -446,22 +411,6 @@ async fn parked_events_are_one_list_across_instances_and_a_new_leader_keeps_park
         app.db = None; // dropped once, at the end
         app
     };
-    let raw = |id: String, sequence: i64, event_type: &'static str, payload: Value| {
-        let db = db.clone();
-        async move {
-            db.client()
-                .await
-                .execute(
-                    "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                                         event_version, payload, metadata)
-                     VALUES ('Notification', $1, $2, $3, '1.0', $4, '{}')",
-                    &[&id, &sequence, &event_type, &payload],
-                )
-                .await
-                .unwrap();
-        }
-    };
-
     let mut a = start().await;
     for _ in 0..100 {
         if leads(&a).await {
@@ -474,8 +423,10 @@ async fn parked_events_are_one_list_across_instances_and_a_new_leader_keeps_park
 
     // Parked on the leader, listed by the standby.
     let (x, n) = created(&a, "multi", "x").await;
-    raw(x.clone(), n + 1, "NotificationSnoozed", snoozed()).await;
-    raw(x.clone(), n + 2, "NotificationRead", read_event()).await;
+    db.append_raw(&x, n + 1, "NotificationSnoozed", snoozed())
+        .await;
+    db.append_raw(&x, n + 2, "NotificationRead", read_event())
+        .await;
     parked_reaches(&b, 2).await;
 
     // A skip on the standby reaches the leader's subscribers.
@@ -504,8 +455,10 @@ async fn parked_events_are_one_list_across_instances_and_a_new_leader_keeps_park
     }
     assert!(took_over, "the standby took over");
     let (y, m) = created(&b, "multi", "y").await;
-    raw(y.clone(), m + 1, "NotificationSnoozed", snoozed()).await;
-    raw(y.clone(), m + 2, "NotificationRead", read_event()).await;
+    db.append_raw(&y, m + 1, "NotificationSnoozed", snoozed())
+        .await;
+    db.append_raw(&y, m + 2, "NotificationRead", read_event())
+        .await;
     parked_reaches(&b, 2).await;
     let items = parked(&b).await;
     assert_eq!(items[0]["aggregate_id"], y.as_str());
