@@ -122,17 +122,6 @@ pub enum LogResponse {
     Ok(Json<LogPage>),
 }
 
-fn check_limit(limit: Option<i64>) -> Result<usize, ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid(
-            "query.limit",
-            format!("{limit} is out of range; use 1 to {MAX_LIMIT}"),
-        ));
-    }
-    Ok(limit as usize)
-}
-
 fn parse_after(after: Option<&str>) -> Result<Position, ApiError> {
     after
         .map(Position::parse_cursor)
@@ -165,7 +154,7 @@ impl EventsApi {
         limit: OaQuery<Option<i64>>,
     ) -> Result<AuditResponse, ApiError> {
         let id = NotificationId::parse(&id.0).map_err(|e| ApiError::not_found(e.0))?;
-        let limit = check_limit(limit.0)?;
+        let limit = super::page_limit(limit.0, DEFAULT_LIMIT, MAX_LIMIT)?;
         let after = after.0.unwrap_or(0);
         if after < 0 {
             return Err(ApiError::invalid("query.after", "must be 0 or more"));
@@ -200,7 +189,7 @@ impl EventsApi {
         #[oai(name = "type")]
         event_type: OaQuery<Option<String>>,
     ) -> Result<LogResponse, ApiError> {
-        let limit = check_limit(limit.0)?;
+        let limit = super::page_limit(limit.0, DEFAULT_LIMIT, MAX_LIMIT)?;
         let mut cursor = parse_after(after.0.as_deref())?;
         let mut events = Vec::new();
         let mut has_more = false;

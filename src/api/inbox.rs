@@ -104,13 +104,7 @@ impl InboxApi {
             .map(Category::parse)
             .transpose()
             .map_err(|e| ApiError::invalid("query.category", e.0))?;
-        let limit = limit.0.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::invalid(
-                "query.limit",
-                format!("{limit} is out of range; use 1 to {MAX_LIMIT}"),
-            ));
-        }
+        let limit = super::page_limit(limit.0, DEFAULT_LIMIT, MAX_LIMIT)?;
         let before = cursor
             .0
             .as_deref()
@@ -124,7 +118,7 @@ impl InboxApi {
             category,
             archived: archived.0.unwrap_or(false),
             before,
-            limit: limit as usize,
+            limit,
         };
         let page = match as_of.0.as_deref() {
             None => self.state.inbox.page(&query).await?,

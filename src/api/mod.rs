@@ -113,6 +113,19 @@ pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
         .around(context::with_request_context)
 }
 
+/// A page size from the `limit` query parameter: `default` when absent,
+/// refused (naming the range) outside 1..=`max`.
+pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        return Err(ApiError::invalid(
+            "query.limit",
+            format!("{limit} is out of range; use 1 to {max}"),
+        ));
+    }
+    Ok(limit as usize)
+}
+
 /// Waits until the inbox read model has reached `min_position`, if one is given.
 pub async fn wait_for_inbox(state: &AppState, min_position: Option<&str>) -> Result<(), ApiError> {
     let Some(raw) = min_position else {

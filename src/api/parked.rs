@@ -153,13 +153,7 @@ impl ParkedApi {
         limit: Query<Option<i64>>,
     ) -> Result<ParkedResponse, ApiError> {
         self.check_projection(&name.0)?;
-        let limit = limit.0.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::invalid(
-                "query.limit",
-                format!("{limit} is out of range; use 1 to {MAX_LIMIT}"),
-            ));
-        }
+        let limit = super::page_limit(limit.0, DEFAULT_LIMIT, MAX_LIMIT)?;
         let after = after
             .0
             .as_deref()
@@ -168,9 +162,9 @@ impl ParkedApi {
             .map_err(|e| ApiError::invalid("query.after", e.to_string()))?
             .unwrap_or(Position::START);
         let parking = &self.state.inbox_parking;
-        let mut items = parking.parked(after, limit as usize + 1).await?;
-        let more = items.len() > limit as usize;
-        items.truncate(limit as usize);
+        let mut items = parking.parked(after, limit + 1).await?;
+        let more = items.len() > limit;
+        items.truncate(limit);
         let next_cursor = more
             .then(|| items.last().map(|p| p.position.to_cursor()))
             .flatten();
