@@ -135,14 +135,21 @@ async fn insert(tx: &tokio_postgres::Transaction<'_>, batch: &[LogEvent]) -> any
     let sequences: Vec<i64> = batch.iter().map(|e| e.sequence).collect();
     let event_types: Vec<&str> = batch.iter().map(|e| e.event_type.as_str()).collect();
     let versions: Vec<&str> = batch.iter().map(|e| e.version.as_str()).collect();
-    let payloads: Vec<&serde_json::Value> = batch.iter().map(|e| &e.payload).collect();
-    let metadata: Vec<&serde_json::Value> = batch.iter().map(|e| &e.metadata).collect();
+    // As JSON text: an event exported as unreadable is stored as it was.
+    let (payloads, metadata): (Vec<String>, Vec<String>) = batch
+        .iter()
+        .map(|e| match &e.unreadable {
+            Some(raw) => (raw.payload.clone(), raw.metadata.clone()),
+            None => (e.payload.to_string(), e.metadata.to_string()),
+        })
+        .unzip();
     let n = tx
         .execute(
             "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                                  payload, metadata, recorded_at)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[],
-                                  $6::jsonb[], $7::jsonb[], $8::timestamptz[])",
+             SELECT t, i, s, et, v, p::jsonb, m::jsonb, r
+               FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[],
+                           $6::text[], $7::text[], $8::timestamptz[]) AS u(t, i, s, et, v, p, m, r)",
             &[
                 &types,
                 &ids,

@@ -40,6 +40,32 @@ pub struct AuditEvent {
     pub cursor: String,
     /// Who and why: request_id, correlation_id, causation_id, actor, command, ...
     pub metadata: serde_json::Value,
+    /// Present when the stored event cannot be read (`data` and `metadata`
+    /// are then null): why, and what it holds as stored.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<UnreadableView>,
+}
+
+/// A stored event this release cannot read.
+#[derive(Object, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableView {
+    /// What does not parse, in the parser's words.
+    pub error: String,
+    /// The payload as stored (JSON text).
+    pub payload: String,
+    /// The metadata as stored (JSON text).
+    pub metadata: String,
+}
+
+impl UnreadableView {
+    fn of(e: &LoggedEvent) -> Option<Self> {
+        e.unreadable.as_ref().map(|u| Self {
+            error: u.error.clone(),
+            payload: u.payload.clone(),
+            metadata: u.metadata.clone(),
+        })
+    }
 }
 
 /// One event as the global log (and an NDJSON export line) holds it.
@@ -57,6 +83,12 @@ pub struct LogEvent {
     pub payload: serde_json::Value,
     pub metadata: serde_json::Value,
     pub recorded_at: String,
+    /// Present when the stored event cannot be read (`payload` and
+    /// `metadata` are then null): why, and what it holds as stored. An
+    /// import stores it as it was.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<UnreadableView>,
 }
 
 impl From<&LoggedEvent> for LogEvent {
@@ -71,6 +103,7 @@ impl From<&LoggedEvent> for LogEvent {
             payload: e.payload.clone(),
             metadata: (*e.metadata).clone(),
             recorded_at: rfc3339(e.recorded_at),
+            unreadable: UnreadableView::of(e),
         }
     }
 }
@@ -90,6 +123,7 @@ fn audit_event(e: &LoggedEvent) -> AuditEvent {
         recorded_at: rfc3339(e.recorded_at),
         cursor: e.position.to_cursor(),
         metadata: (*e.metadata).clone(),
+        unreadable: UnreadableView::of(e),
     }
 }
 

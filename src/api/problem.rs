@@ -225,8 +225,16 @@ impl From<CommandError> for ApiError {
                 "Idempotency-Key reused",
                 format!("{err}; use a new key for a different request"),
             ),
+            CommandError::Unreadable(_) => Self::conflict(
+                "unreadable-event",
+                "The notification's history cannot be read",
+                format!(
+                    "{err}; commands on this notification are refused until a release that \
+                     reads that event is deployed (operators: see the poison-event runbook)"
+                ),
+            ),
             CommandError::Unavailable(_) => {
-                error!(error = %err, "event store unavailable");
+                error!(error = %error_chain(&err), "event store unavailable");
                 Self::unavailable("the event store is unavailable; retry shortly")
             }
             CommandError::Internal(_) => Self::internal(&err),
@@ -247,8 +255,8 @@ impl From<StorageError> for ApiError {
     fn from(err: StorageError) -> Self {
         match err {
             StorageError::Unavailable(_) => {
-                error!(error = %err, "read model unavailable");
-                Self::unavailable("the read model is unavailable; retry shortly")
+                error!(error = %error_chain(&err), "storage unavailable");
+                Self::unavailable("the store is unavailable; retry shortly")
             }
             StorageError::Backend(_) => Self::internal(&err),
         }

@@ -17,7 +17,6 @@ use cqrs_es::persist::{
     EventStoreAggregateContext, PersistedEventStore, PersistenceError, SerializedEvent,
 };
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
-use postgres_es::PostgresEventRepository;
 use std::sync::Arc;
 use tracing::{instrument, warn};
 
@@ -27,62 +26,59 @@ use crate::domain::{
     NewNotification, Notification, NotificationCommand, NotificationError, NotificationEvent,
     NotificationId, Timestamp,
 };
+use crate::storage::error::chain_is_outage;
 use crate::storage::memory::MemoryEventStore;
-use crate::storage::postgres::{AppendError, PgAppender, PgPools};
+use crate::storage::postgres::{AppendError, PgAppender, PgEventLog, PgPools};
+use crate::storage::repository::{LogRepository, UnreadableEvent};
 use crate::storage::upcast::upcasters;
-use crate::storage::{error_chain, AppendSignal, EventLog, Position, StorageError};
+use crate::storage::{AppendSignal, Cause, EventLog, Position, StorageError};
 
 /// Where a notification's events are loaded from and appended to.
 ///
 /// Loading goes through cqrs-es's plain event store (its snapshot stores apply
-/// events twice); appending goes through each backend's own append, which
-/// checks the stream's version and reports the global positions the events
-/// landed at, so a command can answer with its cursor.
-pub enum NotificationStore {
-    Memory {
-        loader: PersistedEventStore<MemoryEventStore, Notification>,
-        events: MemoryEventStore,
-    },
-    Postgres {
-        loader: PersistedEventStore<PostgresEventRepository, Notification>,
-        appender: PgAppender,
-    },
+/// events twice) over the log reader (`LogRepository`), the same on both
+/// backends; appending goes through each backend's own append, which checks
+/// the stream's version and reports the global positions the events landed
+/// at, so a command can answer with its cursor.
+pub struct NotificationStore {
+    loader: PersistedEventStore<LogRepository, Notification>,
+    appender: Appender,
+}
+
+enum Appender {
+    Memory(MemoryEventStore),
+    Postgres(PgAppender),
 }
 
 type Ctx = EventStoreAggregateContext<Notification>;
 type AggErr = AggregateError<NotificationError>;
 
 impl NotificationStore {
-    pub fn memory(events: MemoryEventStore) -> Self {
-        Self::Memory {
-            loader: PersistedEventStore::new_event_store(events.clone())
+    fn new(log: Arc<dyn EventLog>, appender: Appender) -> Self {
+        Self {
+            loader: PersistedEventStore::new_event_store(LogRepository::new(log))
                 .with_upcasters(upcasters()),
-            events,
+            appender,
         }
+    }
+
+    pub fn memory(events: MemoryEventStore) -> Self {
+        Self::new(Arc::new(events.clone()), Appender::Memory(events))
     }
 
     pub fn postgres(pools: &PgPools) -> Self {
-        Self::Postgres {
-            loader: PersistedEventStore::new_event_store(PostgresEventRepository::new(
-                pools.sqlx.clone(),
-            ))
-            .with_upcasters(upcasters()),
-            appender: PgAppender::new(pools.deadpool.clone()),
-        }
+        Self::new(
+            Arc::new(PgEventLog::new(pools.deadpool.clone())),
+            Appender::Postgres(PgAppender::new(pools.deadpool.clone())),
+        )
     }
 
     async fn load(&self, id: &str) -> Result<Ctx, AggErr> {
-        match self {
-            Self::Memory { loader, .. } => loader.load_aggregate(id).await,
-            Self::Postgres { loader, .. } => loader.load_aggregate(id).await,
-        }
+        self.loader.load_aggregate(id).await
     }
 
     async fn load_events(&self, id: &str) -> Result<Vec<EventEnvelope<Notification>>, AggErr> {
-        match self {
-            Self::Memory { loader, .. } => loader.load_events(id).await,
-            Self::Postgres { loader, .. } => loader.load_events(id).await,
-        }
+        self.loader.load_events(id).await
     }
 
     /// Appends `events` after the sequence `ctx` was loaded at; their positions,
@@ -105,13 +101,13 @@ impl NotificationStore {
                 })
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| CommandError::Internal(error_chain(&e)))?;
-        match self {
-            Self::Memory { events, .. } => events.append(serialized).map_err(|e| match e {
+            .map_err(|e| CommandError::Internal(Box::new(e)))?;
+        match &self.appender {
+            Appender::Memory(events) => events.append(serialized).map_err(|e| match e {
                 PersistenceError::OptimisticLockError => CommandError::Conflict { attempts: 1 },
-                other => CommandError::Internal(error_chain(&other)),
+                other => CommandError::Internal(Box::new(other)),
             }),
-            Self::Postgres { appender, .. } => {
+            Appender::Postgres(appender) => {
                 appender.append(&serialized).await.map_err(|e| match e {
                     AppendError::Conflict => CommandError::Conflict { attempts: 1 },
                     AppendError::Storage(e) => e.into(),
@@ -143,45 +139,49 @@ pub enum CommandError {
     Conflict { attempts: u32 },
     #[error("Idempotency-Key `{0}` was already used with a different request")]
     IdempotencyMismatch(String),
-    #[error("the event store is unavailable: {0}")]
-    Unavailable(String),
-    #[error("unexpected event store failure: {0}")]
-    Internal(String),
+    /// The aggregate's history holds an event this release cannot read, so
+    /// it cannot be loaded to decide anything.
+    #[error(transparent)]
+    Unreadable(#[from] UnreadableEvent),
+    #[error("the event store is unavailable")]
+    Unavailable(#[source] Cause),
+    #[error("unexpected event store failure")]
+    Internal(#[source] Cause),
 }
 
 impl From<StorageError> for CommandError {
     fn from(err: StorageError) -> Self {
         match err {
-            StorageError::Unavailable(e) => Self::Unavailable(e),
-            StorageError::Backend(e) => Self::Internal(e),
+            StorageError::Unavailable(cause) => Self::Unavailable(cause),
+            StorageError::Backend(cause) => Self::Internal(cause),
         }
     }
-}
-
-fn is_unavailable(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    matches!(
-        err.downcast_ref::<sqlx::Error>(),
-        Some(
-            sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::WorkerCrashed
-        )
-    )
 }
 
 fn storage_failure(err: AggErr) -> CommandError {
     match err {
         AggregateError::UserError(e) => CommandError::Rejected(e),
         AggregateError::AggregateConflict => CommandError::Conflict { attempts: 1 },
-        AggregateError::DatabaseConnectionError(e) => CommandError::Unavailable(error_chain(&*e)),
-        AggregateError::DeserializationError(e) => CommandError::Internal(error_chain(&*e)),
-        AggregateError::UnexpectedError(e) if is_unavailable(&*e) => {
-            CommandError::Unavailable(error_chain(&*e))
-        }
-        AggregateError::UnexpectedError(e) => CommandError::Internal(error_chain(&*e)),
+        AggregateError::DatabaseConnectionError(e) => CommandError::Unavailable(e),
+        AggregateError::UnexpectedError(e) if chain_is_outage(&*e) => CommandError::Unavailable(e),
+        AggregateError::DeserializationError(e) => match e.downcast::<UnreadableEvent>() {
+            Ok(unreadable) => CommandError::Unreadable(*unreadable),
+            Err(e) => CommandError::Internal(e),
+        },
+        AggregateError::UnexpectedError(e) => CommandError::Internal(e),
     }
+}
+
+/// Why a stored event cannot be loaded into an aggregate: its payload (as
+/// cqrs-es reads it, through the upcasters) or its metadata (a map of
+/// strings) does not read.
+fn unloadable(event: &crate::storage::LoggedEvent) -> Option<String> {
+    if let Err(reason) = event.decode::<NotificationEvent>() {
+        return Some(reason);
+    }
+    serde_json::from_value::<HashMap<String, String>>((*event.metadata).clone())
+        .err()
+        .map(|e| format!("the metadata is not a map of strings: {e}"))
 }
 
 /// How a create ended.
@@ -207,9 +207,9 @@ impl CommandService {
     /// for appending events as another writer would (an older or newer
     /// release, an import), which tests of the projections need.
     pub fn memory_events(&self) -> Option<&MemoryEventStore> {
-        match &self.store {
-            NotificationStore::Memory { events, .. } => Some(events),
-            NotificationStore::Postgres { .. } => None,
+        match &self.store.appender {
+            Appender::Memory(events) => Some(events),
+            Appender::Postgres(_) => None,
         }
     }
 
@@ -262,10 +262,10 @@ impl CommandService {
                     current_snapshot: None,
                 }
             } else {
-                self.store
-                    .load(&aggregate_id)
-                    .await
-                    .map_err(storage_failure)?
+                match self.store.load(&aggregate_id).await {
+                    Ok(ctx) => ctx,
+                    Err(e) => return Err(self.load_failure(&aggregate_id, e).await),
+                }
             };
             let sink = EventSink::default();
             ctx.aggregate
@@ -345,15 +345,14 @@ impl CommandService {
         hash: &str,
     ) -> Result<Created, CommandError> {
         let aggregate_id = id.to_string();
-        let events = self
-            .store
-            .load_events(&aggregate_id)
-            .await
-            .map_err(storage_failure)?;
+        let events = match self.store.load_events(&aggregate_id).await {
+            Ok(events) => events,
+            Err(e) => return Err(self.load_failure(&aggregate_id, e).await),
+        };
         let Some(first) = events.first() else {
-            return Err(CommandError::Internal(format!(
-                "notification {id} exists but has no events"
-            )));
+            return Err(CommandError::Internal(
+                format!("notification {id} exists but has no events").into(),
+            ));
         };
         let get = |k: &str| first.metadata.get(k).map(String::as_str);
         if get(metadata::IDEMPOTENCY_KEY) != Some(key) || get(metadata::REQUEST_HASH) != Some(hash)
@@ -378,10 +377,58 @@ impl CommandService {
             .position_of(Notification::TYPE, aggregate_id, sequence)
             .await?
             .ok_or_else(|| {
-                CommandError::Internal(format!(
-                    "event {sequence} of {aggregate_id} was committed but is not in the log"
-                ))
+                CommandError::Internal(
+                    format!(
+                        "event {sequence} of {aggregate_id} was committed but is not in the log"
+                    )
+                    .into(),
+                )
             })
+    }
+
+    /// What a failed load means. A failure that is neither an outage nor a
+    /// conflict is looked into: when an event of the stream cannot be read,
+    /// the answer names it (the caller can do nothing about it, but an
+    /// operator can), instead of an opaque internal error.
+    async fn load_failure(&self, aggregate_id: &str, err: AggErr) -> CommandError {
+        let err = storage_failure(err);
+        if let CommandError::Unreadable(unreadable) = &err {
+            warn!(%unreadable, "a command met an unreadable event");
+        }
+        if !matches!(err, CommandError::Internal(_)) {
+            return err;
+        }
+        match self.first_unreadable(aggregate_id).await {
+            Ok(Some(unreadable)) => {
+                warn!(%unreadable, "a command met an unreadable event");
+                CommandError::Unreadable(unreadable)
+            }
+            Ok(None) => err,
+            Err(e) => e.into(),
+        }
+    }
+
+    /// The first event of `aggregate_id`'s stream that cannot be loaded.
+    async fn first_unreadable(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<UnreadableEvent>, StorageError> {
+        let mut after = 0;
+        loop {
+            let page = self
+                .log
+                .stream(Notification::TYPE, aggregate_id, after, 1000)
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(None);
+            };
+            after = last.sequence;
+            for event in &page {
+                if let Some(reason) = unloadable(event) {
+                    return Ok(Some(UnreadableEvent::of(event, reason)));
+                }
+            }
+        }
     }
 
     /// Proves the event store answers (readiness).

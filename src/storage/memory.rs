@@ -1,19 +1,17 @@
 //! The in-memory event store: zero set-up, gone at exit.
 //!
 //! cqrs-es's own `MemStore` has no optimistic-concurrency check, so this is a
-//! `PersistedEventRepository` of ours: an append checks the stream's version
-//! under the same lock that assigns global positions, so positions are commit
-//! order and a stale writer gets `OptimisticLockError`.
+//! store of ours: an append checks the stream's version under the same lock
+//! that assigns global positions, so positions are commit order and a stale
+//! writer gets `OptimisticLockError`. Aggregates load through the log
+//! reader, as on PostgreSQL (`storage::repository`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use chrono::{SubsecRound, Utc};
-use cqrs_es::persist::{
-    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
-};
-use cqrs_es::Aggregate;
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use serde_json::Value;
 
 use super::{AppendSignal, EventLog, LoggedEvent, Position, SharedEvent, StorageError};
@@ -81,21 +79,6 @@ impl MemoryEventStore {
         self.log.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn stream_events(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        after: i64,
-    ) -> Vec<SerializedEvent> {
-        let log = self.read();
-        log.stream(aggregate_type, aggregate_id)
-            .iter()
-            .map(|&i| log.get(i))
-            .filter(|e| e.sequence > after)
-            .map(|e| to_serialized(e))
-            .collect()
-    }
-
     /// Appends events of one stream if the stream is still at the version the
     /// writer loaded, and returns their global positions.
     pub fn append(&self, events: Vec<SerializedEvent>) -> Result<Vec<Position>, PersistenceError> {
@@ -143,6 +126,7 @@ impl MemoryEventStore {
                         _ => metadata.insert(Arc::new(event.metadata)).clone(),
                     },
                     recorded_at,
+                    unreadable: None,
                 });
             }
             log.streams.entry(key).or_default().extend(indexes);
@@ -150,78 +134,6 @@ impl MemoryEventStore {
         };
         self.signal.notify();
         Ok(positions)
-    }
-}
-
-fn to_serialized(e: &LoggedEvent) -> SerializedEvent {
-    SerializedEvent::new(
-        e.aggregate_id.clone(),
-        e.sequence as usize,
-        e.aggregate_type.clone(),
-        e.event_type.clone(),
-        e.event_version.clone(),
-        e.payload.clone(),
-        (*e.metadata).clone(),
-    )
-}
-
-async fn replay(events: Vec<SerializedEvent>) -> ReplayStream {
-    let (mut feed, stream) = ReplayStream::new(events.len().max(1));
-    for event in events {
-        // The channel holds them all, so pushing cannot block or fail.
-        let _ = feed.push(Ok(event)).await;
-    }
-    stream
-}
-
-impl PersistedEventRepository for MemoryEventStore {
-    async fn get_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        Ok(self.stream_events(A::TYPE, aggregate_id, 0))
-    }
-
-    async fn get_last_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-        last_sequence: usize,
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        Ok(self.stream_events(A::TYPE, aggregate_id, last_sequence as i64))
-    }
-
-    async fn get_snapshot<A: Aggregate>(
-        &self,
-        _aggregate_id: &str,
-    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        Ok(None)
-    }
-
-    async fn persist<A: Aggregate>(
-        &self,
-        events: &[SerializedEvent],
-        _snapshot_update: Option<(String, Value, usize)>,
-    ) -> Result<(), PersistenceError> {
-        self.append(events.to_vec()).map(drop)
-    }
-
-    async fn stream_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<ReplayStream, PersistenceError> {
-        Ok(replay(self.stream_events(A::TYPE, aggregate_id, 0)).await)
-    }
-
-    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
-        let events: Vec<_> = {
-            let log = self.read();
-            (0..log.len)
-                .map(|i| log.get(i))
-                .filter(|e| e.aggregate_type == A::TYPE)
-                .map(|e| to_serialized(e))
-                .collect()
-        };
-        Ok(replay(events).await)
     }
 }
 

@@ -4,9 +4,11 @@
 //! Two backends: `memory` (the default, nothing kept after exit) and
 //! `postgres` (events through postgres-es, read models through deadpool-postgres).
 
+pub mod error;
 pub mod memory;
 pub mod position;
 pub mod postgres;
+pub mod repository;
 pub mod upcast;
 
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+pub use error::{error_chain, Cause, StorageError};
 pub use position::{CursorError, Position};
 
 /// One committed event as the global log holds it.
@@ -31,60 +34,37 @@ pub struct LoggedEvent {
     /// Shared: the events of one command carry the same metadata.
     pub metadata: Arc<serde_json::Value>,
     pub recorded_at: DateTime<Utc>,
+    /// Set when the stored payload or metadata cannot be read back (JSON
+    /// nested deeper than the parser follows, a number it cannot hold):
+    /// `payload` and `metadata` are then null. Every reader treats such an
+    /// event as one it cannot apply, never as an outage.
+    pub unreadable: Option<Arc<Unreadable>>,
+}
+
+/// Why a stored event cannot be read, and what it holds as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// Which column, and the parser's words.
+    pub error: String,
+    /// The payload and metadata as stored (JSON text), so an export can
+    /// carry the event unchanged.
+    pub payload: String,
+    pub metadata: String,
+}
+
+impl LoggedEvent {
+    /// The payload as the current shape of `E` (upcast from an older event
+    /// version when there is an upcaster); why not, in words, otherwise.
+    pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, String> {
+        if let Some(unreadable) = &self.unreadable {
+            return Err(unreadable.error.clone());
+        }
+        upcast::decode_payload(&self.event_type, &self.event_version, &self.payload)
+    }
 }
 
 /// Events are read once and shared by every projection that gets them.
 pub type SharedEvent = Arc<LoggedEvent>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    /// The backend cannot be reached (connection refused, pool timed out).
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else the backend said.
-    #[error("storage error: {0}")]
-    Backend(String),
-}
-
-impl From<tokio_postgres::Error> for StorageError {
-    fn from(err: tokio_postgres::Error) -> Self {
-        if err.is_closed() || err.as_db_error().is_none() {
-            Self::Unavailable(error_chain(&err))
-        } else {
-            Self::Backend(error_chain(&err))
-        }
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for StorageError {
-    fn from(err: deadpool_postgres::PoolError) -> Self {
-        Self::Unavailable(error_chain(&err))
-    }
-}
-
-impl From<sqlx::Error> for StorageError {
-    fn from(err: sqlx::Error) -> Self {
-        match err {
-            sqlx::Error::Database(_) => Self::Backend(error_chain(&err)),
-            _ => Self::Unavailable(error_chain(&err)),
-        }
-    }
-}
-
-/// "error: cause: cause" in one line, for logs and opaque wrappers.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
 
 /// Reads the global log in commit order.
 #[async_trait]

@@ -1,6 +1,6 @@
-//! PostgreSQL: events through postgres-es (a sqlx pool we build ourselves, so an
-//! unreachable database is a clear start-up error instead of postgres-es's
-//! panic), the global log and read models through deadpool-postgres.
+//! PostgreSQL: events, the global log and read models through
+//! deadpool-postgres; migrations through sqlx's migrator on a connection of
+//! their own.
 //!
 //! The global log is read with the xid8 recipe of DESIGN.md: an event is handed
 //! out only once every transaction that could commit before it has finished,
@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
-use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
-use super::{error_chain, EventLog, LoggedEvent, Position, SharedEvent, StorageError};
+use tokio_postgres::types::{FromSql, Type};
+
+use super::{error_chain, EventLog, LoggedEvent, Position, SharedEvent, StorageError, Unreadable};
 
 /// Migrations embedded at build time from `migrations/`, applied by sqlx's migrator.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -25,12 +26,12 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// projector back (it pins the snapshot horizon), so the server ends it.
 const SESSION_SETTINGS: &[(&str, &str)] = &[("idle_in_transaction_session_timeout", "15s")];
 
-/// Both pools to one database.
+/// The connections to one database.
 #[derive(Clone)]
 pub struct PgPools {
-    /// For postgres-es (events) and migrations.
-    pub sqlx: PgPool,
-    /// For the log reader, read models and checkpoints.
+    /// For migrations (one connection while they run).
+    pub sqlx: PgConnectOptions,
+    /// For appends, the log reader, read models and checkpoints.
     pub deadpool: Pool,
     /// For connections of their own (the projector leader's lock).
     pub pg_config: tokio_postgres::Config,
@@ -74,14 +75,7 @@ pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<PgPools> {
     if !explicit_ssl && is_local(&opts) {
         opts = opts.ssl_mode(PgSslMode::Disable);
     }
-    opts = opts.options(SESSION_SETTINGS.iter().copied());
-    let sqlx = PgPoolOptions::new()
-        .max_connections(pool_size)
-        .min_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(opts)
-        .await
-        .with_context(|| format!("cannot connect to PostgreSQL at `{shown}` (DATABASE_URL)"))?;
+    let sqlx = opts.options(SESSION_SETTINGS.iter().copied());
 
     let mut pg_config = tokio_postgres::Config::from_str(url)
         .with_context(|| format!("DATABASE_URL `{shown}` is not a PostgreSQL URL"))?;
@@ -143,10 +137,16 @@ pub fn deployment_channel(config: &tokio_postgres::Config) -> String {
 /// (sqlx's migrator takes an advisory lock).
 pub async fn migrate(pools: &PgPools) -> anyhow::Result<()> {
     use anyhow::Context;
-    MIGRATOR
-        .run(&pools.sqlx)
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect_with(&pools.sqlx)
         .await
-        .context("applying database migrations failed")
+        .context("cannot connect to PostgreSQL to apply migrations")?;
+    MIGRATOR
+        .run(&mut connection)
+        .await
+        .context("applying database migrations failed")?;
+    connection.close().await.ok();
+    Ok(())
 }
 
 /// Why an append did not happen.
@@ -285,28 +285,128 @@ SELECT transaction_id::text::bigint AS tx, global_position
   FROM events
  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3";
 
-pub fn row_to_event(row: &tokio_postgres::Row) -> Result<LoggedEvent, tokio_postgres::Error> {
-    let mut event = raw_row_to_event(row)?;
-    super::upcast::upcast_logged(
-        &event.event_type,
-        &mut event.event_version,
-        &mut event.payload,
-    );
-    Ok(event)
+/// A JSON or JSONB column as its text, without building a value tree.
+pub struct RawJson<'a>(pub &'a [u8]);
+
+impl<'a> FromSql<'a> for RawJson<'a> {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            match raw.split_first() {
+                Some((1, text)) => Ok(Self(text)),
+                _ => Err("unsupported JSONB encoding version".into()),
+            }
+        } else {
+            Ok(Self(raw))
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::JSON | Type::JSONB)
+    }
 }
 
-fn raw_row_to_event(row: &tokio_postgres::Row) -> Result<LoggedEvent, tokio_postgres::Error> {
-    Ok(LoggedEvent {
+/// Why stored metadata does not read as JSON, in the words a payload's
+/// refusal uses.
+pub fn unreadable_metadata(e: &serde_json::Error) -> String {
+    super::upcast::unparsable(e).replacen("payload", "metadata", 1)
+}
+
+/// Whether `text` reads as JSON by the same rules a value tree is parsed
+/// with (nesting limit, number range), without building the tree.
+pub fn check_json(text: &[u8]) -> Result<(), serde_json::Error> {
+    struct Checked;
+    impl<'de> serde::Deserialize<'de> for Checked {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(CheckedVisitor)
+        }
+    }
+    struct CheckedVisitor;
+    impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+        type Value = Checked;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_unit<E>(self) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+            while seq.next_element::<Checked>()?.is_some() {}
+            Ok(Checked)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+            while map
+                .next_entry::<serde::de::IgnoredAny, Checked>()?
+                .is_some()
+            {}
+            Ok(Checked)
+        }
+    }
+    serde_json::from_slice::<Checked>(text).map(drop)
+}
+
+/// A logged event from its row, upcast to the current shape. A payload or
+/// metadata that does not parse makes an unreadable event, not an error: a
+/// bad row must not look like an outage.
+pub fn row_to_event(row: &tokio_postgres::Row) -> Result<LoggedEvent, tokio_postgres::Error> {
+    let RawJson(payload) = row.try_get("payload")?;
+    let RawJson(metadata) = row.try_get("metadata")?;
+    let parsed = serde_json::from_slice::<serde_json::Value>(payload)
+        .map_err(|e| super::upcast::unparsable(&e))
+        .and_then(|p| {
+            serde_json::from_slice::<serde_json::Value>(metadata)
+                .map(|m| (p, m))
+                .map_err(|e| unreadable_metadata(&e))
+        });
+    let (payload, metadata, unreadable) = match parsed {
+        Ok((payload, metadata)) => (payload, metadata, None),
+        Err(error) => (
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+            Some(Arc::new(Unreadable {
+                error,
+                payload: String::from_utf8_lossy(payload).into_owned(),
+                metadata: String::from_utf8_lossy(metadata).into_owned(),
+            })),
+        ),
+    };
+    let mut event = LoggedEvent {
         position: Position::new(row.try_get("tx")?, row.try_get("global_position")?),
         aggregate_type: row.try_get("aggregate_type")?,
         aggregate_id: row.try_get("aggregate_id")?,
         sequence: row.try_get("sequence")?,
         event_type: row.try_get("event_type")?,
         event_version: row.try_get("event_version")?,
-        payload: row.try_get("payload")?,
-        metadata: Arc::new(row.try_get("metadata")?),
+        payload,
+        metadata: Arc::new(metadata),
         recorded_at: row.try_get("recorded_at")?,
-    })
+        unreadable,
+    };
+    if event.unreadable.is_none() {
+        super::upcast::upcast_logged(
+            &event.event_type,
+            &mut event.event_version,
+            &mut event.payload,
+        );
+    }
+    Ok(event)
 }
 
 #[async_trait]
@@ -410,7 +510,48 @@ impl EventLog for PgEventLog {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{check_json, redact};
+    use proptest::prelude::*;
+
+    fn nested(depth: usize, leaf: &str) -> String {
+        format!("{}{leaf}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn checking_json_refuses_exactly_what_a_value_tree_refuses() {
+        for text in [
+            nested(127, "1"),
+            nested(128, "1"),
+            nested(129, "1"),
+            nested(5000, ""),
+            r#"{"a": 1e400}"#.to_owned(),
+            r#"{"a": -1e308, "b": [1.5e-320, 18446744073709551615]}"#.to_owned(),
+            r#"{"a": "\u0041", "b": {"c": null, "d": true}}"#.to_owned(),
+        ] {
+            let as_value = serde_json::from_str::<serde_json::Value>(&text).is_ok();
+            assert_eq!(
+                check_json(text.as_bytes()).is_ok(),
+                as_value,
+                "{}",
+                &text[..text.len().min(40)]
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn checking_agrees_with_parsing_on_any_nesting(depth in 0usize..300, object in any::<bool>()) {
+            let text = if object {
+                format!("{}1{}", "{\"k\":".repeat(depth), "}".repeat(depth))
+            } else {
+                nested(depth, "1")
+            };
+            prop_assert_eq!(
+                check_json(text.as_bytes()).is_ok(),
+                serde_json::from_str::<serde_json::Value>(&text).is_ok()
+            );
+        }
+    }
 
     #[test]
     fn passwords_are_hidden_in_urls_shown_to_people() {

@@ -43,6 +43,56 @@ fn created_from_0_9(payload: &Value) -> Value {
     json!({ "NotificationCreated": new })
 }
 
+fn unreadable_version(event_type: &str, version: &str) -> String {
+    format!(
+        "event version {version} of {event_type} is not one this release reads (it reads {EVENT_VERSION})"
+    )
+}
+
+/// Why a payload does not parse, the same whether it was read from text or
+/// from a value tree (only text parsing knows a line and column).
+pub fn unparsable(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let at = format!(" at line {} column {}", e.line(), e.column());
+    let why = text.strip_suffix(&at).unwrap_or(&text);
+    format!("the payload does not parse: {why}")
+}
+
+/// A payload in the shape `event_version` gave it, as the current shape of
+/// `E`: upcast when it is an old one, refused when this release does not
+/// know the version.
+pub fn decode_payload<E: serde::de::DeserializeOwned>(
+    event_type: &str,
+    event_version: &str,
+    payload: &Value,
+) -> Result<E, String> {
+    let read = if event_version == EVENT_VERSION {
+        E::deserialize(payload)
+    } else {
+        match upcast(event_type, event_version, payload) {
+            Some(current) => E::deserialize(current),
+            None => return Err(unreadable_version(event_type, event_version)),
+        }
+    };
+    read.map_err(|e| unparsable(&e))
+}
+
+/// Reads an event of `E` from its payload's JSON text: in the current shape
+/// straight from the text (no value tree in between), an old shape through
+/// a value tree and its upcaster.
+pub fn decode_text<E: serde::de::DeserializeOwned>(
+    event_type: &str,
+    event_version: &str,
+    payload: &[u8],
+) -> Result<E, String> {
+    if event_version == EVENT_VERSION {
+        serde_json::from_slice::<E>(payload).map_err(|e| unparsable(&e))
+    } else {
+        let old: Value = serde_json::from_slice(payload).map_err(|e| unparsable(&e))?;
+        decode_payload(event_type, event_version, &old)
+    }
+}
+
 /// Upcasts a logged event in place (payload and version).
 pub fn upcast_logged(event_type: &str, version: &mut String, payload: &mut Value) {
     if let Some(new) = upcast(event_type, version, payload) {

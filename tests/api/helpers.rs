@@ -78,6 +78,28 @@ impl TestDb {
             .expect("the raw event is appended");
     }
 
+    /// Appends one event whose payload and metadata are given as JSON text
+    /// (PostgreSQL stores JSON that tidings' reader may not read back).
+    pub async fn append_raw_text(
+        &self,
+        id: &str,
+        sequence: i64,
+        event_type: &str,
+        payload: &str,
+        metadata: &str,
+    ) {
+        self.client()
+            .await
+            .execute(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                     event_version, payload, metadata)
+                 VALUES ('Notification', $1, $2, $3, '1.0', $4::text::jsonb, $5::text::jsonb)",
+                &[&id, &sequence, &event_type, &payload, &metadata],
+            )
+            .await
+            .expect("the raw event is appended");
+    }
+
     pub async fn drop_database(&self) {
         let _ = admin(&self.server_url)
             .await

@@ -11,12 +11,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use cqrs_es::Aggregate;
-use serde::Deserialize;
 
 use super::InboxRow;
-use crate::domain::{
-    Channel, Lifecycle, Notification, NotificationEvent, NotificationId, EVENT_VERSION,
-};
+use crate::domain::{Channel, Lifecycle, Notification, NotificationEvent, NotificationId};
 use crate::projections::parked::ParkedEvent;
 use crate::projections::ProjectionError;
 use crate::storage::{upcast, LoggedEvent, Position, SharedEvent};
@@ -69,50 +66,16 @@ pub struct Decoded {
     pub payload: Result<(NotificationId, NotificationEvent), String>,
 }
 
-fn unreadable_version(event_type: &str, version: &str) -> String {
-    format!(
-        "event version {version} of {event_type} is not one this release reads (it reads {EVENT_VERSION})"
-    )
-}
-
-/// Why a payload does not parse, the same whether it was read from text or
-/// from a value tree (only text parsing knows a line and column).
-fn unparsable(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    let at = format!(" at line {} column {}", e.line(), e.column());
-    let why = text.strip_suffix(&at).unwrap_or(&text);
-    format!("the payload does not parse: {why}")
-}
-
 fn parse_id(aggregate_id: &str) -> Result<NotificationId, String> {
     NotificationId::parse(aggregate_id)
         .map_err(|e| format!("the aggregate id is not a notification id: {}", e.0))
-}
-
-/// A payload in the shape `event_version` gave it, in the current shape:
-/// upcast when it is an old one, refused when this release does not know it.
-fn from_value(
-    event_type: &str,
-    event_version: &str,
-    payload: &serde_json::Value,
-) -> Result<NotificationEvent, String> {
-    let read = if event_version == EVENT_VERSION {
-        NotificationEvent::deserialize(payload)
-    } else {
-        match upcast::upcast(event_type, event_version, payload) {
-            Some(current) => NotificationEvent::deserialize(&current),
-            None => return Err(unreadable_version(event_type, event_version)),
-        }
-    };
-    read.map_err(|e| unparsable(&e))
 }
 
 /// Reads a logged notification event in the current shape, upcasting an old
 /// one that the reader has not upcast yet.
 pub fn decode(event: &LoggedEvent) -> Result<(NotificationId, NotificationEvent), String> {
     let id = parse_id(&event.aggregate_id)?;
-    let payload = from_value(&event.event_type, &event.event_version, &event.payload)?;
-    Ok((id, payload))
+    Ok((id, event.decode()?))
 }
 
 /// Reads a notification event from its payload's JSON text: in the current
@@ -121,14 +84,10 @@ pub fn decode(event: &LoggedEvent) -> Result<(NotificationId, NotificationEvent)
 pub fn decode_json(event: EventRef, event_version: &str, payload: &[u8]) -> Decoded {
     let read = || {
         let id = parse_id(&event.aggregate_id)?;
-        let payload = if event_version == EVENT_VERSION {
-            serde_json::from_slice::<NotificationEvent>(payload).map_err(|e| unparsable(&e))?
-        } else {
-            let old: serde_json::Value =
-                serde_json::from_slice(payload).map_err(|e| unparsable(&e))?;
-            from_value(&event.event_type, event_version, &old)?
-        };
-        Ok((id, payload))
+        Ok((
+            id,
+            upcast::decode_text(&event.event_type, event_version, payload)?,
+        ))
     };
     let payload = read();
     Decoded { event, payload }
@@ -316,6 +275,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::domain::EVENT_VERSION;
 
     fn logged(
         n: i64,
@@ -334,6 +294,7 @@ mod tests {
             payload,
             metadata: Arc::new(json!({})),
             recorded_at: chrono::Utc::now(),
+            unreadable: None,
         })
     }
 

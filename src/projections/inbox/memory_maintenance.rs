@@ -199,9 +199,6 @@ impl Rebuildable for MemoryInbox {
             // The live state is behind the new one (or just moved): let it go on.
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        Err(StorageError::Backend(
-            "the live inbox kept moving; the rebuild could not switch".into(),
-        )
-        .into())
+        Err(StorageError::defect("the live inbox kept moving; the rebuild could not switch").into())
     }
 }

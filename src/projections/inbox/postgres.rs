@@ -105,7 +105,7 @@ pub(super) const ROW_COLUMNS: &str = "id, state, inbox_tx, inbox_seq, last_tx, l
 pub(super) fn to_row(row: &Row) -> Result<InboxRow, StorageError> {
     let state: serde_json::Value = row.try_get("state")?;
     let state: Notification = serde_json::from_value(state)
-        .map_err(|e| StorageError::Backend(format!("an inbox row does not parse: {e}")))?;
+        .map_err(|e| StorageError::defect_because("an inbox row does not parse", e))?;
     let inbox_tx: Option<i64> = row.try_get("inbox_tx")?;
     let inbox_seq: Option<i64> = row.try_get("inbox_seq")?;
     Ok(InboxRow {
@@ -188,7 +188,7 @@ pub(crate) fn checked_table(table: &str) -> Result<String, ProjectionError> {
     if ok {
         Ok(table.to_owned())
     } else {
-        Err(StorageError::Backend(format!("`{table}` is not an inbox table")).into())
+        Err(StorageError::defect(format!("`{table}` is not an inbox table")).into())
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! Three stages run at once, so both cores and the database stay busy:
 //! - the **reader** pages through the log in commit order on a connection of
-//!   its own, fetching only what a fold needs (no metadata), and decodes
-//!   payloads straight from their JSON text into domain events;
+//!   its own, fetching only what a fold needs (metadata only to check that
+//!   it reads, as the live reader does), and decodes payloads straight from
+//!   their JSON text into domain events;
 //! - the **folder** folds them into a write-behind cache of rows (bounded by
 //!   `--rebuild-cache-rows`, least recently touched out first). Most
 //!   notifications get all their events while they are cached, so most rows
@@ -24,7 +25,7 @@ use std::pin::pin;
 use cqrs_es::Aggregate;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::types::Type;
 
 use super::fold::{decode_json, fold_decoded, Decoded, EventRef, Held, Slots};
 use super::postgres::{to_row, upsert_sql, FlatRow, PostgresInbox, COLUMNS, ROW_COLUMNS};
@@ -34,6 +35,7 @@ use crate::domain::{Notification, NotificationId};
 use crate::projections::parked::ParkedEvent;
 use crate::projections::rebuild::{RebuildTuning, Rebuilds};
 use crate::projections::ProjectionError;
+use crate::storage::postgres::{check_json, unreadable_metadata, RawJson};
 use crate::storage::{Position, StorageError};
 
 /// Parked events kept before they are written out.
@@ -45,29 +47,6 @@ pub(super) struct Built {
     pub checkpoint: Position,
     /// Streams the new version holds back, and the event holding each.
     pub held: Held,
-}
-
-/// A JSON or JSONB column as its text, without building a value tree.
-struct RawJson<'a>(&'a [u8]);
-
-impl<'a> FromSql<'a> for RawJson<'a> {
-    fn from_sql(
-        ty: &Type,
-        raw: &'a [u8],
-    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        if *ty == Type::JSONB {
-            match raw.split_first() {
-                Some((1, text)) => Ok(Self(text)),
-                _ => Err("unsupported JSONB encoding version".into()),
-            }
-        } else {
-            Ok(Self(raw))
-        }
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        matches!(*ty, Type::JSON | Type::JSONB)
-    }
 }
 
 /// A page of the log, decoded.
@@ -83,7 +62,7 @@ struct Chunk {
 /// ORDER BY would sort by it (a bigint) instead of walking the index.
 const READ: &str = "
 SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id, sequence,
-       event_type, event_version, payload
+       event_type, event_version, payload, metadata
   FROM events
  WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
    AND (transaction_id, global_position) <= ($3::text::xid8, $4)
@@ -138,7 +117,15 @@ async fn read(
             };
             let version: &str = row.try_get(6)?;
             let RawJson(payload) = row.try_get(7)?;
-            decoded.push(decode_json(event, version, payload));
+            let RawJson(metadata) = row.try_get(8)?;
+            decoded.push(match check_json(metadata) {
+                // The live reader refuses such an event too (it reads metadata).
+                Err(e) => Decoded {
+                    event,
+                    payload: Err(unreadable_metadata(&e)),
+                },
+                Ok(()) => decode_json(event, version, payload),
+            });
         }
         let chunk = Chunk {
             decoded,
@@ -359,7 +346,7 @@ pub(super) async fn build(
     let written = writer.await;
     let read = reader.await;
     for stage in [written, read] {
-        stage.map_err(|e| StorageError::Backend(format!("a rebuild stage failed: {e}")))??;
+        stage.map_err(|e| StorageError::defect_because("a rebuild stage failed", e))??;
     }
     let (built, has_key) = folded?;
     if !has_key {
@@ -383,7 +370,7 @@ async fn fold_all(
     progress: &Rebuilds,
     tuning: RebuildTuning,
 ) -> Result<(Built, bool), ProjectionError> {
-    let writer_gone = || StorageError::Backend("the rebuild's writer stopped".into());
+    let writer_gone = || StorageError::defect("the rebuild's writer stopped");
     let mut cache = Cache {
         entries: HashMap::new(),
         chunk: 0,

@@ -385,7 +385,7 @@ impl PostgresInbox {
             );
         }
         if events.len() != previous.len() {
-            return Err(StorageError::Backend(format!(
+            return Err(StorageError::defect(format!(
                 "{} parked events of {} are not in the log",
                 previous.len() - events.len(),
                 ids.join(", ")

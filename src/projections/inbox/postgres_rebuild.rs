@@ -39,7 +39,7 @@ impl Rebuildable for PostgresInbox {
     ) -> Result<u32, ProjectionError> {
         // One rebuild (or re-drive) at a time across instances.
         let Some(_maintenance) = Maintenance::try_take(&self.pg_config).await? else {
-            return Err(StorageError::Backend(format!(
+            return Err(StorageError::defect(format!(
                 "a rebuild, re-drive or skip of {NAME} is running (here or on another instance); try again once it has finished"
             ))
             .into());
@@ -140,15 +140,15 @@ impl PostgresInbox {
                 progress.advance(page.len() as u64);
             }
             if cp != live {
-                return Err(StorageError::Backend(format!(
+                return Err(StorageError::defect(format!(
                     "the rebuild could not read up to the live checkpoint {live}"
                 ))
                 .into());
             }
             let (live_version_now, _) = live_version(&tx).await?;
             if live_version_now != old_version {
-                return Err(StorageError::Backend(
-                    "another rebuild switched versions meanwhile; this one is abandoned".into(),
+                return Err(StorageError::defect(
+                    "another rebuild switched versions meanwhile; this one is abandoned",
                 )
                 .into());
             }
@@ -178,8 +178,8 @@ impl PostgresInbox {
                 .await?;
             return Ok(version as u32);
         }
-        Err(StorageError::Backend(
-            "the live projector stayed behind the rebuild; it was not switched".into(),
+        Err(StorageError::defect(
+            "the live projector stayed behind the rebuild; it was not switched",
         )
         .into())
     }
