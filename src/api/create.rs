@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 
 use super::problem::{ApiError, FieldProblem};
 use crate::domain::{
-    Body, Category, Channel, Data, GroupKey, NewNotification, Priority, Title, UserId,
+    parse_data, Body, Category, Channel, Data, DataProblem, GroupKey, NewNotification, Priority,
+    Title, UserId,
 };
 
 /// A new notification. Only `recipient`, `category`, `title` and `body` are required.
@@ -24,9 +25,11 @@ pub struct CreateNotificationRequest {
     pub category: String,
     /// 1–200 characters, one line.
     pub title: String,
-    /// Up to 10 KB of text.
+    /// Up to 10 KB of text, without U+0000.
     pub body: String,
-    /// Any JSON object; returned as sent.
+    /// Any JSON object, returned as sent: up to 32 KiB as JSON, nesting up to
+    /// 32 levels, 1,000 keys in all (each up to 256 bytes), and no U+0000 in
+    /// any key or string. Numbers are 64-bit integers or doubles.
     #[serde(default)]
     pub data: Option<serde_json::Value>,
     /// `low`, `normal` (default), `high` or `urgent`.
@@ -86,7 +89,16 @@ impl CreateNotificationRequest {
         let body = field(e, "body", Body::parse(&self.body));
         let data: Option<Data> = match &self.data {
             None => Some(Data::new()),
-            Some(serde_json::Value::Object(map)) => Some(map.clone()),
+            Some(serde_json::Value::Object(map)) => match parse_data(map) {
+                Ok(data) => Some(data),
+                Err(DataProblem { path, why }) => {
+                    e.push(FieldProblem {
+                        field: path,
+                        message: why.0,
+                    });
+                    None
+                }
+            },
             Some(_) => {
                 e.push(FieldProblem {
                     field: "data".into(),

@@ -71,17 +71,56 @@ impl<T: Type + DeserializeOwned> ParsePayload for StrictJson<T> {
                 .into())
             }
         }
-        serde_json::from_slice(&bytes)
-            .map(Self)
-            .map_err(|e| ApiError::bad_request(describe(&e)).into())
+        parse(&bytes).map(Self).map_err(Into::into)
     }
 }
 
-fn describe(err: &serde_json::Error) -> String {
+/// Parses a body strictly; an error names the field it happened in.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| refusal(&e))?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(describe(&e, "")))?;
+    Ok(value)
+}
+
+/// Values the JSON parser itself cannot hold are refused values (422, naming
+/// the field), not malformed requests: a number beyond a double's range, and
+/// nesting past the parser's limit (only `data` can nest; it allows 32).
+fn refusal(err: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let inner = err.inner();
+    let path = err.path().to_string();
+    let field = if path == "." { "body".to_owned() } else { path };
+    let message = inner.to_string();
+    if message.starts_with("number out of range") {
+        return ApiError::invalid(
+            &field,
+            "holds a number beyond what a double can hold (about ±1.8e308); send it as a string",
+        );
+    }
+    if message.starts_with("recursion limit exceeded") {
+        let top = field.split(['.', '[']).next().unwrap_or("body");
+        return ApiError::invalid(
+            top,
+            format!(
+                "nests deeper than {} levels of objects and arrays",
+                crate::domain::values::DATA_MAX_DEPTH
+            ),
+        );
+    }
+    ApiError::bad_request(describe(inner, &field))
+}
+
+fn describe(err: &serde_json::Error, field: &str) -> String {
     use serde_json::error::Category;
+    let at = if field.is_empty() || field == "body" {
+        String::new()
+    } else {
+        format!(" (at `{field}`)")
+    };
     match err.classify() {
         Category::Syntax | Category::Eof => format!("the body is not valid JSON: {err}"),
-        Category::Data => format!("the body does not match the expected shape: {err}"),
+        Category::Data => format!("the body does not match the expected shape{at}: {err}"),
         Category::Io => format!("the body could not be read: {err}"),
     }
 }
@@ -124,5 +163,58 @@ impl<'a, T: Type + DeserializeOwned> ApiExtractor<'a> for StrictJson<T> {
             )
             .into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        title: String,
+        data: Option<serde_json::Value>,
+    }
+
+    fn problem(body: &str) -> (u16, String, String) {
+        let err = parse::<Body>(body.as_bytes()).unwrap_err();
+        let (status, problem) = match err {
+            ApiError::BadRequest(p) => (400, p.0),
+            ApiError::Unprocessable(p) => (422, p.0),
+            other => panic!("{other:?}"),
+        };
+        let field = problem
+            .errors
+            .and_then(|e| e.first().map(|f| f.field.clone()))
+            .unwrap_or_default();
+        (status, field, problem.detail)
+    }
+
+    #[test]
+    fn numbers_beyond_a_double_are_refused_values_naming_their_field() {
+        let (status, field, _) = problem(r#"{"title": "t", "data": {"n": [1, 1e400]}}"#);
+        assert_eq!((status, field.as_str()), (422, "data.n[1]"));
+    }
+
+    #[test]
+    fn nesting_past_the_parser_is_a_refused_value_of_data() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let (status, field, detail) = problem(&format!(r#"{{"title": "t", "data": {deep}}}"#));
+        assert_eq!((status, field.as_str()), (422, "data"), "{detail}");
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_fields_are_malformed_and_say_where() {
+        let (status, _, detail) = problem(r#"{"title": 17}"#);
+        assert_eq!(status, 400);
+        assert!(detail.contains("at `title`"), "{detail}");
+        let (status, _, detail) = problem(r#"{"title": "t", "colour": 1}"#);
+        assert_eq!(status, 400);
+        assert!(detail.contains("unknown field `colour`"), "{detail}");
+        let (status, _, detail) = problem(r#"{"title": "t"} trailing"#);
+        assert_eq!(status, 400);
+        assert!(detail.contains("not valid JSON"), "{detail}");
     }
 }

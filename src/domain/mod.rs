@@ -16,5 +16,6 @@ pub type Timestamp = chrono::DateTime<chrono::Utc>;
 /// Free-form data the sender attaches (a JSON object); tidings stores and returns it.
 pub type Data = serde_json::Map<String, serde_json::Value>;
 pub use values::{
-    Body, Category, Channel, GroupKey, InvalidValue, NotificationId, Priority, Title, UserId,
+    parse_data, Body, Category, Channel, DataProblem, GroupKey, InvalidValue, NotificationId,
+    Priority, Title, UserId,
 };

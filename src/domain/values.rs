@@ -27,6 +27,29 @@ pub const USER_ID_MAX_BYTES: usize = 128;
 pub const CATEGORY_MAX_BYTES: usize = 64;
 /// The longest group key accepted, in bytes.
 pub const GROUP_KEY_MAX_BYTES: usize = 128;
+/// The largest `data` accepted, as compact JSON, in bytes.
+pub const DATA_MAX_BYTES: usize = 32 * 1024;
+/// How deeply `data` may nest objects and arrays (the object itself is level 1).
+pub const DATA_MAX_DEPTH: usize = 32;
+/// Keys in all of `data`'s objects together.
+pub const DATA_MAX_KEYS: usize = 1_000;
+/// The longest key in `data`, in bytes.
+pub const DATA_KEY_MAX_BYTES: usize = 256;
+
+/// U+0000: valid JSON and Rust, but PostgreSQL can store it neither in
+/// `text` nor in `jsonb`. Refused everywhere, so both backends accept the
+/// same requests.
+const NUL: char = '\0';
+
+fn no_nul(s: &str) -> Result<(), InvalidValue> {
+    if s.contains(NUL) {
+        Err(invalid(
+            "must not contain the character U+0000 (NUL), which tidings cannot store",
+        ))
+    } else {
+        Ok(())
+    }
+}
 
 /// A notification's id: a UUID (v7 when tidings makes it, so ids sort by time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -147,6 +170,7 @@ impl Body {
                 s.len()
             )));
         }
+        no_nul(s)?;
         Ok(Self(s.to_owned()))
     }
     pub fn as_str(&self) -> &str {
@@ -174,6 +198,142 @@ impl GroupKey {
     }
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Where in `data` a refused value is (`data.items[2].name`), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataProblem {
+    pub path: String,
+    pub why: InvalidValue,
+}
+
+/// What a sender attaches as `data`, checked against the limits every
+/// backend can keep and give back unchanged: size, nesting, keys, and no
+/// U+0000 in any key or string. A negative zero becomes zero, as
+/// PostgreSQL's numbers have no sign on zero. The first problem found, with
+/// where it is, otherwise.
+pub fn parse_data(
+    data: &serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Map<String, serde_json::Value>, DataProblem> {
+    check_data(data)?;
+    let mut data = data.clone();
+    data.values_mut().for_each(unsigned_zeros);
+    Ok(data)
+}
+
+fn unsigned_zeros(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.as_f64() == Some(0.0) && n.is_f64() => {
+            *value = Value::from(0.0);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unsigned_zeros),
+        Value::Object(map) => map.values_mut().for_each(unsigned_zeros),
+        _ => {}
+    }
+}
+
+fn check_data(data: &serde_json::Map<String, serde_json::Value>) -> Result<(), DataProblem> {
+    let problem = |path: &str, why: String| DataProblem {
+        path: path.to_owned(),
+        why: invalid(why),
+    };
+    let size = serde_json::to_string(data).map_or(usize::MAX, |text| text.len());
+    if size > DATA_MAX_BYTES {
+        return Err(problem(
+            "data",
+            format!("is {size} bytes as JSON; the limit is {DATA_MAX_BYTES} bytes"),
+        ));
+    }
+    let mut keys = 0;
+    check_object(data, "data", 1, &mut keys)
+}
+
+fn check_object(
+    map: &serde_json::Map<String, serde_json::Value>,
+    path: &str,
+    depth: usize,
+    keys: &mut usize,
+) -> Result<(), DataProblem> {
+    for (key, value) in map {
+        *keys += 1;
+        let at = format!("{path}{}", key_segment(key));
+        if *keys > DATA_MAX_KEYS {
+            return Err(DataProblem {
+                path: "data".into(),
+                why: invalid(format!(
+                    "has more than {DATA_MAX_KEYS} keys in all; send fewer"
+                )),
+            });
+        }
+        if key.len() > DATA_KEY_MAX_BYTES {
+            return Err(DataProblem {
+                path: at,
+                why: invalid(format!(
+                    "the key is {} bytes long; the limit is {DATA_KEY_MAX_BYTES}",
+                    key.len()
+                )),
+            });
+        }
+        no_nul(key).map_err(|why| DataProblem {
+            path: at.clone(),
+            why: invalid(format!("the key {}", why.0)),
+        })?;
+        check_value(value, &at, depth, keys)?;
+    }
+    Ok(())
+}
+
+fn check_value(
+    value: &serde_json::Value,
+    path: &str,
+    depth: usize,
+    keys: &mut usize,
+) -> Result<(), DataProblem> {
+    use serde_json::Value;
+    let deeper = || DataProblem {
+        path: truncated(path),
+        why: invalid(format!(
+            "nests deeper than {DATA_MAX_DEPTH} levels of objects and arrays"
+        )),
+    };
+    match value {
+        Value::String(s) => no_nul(s).map_err(|why| DataProblem {
+            path: path.to_owned(),
+            why,
+        }),
+        Value::Object(map) if depth < DATA_MAX_DEPTH => check_object(map, path, depth + 1, keys),
+        Value::Array(items) if depth < DATA_MAX_DEPTH => {
+            for (i, item) in items.iter().enumerate() {
+                check_value(item, &format!("{path}[{i}]"), depth + 1, keys)?;
+            }
+            Ok(())
+        }
+        Value::Object(_) | Value::Array(_) => Err(deeper()),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
+/// `.name` for a plain key, `["odd key"]` for any other.
+fn key_segment(key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        format!(".{key}")
+    } else {
+        format!("[{}]", serde_json::Value::String(key.to_owned()))
+    }
+}
+
+/// A path short enough to show.
+fn truncated(path: &str) -> String {
+    const SHOWN: usize = 120;
+    match path.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}…", &path[..cut]),
+        None => path.to_owned(),
     }
 }
 
@@ -289,6 +449,69 @@ mod tests {
             let id = uuid::Uuid::from_bytes(bytes);
             prop_assert_eq!(NotificationId::parse(&id.to_string()).unwrap().0, id);
         }
+    }
+
+    fn nested_object(depth: usize) -> serde_json::Map<String, serde_json::Value> {
+        let mut value = serde_json::json!({});
+        for _ in 1..depth {
+            value = serde_json::json!({ "a": value });
+        }
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn data_may_nest_thirty_two_levels_and_no_more() {
+        assert_eq!(check_data(&nested_object(DATA_MAX_DEPTH)), Ok(()));
+        let err = check_data(&nested_object(DATA_MAX_DEPTH + 1)).unwrap_err();
+        assert!(err.path.starts_with("data.a.a."), "{err:?}");
+        assert!(err.why.0.contains("deeper than 32"), "{err:?}");
+        let mut list = serde_json::json!(1);
+        for _ in 0..DATA_MAX_DEPTH {
+            list = serde_json::json!([list]);
+        }
+        let arrays = serde_json::json!({ "list": list });
+        let err = check_data(arrays.as_object().unwrap()).unwrap_err();
+        assert!(err.path.starts_with("data.list[0][0]"), "{err:?}");
+    }
+
+    #[test]
+    fn data_refuses_nul_in_keys_and_strings_and_says_where() {
+        let data = serde_json::json!({"user": {"names": ["ann", "b\u{0}b"]}});
+        let err = check_data(data.as_object().unwrap()).unwrap_err();
+        assert_eq!(err.path, "data.user.names[1]");
+        let data = serde_json::json!({"we\u{0}ird": 1});
+        let err = check_data(data.as_object().unwrap()).unwrap_err();
+        assert_eq!(err.path, r#"data["we\u0000ird"]"#);
+        assert!(err.why.0.starts_with("the key must not contain"), "{err:?}");
+    }
+
+    #[test]
+    fn data_is_limited_in_size_and_keys() {
+        let big = serde_json::json!({"s": "x".repeat(DATA_MAX_BYTES)});
+        assert!(check_data(big.as_object().unwrap())
+            .unwrap_err()
+            .why
+            .0
+            .contains("bytes"));
+        let wide: serde_json::Map<_, _> = (0..=DATA_MAX_KEYS)
+            .map(|i| (format!("k{i}"), serde_json::json!(1)))
+            .collect();
+        assert!(check_data(&wide).unwrap_err().why.0.contains("keys"));
+        let long_key = serde_json::json!({ "k".repeat(DATA_KEY_MAX_BYTES + 1): 1 });
+        assert!(check_data(long_key.as_object().unwrap()).is_err());
+        let fine =
+            serde_json::json!({"post_id": 42, "n": [1.5e300, -0.0, 18446744073709551615u64]});
+        let parsed = parse_data(fine.as_object().unwrap()).unwrap();
+        assert_eq!(
+            serde_json::Value::Object(parsed).to_string(),
+            r#"{"n":[1.5e+300,0.0,18446744073709551615],"post_id":42}"#
+        );
+    }
+
+    #[test]
+    fn bodies_refuse_nul_but_keep_other_control_characters() {
+        assert!(Body::parse("line one\nline two\t!").is_ok());
+        assert!(Body::parse("a\u{0}b").is_err());
     }
 
     #[test]

@@ -539,6 +539,19 @@ mod tests {
     }
 
     proptest! {
+        /// jsonb keeps numbers as exact decimals and writes them out without
+        /// an exponent (1e308 comes back as 309 digits). Every double must
+        /// read back as itself from that, or an event accepted at the edge
+        /// could not be read back (serde_json's `float_roundtrip`).
+        #[test]
+        fn every_double_reads_back_from_its_exact_decimal(x in any::<f64>().prop_filter("finite", |x| x.is_finite())) {
+            let stored = serde_json::Value::from(x).to_string();
+            // Rust prints a double without an exponent, as PostgreSQL does.
+            let written_back = format!("{}", stored.parse::<f64>().unwrap());
+            let read: serde_json::Value = serde_json::from_str(&written_back).unwrap();
+            prop_assert_eq!(read.as_f64(), Some(x));
+        }
+
         #[test]
         fn checking_agrees_with_parsing_on_any_nesting(depth in 0usize..300, object in any::<bool>()) {
             let text = if object {

@@ -9,6 +9,7 @@ mod concurrency;
 mod errors;
 mod events;
 mod global_log;
+mod hostile;
 mod idempotency;
 mod inbox;
 mod instances;
