@@ -112,7 +112,7 @@ async fn client(
 
 async fn run(backend: &str, clients: usize, seconds: u64, database_url: Option<String>) -> Value {
     let mut settings = Settings::for_tests(database_url);
-    settings.db_pool_size = env_or("BENCH_POOL_SIZE", 8);
+    settings.db.db_pool_size = env_or("BENCH_POOL_SIZE", 8);
     let app = Application::build(settings).await.expect("the app builds");
     let addr = app.addr();
     let state = app.state();

@@ -103,7 +103,12 @@ fn main() {
     let report = runtime.block_on(async {
         let (name, url) = fresh_database(&server).await;
 
-        let pools = postgres::connect(&url, 4).await.expect("connect");
+        let pools = postgres::connect(
+            &url,
+            postgres::SessionLimits::of(&tidings::config::Database::at(None)).with_pool_size(4),
+        )
+        .await
+        .expect("connect");
         postgres::migrate(&pools).await.expect("migrate");
         let seeding = Instant::now();
         let client = pools.deadpool.get().await.expect("a connection");

@@ -14,121 +14,207 @@ pub enum LogFormat {
     Json,
 }
 
+/// How tidings reaches PostgreSQL: the server and every command that uses
+/// the database share these.
+#[derive(Debug, Clone, Args)]
+pub struct Database {
+    /// PostgreSQL URL; absent: the in-memory store (nothing is kept after exit).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Connections in each PostgreSQL pool. A handful is right: PostgreSQL peaks
+    /// at about as many concurrent transactions as the machine has cores.
+    #[arg(long, env = "TIDINGS_DB_POOL_SIZE", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub db_pool_size: u32,
+
+    /// Longest a statement may run, in milliseconds (PostgreSQL's
+    /// `statement_timeout` on every connection; 0: no limit). A setting in
+    /// DATABASE_URL's `options` wins.
+    #[arg(long, env = "TIDINGS_DB_STATEMENT_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub db_statement_timeout_ms: u64,
+
+    /// Longest a statement may wait for a lock, in milliseconds (PostgreSQL's
+    /// `lock_timeout` on every connection; 0: no limit). A setting in
+    /// DATABASE_URL's `options` wins.
+    #[arg(long, env = "TIDINGS_DB_LOCK_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub db_lock_timeout_ms: u64,
+}
+
+impl Database {
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_statement_timeout_ms)
+    }
+    pub fn lock_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_lock_timeout_ms)
+    }
+
+    /// The defaults, for a database at `url` (tests, benchmarks).
+    pub fn at(url: Option<String>) -> Self {
+        Self {
+            database_url: url,
+            db_pool_size: 8,
+            db_statement_timeout_ms: 10_000,
+            db_lock_timeout_ms: 5_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Address to listen on.
-    #[arg(
-        long,
-        env = "TIDINGS_LISTEN",
-        default_value = "127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// PostgreSQL URL; absent: the in-memory store (nothing is kept after exit).
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub db: Database,
 
     /// Redis URL for stream updates between instances; absent: one instance,
     /// in-process fan-out. Needs DATABASE_URL.
-    #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Redis pub/sub channel for stream updates, one per deployment; absent:
     /// named after the database, so deployments sharing a Redis stay apart.
-    #[arg(long, env = "TIDINGS_REDIS_CHANNEL", global = true)]
+    #[arg(long, env = "TIDINGS_REDIS_CHANNEL")]
     pub redis_channel: Option<String>,
 
     /// Most WebSocket stream connections at once; more are closed with code 1013.
     #[arg(long, env = "TIDINGS_STREAM_MAX_CONNECTIONS", default_value_t = 20_000,
-          value_parser = clap::value_parser!(u64).range(1..=1_000_000), global = true)]
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub stream_max_connections: u64,
 
     /// Updates a stream connection may have waiting; a reader further behind
     /// is told to resync and disconnected. Keep it above the updates one
     /// projector page can cause for one topic (up to a page of events plus one).
     #[arg(long, env = "TIDINGS_STREAM_QUEUE", default_value_t = 4096,
-          value_parser = clap::value_parser!(u64).range(1..=1_000_000), global = true)]
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub stream_queue: u64,
 
     /// Ping interval on stream connections, in milliseconds; a peer silent for
     /// two intervals is closed.
     #[arg(long, env = "TIDINGS_STREAM_HEARTBEAT_MS", default_value_t = 20_000,
-          value_parser = clap::value_parser!(u64).range(100..=600_000), global = true)]
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub stream_heartbeat_ms: u64,
 
     /// Stream updates kept for resuming subscribers; an older cursor gets `resync`.
     #[arg(long, env = "TIDINGS_STREAM_RETENTION", default_value_t = 100_000,
-          value_parser = clap::value_parser!(u64).range(1..=1_000_000_000), global = true)]
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub stream_retention: u64,
 
     /// How often each instance checks the update log for updates it missed
     /// (Redis down, or no Redis), in milliseconds.
     #[arg(long, env = "TIDINGS_STREAM_POLL_MS", default_value_t = 500,
-          value_parser = clap::value_parser!(u64).range(1..=60_000), global = true)]
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub stream_poll_ms: u64,
 
     /// How often a standby instance tries to take over a projector, in milliseconds.
     #[arg(long, env = "TIDINGS_ELECTION_INTERVAL_MS", default_value_t = 1_000,
-          value_parser = clap::value_parser!(u64).range(10..=60_000), global = true)]
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub election_interval_ms: u64,
-
-    /// Connections in each PostgreSQL pool. A handful is right: PostgreSQL peaks
-    /// at about as many concurrent transactions as the machine has cores.
-    #[arg(long, env = "TIDINGS_DB_POOL_SIZE", default_value_t = 8,
-          value_parser = clap::value_parser!(u32).range(1..=256), global = true)]
-    pub db_pool_size: u32,
 
     /// Largest request body accepted, in bytes (larger: 413).
     #[arg(long, env = "TIDINGS_MAX_BODY_BYTES", default_value_t = 64 * 1024,
-          value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024), global = true)]
+          value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
     /// Attempts per command when concurrent writers conflict, before answering 409.
     #[arg(long, env = "TIDINGS_COMMAND_ATTEMPTS", default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
+          value_parser = clap::value_parser!(u32).range(1..=100))]
     pub command_attempts: u32,
 
     /// How long a query with `min_position` waits for the read model, in milliseconds.
     #[arg(long, env = "TIDINGS_READ_WAIT_MS", default_value_t = 5_000,
-          value_parser = clap::value_parser!(u64).range(0..=60_000), global = true)]
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub read_wait_ms: u64,
 
     /// Projector poll interval in milliseconds (the fallback to the in-process wake-up).
     #[arg(long, env = "TIDINGS_PROJECTOR_POLL_MS", default_value_t = 250,
-          value_parser = clap::value_parser!(u64).range(1..=60_000), global = true)]
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub projector_poll_ms: u64,
 
     /// Events per projector page (one read-model transaction each).
     #[arg(long, env = "TIDINGS_PROJECTOR_PAGE_SIZE", default_value_t = 500,
-          value_parser = clap::value_parser!(u64).range(1..=10_000), global = true)]
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub projector_page_size: u64,
 
     /// Tries of an event the projection refuses (with exponential backoff)
     /// before it is parked and the projector moves on.
     #[arg(long, env = "TIDINGS_PROJECTOR_MAX_ATTEMPTS", default_value_t = 5,
-          value_parser = clap::value_parser!(u32).range(1..=1_000), global = true)]
+          value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub projector_max_attempts: u32,
 
+    #[command(flatten)]
+    pub rebuild: Rebuild,
+
+    /// Longest wait for in-flight requests at shutdown, in seconds.
+    #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub shutdown_timeout_secs: u64,
+
+    /// Longest wait for a request's headers, in milliseconds, from the
+    /// moment a connection waits for them (slow clients cannot hold
+    /// connections open by trickling headers).
+    #[arg(long, env = "TIDINGS_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub http_header_timeout_ms: u64,
+
+    /// How long a keep-alive connection may sit without a request before it
+    /// is closed, in milliseconds.
+    #[arg(long, env = "TIDINGS_HTTP_IDLE_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub http_idle_timeout_ms: u64,
+
+    /// Longest a request may take to be answered, in milliseconds (503 past
+    /// it). Streamed bodies (exports) and WebSocket streams are not bound by
+    /// it once they have started.
+    #[arg(long, env = "TIDINGS_REQUEST_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub request_timeout_ms: u64,
+
+    /// Requests handled at once; past it a request is answered 503 with
+    /// `Retry-After` at once (health checks are not counted).
+    #[arg(long, env = "TIDINGS_MAX_CONCURRENT_REQUESTS", default_value_t = 1_024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_concurrent_requests: u64,
+
+    #[command(flatten)]
+    pub log: Logging,
+}
+
+/// How a PostgreSQL rebuild reads and caches; the server (HTTP rebuilds) and
+/// `tidings replay` share these.
+#[derive(Debug, Clone, Args)]
+pub struct Rebuild {
     /// Events a PostgreSQL rebuild reads per statement.
     #[arg(long, env = "TIDINGS_REBUILD_PAGE_SIZE", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u64).range(1..=1_000_000), global = true)]
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub rebuild_page_size: u64,
 
     /// Rows a PostgreSQL rebuild keeps in memory (about 0.5 KiB each); past
     /// that the least recently touched are written out, and read back if a
     /// later event needs them.
     #[arg(long, env = "TIDINGS_REBUILD_CACHE_ROWS", default_value_t = 100_000,
-          value_parser = clap::value_parser!(u64).range(1..=100_000_000), global = true)]
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub rebuild_cache_rows: u64,
+}
 
-    /// Longest wait for in-flight requests at shutdown, in seconds.
-    #[arg(long, env = "TIDINGS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..=3_600), global = true)]
-    pub shutdown_timeout_secs: u64,
+impl Rebuild {
+    pub fn tuning(&self) -> crate::projections::rebuild::RebuildTuning {
+        crate::projections::rebuild::RebuildTuning {
+            page_size: self.rebuild_page_size as usize,
+            cache_rows: self.rebuild_cache_rows as usize,
+        }
+    }
+}
 
+/// How the process logs; every command has it.
+#[derive(Debug, Clone, Args)]
+pub struct Logging {
     /// Log line format (verbosity comes from RUST_LOG, default `info`).
-    #[arg(long, env = "TIDINGS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, env = "TIDINGS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
@@ -149,10 +235,16 @@ impl Settings {
         Duration::from_millis(self.stream_poll_ms)
     }
     pub fn rebuild_tuning(&self) -> crate::projections::rebuild::RebuildTuning {
-        crate::projections::rebuild::RebuildTuning {
-            page_size: self.rebuild_page_size as usize,
-            cache_rows: self.rebuild_cache_rows as usize,
-        }
+        self.rebuild.tuning()
+    }
+    pub fn http_header_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_header_timeout_ms)
+    }
+    pub fn http_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_idle_timeout_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
     pub fn election_interval(&self) -> Duration {
         Duration::from_millis(self.election_interval_ms)
@@ -162,7 +254,7 @@ impl Settings {
     pub fn for_tests(database_url: Option<String>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url,
+            db: Database::at(database_url),
             redis_url: None,
             redis_channel: None,
             stream_max_connections: 20_000,
@@ -171,17 +263,24 @@ impl Settings {
             stream_retention: 100_000,
             stream_poll_ms: 200,
             election_interval_ms: 200,
-            db_pool_size: 8,
             max_body_bytes: 64 * 1024,
             command_attempts: 10,
             read_wait_ms: 10_000,
             projector_poll_ms: 100,
             projector_page_size: 500,
             projector_max_attempts: 5,
-            rebuild_page_size: 10_000,
-            rebuild_cache_rows: 100_000,
+            rebuild: Rebuild {
+                rebuild_page_size: 10_000,
+                rebuild_cache_rows: 100_000,
+            },
             shutdown_timeout_secs: 10,
-            log_format: LogFormat::Text,
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 1_024,
+            log: Logging {
+                log_format: LogFormat::Text,
+            },
         }
     }
 }

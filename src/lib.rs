@@ -24,6 +24,7 @@ pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod projections;
+pub mod server;
 pub mod startup;
 pub mod storage;
 pub mod streams;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
-use poem::Server;
+use poem::EndpointExt;
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -148,7 +148,7 @@ async fn start_postgres(
     router: &Arc<Router>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Started> {
-    let pools = postgres::connect(url, settings.db_pool_size).await?;
+    let pools = postgres::connect(url, postgres::SessionLimits::of(&settings.db)).await?;
     postgres::migrate(&pools).await?;
     info!(database = %postgres::redact(url), "storage: postgres (migrations applied)");
     let updates = Arc::new(PgUpdateLog::new(pools.deadpool.clone()));
@@ -218,7 +218,7 @@ impl Core {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (closing, closing_rx) = watch::channel(false);
         let router = Arc::new(Router::new(settings.stream_queue as usize));
-        let started = match &settings.database_url {
+        let started = match &settings.db.database_url {
             None => start_memory(settings, &signal, &router, &shutdown_rx).await,
             Some(url) => start_postgres(url, settings, &signal, &router, &shutdown_rx).await?,
         };
@@ -294,7 +294,7 @@ pub async fn openapi_json() -> anyhow::Result<String> {
 /// A built, bound, not yet serving application.
 pub struct Application {
     core: Core,
-    acceptor: TcpAcceptor,
+    listener: TcpListener,
     addr: SocketAddr,
     settings: Settings,
 }
@@ -302,18 +302,15 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let core = Core::start(&settings).await?;
-        let acceptor = TcpListener::bind(settings.listen.to_string())
-            .into_acceptor()
+        let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {} (TIDINGS_LISTEN)", settings.listen))?;
-        let addr = acceptor
+        let addr = listener
             .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
             .context("the listener has no socket address")?;
         Ok(Self {
             core,
-            acceptor,
+            listener,
             addr,
             settings,
         })
@@ -345,20 +342,30 @@ impl Application {
         stop: impl Future<Output = ()> + Send + 'static,
         kill: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let settings = &self.settings;
         let app = api::routes(
             self.core.state.clone(),
-            self.settings.max_body_bytes as usize,
+            settings.max_body_bytes as usize,
+            api::limits::RequestLimits::new(
+                settings.request_timeout(),
+                settings.max_concurrent_requests as usize,
+            ),
         );
         info!(addr = %self.addr, docs = %format!("http://{}/docs", self.addr), "tidings is serving");
         let closing = self.core.closing.clone();
-        let server = Server::new_with_acceptor(self.acceptor).run_with_graceful_shutdown(
-            app,
+        let server = crate::server::serve(
+            self.listener,
+            app.map_to_response().boxed(),
+            crate::server::ConnectionLimits {
+                header_read: settings.http_header_timeout(),
+                idle: settings.http_idle_timeout(),
+                shutdown: settings.shutdown_timeout(),
+            },
             async move {
                 stop.await;
                 // Stream connections never end by themselves: close them first.
                 let _ = closing.send(true);
             },
-            Some(self.settings.shutdown_timeout()),
         );
         tokio::select! {
             result = server => {

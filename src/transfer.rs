@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::api::events::LogEvent;
-use crate::storage::postgres::{self, PgEventLog};
+use crate::storage::postgres::{self, PgEventLog, SessionLimits};
 use crate::storage::{error_chain, EventLog, Position};
 
 const PAGE: usize = 5_000;
@@ -39,12 +39,18 @@ fn progress(total: Option<u64>) -> ProgressBar {
 }
 
 /// Writes every event after `after` to `out`; returns how many.
-pub async fn export(url: &str, after: Option<&str>, out: &mut impl Write) -> anyhow::Result<u64> {
+pub async fn export(
+    url: &str,
+    limits: SessionLimits,
+    after: Option<&str>,
+    out: &mut impl Write,
+) -> anyhow::Result<u64> {
     let mut cursor = match after {
         Some(c) => Position::parse_cursor(c).context("--after is not a cursor tidings issued")?,
         None => Position::START,
     };
-    let pools = postgres::connect(url, 2).await?;
+    let pools = postgres::connect(url, limits.with_pool_size(2)).await?;
+    postgres::require_schema(&pools).await?;
     let total: i64 = pools
         .deadpool
         .get()
@@ -81,9 +87,9 @@ pub async fn export(url: &str, after: Option<&str>, out: &mut impl Write) -> any
 
 /// Reads NDJSON events from `input` into the (empty) store at `url`, in one
 /// transaction; returns how many.
-pub async fn import(url: &str, input: impl BufRead) -> anyhow::Result<u64> {
-    let pools = postgres::connect(url, 2).await?;
-    postgres::migrate(&pools).await?;
+pub async fn import(url: &str, limits: SessionLimits, input: impl BufRead) -> anyhow::Result<u64> {
+    let pools = postgres::connect(url, limits.with_pool_size(2)).await?;
+    postgres::require_schema(&pools).await?;
     let mut client = pools
         .deadpool
         .get()

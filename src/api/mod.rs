@@ -8,6 +8,7 @@ pub mod events;
 pub mod health;
 pub mod inbox;
 pub mod json;
+pub mod limits;
 pub mod notifications;
 pub mod parked;
 pub mod problem;
@@ -88,7 +89,11 @@ pub fn openapi(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
 }
 
 /// The whole app: API, docs, spec, middleware.
-pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
+pub fn routes(
+    state: Arc<AppState>,
+    body_limit: usize,
+    limits: Arc<limits::RequestLimits>,
+) -> impl Endpoint {
     let api = openapi(state.clone());
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
@@ -110,6 +115,7 @@ pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
             ))
             .into_response()
         }))
+        .around(move |next, req| limits::with_limits(next, req, limits.clone()))
         .around(context::with_request_context)
 }
 
@@ -133,6 +139,18 @@ pub async fn wait_for_inbox(state: &AppState, min_position: Option<&str>) -> Res
     };
     let position = Position::parse_cursor(raw)
         .map_err(|e| ApiError::invalid("query.min_position", e.to_string()))?;
+    if state.inbox_projector.checkpoint() >= position {
+        return Ok(());
+    }
+    // A position no command answered with would be waited for in vain.
+    if !state.log.reaches(position).await? {
+        return Err(ApiError::invalid(
+            "query.min_position",
+            format!(
+                "`{raw}` is beyond the end of the event log; pass the `cursor` of a command's answer"
+            ),
+        ));
+    }
     if state
         .inbox_projector
         .wait_for(position, state.read_wait)

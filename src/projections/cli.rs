@@ -8,12 +8,13 @@ use std::sync::Arc;
 use super::inbox::postgres::PostgresInbox;
 use super::parked::Parking;
 use super::rebuild::{run, RebuildState, RebuildTuning, Rebuilds};
-use crate::storage::postgres::{self, PgEventLog};
+use crate::storage::postgres::{self, PgEventLog, SessionLimits};
 use crate::storage::Position;
 
 /// The inbox and the log of the database at `url` (migrated).
 async fn open(
     url: &str,
+    limits: SessionLimits,
     projection: &str,
     tuning: RebuildTuning,
 ) -> anyhow::Result<(PostgresInbox, PgEventLog)> {
@@ -23,8 +24,8 @@ async fn open(
             super::inbox::NAME
         );
     }
-    let pools = postgres::connect(url, 4).await?;
-    postgres::migrate(&pools).await?;
+    let pools = postgres::connect(url, limits.with_pool_size(4)).await?;
+    postgres::require_schema(&pools).await?;
     // Retention only matters to the live projector, which prunes; these don't.
     let inbox = PostgresInbox::new(pools.deadpool.clone(), pools.pg_config.clone(), 0)
         .with_rebuild_tuning(tuning);
@@ -33,8 +34,13 @@ async fn open(
 
 /// `tidings replay --projection NAME`: rebuilds against DATABASE_URL while
 /// the service keeps running, with a progress bar on a terminal.
-pub async fn replay(url: &str, projection: &str, tuning: RebuildTuning) -> anyhow::Result<u32> {
-    let (inbox, log) = open(url, projection, tuning).await?;
+pub async fn replay(
+    url: &str,
+    limits: SessionLimits,
+    projection: &str,
+    tuning: RebuildTuning,
+) -> anyhow::Result<u32> {
+    let (inbox, log) = open(url, limits, projection, tuning).await?;
     let rebuilds = Arc::new(Rebuilds::default());
     rebuilds.begin(super::inbox::NAME)?;
     let bar = if std::io::stderr().is_terminal() {
@@ -88,6 +94,7 @@ pub enum ParkedAction {
 /// of a re-drive or skip as JSON) to `out`.
 pub async fn parked(
     url: &str,
+    limits: SessionLimits,
     projection: &str,
     action: ParkedAction,
     out: &mut impl Write,
@@ -96,7 +103,7 @@ pub async fn parked(
 
     use crate::api::parked::{ParkedEventView, RedriveView};
 
-    let (inbox, log) = open(url, projection, RebuildTuning::default()).await?;
+    let (inbox, log) = open(url, limits, projection, RebuildTuning::default()).await?;
     let report = match action {
         ParkedAction::List => {
             let mut after = Position::START;

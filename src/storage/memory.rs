@@ -214,6 +214,11 @@ impl EventLog for MemoryEventStore {
         Ok(((log.len - next) as u64, oldest))
     }
 
+    async fn reaches(&self, position: Position) -> Result<bool, StorageError> {
+        let end = self.read().len as i64;
+        Ok(position <= Position::new(end, end))
+    }
+
     async fn ping(&self) -> Result<(), StorageError> {
         Ok(())
     }

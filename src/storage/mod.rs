@@ -108,6 +108,10 @@ pub trait EventLog: Send + Sync {
     /// oldest of them was recorded.
     async fn behind(&self, after: Position) -> Result<(u64, Option<DateTime<Utc>>), StorageError>;
 
+    /// Whether the log holds an event at `position` or after it: a position
+    /// past the end is one no command has answered with.
+    async fn reaches(&self, position: Position) -> Result<bool, StorageError>;
+
     /// A cheap round trip proving the store answers.
     async fn ping(&self) -> Result<(), StorageError>;
 }

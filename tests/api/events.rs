@@ -248,6 +248,7 @@ async fn export_then_import_moves_a_log_to_another_deployment() {
     assert_eq!(ndjson.lines().count(), total);
 
     let target = TestDb::create(&server).await;
+    target.migrate().await;
     let import = |input: String| {
         let mut child = tidings(&target.url)
             .args(["events", "import"])
@@ -302,6 +303,7 @@ async fn export_then_import_moves_a_log_to_another_deployment() {
 
     // A broken line fails the whole import and stores nothing.
     let broken_target = TestDb::create(&server).await;
+    broken_target.migrate().await;
     let mut lines: Vec<&str> = ndjson.lines().collect();
     lines.insert(5, "{not json");
     let mut child = tidings(&broken_target.url)

@@ -47,7 +47,7 @@ async fn an_event_that_commits_late_is_handed_out_before_later_ones_never_skippe
         .create(&notification_for("rita", "after the held one"))
         .await;
 
-    let pools = connect(&db.url, 2).await.unwrap();
+    let pools = connect(&db.url, crate::helpers::limits()).await.unwrap();
     let log = PgEventLog::new(pools.deadpool.clone());
     let page = log.read_after(Position::START, 100).await.unwrap();
     assert!(

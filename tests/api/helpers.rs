@@ -58,6 +58,16 @@ impl TestDb {
         }
     }
 
+    /// Applies the migrations, as `tidings migrate` does.
+    pub async fn migrate(&self) {
+        let pools = tidings::storage::postgres::connect(&self.url, limits())
+            .await
+            .expect("connect");
+        tidings::storage::postgres::migrate(&pools)
+            .await
+            .expect("migrate");
+    }
+
     /// A client on this test's database, to look at what the app stored.
     pub async fn client(&self) -> tokio_postgres::Client {
         admin(&self.url).await
@@ -109,6 +119,11 @@ impl TestDb {
             ))
             .await;
     }
+}
+
+/// The default session limits, as the commands use them.
+pub fn limits() -> tidings::storage::postgres::SessionLimits {
+    tidings::storage::postgres::SessionLimits::of(&tidings::config::Database::at(None))
 }
 
 /// Replaces the database name in a PostgreSQL URL.

@@ -14,6 +14,7 @@ mod idempotency;
 mod inbox;
 mod instances;
 mod lifecycle;
+mod limits;
 mod operations;
 mod outages;
 mod parked;

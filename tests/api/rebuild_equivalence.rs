@@ -101,8 +101,8 @@ async fn check(server: &str, steps: Vec<Step>) {
     let db = TestDb::create(server).await;
     let app = TestApp::start(Backend::Postgres, Some(db), |db| {
         let mut s = settings(db);
-        s.rebuild_page_size = 7;
-        s.rebuild_cache_rows = 3;
+        s.rebuild.rebuild_page_size = 7;
+        s.rebuild.rebuild_cache_rows = 3;
         s
     })
     .await;

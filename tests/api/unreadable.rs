@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::errors::expect_problem;
-use crate::helpers::{notification_for, postgres_server_url, settings, skipped, TestApp, TestDb};
+use crate::helpers::{
+    limits, notification_for, postgres_server_url, settings, skipped, TestApp, TestDb,
+};
 
 on_both_backends!(
     spawned_by super::spawn;
@@ -213,11 +215,12 @@ async fn an_event_too_deep_to_read_back_is_parked_shown_and_named_and_nothing_el
 
     // Exported and imported elsewhere, they arrive exactly as stored.
     let mut exported = Vec::new();
-    tidings::transfer::export(&db.url, None, &mut exported)
+    tidings::transfer::export(&db.url, limits(), None, &mut exported)
         .await
         .expect("the export runs past unreadable events");
     let elsewhere = TestDb::create(&server).await;
-    tidings::transfer::import(&elsewhere.url, exported.as_slice())
+    elsewhere.migrate().await;
+    tidings::transfer::import(&elsewhere.url, limits(), exported.as_slice())
         .await
         .expect("the import takes unreadable events");
     let stored = |db: TestDb| async move {

@@ -320,6 +320,9 @@ pub(super) async fn build(
         tokio::spawn(async move {
             let _ = connection.await;
         });
+        // The stages' statements are paged, but building the primary key
+        // grows with the log: a rebuild is not bounded by statement_timeout.
+        client.batch_execute("SET statement_timeout = 0").await?;
         Ok::<_, ProjectionError>(client)
     };
     let (pages_tx, mut pages) = mpsc::channel(2);

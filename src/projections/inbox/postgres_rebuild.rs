@@ -95,7 +95,14 @@ impl PostgresInbox {
             mut held,
         } = build(self, &table, version, &skipped, progress).await?;
         let built = started.elapsed();
-        client.batch_execute(&secondary_indexes(&table)).await?;
+        // One implicit transaction: the indexes grow with the log, so they are
+        // not bounded by statement_timeout, and the pooled session keeps its own.
+        client
+            .batch_execute(&format!(
+                "SET LOCAL statement_timeout = 0; {}",
+                secondary_indexes(&table)
+            ))
+            .await?;
         info!(
             projection = NAME,
             version,
