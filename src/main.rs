@@ -366,7 +366,10 @@ async fn main() -> ExitCode {
         Err(err) => name_the_variable(err, &args).exit(),
     };
     let format = cli.log_format();
-    telemetry::init(format);
+    // Writing the spec starts the app in memory to describe it; its start-up
+    // notices would only confuse a shell pipeline.
+    let quiet = matches!(cli.command, Some(Command::ExportOpenapi { .. }));
+    telemetry::init_with_default(format, if quiet { "error" } else { "info" });
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -179,7 +179,17 @@ async fn start_postgres(
                 shutdown.clone(),
             )?;
             inbox.set_fanout(fanout.clone());
-            info!("streams: updates travel between instances through Redis");
+            let shown = postgres::redact(redis);
+            if fanout.wait_up(Duration::from_secs(2)).await {
+                info!(redis = %shown, "streams: updates travel between instances through Redis");
+            } else {
+                warn!(
+                    redis = %shown,
+                    "Redis is unreachable: until it is back, other instances' subscribers get \
+                     updates from the update log (every --stream-poll-ms), and readiness says \
+                     degraded; tidings keeps reconnecting"
+                );
+            }
             Some(fanout)
         }
         None => None,

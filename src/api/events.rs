@@ -187,7 +187,7 @@ impl EventsApi {
         /// Events per page, 1–1000 (default 100).
         limit: OaQuery<Option<i64>>,
     ) -> Result<AuditResponse, ApiError> {
-        let id = NotificationId::parse(&id.0).map_err(|e| ApiError::not_found(e.0))?;
+        let id = NotificationId::parse(&id.0).map_err(|e| ApiError::malformed("path.id", e.0))?;
         let limit = super::page_limit(limit.0, DEFAULT_LIMIT, MAX_LIMIT)?;
         let after = after.0.unwrap_or(0);
         if after < 0 {

@@ -60,7 +60,7 @@ pub struct NotificationsApi {
 }
 
 fn parse_id(id: &str) -> Result<NotificationId, ApiError> {
-    NotificationId::parse(id).map_err(|e| ApiError::not_found(e.0))
+    NotificationId::parse(id).map_err(|e| ApiError::malformed("path.id", e.0))
 }
 
 pub fn metadata(ctx: &RequestContext) -> CommandMetadata {

@@ -94,6 +94,22 @@ impl ApiError {
         )))
     }
 
+    /// A parameter that is not of its kind at all (a path id that is no UUID).
+    pub fn malformed(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let mut problem = Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-request",
+            "Malformed request",
+            format!("{field}: {message}"),
+        );
+        problem.errors = Some(vec![FieldProblem {
+            field: field.to_owned(),
+            message,
+        }]);
+        Self::BadRequest(Json(problem))
+    }
+
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::NotFound(Json(Problem::new(
             StatusCode::NOT_FOUND,

@@ -140,9 +140,11 @@ impl Notification {
             return Self::decide_create(id, *content, at);
         }
 
-        match self.lifecycle {
-            Lifecycle::Absent => return Err(NotificationError::NotFound),
-            Lifecycle::Deleted => return Err(NotificationError::Deleted),
+        match (self.lifecycle, &command) {
+            (Lifecycle::Absent, _) => return Err(NotificationError::NotFound),
+            // Deleting twice is asking for what already is: nothing to record.
+            (Lifecycle::Deleted, C::Delete { .. }) => return Ok(vec![]),
+            (Lifecycle::Deleted, _) => return Err(NotificationError::Deleted),
             _ => {}
         }
 

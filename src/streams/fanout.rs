@@ -111,6 +111,16 @@ impl Fanout {
         }
     }
 
+    /// Waits up to `limit` for both connections; whether they came up.
+    pub async fn wait_up(&self, limit: Duration) -> bool {
+        let both = async {
+            let _ = self.publisher.wait_for_connect().await;
+            let _ = self.subscriber.wait_for_connect().await;
+        };
+        let _ = tokio::time::timeout(limit, both).await;
+        self.is_up()
+    }
+
     /// Both connections are up.
     pub fn is_up(&self) -> bool {
         self.publisher.is_connected() && self.subscriber.is_connected()

@@ -63,6 +63,14 @@ pub fn parse_topics<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Vec<
     Ok(topics)
 }
 
+/// Why a subscriber must start over from a fresh cursor.
+enum Resync {
+    TooOld,
+    /// A cursor of the event log, given where a stream cursor belongs.
+    LogCursor,
+    Unknown,
+}
+
 struct Connection<'a> {
     sink: futures_util::stream::SplitSink<WebSocketStream, Message>,
     router: &'a Router,
@@ -74,7 +82,12 @@ struct Connection<'a> {
 
 /// Why a connection ended.
 enum End {
+    /// The socket broke (or the peer vanished): nothing more can be sent.
     Closed,
+    /// The peer sent a close frame: answer it (the library queued the
+    /// echo; flushing sends it), so the peer sees a clean close, not 1006.
+    PeerClosed,
+    /// We close, with this code and reason.
     Close(u16, String),
 }
 
@@ -122,9 +135,16 @@ impl Connection<'_> {
             Some(raw) => match parse_cursor(raw) {
                 Some(n) if bounds.can_resume(n) => Some(n),
                 Some(n) if n < bounds.oldest => {
-                    return self.resync(&topics, live_from, "cursor_too_old").await;
+                    return self.resync(&topics, live_from, Resync::TooOld).await;
                 }
-                _ => return self.resync(&topics, live_from, "cursor_unknown").await,
+                _ => {
+                    let why = if crate::storage::Position::parse_cursor(raw).is_ok() {
+                        Resync::LogCursor
+                    } else {
+                        Resync::Unknown
+                    };
+                    return self.resync(&topics, live_from, why).await;
+                }
             },
         };
         let Some(after) = resume else {
@@ -159,16 +179,30 @@ impl Connection<'_> {
         Ok(())
     }
 
-    async fn resync(&mut self, topics: &[String], fresh: i64, reason: &str) -> Result<(), End> {
+    async fn resync(&mut self, topics: &[String], fresh: i64, why: Resync) -> Result<(), End> {
         for t in topics {
             self.last_sent.insert(t.clone(), fresh);
         }
+        let (reason, detail) = match why {
+            Resync::TooOld => (
+                "cursor_too_old",
+                "updates after your cursor are no longer kept: fetch the current state over REST, then continue from this cursor",
+            ),
+            Resync::LogCursor => (
+                "cursor_unknown",
+                "that is an event-log cursor (32 hex digits, from a REST answer), not a stream cursor (16 hex digits, the `cursor` of an `update` message): fetch the current state over REST, then continue from this cursor",
+            ),
+            Resync::Unknown => (
+                "cursor_unknown",
+                "this stream never issued that cursor (a stream cursor is 16 hex digits, the `cursor` of an `update` message): fetch the current state over REST, then continue from this cursor",
+            ),
+        };
         self.send_json(json!({
             "type": "resync",
             "reason": reason,
             "topics": topics,
             "cursor": cursor_string(fresh),
-            "detail": "updates after your cursor are no longer kept: fetch the current state over REST, then continue from this cursor",
+            "detail": detail,
         }))
         .await
     }
@@ -282,7 +316,8 @@ pub async fn serve(
                     heard = Instant::now();
                     match incoming {
                         Some(Ok(Message::Text(text))) => conn.on_text(&text).await?,
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Err(End::Closed),
+                        Some(Ok(Message::Close(_))) => return Err(End::PeerClosed),
+                        None | Some(Err(_)) => return Err(End::Closed),
                         Some(Ok(_)) => {} // pong, ping (answered by the library), binary
                     }
                 }
@@ -302,13 +337,20 @@ pub async fn serve(
     }
     .await;
     router.disconnect(id);
-    if let Err(End::Close(code, reason)) = end {
-        debug!(connection = id, code, %reason, "closing stream");
-        let _ = conn
-            .sink
-            .send(Message::Close(Some((CloseCode::from(code), reason))))
-            .await;
-        let _ = conn.sink.close().await;
+    match end {
+        Err(End::Close(code, reason)) => {
+            debug!(connection = id, code, %reason, "closing stream");
+            let _ = conn
+                .sink
+                .send(Message::Close(Some((CloseCode::from(code), reason))))
+                .await;
+            let _ = conn.sink.close().await;
+        }
+        Err(End::PeerClosed) => {
+            debug!(connection = id, "the client closed the stream");
+            let _ = conn.sink.close().await;
+        }
+        Err(End::Closed) | Ok(()) => {}
     }
 }
 

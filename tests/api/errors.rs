@@ -569,7 +569,8 @@ async fn unknown_ids_routes_and_methods_get_problem_answers(app: &TestApp) {
     let resp = app.get(&format!("/v1/notifications/{unknown}")).await;
     expect_problem(resp, 404, NOT_FOUND, "GET an unknown id").await;
     let resp = app.get("/v1/notifications/not-a-uuid").await;
-    expect_problem(resp, 404, NOT_FOUND, "GET a malformed id").await;
+    let problem = expect_problem(resp, 400, MALFORMED, "GET a malformed id").await;
+    assert_eq!(problem["errors"][0]["field"], "path.id");
     for action in [
         "read",
         "unread",
@@ -586,7 +587,7 @@ async fn unknown_ids_routes_and_methods_get_problem_answers(app: &TestApp) {
         let resp = app
             .post_empty(&format!("/v1/notifications/not-a-uuid/{action}"))
             .await;
-        expect_problem(resp, 404, NOT_FOUND, &format!("{action} a malformed id")).await;
+        expect_problem(resp, 400, MALFORMED, &format!("{action} a malformed id")).await;
     }
     let resp = app
         .client
@@ -669,7 +670,12 @@ async fn illegal_transitions_are_conflicts_that_change_nothing(app: &TestApp) {
         .send()
         .await
         .expect("request sent");
-    expect_problem(resp, 409, ILLEGAL, "delete after delete").await;
+    // Deleting again asks for what already is: 200, changed false, nothing recorded.
+    assert_eq!(resp.status(), 200);
+    let again: Value = resp.json().await.expect("a JSON body");
+    assert_eq!(again["changed"], false, "{again}");
+    assert_eq!(again["cursor"], deleted_cursor.as_str());
+    assert_eq!(again["notification"]["lifecycle"], "deleted");
     let resp = app
         .post(
             &format!("/v1/notifications/{id}/deliver"),

@@ -5,6 +5,7 @@
 #[macro_use]
 mod helpers;
 
+mod cli;
 mod concurrency;
 mod errors;
 mod events;

@@ -223,11 +223,19 @@ async fn subscribe_and_unsubscribe_messages_work_on_an_open_socket(app: &TestApp
 }
 
 async fn unknown_cursors_and_bad_messages_get_clear_answers(app: &TestApp) {
-    for cursor in ["garbage", "7fffffffffffffff"] {
+    let (_, log_cursor) = app.create(&notification_for("eve", "before")).await;
+    for (cursor, says) in [
+        ("garbage", "never issued"),
+        ("7fffffffffffffff", "never issued"),
+        (log_cursor.as_str(), "event-log cursor"),
+    ] {
         let mut sub = Subscriber::connect(app, &format!("topics=inbox:eve&cursor={cursor}")).await;
         let resync = sub.next().await;
         assert_eq!(resync["type"], "resync", "{cursor}");
         assert_eq!(resync["reason"], "cursor_unknown");
+        let detail = resync["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "{cursor}: {detail}");
+        assert!(!detail.contains("no longer kept"), "{detail}");
         let fresh = resync["cursor"].as_str().unwrap().to_owned();
         // It goes on live from the fresh cursor.
         app.create(&notification_for("eve", "after resync")).await;
@@ -255,6 +263,40 @@ async fn unknown_cursors_and_bad_messages_get_clear_answers(app: &TestApp) {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 422),
         other => panic!("a bad topic is refused before the upgrade: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_gets_the_close_answered() {
+    let app = TestApp::spawn(Backend::Memory, "close echo").await.unwrap();
+    let url = format!("ws://{}/v1/stream?topics=inbox:gil", app.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+    let _subscribed = ws.next().await;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    let mut answer = None;
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("an answer within 5 s")
+    {
+        match frame {
+            Ok(Message::Close(frame)) => {
+                answer = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("the server dropped the connection instead of closing it: {e}"),
+        }
+    }
+    assert_eq!(answer, Some(1000), "the close was echoed (not 1006)");
+    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

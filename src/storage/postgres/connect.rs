@@ -227,15 +227,21 @@ pub async fn require_schema(pools: &PgPools) -> anyhow::Result<()> {
         .get()
         .await
         .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
-    let applied: i64 = client
-        .query_one(
-            "SELECT CASE WHEN to_regclass('_sqlx_migrations') IS NULL THEN 0
-                         ELSE (SELECT count(*) FROM _sqlx_migrations WHERE success) END",
-            &[],
-        )
+    let reading = "reading which migrations the database has";
+    let migrated: bool = client
+        .query_one("SELECT to_regclass('_sqlx_migrations') IS NOT NULL", &[])
         .await
-        .context("reading which migrations the database has")?
+        .context(reading)?
         .try_get(0)?;
+    let applied: i64 = if migrated {
+        client
+            .query_one("SELECT count(*) FROM _sqlx_migrations WHERE success", &[])
+            .await
+            .context(reading)?
+            .try_get(0)?
+    } else {
+        0
+    };
     let needed = MIGRATOR.iter().count() as i64;
     if applied < needed {
         anyhow::bail!(
