@@ -104,6 +104,12 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub stream_retention: u64,
 
+    /// Bytes of stream updates kept in memory mode (with PostgreSQL they are
+    /// rows, bounded by --stream-retention); the oldest go first past either.
+    #[arg(long, env = "TIDINGS_STREAM_RETENTION_BYTES", default_value_t = 128 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=1 << 40))]
+    pub stream_retention_bytes: u64,
+
     /// How often each instance checks the update log for updates it missed
     /// (Redis down, or no Redis), in milliseconds.
     #[arg(long, env = "TIDINGS_STREAM_POLL_MS", default_value_t = 500,
@@ -180,6 +186,20 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_concurrent_requests: u64,
 
+    /// Readiness says `degraded` when a projector's oldest unapplied event is
+    /// older than this, in milliseconds (a stuck or far-behind projector).
+    #[arg(long, env = "TIDINGS_READY_MAX_LAG_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub ready_max_lag_ms: u64,
+
+    /// The process's memory limit in MiB; absent: the cgroup's limit, if
+    /// any; 0: none. Past 90% readiness says `degraded` and the log warns;
+    /// at the limit the memory store refuses new events (503) rather than be
+    /// killed with everything in it.
+    #[arg(long, env = "TIDINGS_MEMORY_LIMIT_MB",
+          value_parser = clap::value_parser!(u64).range(0..=16 * 1024 * 1024))]
+    pub memory_limit_mb: Option<u64>,
+
     #[command(flatten)]
     pub log: Logging,
 }
@@ -243,6 +263,9 @@ impl Settings {
     pub fn http_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.http_idle_timeout_ms)
     }
+    pub fn ready_max_lag(&self) -> Duration {
+        Duration::from_millis(self.ready_max_lag_ms)
+    }
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
@@ -261,6 +284,7 @@ impl Settings {
             stream_queue: 4096,
             stream_heartbeat_ms: 20_000,
             stream_retention: 100_000,
+            stream_retention_bytes: 128 * 1024 * 1024,
             stream_poll_ms: 200,
             election_interval_ms: 200,
             max_body_bytes: 64 * 1024,
@@ -278,6 +302,8 @@ impl Settings {
             http_idle_timeout_ms: 60_000,
             request_timeout_ms: 30_000,
             max_concurrent_requests: 1_024,
+            ready_max_lag_ms: 30_000,
+            memory_limit_mb: Some(0),
             log: Logging {
                 log_format: LogFormat::Text,
             },

@@ -23,6 +23,7 @@ pub mod api;
 pub mod commands;
 pub mod config;
 pub mod domain;
+pub mod memory_limit;
 pub mod projections;
 pub mod server;
 pub mod startup;

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::api;
 use crate::commands::{CommandService, NotificationStore};
 use crate::config::Settings;
+use crate::memory_limit::MemoryGuard;
 use crate::projections::engine::{self, EngineConfig, ProjectorHandle};
 use crate::projections::inbox::memory::MemoryInbox;
 use crate::projections::inbox::postgres::PostgresInbox;
@@ -50,6 +51,10 @@ pub struct AppState {
     pub rebuilds: Arc<Rebuilds>,
     /// The inbox's parked events (poison events), to list, re-drive and skip.
     pub inbox_parking: Arc<dyn Parking>,
+    /// Resident memory against the limit.
+    pub memory: Arc<MemoryGuard>,
+    /// Readiness degrades when a projector's oldest unapplied event is older.
+    pub ready_max_lag: Duration,
 }
 
 /// What stream connections share.
@@ -110,7 +115,10 @@ async fn start_memory(
         warn!("REDIS_URL is ignored without DATABASE_URL: the memory store serves one instance");
     }
     let events = MemoryEventStore::new(signal.clone());
-    let updates = Arc::new(MemoryUpdateLog::new(settings.stream_retention as usize));
+    let updates = Arc::new(MemoryUpdateLog::bounded(
+        settings.stream_retention as usize,
+        settings.stream_retention_bytes as usize,
+    ));
     let inbox = Arc::new(MemoryInbox::new(updates.clone()));
     let (feed, feed_task) = feed::spawn(
         router.clone(),
@@ -233,12 +241,18 @@ impl Core {
             Some(url) => start_postgres(url, settings, &signal, &router, &shutdown_rx).await?,
         };
         let log = started.log.clone();
-        let commands = CommandService::new(
+        let memory = MemoryGuard::new(settings.memory_limit_mb);
+        let mut tasks = started.tasks;
+        tasks.push(memory.spawn(shutdown_rx.clone()));
+        let mut commands = CommandService::new(
             started.store,
             started.log,
             signal,
             settings.command_attempts,
         );
+        if started.storage == "memory" {
+            commands = commands.refusing_when_full(memory.clone());
+        }
         let max_connections = settings.stream_max_connections as usize;
         Ok(Self {
             state: Arc::new(AppState {
@@ -262,10 +276,12 @@ impl Core {
                 inbox_rebuild: started.rebuildable,
                 rebuilds: Arc::default(),
                 inbox_parking: started.parking,
+                memory,
+                ready_max_lag: settings.ready_max_lag(),
             }),
             shutdown,
             closing,
-            tasks: started.tasks,
+            tasks,
         })
     }
 

@@ -6,6 +6,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
+use crate::memory_limit::Pressure;
 use crate::AppState;
 
 #[derive(Object, Debug, Clone)]
@@ -26,6 +27,26 @@ pub struct HealthView {
     pub redis: Option<String>,
     /// Open stream connections on this instance.
     pub stream_connections: u64,
+    /// How far each projector is behind the log (readiness only).
+    #[oai(skip_serializing_if_is_none)]
+    pub projections: Option<Vec<ProjectionLag>>,
+    /// Resident memory, in MiB.
+    pub memory_used_mb: u64,
+    /// The memory limit, in MiB; absent when there is none.
+    #[oai(skip_serializing_if_is_none)]
+    pub memory_limit_mb: Option<u64>,
+}
+
+/// A projector's lag, as readiness sees it.
+#[derive(Object, Debug, Clone)]
+pub struct ProjectionLag {
+    pub name: String,
+    /// Committed events not applied yet.
+    pub events_behind: u64,
+    /// Age of the oldest of them, in milliseconds (0 when none).
+    pub oldest_unprocessed_age_ms: u64,
+    /// Older than `--ready-max-lag-ms`: stuck, or far behind.
+    pub stuck: bool,
 }
 
 #[derive(ApiResponse)]
@@ -53,23 +74,60 @@ impl HealthApi {
 
     /// Readiness
     ///
-    /// The event store answers a round trip. With Redis configured but down the
-    /// instance still serves (its own subscribers live, others through the
-    /// update log): `degraded`, still 200.
+    /// The event store answers a round trip (503 otherwise). The instance
+    /// still serves, but says `degraded` (200), when Redis is configured and
+    /// down (other instances' subscribers get updates from the update log),
+    /// when a projector's oldest unapplied event is older than
+    /// `--ready-max-lag-ms` (reads are stale; `projections` names it and its
+    /// lag), or when memory is past 90% of the limit. Not 503: taking every
+    /// instance out of a load balancer for a stuck projector would stop
+    /// commands too.
     #[oai(path = "/health/ready", method = "get", operation_id = "ready")]
     async fn ready(&self) -> HealthResponse {
         if let Err(e) = self.state.commands.ping().await {
             return HealthResponse::Unavailable(Json(
-                self.view("unavailable", Some(e.to_string())),
+                self.view("unavailable", Some(crate::storage::error_chain(&e))),
             ));
         }
         let mut view = self.view("ready", None);
+        let mut problems = Vec::new();
         if view.redis.as_deref() == Some("down") {
-            view.status = "degraded".into();
-            view.detail = Some(
+            problems.push(
                 "Redis is unreachable: other instances' subscribers get updates late, from the update log"
-                    .into(),
+                    .to_owned(),
             );
+        }
+        match self.lag().await {
+            Ok(lag) => {
+                for p in lag.iter().filter(|p| p.stuck) {
+                    problems.push(format!(
+                        "projector {} is {} events behind; the oldest has waited {} ms",
+                        p.name, p.events_behind, p.oldest_unprocessed_age_ms
+                    ));
+                }
+                view.projections = Some(lag);
+            }
+            Err(e) => problems.push(format!(
+                "the projectors' lag is unknown: {}",
+                crate::storage::error_chain(&e)
+            )),
+        }
+        match self.state.memory.pressure() {
+            Pressure::Fine => {}
+            Pressure::High => problems.push(format!(
+                "memory is past 90% of the limit ({} of {} MiB)",
+                view.memory_used_mb,
+                view.memory_limit_mb.unwrap_or(0)
+            )),
+            Pressure::Full => problems.push(format!(
+                "memory is at the limit ({} of {} MiB): the memory store takes no new events",
+                view.memory_used_mb,
+                view.memory_limit_mb.unwrap_or(0)
+            )),
+        }
+        if !problems.is_empty() {
+            view.status = "degraded".into();
+            view.detail = Some(problems.join("; "));
         }
         HealthResponse::Ok(Json(view))
     }
@@ -90,6 +148,23 @@ impl HealthApi {
                 .as_ref()
                 .map(|f| if f.is_up() { "up" } else { "down" }.to_owned()),
             stream_connections: self.state.streams.router.connections() as u64,
+            projections: None,
+            memory_used_mb: self.state.memory.used() >> 20,
+            memory_limit_mb: self.state.memory.limit().map(|l| l >> 20),
         }
+    }
+
+    async fn lag(&self) -> Result<Vec<ProjectionLag>, crate::storage::StorageError> {
+        let projector = &self.state.inbox_projector;
+        let (behind, oldest) = self.state.log.behind(projector.checkpoint()).await?;
+        let age = oldest.map_or(0, |t| {
+            (chrono::Utc::now() - t).num_milliseconds().max(0) as u64
+        });
+        Ok(vec![ProjectionLag {
+            name: projector.name.to_owned(),
+            events_behind: behind,
+            oldest_unprocessed_age_ms: age,
+            stuck: age > self.state.ready_max_lag.as_millis() as u64,
+        }])
     }
 }

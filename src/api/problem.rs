@@ -249,6 +249,17 @@ impl From<CommandError> for ApiError {
                      reads that event is deployed (operators: see the poison-event runbook)"
                 ),
             ),
+            CommandError::Full { .. } => Self::Unavailable(
+                Json(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "memory-full",
+                    "The memory store is full",
+                    format!(
+                        "{err}; reads go on. Run tidings on PostgreSQL (DATABASE_URL) to keep more"
+                    ),
+                )),
+                30,
+            ),
             CommandError::Unavailable(_) => {
                 error!(error = %error_chain(&err), "event store unavailable");
                 Self::unavailable("the event store is unavailable; retry shortly")

@@ -26,6 +26,7 @@ use crate::domain::{
     NewNotification, Notification, NotificationCommand, NotificationError, NotificationEvent,
     NotificationId, Timestamp,
 };
+use crate::memory_limit::{MemoryGuard, Pressure};
 use crate::storage::error::chain_is_outage;
 use crate::storage::memory::MemoryEventStore;
 use crate::storage::postgres::{AppendError, PgAppender, PgEventLog, PgPools};
@@ -142,7 +143,10 @@ pub enum CommandError {
     /// The aggregate's history holds an event this release cannot read, so
     /// it cannot be loaded to decide anything.
     #[error(transparent)]
-    Unreadable(#[from] UnreadableEvent),
+    Unreadable(Box<UnreadableEvent>),
+    /// The memory store is at the process's memory limit.
+    #[error("the memory store is at the memory limit ({used_mb} of {limit_mb} MiB) and takes no new events")]
+    Full { used_mb: u64, limit_mb: u64 },
     #[error("the event store is unavailable")]
     Unavailable(#[source] Cause),
     #[error("unexpected event store failure")]
@@ -165,7 +169,7 @@ fn storage_failure(err: AggErr) -> CommandError {
         AggregateError::DatabaseConnectionError(e) => CommandError::Unavailable(e),
         AggregateError::UnexpectedError(e) if chain_is_outage(&*e) => CommandError::Unavailable(e),
         AggregateError::DeserializationError(e) => match e.downcast::<UnreadableEvent>() {
-            Ok(unreadable) => CommandError::Unreadable(*unreadable),
+            Ok(unreadable) => CommandError::Unreadable(unreadable),
             Err(e) => CommandError::Internal(e),
         },
         AggregateError::UnexpectedError(e) => CommandError::Internal(e),
@@ -200,6 +204,8 @@ pub struct CommandService {
     log: Arc<dyn EventLog>,
     signal: AppendSignal,
     max_attempts: u32,
+    /// Set in memory mode: at the memory limit, nothing new is appended.
+    memory: Option<Arc<MemoryGuard>>,
 }
 
 impl CommandService {
@@ -224,6 +230,24 @@ impl CommandService {
             log,
             signal,
             max_attempts: max_attempts.max(1),
+            memory: None,
+        }
+    }
+
+    /// Refuses to append while `memory` is at its limit (the memory store:
+    /// better refuse new events than be killed with all of them).
+    pub fn refusing_when_full(mut self, memory: Arc<MemoryGuard>) -> Self {
+        self.memory = Some(memory);
+        self
+    }
+
+    fn check_room(&self) -> Result<(), CommandError> {
+        match &self.memory {
+            Some(m) if m.pressure() == Pressure::Full => Err(CommandError::Full {
+                used_mb: m.used() >> 20,
+                limit_mb: m.limit().unwrap_or(0) >> 20,
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -285,6 +309,7 @@ impl CommandService {
                     changed: false,
                 });
             }
+            self.check_room()?;
             match self.store.commit(events, &ctx, &metadata).await {
                 Ok(positions) => {
                     self.signal.notify();
@@ -401,7 +426,7 @@ impl CommandService {
         match self.first_unreadable(aggregate_id).await {
             Ok(Some(unreadable)) => {
                 warn!(%unreadable, "a command met an unreadable event");
-                CommandError::Unreadable(unreadable)
+                CommandError::Unreadable(Box::new(unreadable))
             }
             Ok(None) => err,
             Err(e) => e.into(),

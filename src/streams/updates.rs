@@ -157,34 +157,67 @@ pub trait UpdateLog: Send + Sync {
     async fn bounds(&self) -> Result<Bounds, StorageError>;
 }
 
-/// The in-memory update log: the newest `capacity` updates.
+/// The in-memory update log: the newest updates, at most `capacity` of them
+/// and at most `max_bytes` of them.
 pub struct MemoryUpdateLog {
-    ring: RwLock<(VecDeque<Arc<StreamUpdate>>, i64)>,
+    ring: RwLock<Ring>,
     capacity: usize,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Ring {
+    updates: VecDeque<Arc<StreamUpdate>>,
+    newest: i64,
+    /// What the kept updates cost, as `StreamUpdate::size` counts it.
+    bytes: usize,
+}
+
+impl StreamUpdate {
+    /// About what keeping it costs: its data twice (once as stored, once in
+    /// the message made for subscribers), its topic and kind, the structure.
+    pub fn size(&self) -> usize {
+        2 * self.data.len() + 2 * self.topic.len() + self.kind.len() + 160
+    }
 }
 
 impl MemoryUpdateLog {
     pub fn new(capacity: usize) -> Self {
+        Self::bounded(capacity, usize::MAX)
+    }
+
+    /// Keeps at most `capacity` updates and `max_bytes` of them.
+    pub fn bounded(capacity: usize, max_bytes: usize) -> Self {
         Self {
-            ring: RwLock::new((VecDeque::new(), 0)),
+            ring: RwLock::new(Ring::default()),
             capacity: capacity.max(1),
+            max_bytes,
         }
+    }
+
+    /// (updates kept, bytes they cost).
+    pub fn kept(&self) -> (usize, usize) {
+        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner());
+        (ring.updates.len(), ring.bytes)
     }
 
     /// Numbers and keeps `updates`; returns them numbered. Called under the
     /// projection's lock, so numbering follows the projection's order.
     pub fn append(&self, updates: Vec<NewUpdate>) -> Vec<Arc<StreamUpdate>> {
-        let mut guard = self.ring.write().unwrap_or_else(|p| p.into_inner());
-        let (ring, newest) = &mut *guard;
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::with_capacity(updates.len());
         for update in updates {
-            *newest += 1;
-            let numbered = Arc::new(update.numbered(*newest));
-            ring.push_back(numbered.clone());
+            ring.newest += 1;
+            let numbered = Arc::new(update.numbered(ring.newest));
+            ring.bytes += numbered.size();
+            ring.updates.push_back(numbered.clone());
             out.push(numbered);
         }
-        while ring.len() > self.capacity {
-            ring.pop_front();
+        while ring.updates.len() > self.capacity || ring.bytes > self.max_bytes {
+            match ring.updates.pop_front() {
+                Some(old) => ring.bytes -= old.size(),
+                None => break,
+            }
         }
         out
     }
@@ -206,8 +239,8 @@ impl UpdateLog for MemoryUpdateLog {
         limit: usize,
     ) -> Result<Vec<Arc<StreamUpdate>>, StorageError> {
         let guard = self.ring.read().unwrap_or_else(|p| p.into_inner());
-        let (ring, newest) = &*guard;
-        let bounds = Self::snapshot_bounds(ring, *newest);
+        let (ring, newest) = (&guard.updates, guard.newest);
+        let bounds = Self::snapshot_bounds(ring, newest);
         let start = (after + 1 - bounds.oldest).max(0) as usize;
         Ok(ring
             .iter()
@@ -220,8 +253,8 @@ impl UpdateLog for MemoryUpdateLog {
 
     async fn range(&self, after: i64, upto: i64) -> Result<Vec<Arc<StreamUpdate>>, StorageError> {
         let guard = self.ring.read().unwrap_or_else(|p| p.into_inner());
-        let (ring, newest) = &*guard;
-        let bounds = Self::snapshot_bounds(ring, *newest);
+        let (ring, newest) = (&guard.updates, guard.newest);
+        let bounds = Self::snapshot_bounds(ring, newest);
         let start = (after + 1 - bounds.oldest).max(0) as usize;
         Ok(ring
             .iter()
@@ -233,7 +266,7 @@ impl UpdateLog for MemoryUpdateLog {
 
     async fn bounds(&self) -> Result<Bounds, StorageError> {
         let guard = self.ring.read().unwrap_or_else(|p| p.into_inner());
-        Ok(Self::snapshot_bounds(&guard.0, guard.1))
+        Ok(Self::snapshot_bounds(&guard.updates, guard.newest))
     }
 }
 
@@ -383,5 +416,24 @@ mod tests {
         assert_eq!(a.iter().map(|u| u.id).collect::<Vec<_>>(), [3, 5]);
         let gap = log.range(3, 4).await.unwrap();
         assert_eq!(gap.iter().map(|u| u.id).collect::<Vec<_>>(), [4]);
+    }
+
+    #[tokio::test]
+    async fn the_memory_log_is_bounded_in_bytes_as_well_as_count() {
+        let big = |n: usize| NewUpdate {
+            topic: "inbox:a".into(),
+            kind: "changed",
+            data: Arc::from(format!("\"{}\"", "x".repeat(n)).as_str()),
+            position: Position::START,
+        };
+        let one = big(1000).numbered(1).size();
+        let log = MemoryUpdateLog::bounded(1_000, one * 3);
+        log.append((0..10).map(|_| big(1000)).collect());
+        assert_eq!(log.kept(), (3, one * 3), "the three newest fit the bytes");
+        assert_eq!(log.bounds().await.unwrap().oldest, 8);
+        // A single update larger than the bound is not kept at all.
+        log.append(vec![big(10 * one)]);
+        assert_eq!(log.kept(), (0, 0));
+        assert_eq!(log.bounds().await.unwrap().oldest, 12);
     }
 }

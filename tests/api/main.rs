@@ -10,6 +10,7 @@ mod concurrency;
 mod errors;
 mod events;
 mod global_log;
+mod health;
 mod hostile;
 mod idempotency;
 mod inbox;
