@@ -186,6 +186,18 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_concurrent_requests: u64,
 
+    /// The most events one time-travel request (`as_of`) folds; a history
+    /// longer than this is refused with 422.
+    #[arg(long, env = "TIDINGS_AS_OF_MAX_EVENTS", default_value_t = 50_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub as_of_max_events: u64,
+
+    /// The most events one `GET /v1/events` request reads while filtering by
+    /// `type`; it answers what it found, with `has_more` and its cursor.
+    #[arg(long, env = "TIDINGS_EVENTS_SCAN_MAX", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub events_scan_max: u64,
+
     /// Readiness says `degraded` when a projector's oldest unapplied event is
     /// older than this, in milliseconds (a stuck or far-behind projector).
     #[arg(long, env = "TIDINGS_READY_MAX_LAG_MS", default_value_t = 30_000,
@@ -303,6 +315,8 @@ impl Settings {
             request_timeout_ms: 30_000,
             max_concurrent_requests: 1_024,
             ready_max_lag_ms: 30_000,
+            as_of_max_events: 50_000,
+            events_scan_max: 10_000,
             memory_limit_mb: Some(0),
             log: Logging {
                 log_format: LogFormat::Text,

@@ -55,6 +55,10 @@ pub struct AppState {
     pub memory: Arc<MemoryGuard>,
     /// Readiness degrades when a projector's oldest unapplied event is older.
     pub ready_max_lag: Duration,
+    /// The most events a time-travel request folds.
+    pub as_of_max_events: usize,
+    /// The most events a filtered log page reads.
+    pub events_scan_max: usize,
 }
 
 /// What stream connections share.
@@ -278,6 +282,8 @@ impl Core {
                 inbox_parking: started.parking,
                 memory,
                 ready_max_lag: settings.ready_max_lag(),
+                as_of_max_events: settings.as_of_max_events as usize,
+                events_scan_max: settings.events_scan_max as usize,
             }),
             shutdown,
             closing,

@@ -19,8 +19,11 @@ use crate::AppState;
 
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
-/// Events scanned for one filtered page before it is answered as it is.
-const SCAN_PAGES: usize = 10;
+/// Events read per statement while scanning for a `type`. A request reads
+/// at most `--events-scan-max` events: a type that matches rarely answers a
+/// short (even empty) page with `has_more` and the cursor it got to, rather
+/// than reading the whole log.
+const SCAN_PAGE: usize = 1_000;
 
 /// One event of a notification's history.
 #[derive(Object, Serialize, Debug, Clone, PartialEq)]
@@ -210,8 +213,11 @@ impl EventsApi {
     /// The global event log
     ///
     /// Committed events in commit order after `after` (a cursor), optionally
-    /// of one `type`. For large exports use `GET /v1/events/export` (NDJSON,
-    /// streamed) or `tidings events export`.
+    /// of one `type`. One request reads at most `--events-scan-max` (10,000) events: with a `type`
+    /// that matches rarely a page can hold fewer than `limit` events (even
+    /// none) with `has_more` true; continue from `next_cursor`. For large
+    /// exports use `GET /v1/events/export` (NDJSON, streamed) or `tidings
+    /// events export`.
     #[oai(path = "/events", method = "get", operation_id = "events")]
     async fn log(
         &self,
@@ -226,12 +232,20 @@ impl EventsApi {
         let limit = super::page_limit(limit.0, DEFAULT_LIMIT, MAX_LIMIT)?;
         let mut cursor = parse_after(after.0.as_deref())?;
         let mut events = Vec::new();
-        let mut has_more = false;
-        for _ in 0..SCAN_PAGES {
-            let page = self.state.log.read_after(cursor, limit).await?;
-            let full = page.len() == limit;
+        let mut scanned = 0;
+        let max_scan = self.state.events_scan_max;
+        let has_more = loop {
+            let want = match event_type.0 {
+                Some(_) => SCAN_PAGE.min(max_scan - scanned),
+                None => limit,
+            };
+            let page = self.state.log.read_after(cursor, want).await?;
+            let full = page.len() == want;
+            let mut used = 0;
             for e in &page {
                 cursor = e.position;
+                scanned += 1;
+                used += 1;
                 if event_type.0.as_deref().is_none_or(|t| t == e.event_type) {
                     events.push(LogEvent::from(&**e));
                     if events.len() == limit {
@@ -239,11 +253,16 @@ impl EventsApi {
                     }
                 }
             }
-            has_more = full;
-            if !full || events.len() == limit {
-                break;
+            if events.len() == limit {
+                break used < page.len() || full;
             }
-        }
+            if !full {
+                break false;
+            }
+            if scanned >= max_scan {
+                break true;
+            }
+        };
         Ok(LogResponse::Ok(Json(LogPage {
             events,
             next_cursor: cursor.to_cursor(),

@@ -20,8 +20,6 @@ use crate::AppState;
 
 pub const DEFAULT_LIMIT: i64 = 20;
 pub const MAX_LIMIT: i64 = 100;
-/// How many read commands read-all runs at once.
-const READ_ALL_CONCURRENCY: usize = 8;
 
 #[derive(ApiResponse)]
 pub enum InboxResponse {
@@ -124,11 +122,22 @@ impl InboxApi {
             None => self.state.inbox.page(&query).await?,
             Some(raw) => {
                 let (until, recorded_by) = parse_as_of(raw)?;
+                let most = self.state.as_of_max_events;
                 let history = self
                     .state
                     .log
-                    .recipient_history(query.recipient.as_str(), until, recorded_by)
+                    .recipient_history(query.recipient.as_str(), until, recorded_by, most)
                     .await?;
+                if history.len() > most {
+                    return Err(ApiError::invalid(
+                        "query.as_of",
+                        format!(
+                            "the inbox of {} up to then holds more than {most} events, \
+                             more than one request folds; pick an earlier as_of (or export the log)",
+                            query.recipient.as_str()
+                        ),
+                    ));
+                }
                 let skipped = self.state.inbox_parking.skipped().await?;
                 page_from_history(&history, &skipped, &query)
             }
@@ -147,8 +156,10 @@ impl InboxApi {
 
     /// Mark the whole inbox read
     ///
-    /// Marks every unread notification in the inbox read (archived ones too),
-    /// one recorded command each. Pass the answer's `cursor` as `min_position`
+    /// Marks every unread notification in the inbox read (archived ones too):
+    /// one recorded command each, decided and appended in batches of 500 (one
+    /// read and one append a batch, each notification still checked against
+    /// the version it was decided on). Pass the answer's `cursor` as `min_position`
     /// to read the inbox with all of them read.
     #[oai(
         path = "/users/:user/inbox/read-all",
@@ -163,35 +174,18 @@ impl InboxApi {
         /// Wait for the inbox to include this cursor before choosing what to mark.
         min_position: Query<Option<String>>,
     ) -> Result<ReadAllResponse, ApiError> {
-        use futures_util::StreamExt;
-
         let recipient = parse_user(&user.0)?;
         wait_for_inbox(&self.state, min_position.0.as_deref()).await?;
         let ids = self.state.inbox.unread_ids(&recipient).await?;
         let mut meta = metadata(&ctx);
         meta.causation_id = Some(ctx.request_id.clone());
-        let commands = &self.state.commands;
-        let meta = &meta;
-        let mut results = futures_util::stream::iter(ids)
-            .map(|id| async move {
-                commands
-                    .execute(id, |at| NotificationCommand::MarkRead { at }, meta)
-                    .await
-            })
-            .buffer_unordered(READ_ALL_CONCURRENCY);
-        let mut marked = 0;
-        let mut cursor = self.state.inbox_projector.checkpoint();
-        while let Some(result) = results.next().await {
-            match result {
-                Ok(receipt) => {
-                    marked += u64::from(receipt.changed);
-                    cursor = cursor.max(receipt.position);
-                }
-                // Deleted or archived-and-deleted since the read model listed it: nothing to mark.
-                Err(crate::commands::CommandError::Rejected(_)) => {}
-                Err(other) => return Err(other.into()),
-            }
-        }
+        let done = self
+            .state
+            .commands
+            .execute_many(&ids, |at| NotificationCommand::MarkRead { at }, &meta)
+            .await?;
+        let marked = done.changed;
+        let cursor = self.state.inbox_projector.checkpoint().max(done.position);
         Ok(ReadAllResponse::Ok(Json(ReadAllView {
             marked,
             cursor: cursor.to_cursor(),

@@ -82,6 +82,25 @@ impl NotificationStore {
         self.loader.load_events(id).await
     }
 
+    /// Appends the events of several streams at once, each still checked
+    /// against the version it was decided on; all or nothing (a stale
+    /// stream is a conflict for the whole batch).
+    async fn commit_streams(
+        &self,
+        events: Vec<SerializedEvent>,
+    ) -> Result<Vec<Position>, CommandError> {
+        match &self.appender {
+            Appender::Memory(store) => store.append_streams(events).map_err(|e| match e {
+                PersistenceError::OptimisticLockError => CommandError::Conflict { attempts: 1 },
+                other => CommandError::Internal(Box::new(other)),
+            }),
+            Appender::Postgres(appender) => appender.append(&events).await.map_err(|e| match e {
+                AppendError::Conflict => CommandError::Conflict { attempts: 1 },
+                AppendError::Storage(e) => e.into(),
+            }),
+        }
+    }
+
     /// Appends `events` after the sequence `ctx` was loaded at; their positions,
     /// or `AggregateConflict` when another writer got there first.
     async fn commit(
@@ -187,6 +206,18 @@ fn unloadable(event: &crate::storage::LoggedEvent) -> Option<String> {
         .err()
         .map(|e| format!("the metadata is not a map of strings: {e}"))
 }
+
+/// What one command over many notifications did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReceipt {
+    /// Notifications it changed.
+    pub changed: u64,
+    /// The greatest position it wrote (START when it wrote nothing).
+    pub position: Position,
+}
+
+/// Notifications decided together and appended in one statement.
+pub const BATCH: usize = 500;
 
 /// How a create ended.
 #[derive(Debug, Clone)]
@@ -456,10 +487,133 @@ impl CommandService {
         }
     }
 
+    /// Runs `command` on every notification of `ids`, in batches of
+    /// `BATCH`: each batch is loaded in one read, decided notification by
+    /// notification, and appended in one statement (memory: under one lock),
+    /// every stream checked against the version it was decided on. A batch
+    /// that conflicts is reloaded and decided again (bounded); one that still
+    /// conflicts runs as one command per notification. Notifications the
+    /// command does not apply to (deleted since they were listed, say), or
+    /// whose history cannot be read, are passed over.
+    pub async fn execute_many(
+        &self,
+        ids: &[NotificationId],
+        command: impl Fn(Timestamp) -> NotificationCommand,
+        meta: &CommandMetadata,
+    ) -> Result<BatchReceipt, CommandError> {
+        let mut receipt = BatchReceipt {
+            changed: 0,
+            position: Position::START,
+        };
+        for chunk in ids.chunks(BATCH) {
+            let done = self.batch(chunk, &command, meta).await?;
+            receipt.changed += done.changed;
+            receipt.position = receipt.position.max(done.position);
+        }
+        Ok(receipt)
+    }
+
+    async fn batch(
+        &self,
+        ids: &[NotificationId],
+        command: &impl Fn(Timestamp) -> NotificationCommand,
+        meta: &CommandMetadata,
+    ) -> Result<BatchReceipt, CommandError> {
+        let aggregate_ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        for attempt in 1..=self.max_attempts {
+            let at = chrono::Utc::now();
+            let history = self.log.streams(Notification::TYPE, &aggregate_ids).await?;
+            let mut events = Vec::new();
+            let mut changed = 0;
+            for stream in history.chunk_by(|a, b| a.aggregate_id == b.aggregate_id) {
+                let Some(decided) = decide_on(stream, command(at), meta)? else {
+                    continue;
+                };
+                changed += 1;
+                events.extend(decided);
+            }
+            if events.is_empty() {
+                return Ok(BatchReceipt {
+                    changed: 0,
+                    position: Position::START,
+                });
+            }
+            self.check_room()?;
+            match self.store.commit_streams(events).await {
+                Ok(positions) => {
+                    self.signal.notify();
+                    return Ok(BatchReceipt {
+                        changed,
+                        position: positions.into_iter().max().unwrap_or_default(),
+                    });
+                }
+                Err(CommandError::Conflict { .. }) => {
+                    warn!(attempt, "a batch conflicted on append; deciding it again");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        // Contended all along: one command each, with their own retries.
+        let mut receipt = BatchReceipt {
+            changed: 0,
+            position: Position::START,
+        };
+        for id in ids {
+            match self.execute(*id, command, meta).await {
+                Ok(r) => {
+                    receipt.changed += u64::from(r.changed);
+                    receipt.position = receipt.position.max(r.position);
+                }
+                Err(CommandError::Rejected(_) | CommandError::Unreadable(_)) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(receipt)
+    }
+
     /// Proves the event store answers (readiness).
     pub async fn ping(&self) -> Result<(), StorageError> {
         self.log.ping().await
     }
+}
+
+/// What `command` records on the notification whose whole stream this is:
+/// its events, ready to append after the stream's last one; None when it
+/// records nothing, is refused, or the stream cannot be read.
+fn decide_on(
+    stream: &[crate::storage::SharedEvent],
+    command: NotificationCommand,
+    meta: &CommandMetadata,
+) -> Result<Option<Vec<SerializedEvent>>, CommandError> {
+    let mut state = Notification::default();
+    for event in stream {
+        match event.decode::<NotificationEvent>() {
+            Ok(e) => state.apply(e),
+            Err(_) => return Ok(None), // commands on it answer unreadable-event
+        }
+    }
+    let (Some(last), Ok(events)) = (stream.last(), state.decide(command.clone())) else {
+        return Ok(None);
+    };
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let metadata = meta.to_map(command.name(), &uuid::Uuid::now_v7().to_string());
+    let serialized = events
+        .into_iter()
+        .zip(last.sequence.max(0) as usize + 1..)
+        .map(|(payload, sequence)| {
+            SerializedEvent::try_from(&EventEnvelope::<Notification> {
+                aggregate_id: last.aggregate_id.clone(),
+                sequence,
+                payload,
+                metadata: metadata.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CommandError::Internal(Box::new(e)))?;
+    Ok(Some(serialized))
 }
 
 /// 1, 2, 4, ... ms plus up to 1 ms of jitter, so racing writers spread out.

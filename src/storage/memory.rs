@@ -29,6 +29,9 @@ struct Log {
     /// B-tree grows a node at a time; a hash map's resize would move every
     /// stream at once under the write lock.
     streams: BTreeMap<(String, String), Vec<usize>>,
+    /// Recipient -> the notifications created for them: what time travel
+    /// reads, without walking the whole log under the lock.
+    recipients: BTreeMap<String, Vec<String>>,
 }
 
 impl Log {
@@ -82,37 +85,68 @@ impl MemoryEventStore {
     /// Appends events of one stream if the stream is still at the version the
     /// writer loaded, and returns their global positions.
     pub fn append(&self, events: Vec<SerializedEvent>) -> Result<Vec<Position>, PersistenceError> {
-        let Some(first) = events.first() else {
+        self.append_streams(events)
+    }
+
+    /// Appends the events of one or more streams (each stream's events
+    /// consecutive, from the version its writer loaded), all or nothing under
+    /// one lock: one stale stream refuses the whole append. Returns the
+    /// global positions, in the order given.
+    pub fn append_streams(
+        &self,
+        events: Vec<SerializedEvent>,
+    ) -> Result<Vec<Position>, PersistenceError> {
+        if events.is_empty() {
             return Ok(vec![]);
-        };
-        let key = (first.aggregate_type.clone(), first.aggregate_id.clone());
+        }
         let positions = {
             let mut log = self.write();
-            let current = log.streams.get(&key).map_or(0, Vec::len);
-            if first.sequence != current + 1 {
-                return Err(PersistenceError::OptimisticLockError);
-            }
-            let consecutive = events.iter().enumerate().all(|(offset, e)| {
-                e.sequence == current + 1 + offset
-                    && e.aggregate_id == key.1
-                    && e.aggregate_type == key.0
-            });
-            if !consecutive {
-                return Err(PersistenceError::UnknownError(
-                    "events of one append must be consecutive in one stream".into(),
-                ));
+            // Every stream's next sequence, checked before anything is pushed.
+            let mut next: BTreeMap<(String, String), usize> = BTreeMap::new();
+            for e in &events {
+                let key = (e.aggregate_type.clone(), e.aggregate_id.clone());
+                let expected = match next.get(&key) {
+                    Some(n) => *n,
+                    None => {
+                        let current = log.streams.get(&key).map_or(0, Vec::len);
+                        if e.sequence != current + 1 {
+                            return Err(PersistenceError::OptimisticLockError);
+                        }
+                        current + 1
+                    }
+                };
+                if e.sequence != expected {
+                    return Err(PersistenceError::UnknownError(
+                        "the events of a stream in one append must be consecutive".into(),
+                    ));
+                }
+                next.insert(key, expected + 1);
             }
             // Microseconds, as PostgreSQL keeps them: a time read back from the
             // API then compares equal to the stored one.
             let recorded_at = Utc::now().trunc_subsecs(6);
             let mut metadata: Option<Arc<Value>> = None;
-            let mut indexes = Vec::with_capacity(events.len());
             let mut positions = Vec::with_capacity(events.len());
             for event in events {
                 let index = log.len;
                 let n = index as i64 + 1;
-                indexes.push(index);
                 positions.push(Position::new(n, n));
+                if event.aggregate_type == "Notification"
+                    && event.event_type == "NotificationCreated"
+                {
+                    if let Some(recipient) =
+                        event.payload["NotificationCreated"]["recipient"].as_str()
+                    {
+                        log.recipients
+                            .entry(recipient.to_owned())
+                            .or_default()
+                            .push(event.aggregate_id.clone());
+                    }
+                }
+                log.streams
+                    .entry((event.aggregate_type.clone(), event.aggregate_id.clone()))
+                    .or_default()
+                    .push(index);
                 log.push(LoggedEvent {
                     position: Position::new(n, n),
                     aggregate_type: event.aggregate_type,
@@ -129,7 +163,6 @@ impl MemoryEventStore {
                     unreadable: None,
                 });
             }
-            log.streams.entry(key).or_default().extend(indexes);
             positions
         };
         self.signal.notify();
@@ -189,18 +222,38 @@ impl EventLog for MemoryEventStore {
         recipient: &str,
         until: Position,
         recorded_by: chrono::DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<SharedEvent>, StorageError> {
+        // Bounded work under the lock: the recipient's streams only, and no
+        // more than `limit + 1` events (past that the caller refuses anyway).
+        let log = self.read();
+        let ids = log.recipients.get(recipient).map_or(&[][..], Vec::as_slice);
+        let mut found = Vec::new();
+        'streams: for id in ids {
+            for &i in log.stream("Notification", id) {
+                let e = log.get(i);
+                if e.position <= until && e.recorded_at <= recorded_by {
+                    found.push(i);
+                    if found.len() > limit {
+                        break 'streams;
+                    }
+                }
+            }
+        }
+        found.sort_unstable();
+        Ok(found.into_iter().map(|i| log.get(i).clone()).collect())
+    }
+
+    async fn streams(
+        &self,
+        aggregate_type: &str,
+        aggregate_ids: &[String],
     ) -> Result<Vec<SharedEvent>, StorageError> {
         let log = self.read();
-        let all = || (0..log.len).map(|i| log.get(i));
-        let ids: std::collections::HashSet<&str> = all()
-            .filter(|e| e.event_type == "NotificationCreated")
-            .filter(|e| e.payload["NotificationCreated"]["recipient"] == recipient)
-            .map(|e| e.aggregate_id.as_str())
-            .collect();
-        Ok(all()
-            .filter(|e| e.position <= until && e.recorded_at <= recorded_by)
-            .filter(|e| e.aggregate_type == "Notification" && ids.contains(e.aggregate_id.as_str()))
-            .cloned()
+        Ok(aggregate_ids
+            .iter()
+            .flat_map(|id| log.stream(aggregate_type, id))
+            .map(|&i| log.get(i).clone())
             .collect())
     }
 

@@ -94,14 +94,25 @@ pub trait EventLog: Send + Sync {
         limit: usize,
     ) -> Result<Vec<SharedEvent>, StorageError>;
 
-    /// Every event of the notifications created for `recipient`, up to
+    /// The events of the notifications created for `recipient`, up to
     /// `until` (inclusive) and recorded no later than `recorded_by`, in
-    /// commit order: what time travel folds.
+    /// commit order: what time travel folds. At most `limit + 1`, so the
+    /// caller can tell that there were more than `limit`.
     async fn recipient_history(
         &self,
         recipient: &str,
         until: Position,
         recorded_by: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<SharedEvent>, StorageError>;
+
+    /// Every event of the streams `aggregate_ids` (of `aggregate_type`), in
+    /// stream order, one stream after another: many aggregates loaded in one
+    /// read.
+    async fn streams(
+        &self,
+        aggregate_type: &str,
+        aggregate_ids: &[String],
     ) -> Result<Vec<SharedEvent>, StorageError>;
 
     /// How far a reader at `after` is behind: events after it, and when the

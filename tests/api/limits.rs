@@ -332,3 +332,91 @@ async fn a_redrive_that_cannot_get_its_lock_answers_503_after_the_lock_timeout()
     assert_eq!(resp.status(), 200);
     app.cleanup().await;
 }
+
+mod bounded_reads {
+    use super::*;
+
+    /// Time travel folds at most 10 events here; a filtered log page reads
+    /// at most 5.
+    async fn spawn_small(backend: Backend, test: &str) -> Option<TestApp> {
+        TestApp::spawn_with(backend, test, |db| {
+            let mut s = settings(db);
+            s.as_of_max_events = 10;
+            s.events_scan_max = 5;
+            s
+        })
+        .await
+    }
+
+    on_both_backends!(
+        spawned_by super::spawn_small;
+        time_travel_past_its_bound_is_refused_and_within_it_answers,
+        a_filtered_log_page_reads_a_bounded_number_of_events_and_says_where_it_got_to,
+    );
+
+    async fn time_travel_past_its_bound_is_refused_and_within_it_answers(app: &TestApp) {
+        // Two events a notification (created, delivered): five fill the bound.
+        let mut last = String::new();
+        for i in 0..5 {
+            last = app
+                .create(&notification_for("traveller", &format!("t{i}")))
+                .await
+                .1;
+        }
+        let page = app
+            .get_json(&format!("/v1/users/traveller/inbox?as_of={last}"))
+            .await;
+        assert_eq!(page["items"].as_array().unwrap().len(), 5);
+        let (_, later) = app
+            .create(&notification_for("traveller", "one too many"))
+            .await;
+        let problem = expect_problem(
+            app.get(&format!("/v1/users/traveller/inbox?as_of={later}"))
+                .await,
+            422,
+            "urn:tidings:problem:validation",
+            "time travel over a longer history than one request folds",
+        )
+        .await;
+        assert_eq!(problem["errors"][0]["field"], "query.as_of");
+        assert!(problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("more than 10 events"));
+        // Another recipient's history is not counted.
+        app.get_json(&format!("/v1/users/someone-else/inbox?as_of={later}"))
+            .await;
+    }
+
+    async fn a_filtered_log_page_reads_a_bounded_number_of_events_and_says_where_it_got_to(
+        app: &TestApp,
+    ) {
+        let (id, cursor) = app.create(&notification_for("scanner", "x")).await;
+        app.command(&id, "read").await; // seen and read
+        for _ in 0..4 {
+            app.command(&id, "unread").await;
+            app.command(&id, "read").await;
+        }
+        // Ten events after the first two; four of them unread.
+        let first = app
+            .get_json(&format!(
+                "/v1/events?after={cursor}&type=NotificationUnread&limit=100"
+            ))
+            .await;
+        assert_eq!(first["has_more"], true, "{first}");
+        let found = first["events"].as_array().unwrap().len();
+        assert!(
+            found <= 3,
+            "five events read, at most three unread among them: {first}"
+        );
+        let second = app
+            .get_json(&format!(
+                "/v1/events?after={}&type=NotificationUnread&limit=100",
+                first["next_cursor"].as_str().unwrap()
+            ))
+            .await;
+        let total = found + second["events"].as_array().unwrap().len();
+        assert_eq!(total, 4, "{second}");
+        assert!(second["next_cursor"].as_str().unwrap() > first["next_cursor"].as_str().unwrap());
+    }
+}

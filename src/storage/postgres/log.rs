@@ -49,7 +49,15 @@ SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggr
                            AND payload -> 'NotificationCreated' ->> 'recipient' = $1)
    AND (transaction_id, global_position) <= ($2::text::xid8, $3)
    AND recorded_at <= $4
- ORDER BY transaction_id, global_position";
+ ORDER BY transaction_id, global_position
+ LIMIT $5";
+
+const STREAMS: &str = "
+SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
+       sequence, event_type, event_version, payload, metadata, recorded_at
+  FROM events
+ WHERE aggregate_type = $1 AND aggregate_id = ANY($2)
+ ORDER BY aggregate_id, sequence";
 
 const POSITION_OF: &str = "
 SELECT transaction_id::text::bigint AS tx, global_position
@@ -166,14 +174,36 @@ impl EventLog for PgEventLog {
         recipient: &str,
         until: Position,
         recorded_by: chrono::DateTime<chrono::Utc>,
+        limit: usize,
     ) -> Result<Vec<SharedEvent>, StorageError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(RECIPIENT_HISTORY).await?;
         let rows = client
             .query(
                 &stmt,
-                &[&recipient, &until.tx.to_string(), &until.seq, &recorded_by],
+                &[
+                    &recipient,
+                    &until.tx.to_string(),
+                    &until.seq,
+                    &recorded_by,
+                    &(limit as i64 + 1),
+                ],
             )
+            .await?;
+        rows.iter()
+            .map(|r| row_to_event(r).map(Arc::new).map_err(StorageError::from))
+            .collect()
+    }
+
+    async fn streams(
+        &self,
+        aggregate_type: &str,
+        aggregate_ids: &[String],
+    ) -> Result<Vec<SharedEvent>, StorageError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(STREAMS).await?;
+        let rows = client
+            .query(&stmt, &[&aggregate_type, &aggregate_ids])
             .await?;
         rows.iter()
             .map(|r| row_to_event(r).map(Arc::new).map_err(StorageError::from))
