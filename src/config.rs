@@ -99,6 +99,19 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub stream_heartbeat_ms: u64,
 
+    /// Longest one write to a stream connection may take, in milliseconds;
+    /// a client that stopped reading is dropped after it.
+    #[arg(long, env = "TIDINGS_STREAM_SEND_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub stream_send_timeout_ms: u64,
+
+    /// Most stream connections from one client address; more are closed
+    /// with 1013. 0: no limit (behind a load balancer every client has its
+    /// address).
+    #[arg(long, env = "TIDINGS_STREAM_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub stream_max_connections_per_address: u64,
+
     /// Stream updates kept for resuming subscribers; an older cursor gets `resync`.
     #[arg(long, env = "TIDINGS_STREAM_RETENTION", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
@@ -263,6 +276,9 @@ impl Settings {
     pub fn stream_heartbeat(&self) -> Duration {
         Duration::from_millis(self.stream_heartbeat_ms)
     }
+    pub fn stream_send_timeout(&self) -> Duration {
+        Duration::from_millis(self.stream_send_timeout_ms)
+    }
     pub fn stream_poll(&self) -> Duration {
         Duration::from_millis(self.stream_poll_ms)
     }
@@ -295,6 +311,8 @@ impl Settings {
             stream_max_connections: 20_000,
             stream_queue: 4096,
             stream_heartbeat_ms: 20_000,
+            stream_send_timeout_ms: 10_000,
+            stream_max_connections_per_address: 0,
             stream_retention: 100_000,
             stream_retention_bytes: 128 * 1024 * 1024,
             stream_poll_ms: 200,

@@ -27,6 +27,7 @@ use crate::projections::rebuild::{Rebuildable, Rebuilds};
 use crate::storage::memory::MemoryEventStore;
 use crate::storage::postgres::{self, PgEventLog};
 use crate::storage::{AppendSignal, EventLog};
+use crate::streams::addresses::AddressLimit;
 use crate::streams::fanout::Fanout;
 use crate::streams::feed;
 use crate::streams::router::Router;
@@ -73,6 +74,8 @@ pub struct Streams {
     pub closing: watch::Receiver<bool>,
     /// Redis, when configured.
     pub fanout: Option<Arc<Fanout>>,
+    /// Connections per client address, when capped.
+    pub per_address: Option<Arc<AddressLimit>>,
 }
 
 /// The running parts behind the HTTP surface.
@@ -273,9 +276,13 @@ impl Core {
                     max_connections,
                     settings: StreamSettings {
                         heartbeat: settings.stream_heartbeat(),
+                        send_timeout: settings.stream_send_timeout(),
                     },
                     closing: closing_rx,
                     fanout: started.fanout,
+                    per_address: AddressLimit::new(
+                        settings.stream_max_connections_per_address as usize,
+                    ),
                 },
                 inbox_rebuild: started.rebuildable,
                 rebuilds: Arc::default(),

@@ -83,8 +83,9 @@ pub fn openapi(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
          `unsubscribed`, `error`. Clients may send `{\"type\":\"subscribe\",\"topics\":[...],\
          \"cursor\":\"...\"}` and `{\"type\":\"unsubscribe\",\"topics\":[...]}`. Reconnect with \
          the `cursor` of the last update received to get every update missed, in order, once. \
-         Close codes: 1013 connection limit reached, 4000 slow consumer (resync), 1001 going \
-         away. The messages' JSON Schema is `openapi/stream-messages.schema.json`.",
+         Close codes: 1013 connection limit reached (overall or for one address), 4000 slow \
+         consumer (resync), 1008 too many messages, 1001 going away. At most 100 topics per \
+         connection; subscribe messages at most 5 a second (bursts of 20). The messages' JSON Schema is `openapi/stream-messages.schema.json`.",
     )
 }
 

@@ -17,6 +17,7 @@
 //! - [`socket`]: one WebSocket connection: subscribe, replay, live, heartbeat.
 //! - [`fanout`]: Redis pub/sub between instances (fred).
 
+pub mod addresses;
 pub mod fanout;
 pub mod feed;
 pub mod router;

@@ -33,6 +33,46 @@ pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
     pub heartbeat: Duration,
+    /// Longest one write to the socket may take; a client that stopped
+    /// reading is dropped after it, and what it held is freed.
+    pub send_timeout: Duration,
+}
+
+/// Subscribe and unsubscribe messages a connection may send in a burst,
+/// and how many more it earns a second.
+const SUBSCRIBE_BURST: f64 = 20.0;
+const SUBSCRIBES_PER_SECOND: f64 = 5.0;
+/// Refused messages after which a connection is closed as a flood (1008).
+const REFUSED_MAX: u32 = 100;
+
+/// Tokens for subscribe messages: one per message, `SUBSCRIBES_PER_SECOND`
+/// earned back a second up to `SUBSCRIBE_BURST`. One connection's own
+/// state, so a plain count and a time is all it takes.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new() -> Self {
+        Self {
+            tokens: SUBSCRIBE_BURST,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() * SUBSCRIBES_PER_SECOND;
+        self.tokens = (self.tokens + earned).min(SUBSCRIBE_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -48,20 +88,31 @@ enum ClientMessage {
     },
 }
 
-/// Validates topic names; the problem in words otherwise.
-pub fn parse_topics<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Vec<String>, String> {
+/// Validates topic names; the problem in words otherwise. Linear, and a
+/// list longer than a connection may hold is refused before any is parsed.
+pub fn parse_topics<'a>(
+    names: impl ExactSizeIterator<Item = &'a str>,
+) -> Result<Vec<String>, String> {
+    if names.len() > MAX_TOPICS {
+        return Err(format!(
+            "{} topics given; at most {MAX_TOPICS} per connection",
+            names.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
     let mut topics = Vec::new();
     for name in names {
         let topic = Topic::parse(name.trim())?.to_string();
-        if !topics.contains(&topic) {
+        if seen.insert(topic.clone()) {
             topics.push(topic);
         }
     }
-    if topics.len() > MAX_TOPICS {
-        return Err(format!("at most {MAX_TOPICS} topics per connection"));
-    }
     Ok(topics)
 }
+
+/// The longest `topics` query string accepted: MAX_TOPICS of the longest
+/// topic (`inbox:` and a 128-byte user), with commas.
+pub const MAX_TOPICS_QUERY: usize = MAX_TOPICS * 136;
 
 /// Why a subscriber must start over from a fresh cursor.
 enum Resync {
@@ -73,6 +124,9 @@ enum Resync {
 
 struct Connection<'a> {
     sink: futures_util::stream::SplitSink<WebSocketStream, Message>,
+    send_timeout: Duration,
+    subscribes: Bucket,
+    refused: u32,
     router: &'a Router,
     log: &'a dyn UpdateLog,
     sub: Subscription,
@@ -84,6 +138,9 @@ struct Connection<'a> {
 enum End {
     /// The socket broke (or the peer vanished): nothing more can be sent.
     Closed,
+    /// A write did not finish within the send timeout: the client stopped
+    /// reading. Nothing more can be sent to it.
+    Stalled,
     /// The peer sent a close frame: answer it (the library queued the
     /// echo; flushing sends it), so the peer sees a clean close, not 1006.
     PeerClosed,
@@ -91,12 +148,25 @@ enum End {
     Close(u16, String),
 }
 
+/// A write to the socket, bounded by `limit`.
+async fn bounded<E, F: std::future::Future<Output = Result<(), E>>>(
+    limit: Duration,
+    write: F,
+) -> Result<(), End> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Closed),
+        Err(_) => Err(End::Stalled),
+    }
+}
+
 impl Connection<'_> {
     async fn send_json(&mut self, value: serde_json::Value) -> Result<(), End> {
-        self.sink
-            .send(Message::Text(value.to_string()))
-            .await
-            .map_err(|_| End::Closed)
+        bounded(
+            self.send_timeout,
+            self.sink.send(Message::Text(value.to_string())),
+        )
+        .await
     }
 
     async fn error(&mut self, detail: impl Into<String>) -> Result<(), End> {
@@ -218,19 +288,34 @@ impl Connection<'_> {
                 continue;
             }
             *sent = u.id;
-            self.sink
-                .feed(Message::Text(u.message().to_owned()))
-                .await
-                .map_err(|_| End::Closed)?;
+            bounded(
+                self.send_timeout,
+                self.sink.feed(Message::Text(u.message().to_owned())),
+            )
+            .await?;
             fed = true;
         }
         if fed {
-            self.sink.flush().await.map_err(|_| End::Closed)?;
+            bounded(self.send_timeout, self.sink.flush()).await?;
         }
         Ok(())
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        if !self.subscribes.take() {
+            self.refused += 1;
+            if self.refused > REFUSED_MAX {
+                return Err(End::Close(
+                    1008,
+                    "too many messages; this connection is closed".into(),
+                ));
+            }
+            return self
+                .error(format!(
+                    "too many messages: at most {SUBSCRIBES_PER_SECOND} a second (bursts of {SUBSCRIBE_BURST}); this one was ignored"
+                ))
+                .await;
+        }
         match serde_json::from_str::<ClientMessage>(text) {
             Ok(ClientMessage::Subscribe { topics, cursor }) => {
                 match parse_topics(topics.iter().map(String::as_str)) {
@@ -271,6 +356,9 @@ pub async fn serve(
     let id = sub.id;
     let mut conn = Connection {
         sink,
+        send_timeout: settings.send_timeout,
+        subscribes: Bucket::new(),
+        refused: 0,
         router: &router,
         log: &*log,
         sub,
@@ -325,7 +413,7 @@ pub async fn serve(
                     if heard.elapsed() > settings.heartbeat * 2 {
                         return Err(End::Close(1001, "no pong: the connection seems dead".into()));
                     }
-                    conn.sink.send(Message::Ping(Vec::new())).await.map_err(|_| End::Closed)?;
+                    bounded(conn.send_timeout, conn.sink.send(Message::Ping(Vec::new()))).await?;
                 }
                 _ = shutdown.changed() => {
                     return Err(End::Close(1001, "server shutting down".into()));
@@ -337,31 +425,36 @@ pub async fn serve(
     }
     .await;
     router.disconnect(id);
+    let limit = conn.send_timeout;
     match end {
         Err(End::Close(code, reason)) => {
             debug!(connection = id, code, %reason, "closing stream");
-            let _ = conn
-                .sink
-                .send(Message::Close(Some((CloseCode::from(code), reason))))
-                .await;
-            let _ = conn.sink.close().await;
+            let close = Message::Close(Some((CloseCode::from(code), reason)));
+            if bounded(limit, conn.sink.send(close)).await.is_ok() {
+                let _ = bounded(limit, conn.sink.close()).await;
+            }
         }
         Err(End::PeerClosed) => {
             debug!(connection = id, "the client closed the stream");
-            let _ = conn.sink.close().await;
+            let _ = bounded(limit, conn.sink.close()).await;
+        }
+        Err(End::Stalled) => {
+            debug!(
+                connection = id,
+                "the client stopped reading; dropping the stream"
+            );
         }
         Err(End::Closed) | Ok(()) => {}
     }
 }
 
-/// Refuses a connection over the limit with a clear close code.
-pub async fn refuse(socket: WebSocketStream, limit: usize) {
+/// Refuses a connection over a limit with a clear close code (1013, try
+/// again later) and why.
+pub async fn refuse(socket: WebSocketStream, why: String) {
     let (mut sink, _source) = socket.split();
-    let _ = sink
-        .send(Message::Close(Some((
-            CloseCode::from(CLOSE_TRY_AGAIN_LATER),
-            format!("connection limit ({limit}) reached; retry later"),
-        ))))
-        .await;
-    let _ = sink.close().await;
+    let limit = Duration::from_secs(5);
+    let close = Message::Close(Some((CloseCode::from(CLOSE_TRY_AGAIN_LATER), why)));
+    if bounded(limit, sink.send(close)).await.is_ok() {
+        let _ = bounded(limit, sink.close()).await;
+    }
 }

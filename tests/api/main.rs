@@ -25,5 +25,6 @@ mod rebuild;
 mod rebuild_equivalence;
 mod restart;
 mod stream_client;
+mod stream_limits;
 mod streams;
 mod unreadable;
