@@ -67,8 +67,13 @@ enum EventsCommand {
         #[command(flatten)]
         args: DbArgs,
     },
-    /// Read events (as exported) from stdin into a migrated, empty store.
+    /// Read events (as exported) from stdin into a migrated store; events it
+    /// already holds are skipped, so an import can be re-run or continued.
     Import {
+        /// Accept streams that start after their first event (an export of
+        /// part of a log, imported into a store without the part before).
+        #[arg(long)]
+        partial: bool,
         #[command(flatten)]
         args: DbArgs,
     },
@@ -151,7 +156,7 @@ impl Cli {
             Some(Command::Serve(s)) => s.log.log_format,
             Some(Command::Migrate(args))
             | Some(Command::Events {
-                action: EventsCommand::Export { args, .. } | EventsCommand::Import { args },
+                action: EventsCommand::Export { args, .. } | EventsCommand::Import { args, .. },
             })
             | Some(Command::Replay { args, .. }) => args.log.log_format,
             Some(Command::Parked { action }) => action.of().args.log.log_format,
@@ -219,11 +224,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 finish_output(out.flush())
             }
-            EventsCommand::Import { args } => {
+            EventsCommand::Import { partial, args } => {
                 let url = args.url("events import")?;
                 let stdin = std::io::stdin();
-                let n = tidings::transfer::import(url, args.limits(), stdin.lock()).await?;
-                tracing::info!(events = n, "imported");
+                let done =
+                    tidings::transfer::import(url, args.limits(), stdin.lock(), partial).await?;
+                tracing::info!(
+                    imported = done.imported,
+                    skipped = done.skipped,
+                    "imported (events the store already held were skipped)"
+                );
                 Ok(())
             }
         },

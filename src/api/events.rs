@@ -25,28 +25,34 @@ pub const MAX_LIMIT: i64 = 1000;
 /// than reading the whole log.
 const SCAN_PAGE: usize = 1_000;
 
-/// One event of a notification's history.
-#[derive(Object, Serialize, Debug, Clone, PartialEq)]
-pub struct AuditEvent {
-    /// Position within the notification's stream, from 1.
+/// One event, as the audit, the global log and an NDJSON export line all
+/// show it.
+#[derive(Object, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[oai(rename = "Event")]
+pub struct EventView {
+    /// Position in the global log.
+    pub cursor: String,
+    /// `Notification`, ...
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// Position within its own stream, from 1.
     pub sequence: i64,
     /// `NotificationCreated`, `NotificationRead`, ...
     #[oai(rename = "type")]
     #[serde(rename = "type")]
     pub event_type: String,
     pub version: String,
-    /// The event's fields.
+    /// The event's fields (null when it cannot be read).
     pub data: serde_json::Value,
-    /// RFC 3339 UTC, when the store recorded it.
-    pub recorded_at: String,
-    /// Position in the global log.
-    pub cursor: String,
     /// Who and why: request_id, correlation_id, causation_id, actor, command, ...
     pub metadata: serde_json::Value,
+    /// RFC 3339 UTC, when the store recorded it.
+    pub recorded_at: String,
     /// Present when the stored event cannot be read (`data` and `metadata`
-    /// are then null): why, and what it holds as stored.
+    /// are then null): why, and what it holds as stored. An import stores
+    /// it as it was.
     #[oai(skip_serializing_if_is_none)]
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<UnreadableView>,
 }
 
@@ -61,85 +67,82 @@ pub struct UnreadableView {
     pub metadata: String,
 }
 
-impl UnreadableView {
-    fn of(e: &LoggedEvent) -> Option<Self> {
-        e.unreadable.as_ref().map(|u| Self {
-            error: u.error.clone(),
-            payload: u.payload.clone(),
-            metadata: u.metadata.clone(),
-        })
-    }
-}
-
-/// One event as the global log (and an NDJSON export line) holds it.
-#[derive(Object, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct LogEvent {
-    pub cursor: String,
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub sequence: i64,
-    #[oai(rename = "type")]
-    #[serde(rename = "type")]
-    pub event_type: String,
-    pub version: String,
-    /// The event as stored.
-    pub payload: serde_json::Value,
-    pub metadata: serde_json::Value,
-    pub recorded_at: String,
-    /// Present when the stored event cannot be read (`payload` and
-    /// `metadata` are then null): why, and what it holds as stored. An
-    /// import stores it as it was.
-    #[oai(skip_serializing_if_is_none)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unreadable: Option<UnreadableView>,
-}
-
-impl From<&LoggedEvent> for LogEvent {
+impl From<&LoggedEvent> for EventView {
     fn from(e: &LoggedEvent) -> Self {
+        // Every backend shows the current shape (PostgreSQL's reader upcast
+        // already; the memory store keeps what was appended).
+        let mut version = e.event_version.clone();
+        let current = crate::storage::upcast::upcast(&e.event_type, &version, &e.payload);
+        if current.is_some() {
+            version = crate::domain::EVENT_VERSION.to_owned();
+        }
+        let payload = current.as_ref().unwrap_or(&e.payload);
+        // Stored payloads name their event: {"NotificationRead": {...}}. One
+        // that does not is not an event this release can read.
+        let unwrapped = match (&e.unreadable, payload.as_object()) {
+            (None, Some(map)) if map.len() == 1 => map.get(&e.event_type).cloned(),
+            _ => None,
+        };
+        let unreadable = match (&e.unreadable, &unwrapped) {
+            (Some(u), _) => Some(UnreadableView {
+                error: u.error.clone(),
+                payload: u.payload.clone(),
+                metadata: u.metadata.clone(),
+            }),
+            (None, None) => Some(UnreadableView {
+                error: format!(
+                    "the payload is not {{\"{}\": ...}}, the shape of its event type",
+                    e.event_type
+                ),
+                payload: e.payload.to_string(),
+                metadata: e.metadata.to_string(),
+            }),
+            (None, Some(_)) => None,
+        };
         Self {
             cursor: e.position.to_cursor(),
             aggregate_type: e.aggregate_type.clone(),
             aggregate_id: e.aggregate_id.clone(),
             sequence: e.sequence,
             event_type: e.event_type.clone(),
-            version: e.event_version.clone(),
-            payload: e.payload.clone(),
-            metadata: (*e.metadata).clone(),
+            version,
+            data: unwrapped.unwrap_or(serde_json::Value::Null),
+            metadata: if unreadable.is_some() {
+                serde_json::Value::Null
+            } else {
+                (*e.metadata).clone()
+            },
             recorded_at: rfc3339(e.recorded_at),
-            unreadable: UnreadableView::of(e),
+            unreadable,
         }
     }
 }
 
-fn audit_event(e: &LoggedEvent) -> AuditEvent {
-    // Stored payloads name their variant: {"NotificationRead": {...}}.
-    let data = e
-        .payload
-        .get(&e.event_type)
-        .cloned()
-        .unwrap_or_else(|| e.payload.clone());
-    AuditEvent {
-        sequence: e.sequence,
-        event_type: e.event_type.clone(),
-        version: e.event_version.clone(),
-        data,
-        recorded_at: rfc3339(e.recorded_at),
-        cursor: e.position.to_cursor(),
-        metadata: (*e.metadata).clone(),
-        unreadable: UnreadableView::of(e),
+impl EventView {
+    /// The payload and metadata to store for this event, as JSON text: the
+    /// text as stored for one exported as unreadable, else the data in the
+    /// shape of its type.
+    pub fn stored(&self) -> (String, String) {
+        match &self.unreadable {
+            Some(raw) => (raw.payload.clone(), raw.metadata.clone()),
+            None => (
+                serde_json::json!({ self.event_type.clone(): self.data }).to_string(),
+                self.metadata.to_string(),
+            ),
+        }
     }
 }
 
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct AuditPage {
-    pub events: Vec<AuditEvent>,
+    pub events: Vec<EventView>,
     /// Pass as `after` for the next page; null on the last page.
     pub next_after: Option<i64>,
 }
 
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct LogPage {
-    pub events: Vec<LogEvent>,
+    pub events: Vec<EventView>,
     /// Where the next page starts (pass as `after`); also where to poll from
     /// when `has_more` is false.
     pub next_cursor: String,
@@ -205,7 +208,11 @@ impl EventsApi {
             return Err(ApiError::not_found(format!("no notification {id} exists")));
         }
         let more = events.len() > limit;
-        let events: Vec<AuditEvent> = events.iter().take(limit).map(|e| audit_event(e)).collect();
+        let events: Vec<EventView> = events
+            .iter()
+            .take(limit)
+            .map(|e| EventView::from(&**e))
+            .collect();
         let next_after = more.then(|| events.last().map_or(after, |e| e.sequence));
         Ok(AuditResponse::Ok(Json(AuditPage { events, next_after })))
     }
@@ -247,7 +254,7 @@ impl EventsApi {
                 scanned += 1;
                 used += 1;
                 if event_type.0.as_deref().is_none_or(|t| t == e.event_type) {
-                    events.push(LogEvent::from(&**e));
+                    events.push(EventView::from(&**e));
                     if events.len() == limit {
                         break;
                     }
@@ -302,7 +309,7 @@ pub async fn export(
                         .iter()
                         .filter(|e| event_type.as_deref().is_none_or(|t| t == e.event_type))
                     {
-                        if serde_json::to_writer(&mut lines, &LogEvent::from(&**e)).is_ok() {
+                        if serde_json::to_writer(&mut lines, &EventView::from(&**e)).is_ok() {
                             lines.push(b'\n');
                         }
                     }

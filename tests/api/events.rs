@@ -175,7 +175,15 @@ async fn the_global_log_pages_in_commit_order_and_filters_by_type(app: &TestApp)
         "commit order, once each"
     );
     assert_eq!(events[0]["type"], "NotificationCreated");
-    assert!(events[0]["payload"]["NotificationCreated"].is_object());
+    assert!(events[0]["data"]["recipient"].is_string(), "{}", events[0]);
+    // The global log shows an event in the audit's shape.
+    let audit = app
+        .get_json(&format!(
+            "/v1/notifications/{}/events",
+            events[0]["aggregate_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(audit["events"][0], events[0]);
 
     let reads = app
         .get_json("/v1/events?type=NotificationRead&limit=1000")
@@ -231,8 +239,7 @@ async fn export_then_import_moves_a_log_to_another_deployment() {
     let app = TestApp::spawn(Backend::Postgres, test)
         .await
         .expect("postgres");
-    let (total, last) = seed(&app, "xia").await;
-    let mut before = app.whole_inbox("xia", 100, &last).await;
+    let (total, _) = seed(&app, "xia").await;
     let source = app.db.clone().expect("postgres").url;
 
     let export = tidings(&source)
@@ -249,9 +256,11 @@ async fn export_then_import_moves_a_log_to_another_deployment() {
 
     let target = TestDb::create(&server).await;
     target.migrate().await;
-    let import = |input: String| {
-        let mut child = tidings(&target.url)
+    let import = |url: &str, input: &str, flags: &[&str]| {
+        let mut child = tidings(url)
             .args(["events", "import"])
+            .args(flags)
+            .env("RUST_LOG", "info")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -264,22 +273,94 @@ async fn export_then_import_moves_a_log_to_another_deployment() {
             .unwrap()
             .write_all(input.as_bytes())
             .unwrap();
-        child.wait_with_output().unwrap()
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
-    let first = import(ndjson.clone());
+    let count = |db: &TestDb| {
+        let db = db.clone();
+        async move {
+            db.client()
+                .await
+                .query_one("SELECT count(*) FROM events", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    let (ok, log) = import(&target.url, &ndjson, &[]);
+    assert!(ok, "{log}");
+    assert!(log.contains(&format!("imported={total}")), "{log}");
+    // Again: everything is already there, nothing changes.
+    let (ok, log) = import(&target.url, &ndjson, &[]);
+    assert!(ok, "a second import of the same log is a no-op: {log}");
     assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
+        log.contains(&format!("skipped={total}")) && log.contains("imported=0"),
+        "{log}"
     );
-    let again = import(ndjson.clone());
+    assert_eq!(count(&target).await, total as i64);
+
+    // A conflicting event (same place, other data) is refused, and nothing changes.
+    let mut lines: Vec<Value> = ndjson
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    lines[0]["data"]["title"] = json!("rewritten");
+    let tampered: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let (ok, log) = import(&target.url, &tampered, &[]);
+    assert!(!ok);
     assert!(
-        !again.status.success(),
-        "a second import into a non-empty store is refused"
+        log.contains("line 1") && log.contains("different event"),
+        "{log}"
     );
-    assert!(String::from_utf8_lossy(&again.stderr).contains("empty store"));
+    assert_eq!(count(&target).await, total as i64);
+
+    // The log goes on at the source; `export --after` on top of the import
+    // brings the rest, with streams that began in the first part.
+    let last_exported = lines.last().unwrap()["cursor"].as_str().unwrap().to_owned();
+    let first_id = lines[0]["aggregate_id"].as_str().unwrap().to_owned();
+    let (fresh, _) = app.create(&notification_for("xia", "later")).await;
+    let later = app.command(&first_id, "archive").await["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.get_json(&format!("/v1/users/xia/inbox?min_position={later}"))
+        .await;
+    let mut before = app.whole_inbox("xia", 100, &later).await;
+    let rest = tidings(&source)
+        .args(["events", "export", "--after", &last_exported])
+        .output()
+        .unwrap();
+    let rest = String::from_utf8(rest.stdout).unwrap();
+    assert_eq!(rest.lines().count(), 3, "{rest}");
+    assert!(rest.contains(&fresh));
+
+    // Alone, into an empty store, that part is refused: its archive event
+    // belongs to a stream whose first events are not in it ...
+    let elsewhere = TestDb::create(&server).await;
+    elsewhere.migrate().await;
+    let (ok, log) = import(&elsewhere.url, &rest, &[]);
+    assert!(!ok);
+    assert!(
+        log.contains("--partial") && log.contains(&first_id),
+        "{log}"
+    );
+    assert_eq!(count(&elsewhere).await, 0);
+    // ... unless the operator says it is part of a log.
+    let (ok, log) = import(&elsewhere.url, &rest, &["--partial"]);
+    assert!(ok, "{log}");
+    assert_eq!(count(&elsewhere).await, 3);
+    elsewhere.drop_database().await;
+
+    // On top of the first import it goes on where the store has it.
+    let (ok, log) = import(&target.url, &rest, &[]);
+    assert!(ok, "{log}");
+    assert_eq!(count(&target).await, total as i64 + 3);
 
     // A deployment on the imported log rebuilds the same inbox.
+    let total = total + 3;
     let moved = TestApp::start(Backend::Postgres, Some(target), crate::helpers::settings).await;
     // The log hands out events only below the cluster's oldest running
     // transaction, which another test's may hold back for a moment.
@@ -391,12 +472,7 @@ async fn an_old_event_shape_reads_as_the_current_one_everywhere() {
     let export = app.get("/v1/events/export").await.text().await.unwrap();
     let first: Value = serde_json::from_str(export.lines().next().unwrap()).unwrap();
     assert_eq!(first["version"], "1.0");
-    assert_eq!(
-        first["payload"]["NotificationCreated"]["priority"],
-        "urgent"
-    );
-    assert!(first["payload"]["NotificationCreated"]
-        .get("urgent")
-        .is_none());
+    assert_eq!(first["data"]["priority"], "urgent");
+    assert!(first["data"].get("urgent").is_none());
     app.cleanup().await;
 }

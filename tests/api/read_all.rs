@@ -15,14 +15,21 @@ on_both_backends!(
 const USER: &str = "bulk-reader";
 const NOTIFICATIONS: usize = 1_100;
 
+/// `NOTIFICATIONS` creates for `user`, 32 at a time (the server refuses
+/// more than --max-concurrent-requests at once).
+async fn create_many(app: &TestApp, user: &str) -> Vec<(String, String)> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(0..NOTIFICATIONS)
+        .map(|i| async move { app.create(&notification_for(user, &format!("n{i}"))).await })
+        .buffer_unordered(32)
+        .collect()
+        .await
+}
+
 async fn read_all_racing_other_writers_marks_each_unread_notification_once_and_loses_nothing(
     app: &TestApp,
 ) {
-    let creates = join_all(
-        (0..NOTIFICATIONS)
-            .map(|i| async move { app.create(&notification_for(USER, &format!("n{i}"))).await }),
-    )
-    .await;
+    let creates = create_many(app, USER).await;
     let ids: Vec<String> = creates.iter().map(|(id, _)| id.clone()).collect();
     let last = max_cursor(creates.iter().map(|(_, c)| c.as_str()));
 
@@ -131,13 +138,7 @@ async fn read_all_without_racers_writes_one_transaction_per_batch_on_postgres() 
     let Some(app) = TestApp::spawn(crate::helpers::Backend::Postgres, test).await else {
         return;
     };
-    let shared = &app;
-    let creates = join_all((0..NOTIFICATIONS).map(|i| async move {
-        shared
-            .create(&notification_for("quiet-reader", &format!("q{i}")))
-            .await
-    }))
-    .await;
+    let creates = create_many(&app, "quiet-reader").await;
     let last = max_cursor(creates.iter().map(|(_, c)| c.as_str()));
     let resp = app
         .client

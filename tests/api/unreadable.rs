@@ -220,7 +220,7 @@ async fn an_event_too_deep_to_read_back_is_parked_shown_and_named_and_nothing_el
         .expect("the export runs past unreadable events");
     let elsewhere = TestDb::create(&server).await;
     elsewhere.migrate().await;
-    tidings::transfer::import(&elsewhere.url, limits(), exported.as_slice())
+    tidings::transfer::import(&elsewhere.url, limits(), exported.as_slice(), false)
         .await
         .expect("the import takes unreadable events");
     let stored = |db: TestDb| async move {
