@@ -71,6 +71,11 @@ pub struct Settings {
     #[command(flatten)]
     pub db: Database,
 
+    /// Do not apply migrations at start; refuse to start on a database whose
+    /// schema is behind this release (run `tidings migrate` as the owner).
+    #[arg(long, env = "TIDINGS_SKIP_MIGRATIONS")]
+    pub skip_migrations: bool,
+
     /// Redis URL for stream updates between instances; absent: one instance,
     /// in-process fan-out. Needs DATABASE_URL.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
@@ -306,6 +311,7 @@ impl Settings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             db: Database::at(database_url),
+            skip_migrations: false,
             redis_url: None,
             redis_channel: None,
             stream_max_connections: 20_000,

@@ -164,8 +164,12 @@ async fn start_postgres(
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Started> {
     let pools = postgres::connect(url, postgres::SessionLimits::of(&settings.db)).await?;
-    postgres::migrate(&pools).await?;
-    info!(database = %postgres::redact(url), "storage: postgres (migrations applied)");
+    if settings.skip_migrations {
+        postgres::require_schema(&pools).await?;
+    } else {
+        postgres::migrate_if_needed(&pools).await?;
+    }
+    info!(database = %postgres::redact(url), "storage: postgres (schema up to date)");
     let updates = Arc::new(PgUpdateLog::new(pools.deadpool.clone()));
     let inbox = Arc::new(
         PostgresInbox::new(

@@ -58,6 +58,16 @@ impl TestDb {
         }
     }
 
+    /// This database, reached as `role` (the test server trusts local roles).
+    pub fn as_role(&self, role: &str) -> TestDb {
+        let (scheme, rest) = self.url.split_once("://").expect("a URL");
+        let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+        TestDb {
+            url: format!("{scheme}://{role}@{host}"),
+            ..self.clone()
+        }
+    }
+
     /// Applies the migrations, as `tidings migrate` does.
     pub async fn migrate(&self) {
         let pools = tidings::storage::postgres::connect(&self.url, limits())

@@ -20,6 +20,7 @@ mod limits;
 mod operations;
 mod outages;
 mod parked;
+mod privilege;
 mod read_all;
 mod rebuild;
 mod rebuild_equivalence;

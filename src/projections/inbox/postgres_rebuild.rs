@@ -76,6 +76,7 @@ impl PostgresInbox {
                  CREATE TABLE {table} (LIKE {old_table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);"
             ))
             .await?;
+        copy_grants(&client, &old_table, &table).await?;
         // What an earlier, interrupted attempt at this version parked.
         client
             .execute(
@@ -190,4 +191,33 @@ impl PostgresInbox {
         )
         .into())
     }
+}
+
+/// Gives `to` the privileges every other role has on `from`: a serving role
+/// with least privilege (ops/app-role.sql) keeps writing the read model
+/// after a rebuild made by the owner.
+async fn copy_grants(
+    client: &tokio_postgres::Client,
+    from: &str,
+    to: &str,
+) -> Result<(), ProjectionError> {
+    let grants = client
+        .query(
+            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
+                    string_agg(a.privilege_type, ', ')
+               FROM pg_class c
+              CROSS JOIN LATERAL aclexplode(c.relacl) a
+               LEFT JOIN pg_roles r ON r.oid = a.grantee
+              WHERE c.oid = $1::text::regclass AND a.grantee <> c.relowner
+              GROUP BY 1",
+            &[&from],
+        )
+        .await?;
+    for grant in grants {
+        let (grantee, privileges): (String, String) = (grant.try_get(0)?, grant.try_get(1)?);
+        client
+            .batch_execute(&format!("GRANT {privileges} ON {to} TO {grantee}"))
+            .await?;
+    }
+    Ok(())
 }

@@ -221,6 +221,28 @@ pub fn deployment_channel(config: &tokio_postgres::Config) -> String {
 /// Proves the database holds the schema this release needs, for commands
 /// that do not migrate (all but `migrate` and `serve`).
 pub async fn require_schema(pools: &PgPools) -> anyhow::Result<()> {
+    let (applied, needed) = migrations_applied(pools).await?;
+    if applied < needed {
+        anyhow::bail!(
+            "the database has {applied} of the {needed} migrations this release needs; run `tidings migrate` first"
+        );
+    }
+    Ok(())
+}
+
+/// Applies the migrations the database lacks, if it lacks any: a serving
+/// role that may not create tables (see ops/app-role.sql) starts on a
+/// migrated database without trying to.
+pub async fn migrate_if_needed(pools: &PgPools) -> anyhow::Result<()> {
+    let (applied, needed) = migrations_applied(pools).await?;
+    if applied < needed {
+        migrate(pools).await?;
+    }
+    Ok(())
+}
+
+/// (migrations the database has, migrations this release has).
+async fn migrations_applied(pools: &PgPools) -> anyhow::Result<(i64, i64)> {
     use anyhow::Context;
     let client = pools
         .deadpool
@@ -242,13 +264,7 @@ pub async fn require_schema(pools: &PgPools) -> anyhow::Result<()> {
     } else {
         0
     };
-    let needed = MIGRATOR.iter().count() as i64;
-    if applied < needed {
-        anyhow::bail!(
-            "the database has {applied} of the {needed} migrations this release needs; run `tidings migrate` first"
-        );
-    }
-    Ok(())
+    Ok((applied, MIGRATOR.iter().count() as i64))
 }
 
 /// Applies pending migrations; safe to run from several instances at once

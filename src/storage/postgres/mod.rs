@@ -9,7 +9,8 @@ mod log;
 
 pub use append::{AppendError, PgAppender};
 pub use connect::{
-    connect, deployment_channel, migrate, redact, require_schema, PgPools, SessionLimits, MIGRATOR,
+    connect, deployment_channel, migrate, migrate_if_needed, redact, require_schema, PgPools,
+    SessionLimits, MIGRATOR,
 };
 pub use json::{check_json, unreadable_metadata, RawJson};
 pub use log::{row_to_event, PgEventLog};
