@@ -329,7 +329,7 @@ impl Core {
 /// The OpenAPI document, as served at /openapi.json.
 pub async fn openapi_json() -> anyhow::Result<String> {
     let core = Core::start(&Settings::for_tests(None)).await?;
-    let spec = api::openapi(core.state.clone()).spec();
+    let spec = api::document_text(core.state.clone());
     core.stop().await;
     Ok(spec)
 }

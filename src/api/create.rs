@@ -8,6 +8,10 @@ use poem_openapi::Object;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::params::{
+    BodyRule, CategoryRule, ChannelRule, GroupKeyRule, JsonObject, PriorityRule, Text, TimeRule,
+    TitleRule, UserRule,
+};
 use super::problem::{ApiError, FieldProblem};
 use crate::domain::{
     parse_data, Body, Category, Channel, Data, DataProblem, GroupKey, NewNotification, Priority,
@@ -20,44 +24,51 @@ use crate::domain::{
 #[serde(deny_unknown_fields)]
 pub struct CreateNotificationRequest {
     /// The user it is for: letters, digits and `. _ - @ +`, up to 128 characters.
-    pub recipient: String,
+    pub recipient: Text<UserRule>,
     /// Lowercase letters, digits and `. _ - :`, up to 64 characters (`comment`, `billing.invoice`).
-    pub category: String,
-    /// 1–200 characters, one line.
-    pub title: String,
-    /// Up to 10 KB of text, without U+0000.
-    pub body: String,
+    pub category: Text<CategoryRule>,
+    /// 1–200 characters, one line, not only white space.
+    pub title: Text<TitleRule>,
+    /// Up to 10,000 characters, without U+0000.
+    pub body: Text<BodyRule>,
     /// Any JSON object, returned as sent: up to 32 KiB as JSON, nesting up to
     /// 32 levels, 1,000 keys in all (each up to 256 bytes), and no U+0000 in
     /// any key or string. Numbers are 64-bit integers or doubles.
     #[serde(default)]
-    pub data: Option<serde_json::Value>,
-    /// `low`, `normal` (default), `high` or `urgent`.
+    #[oai(nullable)]
+    pub data: Option<JsonObject>,
+    /// `normal` when absent.
     #[serde(default)]
-    pub priority: Option<String>,
-    /// Where to deliver: `in_app` (default), `email`, `sms`, `push`, `chat`. In-app
-    /// notifications reach the inbox at once unless `deliver_at` is set.
+    #[oai(nullable)]
+    pub priority: Option<Text<PriorityRule>>,
+    /// Where to deliver (`in_app` when absent). In-app notifications reach
+    /// the inbox at once unless `deliver_at` is in the future.
     #[serde(default)]
-    pub channels: Option<Vec<String>>,
-    /// Groups related notifications (`post-42`).
+    #[oai(nullable, validator(min_items = 1))]
+    pub channels: Option<Vec<Text<ChannelRule>>>,
+    /// Groups related notifications (`post-42`): 1–128 characters, no control characters.
     #[serde(default)]
-    pub group_key: Option<String>,
-    /// RFC 3339 time in the future to deliver at; absent: deliver now.
+    #[oai(nullable)]
+    pub group_key: Option<Text<GroupKeyRule>>,
+    /// When to deliver (RFC 3339); absent or past: now.
     #[serde(default)]
-    pub deliver_at: Option<String>,
+    #[oai(nullable)]
+    pub deliver_at: Option<Text<TimeRule>>,
 }
 
 impl Example for CreateNotificationRequest {
     fn example() -> Self {
         Self {
-            recipient: "alice".into(),
-            category: "comment".into(),
-            title: "New reply".into(),
-            body: "Bob replied to your post".into(),
-            data: Some(serde_json::json!({"post_id": 42, "author": "bob"})),
-            priority: Some("normal".into()),
-            channels: Some(vec!["in_app".into()]),
-            group_key: Some("post-42".into()),
+            recipient: Text::new("alice"),
+            category: Text::new("comment"),
+            title: Text::new("New reply"),
+            body: Text::new("Bob replied to your post"),
+            data: Some(JsonObject(
+                serde_json::json!({"post_id": 42, "author": "bob"}),
+            )),
+            priority: Some(Text::new("normal")),
+            channels: Some(vec![Text::new("in_app")]),
+            group_key: Some(Text::new("post-42")),
             deliver_at: None,
         }
     }
@@ -83,11 +94,11 @@ impl CreateNotificationRequest {
     pub fn validate(&self) -> Result<NewNotification, ApiError> {
         let mut errors = Vec::new();
         let e = &mut errors;
-        let recipient = field(e, "recipient", UserId::parse(&self.recipient));
-        let category = field(e, "category", Category::parse(&self.category));
-        let title = field(e, "title", Title::parse(&self.title));
-        let body = field(e, "body", Body::parse(&self.body));
-        let data: Option<Data> = match &self.data {
+        let recipient = field(e, "recipient", UserId::parse(self.recipient.as_str()));
+        let category = field(e, "category", Category::parse(self.category.as_str()));
+        let title = field(e, "title", Title::parse(self.title.as_str()));
+        let body = field(e, "body", Body::parse(self.body.as_str()));
+        let data: Option<Data> = match self.data.as_ref().map(|d| &d.0) {
             None => Some(Data::new()),
             Some(serde_json::Value::Object(map)) => match parse_data(map) {
                 Ok(data) => Some(data),
@@ -109,7 +120,7 @@ impl CreateNotificationRequest {
         };
         let priority = match &self.priority {
             None => Some(Priority::Normal),
-            Some(p) => field(e, "priority", Priority::parse(p)),
+            Some(p) => field(e, "priority", Priority::parse(p.as_str())),
         };
         let channels = match &self.channels {
             None => Some(vec![Channel::InApp]),
@@ -124,7 +135,7 @@ impl CreateNotificationRequest {
                 let mut channels = Vec::new();
                 let mut ok = true;
                 for c in list {
-                    match field(e, "channels", Channel::parse(c)) {
+                    match field(e, "channels", Channel::parse(c.as_str())) {
                         Some(c) if !channels.contains(&c) => channels.push(c),
                         Some(_) => {}
                         None => ok = false,
@@ -135,11 +146,11 @@ impl CreateNotificationRequest {
         };
         let group_key = match &self.group_key {
             None => Some(None),
-            Some(g) => field(e, "group_key", GroupKey::parse(g)).map(Some),
+            Some(g) => field(e, "group_key", GroupKey::parse(g.as_str())).map(Some),
         };
         let deliver_at = match &self.deliver_at {
             None => Some(None),
-            Some(s) => match DateTime::parse_from_rfc3339(s) {
+            Some(s) => match DateTime::parse_from_rfc3339(s.as_str()) {
                 Ok(t) => Some(Some(t.with_timezone(&Utc))),
                 Err(_) => {
                     e.push(FieldProblem {

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use poem::web::{Data, Query};
-use poem::{handler, Body, Response};
+use poem::Body;
 use poem_openapi::param::{Path, Query as OaQuery};
-use poem_openapi::payload::Json;
+use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::{Deserialize, Serialize};
 
+use super::params::{EventLimitRule, Int, LogCursorRule, NotificationIdRule, SequenceRule, Text};
 use super::problem::ApiError;
 use super::views::rfc3339;
 use super::ApiTags;
@@ -137,6 +137,7 @@ impl EventView {
 pub struct AuditPage {
     pub events: Vec<EventView>,
     /// Pass as `after` for the next page; null on the last page.
+    #[oai(nullable)]
     pub next_after: Option<i64>,
 }
 
@@ -160,6 +161,13 @@ pub enum AuditResponse {
 pub enum LogResponse {
     #[oai(status = 200)]
     Ok(Json<LogPage>),
+}
+
+#[derive(ApiResponse)]
+pub enum ExportResponse {
+    /// One event a line (an `Event` as JSON), in commit order, streamed.
+    #[oai(status = 200, content_type = "application/x-ndjson")]
+    Ok(Binary<Body>),
 }
 
 fn parse_after(after: Option<&str>) -> Result<Position, ApiError> {
@@ -187,15 +195,16 @@ impl EventsApi {
     )]
     async fn audit(
         &self,
-        id: Path<String>,
+        id: Path<Text<NotificationIdRule>>,
         /// The `next_after` of the previous page (a sequence number).
-        after: OaQuery<Option<i64>>,
+        after: OaQuery<Option<Int<SequenceRule>>>,
         /// Events per page, 1–1000 (default 100).
-        limit: OaQuery<Option<i64>>,
+        limit: OaQuery<Option<Int<EventLimitRule>>>,
     ) -> Result<AuditResponse, ApiError> {
-        let id = NotificationId::parse(&id.0).map_err(|e| ApiError::malformed("path.id", e.0))?;
-        let limit = super::page_limit(limit.0, DEFAULT_LIMIT, MAX_LIMIT)?;
-        let after = after.0.unwrap_or(0);
+        let id = NotificationId::parse(id.0.as_str())
+            .map_err(|e| ApiError::malformed("path.id", e.0))?;
+        let limit = super::page_limit(limit.0.map(|l| l.0), DEFAULT_LIMIT, MAX_LIMIT)?;
+        let after = after.0.map_or(0, |a| a.0);
         if after < 0 {
             return Err(ApiError::invalid("query.after", "must be 0 or more"));
         }
@@ -229,15 +238,15 @@ impl EventsApi {
     async fn log(
         &self,
         /// A cursor: the `next_cursor` of the previous page, or any event's cursor.
-        after: OaQuery<Option<String>>,
+        after: OaQuery<Option<Text<LogCursorRule>>>,
         /// Events per page, 1–1000 (default 100).
-        limit: OaQuery<Option<i64>>,
+        limit: OaQuery<Option<Int<EventLimitRule>>>,
         /// Only events of this type (`NotificationRead`, ...).
         #[oai(name = "type")]
         event_type: OaQuery<Option<String>>,
     ) -> Result<LogResponse, ApiError> {
-        let limit = super::page_limit(limit.0, DEFAULT_LIMIT, MAX_LIMIT)?;
-        let mut cursor = parse_after(after.0.as_deref())?;
+        let limit = super::page_limit(limit.0.map(|l| l.0), DEFAULT_LIMIT, MAX_LIMIT)?;
+        let mut cursor = parse_after(after.0.as_ref().map(Text::as_str))?;
         let mut events = Vec::new();
         let mut scanned = 0;
         let max_scan = self.state.events_scan_max;
@@ -276,25 +285,35 @@ impl EventsApi {
             has_more,
         })))
     }
+
+    /// Export the global log (NDJSON)
+    ///
+    /// Every committed event after `after` (a cursor), optionally of one
+    /// `type`, one JSON object a line in commit order, streamed page by page
+    /// as it is read: the same lines `tidings events export` writes and
+    /// `tidings events import` reads.
+    #[oai(path = "/events/export", method = "get", operation_id = "exportEvents")]
+    async fn export(
+        &self,
+        /// A cursor: start after this event.
+        after: OaQuery<Option<Text<LogCursorRule>>>,
+        /// Only events of this type (`NotificationRead`, ...).
+        #[oai(name = "type")]
+        event_type: OaQuery<Option<String>>,
+    ) -> Result<ExportResponse, ApiError> {
+        let start = parse_after(after.0.as_ref().map(Text::as_str))?;
+        Ok(ExportResponse::Ok(Binary(export_body(
+            &self.state,
+            start,
+            event_type.0,
+        ))))
+    }
 }
 
-#[derive(Deserialize)]
-pub struct ExportQuery {
-    after: Option<String>,
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-}
-
-/// `GET /v1/events/export`: every event after `after` up to the newest, one
-/// JSON object per line, streamed page by page.
-#[handler]
-pub async fn export(
-    Query(query): Query<ExportQuery>,
-    state: Data<&Arc<AppState>>,
-) -> poem::Result<Response> {
-    let start = parse_after(query.after.as_deref())?;
-    let log = state.0.log.clone();
-    let event_type = query.event_type;
+/// Every event after `after` up to the newest, one JSON object per line,
+/// read and sent page by page.
+fn export_body(state: &AppState, start: Position, event_type: Option<String>) -> Body {
+    let log = state.log.clone();
     let pages = futures_util::stream::unfold(Some(start), move |cursor| {
         let log = log.clone();
         let event_type = event_type.clone();
@@ -319,7 +338,5 @@ pub async fn export(
             }
         }
     });
-    Ok(Response::builder()
-        .content_type("application/x-ndjson")
-        .body(Body::from_bytes_stream(pages)))
+    Body::from_bytes_stream(pages)
 }

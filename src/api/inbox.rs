@@ -10,6 +10,9 @@ use tracing::instrument;
 
 use super::context::RequestContext;
 use super::notifications::metadata;
+use super::params::{
+    AsOfRule, CategoryRule, InboxLimitRule, Int, LogCursorRule, ReadStatusRule, Text, UserRule,
+};
 use super::problem::ApiError;
 use super::views::{InboxPageView, NotificationView, ReadAllView};
 use super::{wait_for_inbox, ApiTags};
@@ -67,25 +70,25 @@ impl InboxApi {
     #[allow(clippy::too_many_arguments)]
     async fn inbox(
         &self,
-        user: Path<String>,
+        user: Path<Text<UserRule>>,
         /// `unread` or `read`; absent: both.
-        status: Query<Option<String>>,
+        status: Query<Option<Text<ReadStatusRule>>>,
         /// Only this category.
-        category: Query<Option<String>>,
+        category: Query<Option<Text<CategoryRule>>>,
         /// `true`: only archived notifications; absent or `false`: the inbox proper.
         archived: Query<Option<bool>>,
         /// The `next_cursor` of the previous page.
-        cursor: Query<Option<String>>,
+        cursor: Query<Option<Text<LogCursorRule>>>,
         /// Items per page, 1–100 (default 20).
-        limit: Query<Option<i64>>,
+        limit: Query<Option<Int<InboxLimitRule>>>,
         /// A command's `cursor`: answer only once the inbox includes that command.
-        min_position: Query<Option<String>>,
+        min_position: Query<Option<Text<LogCursorRule>>>,
         /// Time travel: the inbox and its counts as they were at this RFC 3339
         /// time or cursor (read from the event log).
-        as_of: Query<Option<String>>,
+        as_of: Query<Option<Text<AsOfRule>>>,
     ) -> Result<InboxResponse, ApiError> {
-        let recipient = parse_user(&user.0)?;
-        let status = match status.0.as_deref() {
+        let recipient = parse_user(user.0.as_str())?;
+        let status = match status.0.as_ref().map(Text::as_str) {
             None => None,
             Some("unread") => Some(ReadFilter::Unread),
             Some("read") => Some(ReadFilter::Read),
@@ -98,18 +101,18 @@ impl InboxApi {
         };
         let category = category
             .0
-            .as_deref()
-            .map(Category::parse)
+            .as_ref()
+            .map(|c| Category::parse(c.as_str()))
             .transpose()
             .map_err(|e| ApiError::invalid("query.category", e.0))?;
-        let limit = super::page_limit(limit.0, DEFAULT_LIMIT, MAX_LIMIT)?;
+        let limit = super::page_limit(limit.0.map(|l| l.0), DEFAULT_LIMIT, MAX_LIMIT)?;
         let before = cursor
             .0
-            .as_deref()
-            .map(Position::parse_cursor)
+            .as_ref()
+            .map(|c| Position::parse_cursor(c.as_str()))
             .transpose()
             .map_err(|e| ApiError::invalid("query.cursor", e.to_string()))?;
-        wait_for_inbox(&self.state, min_position.0.as_deref()).await?;
+        wait_for_inbox(&self.state, min_position.0.as_ref().map(Text::as_str)).await?;
         let query = InboxQuery {
             recipient,
             status,
@@ -118,7 +121,7 @@ impl InboxApi {
             before,
             limit,
         };
-        let page = match as_of.0.as_deref() {
+        let page = match as_of.0.as_ref().map(Text::as_str) {
             None => self.state.inbox.page(&query).await?,
             Some(raw) => {
                 let (until, recorded_by) = parse_as_of(raw)?;
@@ -170,12 +173,12 @@ impl InboxApi {
     async fn read_all(
         &self,
         ctx: Data<&RequestContext>,
-        user: Path<String>,
+        user: Path<Text<UserRule>>,
         /// Wait for the inbox to include this cursor before choosing what to mark.
-        min_position: Query<Option<String>>,
+        min_position: Query<Option<Text<LogCursorRule>>>,
     ) -> Result<ReadAllResponse, ApiError> {
-        let recipient = parse_user(&user.0)?;
-        wait_for_inbox(&self.state, min_position.0.as_deref()).await?;
+        let recipient = parse_user(user.0.as_str())?;
+        wait_for_inbox(&self.state, min_position.0.as_ref().map(Text::as_str)).await?;
         let ids = self.state.inbox.unread_ids(&recipient).await?;
         let mut meta = metadata(&ctx);
         meta.causation_id = Some(ctx.request_id.clone());

@@ -10,9 +10,11 @@ pub mod inbox;
 pub mod json;
 pub mod limits;
 pub mod notifications;
+pub mod params;
 pub mod parked;
 pub mod problem;
 pub mod projections;
+pub mod spec;
 pub mod stream;
 pub mod views;
 
@@ -34,6 +36,8 @@ pub enum ApiTags {
     Inbox,
     /// The event log: audit and export.
     Events,
+    /// Live updates over WebSocket.
+    Streams,
     /// Health checks.
     Operations,
 }
@@ -44,10 +48,12 @@ pub type Apis = (
     events::EventsApi,
     projections::ProjectionsApi,
     parked::ParkedApi,
+    stream::StreamApi,
     health::HealthApi,
+    spec::DocsApi,
 );
 
-pub fn openapi(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
+pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             notifications::NotificationsApi {
@@ -65,7 +71,11 @@ pub fn openapi(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
             parked::ParkedApi {
                 state: state.clone(),
             },
+            stream::StreamApi {
+                state: state.clone(),
+            },
             health::HealthApi { state },
+            spec::DocsApi { published },
         ),
         "tidings",
         env!("CARGO_PKG_VERSION"),
@@ -89,21 +99,32 @@ pub fn openapi(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
     )
 }
 
+/// The OpenAPI document as served at /openapi.json (and committed).
+pub fn document(api: &OpenApiService<Apis, ()>) -> serde_json::Value {
+    let generated = serde_json::from_str(&api.spec()).unwrap_or_default();
+    spec::complete(generated)
+}
+
+/// The document as text, as committed in openapi/openapi.json.
+pub fn document_text(state: Arc<AppState>) -> String {
+    let api = openapi(state, spec::Published::default());
+    serde_json::to_string_pretty(&document(&api)).unwrap_or_default()
+}
+
 /// The whole app: API, docs, spec, middleware.
 pub fn routes(
     state: Arc<AppState>,
     body_limit: usize,
     limits: Arc<limits::RequestLimits>,
 ) -> impl Endpoint {
-    let api = openapi(state.clone());
-    let docs = api.swagger_ui();
-    let spec = api.spec_endpoint();
+    let published = spec::Published::default();
+    let api = openapi(state.clone(), published.clone());
+    let document = document(&api);
+    let methods = Arc::new(spec::Methods::of(&document));
+    published.set(document, api.swagger_ui_html());
     Route::new()
         .nest("/", api)
-        .nest("/docs", docs)
-        .at("/openapi.json", spec)
-        .at("/v1/stream", poem::get(stream::stream).data(state.clone()))
-        .at("/v1/events/export", poem::get(events::export).data(state))
+        .around(move |next, req| spec::with_allow(next, req, methods.clone()))
         .data(json::BodyLimit(body_limit))
         .catch_all_error(problem::problem_from_error)
         .with(CatchPanic::new().with_handler(|_| {

@@ -12,6 +12,7 @@ use tracing::instrument;
 use super::context::RequestContext;
 use super::create::{id_for_idempotency_key, parse_idempotency_key, CreateNotificationRequest};
 use super::json::StrictJson;
+use super::params::{ChannelRule, IdempotencyKeyRule, LogCursorRule, NotificationIdRule, Text};
 use super::problem::ApiError;
 use super::views::{CreatedView, NotificationView, ReceiptView};
 use super::{wait_for_inbox, ApiTags};
@@ -51,8 +52,8 @@ pub enum NotificationResponse {
 #[derive(Object, Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverRequest {
-    /// `in_app`, `email`, `sms`, `push` or `chat`; one of the notification's channels.
-    pub channel: String,
+    /// One of the notification's channels.
+    pub channel: Text<ChannelRule>,
 }
 
 pub struct NotificationsApi {
@@ -120,13 +121,13 @@ impl NotificationsApi {
         ctx: Data<&RequestContext>,
         /// Makes retries safe; 1–255 visible ASCII characters.
         #[oai(name = "Idempotency-Key")]
-        idempotency_key: Header<Option<String>>,
+        idempotency_key: Header<Option<Text<IdempotencyKeyRule>>>,
         body: StrictJson<CreateNotificationRequest>,
     ) -> Result<CreateResponse, ApiError> {
         let request = body.0;
         let content = request.validate()?;
         let mut meta = metadata(&ctx);
-        let id = match idempotency_key.0.as_deref() {
+        let id = match idempotency_key.0.as_ref().map(Text::as_str) {
             Some(key) => {
                 let key = parse_idempotency_key(key)?;
                 meta.idempotency = Some((key.to_owned(), request.fingerprint()));
@@ -159,12 +160,12 @@ impl NotificationsApi {
     )]
     async fn get(
         &self,
-        id: Path<String>,
+        id: Path<Text<NotificationIdRule>>,
         /// A cursor; answer only once the read model has reached it (waits up to the configured limit).
-        min_position: Query<Option<String>>,
+        min_position: Query<Option<Text<LogCursorRule>>>,
     ) -> Result<NotificationResponse, ApiError> {
-        let id = parse_id(&id.0)?;
-        wait_for_inbox(&self.state, min_position.0.as_deref()).await?;
+        let id = parse_id(id.0.as_str())?;
+        wait_for_inbox(&self.state, min_position.0.as_ref().map(Text::as_str)).await?;
         let row = self.state.inbox.get(id).await?.ok_or_else(|| {
             ApiError::not_found(format!("no notification {id} exists (or it was deleted)"))
         })?;
@@ -184,10 +185,12 @@ impl NotificationsApi {
     async fn read(
         &self,
         ctx: Data<&RequestContext>,
-        id: Path<String>,
+        id: Path<Text<NotificationIdRule>>,
     ) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::MarkRead { at })
-            .await
+        self.command(id.0.as_str(), &ctx, |at| NotificationCommand::MarkRead {
+            at,
+        })
+        .await
     }
 
     /// Mark unread
@@ -199,10 +202,12 @@ impl NotificationsApi {
     async fn unread(
         &self,
         ctx: Data<&RequestContext>,
-        id: Path<String>,
+        id: Path<Text<NotificationIdRule>>,
     ) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::MarkUnread { at })
-            .await
+        self.command(id.0.as_str(), &ctx, |at| NotificationCommand::MarkUnread {
+            at,
+        })
+        .await
     }
 
     /// Mark seen
@@ -216,10 +221,12 @@ impl NotificationsApi {
     async fn seen(
         &self,
         ctx: Data<&RequestContext>,
-        id: Path<String>,
+        id: Path<Text<NotificationIdRule>>,
     ) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::MarkSeen { at })
-            .await
+        self.command(id.0.as_str(), &ctx, |at| NotificationCommand::MarkSeen {
+            at,
+        })
+        .await
     }
 
     /// Record a click
@@ -233,9 +240,9 @@ impl NotificationsApi {
     async fn click(
         &self,
         ctx: Data<&RequestContext>,
-        id: Path<String>,
+        id: Path<Text<NotificationIdRule>>,
     ) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::Click { at })
+        self.command(id.0.as_str(), &ctx, |at| NotificationCommand::Click { at })
             .await
     }
 
@@ -251,10 +258,12 @@ impl NotificationsApi {
     async fn archive(
         &self,
         ctx: Data<&RequestContext>,
-        id: Path<String>,
+        id: Path<Text<NotificationIdRule>>,
     ) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::Archive { at })
-            .await
+        self.command(id.0.as_str(), &ctx, |at| NotificationCommand::Archive {
+            at,
+        })
+        .await
     }
 
     /// Unarchive
@@ -266,10 +275,12 @@ impl NotificationsApi {
     async fn unarchive(
         &self,
         ctx: Data<&RequestContext>,
-        id: Path<String>,
+        id: Path<Text<NotificationIdRule>>,
     ) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::Unarchive { at })
-            .await
+        self.command(id.0.as_str(), &ctx, |at| NotificationCommand::Unarchive {
+            at,
+        })
+        .await
     }
 
     /// Cancel
@@ -283,9 +294,9 @@ impl NotificationsApi {
     async fn cancel(
         &self,
         ctx: Data<&RequestContext>,
-        id: Path<String>,
+        id: Path<Text<NotificationIdRule>>,
     ) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::Cancel { at })
+        self.command(id.0.as_str(), &ctx, |at| NotificationCommand::Cancel { at })
             .await
     }
 
@@ -300,12 +311,12 @@ impl NotificationsApi {
     async fn deliver(
         &self,
         ctx: Data<&RequestContext>,
-        id: Path<String>,
+        id: Path<Text<NotificationIdRule>>,
         body: StrictJson<DeliverRequest>,
     ) -> Result<ReceiptResponse, ApiError> {
-        let channel =
-            Channel::parse(&body.0.channel).map_err(|e| ApiError::invalid("channel", e.0))?;
-        self.command(&id.0, &ctx, |at| NotificationCommand::Deliver {
+        let channel = Channel::parse(body.0.channel.as_str())
+            .map_err(|e| ApiError::invalid("channel", e.0))?;
+        self.command(id.0.as_str(), &ctx, |at| NotificationCommand::Deliver {
             channel,
             at,
         })
@@ -323,9 +334,9 @@ impl NotificationsApi {
     async fn delete(
         &self,
         ctx: Data<&RequestContext>,
-        id: Path<String>,
+        id: Path<Text<NotificationIdRule>>,
     ) -> Result<ReceiptResponse, ApiError> {
-        self.command(&id.0, &ctx, |at| NotificationCommand::Delete { at })
+        self.command(id.0.as_str(), &ctx, |at| NotificationCommand::Delete { at })
             .await
     }
 }

@@ -10,6 +10,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use tracing::{info, instrument};
 
 use super::context::RequestContext;
+use super::params::{EventLimitRule, Int, LogCursorRule, ProjectionRule, Text};
 use super::problem::ApiError;
 use super::views::rfc3339;
 use super::ApiTags;
@@ -38,6 +39,7 @@ pub struct ParkedEventView {
     pub attempts: u32,
     /// The parked event of the same notification this one waits behind
     /// (its `cursor`); null when this event failed itself.
+    #[oai(nullable)]
     pub held_behind: Option<String>,
     pub parked_at: String,
     pub last_attempt_at: String,
@@ -64,6 +66,7 @@ impl From<&ParkedEvent> for ParkedEventView {
 pub struct ParkedPageView {
     pub items: Vec<ParkedEventView>,
     /// Pass as `after` for the next page; null on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
     /// Parked events in all.
     pub total: u64,
@@ -146,17 +149,18 @@ impl ParkedApi {
     )]
     async fn list(
         &self,
-        name: Path<String>,
+        name: Path<Text<ProjectionRule>>,
         /// The `next_cursor` of the previous page.
-        after: Query<Option<String>>,
+        after: Query<Option<Text<LogCursorRule>>>,
         /// Items per page, 1–1000 (default 100).
-        limit: Query<Option<i64>>,
+        limit: Query<Option<Int<EventLimitRule>>>,
     ) -> Result<ParkedResponse, ApiError> {
-        self.check_projection(&name.0)?;
-        let limit = super::page_limit(limit.0, DEFAULT_LIMIT, MAX_LIMIT)?;
+        self.check_projection(name.0.as_str())?;
+        let limit = super::page_limit(limit.0.map(|l| l.0), DEFAULT_LIMIT, MAX_LIMIT)?;
         let after = after
             .0
-            .as_deref()
+            .as_ref()
+            .map(Text::as_str)
             .map(Position::parse_cursor)
             .transpose()
             .map_err(|e| ApiError::invalid("query.after", e.to_string()))?
@@ -187,11 +191,11 @@ impl ParkedApi {
         operation_id = "redriveParked"
     )]
     #[instrument(skip_all)]
-    async fn redrive(&self, name: Path<String>) -> Result<RedriveResponse, ApiError> {
-        self.check_projection(&name.0)?;
+    async fn redrive(&self, name: Path<Text<ProjectionRule>>) -> Result<RedriveResponse, ApiError> {
+        self.check_projection(name.0.as_str())?;
         let report = self.state.inbox_parking.redrive(&*self.state.log).await?;
         info!(
-            projection = %name.0,
+            projection = %name.0.as_str(),
             applied = report.applied,
             still_parked = report.still_parked,
             "parked events re-driven"
@@ -215,12 +219,12 @@ impl ParkedApi {
     async fn skip(
         &self,
         ctx: Data<&RequestContext>,
-        name: Path<String>,
+        name: Path<Text<ProjectionRule>>,
         /// The parked event's `cursor`.
-        cursor: Path<String>,
+        cursor: Path<Text<LogCursorRule>>,
     ) -> Result<RedriveResponse, ApiError> {
-        self.check_projection(&name.0)?;
-        let position = Position::parse_cursor(&cursor.0)
+        self.check_projection(name.0.as_str())?;
+        let position = Position::parse_cursor(cursor.0.as_str())
             .map_err(|e| ApiError::invalid("path.cursor", e.to_string()))?;
         let by = format!("{} (request {})", ctx.actor, ctx.request_id);
         let report = self

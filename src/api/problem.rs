@@ -210,7 +210,6 @@ impl From<NotificationError> for ApiError {
         let detail = err.to_string();
         match err {
             E::NotFound => Self::not_found(detail),
-            E::DeliverAtInPast { .. } => Self::invalid("deliver_at", detail),
             E::AlreadyExists => Self::conflict("already-exists", "Already exists", detail),
             E::Deleted
             | E::Cancelled
@@ -236,7 +235,9 @@ impl From<CommandError> for ApiError {
                 "Concurrent modification",
                 format!("{err}; retry the request"),
             ),
-            CommandError::IdempotencyMismatch(_) => Self::unprocessable(
+            // Stored state (the key's first request) is what the request
+            // conflicts with, as with an illegal transition: 409.
+            CommandError::IdempotencyMismatch(_) => Self::conflict(
                 "idempotency-key-reused",
                 "Idempotency-Key reused",
                 format!("{err}; use a new key for a different request"),

@@ -8,6 +8,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use tracing::{error, info};
 
+use super::params::{ProjectionRule, Text};
 use super::problem::ApiError;
 use super::ApiTags;
 use crate::projections::rebuild::{self, RebuildState, RebuildStatus};
@@ -26,6 +27,7 @@ pub struct RebuildView {
     pub total: u64,
     pub events_per_second: f64,
     /// Seconds left at the current rate, while building.
+    #[oai(nullable)]
     pub eta_seconds: Option<f64>,
     /// Why it failed.
     #[oai(skip_serializing_if_is_none)]
@@ -71,6 +73,7 @@ pub struct ProjectionView {
     /// `GET /v1/projections/{name}/parked`); 0 when all is well.
     pub parked_events: u64,
     /// The latest rebuild started on this instance, if any.
+    #[oai(nullable)]
     pub rebuild: Option<RebuildView>,
 }
 
@@ -136,11 +139,12 @@ impl ProjectionsApi {
         method = "post",
         operation_id = "rebuildProjection"
     )]
-    async fn rebuild(&self, name: Path<String>) -> Result<RebuildResponse, ApiError> {
-        if name.0 != self.state.inbox_projector.name {
+    async fn rebuild(&self, name: Path<Text<ProjectionRule>>) -> Result<RebuildResponse, ApiError> {
+        if name.0.as_str() != self.state.inbox_projector.name {
             return Err(ApiError::not_found(format!(
                 "no projection `{}`; the projections are: {}",
-                name.0, self.state.inbox_projector.name
+                name.0.as_str(),
+                self.state.inbox_projector.name
             )));
         }
         let projection = self.state.inbox_projector.name;

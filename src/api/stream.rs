@@ -7,12 +7,15 @@
 
 use std::sync::Arc;
 
-use poem::web::websocket::{WebSocket, WebSocketConfig};
-use poem::web::{Data, Query, RemoteAddr};
-use poem::{handler, IntoResponse};
-use serde::Deserialize;
+use futures_util::future::BoxFuture;
+use poem::web::websocket::{WebSocket, WebSocketConfig, WebSocketStream, WebSocketUpgraded};
+use poem::web::RemoteAddr;
+use poem_openapi::param::Query;
+use poem_openapi::OpenApi;
 
+use super::params::{Text, TopicsRule};
 use super::problem::ApiError;
+use super::ApiTags;
 use crate::streams::socket::{self, parse_topics, MAX_TOPICS, MAX_TOPICS_QUERY};
 use crate::AppState;
 
@@ -22,20 +25,49 @@ const SOCKET_BUFFER: usize = 4 * 1024;
 /// Largest message a client may send (subscribe messages are small).
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
-#[derive(Deserialize)]
-pub struct StreamQuery {
-    topics: Option<String>,
-    cursor: Option<String>,
+/// What runs on the upgraded connection.
+pub type Upgrade = Box<dyn FnOnce(WebSocketStream) -> BoxFuture<'static, ()> + Send + Sync>;
+
+pub struct StreamApi {
+    pub state: Arc<AppState>,
 }
 
-#[handler]
-pub async fn stream(
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Streams")]
+impl StreamApi {
+    /// Live updates (WebSocket)
+    ///
+    /// Upgrades to a WebSocket of live, resumable updates (an HTTP request
+    /// without the WebSocket handshake is refused with 400). Topics:
+    /// `inbox:{user}` (rows `created`, `changed`, `removed` and the `counts`)
+    /// and `notification:{id}` (that row), at most 100; more may be added
+    /// with `subscribe` messages. Every message is JSON with a `type`; their
+    /// JSON Schema is `openapi/stream-messages.schema.json`. Reconnect with
+    /// the `cursor` of the last update received (16 hex digits) to get every
+    /// update missed, in order, once.
+    #[oai(path = "/stream", method = "get", operation_id = "stream")]
+    async fn stream(
+        &self,
+        ws: WebSocket,
+        remote: &RemoteAddr,
+        /// Comma-separated topics (`inbox:alice,notification:{id}`), at most 100.
+        topics: Query<Option<Text<TopicsRule>>>,
+        /// A stream cursor (the `cursor` of the last `update` received, 16
+        /// hex digits) to resume after; one the stream never issued gets a
+        /// `resync` message.
+        cursor: Query<Option<String>>,
+    ) -> Result<WebSocketUpgraded<Upgrade>, ApiError> {
+        upgrade(&self.state, ws, remote, topics.0.map(|t| t.0), cursor.0)
+    }
+}
+
+fn upgrade(
+    state: &Arc<AppState>,
     ws: WebSocket,
-    Query(query): Query<StreamQuery>,
-    state: Data<&Arc<AppState>>,
     remote: &RemoteAddr,
-) -> poem::Result<poem::Response> {
-    let topics = match query.topics.as_deref() {
+    topics: Option<String>,
+    cursor: Option<String>,
+) -> Result<WebSocketUpgraded<Upgrade>, ApiError> {
+    let topics = match topics.as_deref() {
         None | Some("") => vec![],
         Some(list) if list.len() > MAX_TOPICS_QUERY => {
             return Err(ApiError::invalid(
@@ -44,24 +76,22 @@ pub async fn stream(
                     "is {} bytes long; at most {MAX_TOPICS} topics, {MAX_TOPICS_QUERY} bytes",
                     list.len()
                 ),
-            )
-            .into())
+            ))
         }
         Some(list) => {
             let names: Vec<&str> = list.split(',').collect();
             parse_topics(names.into_iter()).map_err(|e| ApiError::invalid("query.topics", e))?
         }
     };
-    if let Some(cursor) = &query.cursor {
+    if let Some(cursor) = &cursor {
         if topics.is_empty() {
             return Err(ApiError::invalid(
                 "query.cursor",
                 format!("`{cursor}` needs topics to resume: add `topics=`"),
-            )
-            .into());
+            ));
         }
     }
-    let state = state.0.clone();
+    let state = state.clone();
     let config = WebSocketConfig::default()
         .read_buffer_size(SOCKET_BUFFER)
         .write_buffer_size(SOCKET_BUFFER)
@@ -73,14 +103,16 @@ pub async fn stream(
         (Some(limit), Some(ip)) => Some(limit.try_take(ip).ok_or(limit.max())),
         _ => None,
     };
-    Ok(ws
-        .config(config)
-        .on_upgrade(move |socket| async move {
+    let serve: Upgrade = Box::new(move |socket| {
+        Box::pin(async move {
             let streams = &state.streams;
             let Ok(_permit) = permit else {
                 return socket::refuse(
                     socket,
-                    format!("connection limit ({}) reached; retry later", streams.max_connections),
+                    format!(
+                        "connection limit ({}) reached; retry later",
+                        streams.max_connections
+                    ),
                 )
                 .await;
             };
@@ -100,10 +132,11 @@ pub async fn stream(
                 streams.log.clone(),
                 streams.settings.clone(),
                 topics,
-                query.cursor,
+                cursor,
                 streams.closing.clone(),
             )
             .await;
         })
-        .into_response())
+    });
+    Ok(ws.config(config).on_upgrade(serve))
 }

@@ -4,6 +4,7 @@
 use chrono::SecondsFormat;
 use poem_openapi::Object;
 
+use super::params::{ChannelRule, LifecycleRule, PriorityRule, ReadStatusRule, Text};
 use crate::domain::{Notification, Timestamp};
 use crate::storage::Position;
 
@@ -15,7 +16,7 @@ pub fn rfc3339(t: Timestamp) -> String {
 /// One delivery of a notification on one channel.
 #[derive(Object, serde::Serialize, Debug, Clone, PartialEq)]
 pub struct DeliveryView {
-    pub channel: String,
+    pub channel: Text<ChannelRule>,
     /// RFC 3339 UTC.
     pub delivered_at: String,
 }
@@ -31,27 +32,34 @@ pub struct NotificationView {
     pub body: String,
     /// The sender's JSON object, as sent.
     pub data: serde_json::Value,
-    /// `low`, `normal`, `high` or `urgent`.
-    pub priority: String,
-    pub channels: Vec<String>,
+    pub priority: Text<PriorityRule>,
+    pub channels: Vec<Text<ChannelRule>>,
+    #[oai(nullable)]
     pub group_key: Option<String>,
     /// RFC 3339 UTC; set when the notification was scheduled.
+    #[oai(nullable)]
     pub deliver_at: Option<String>,
     /// `pending` (awaiting a channel), `scheduled`, `delivered`, `cancelled` or `deleted`.
-    pub lifecycle: String,
-    /// `unread` or `read`.
-    pub status: String,
+    pub lifecycle: Text<LifecycleRule>,
+    pub status: Text<ReadStatusRule>,
     pub seen: bool,
     pub archived: bool,
     pub clicked: bool,
     pub created_at: String,
+    #[oai(nullable)]
     pub delivered_at: Option<String>,
     pub deliveries: Vec<DeliveryView>,
+    #[oai(nullable)]
     pub seen_at: Option<String>,
+    #[oai(nullable)]
     pub read_at: Option<String>,
+    #[oai(nullable)]
     pub clicked_at: Option<String>,
+    #[oai(nullable)]
     pub archived_at: Option<String>,
+    #[oai(nullable)]
     pub cancelled_at: Option<String>,
+    #[oai(nullable)]
     pub deleted_at: Option<String>,
     /// Position of the latest event reflected here; pass it as `min_position`.
     pub cursor: String,
@@ -70,16 +78,16 @@ impl NotificationView {
             title: content.title.as_str().to_owned(),
             body: content.body.as_str().to_owned(),
             data: serde_json::Value::Object(content.data.clone()),
-            priority: content.priority.as_str().to_owned(),
+            priority: Text::new(content.priority.as_str()),
             channels: content
                 .channels
                 .iter()
-                .map(|c| c.as_str().to_owned())
+                .map(|c| Text::new(c.as_str()))
                 .collect(),
             group_key: content.group_key.as_ref().map(|g| g.as_str().to_owned()),
             deliver_at: ts(content.deliver_at),
-            lifecycle: state.lifecycle.as_str().to_owned(),
-            status: if state.is_read() { "read" } else { "unread" }.to_owned(),
+            lifecycle: Text::new(state.lifecycle.as_str()),
+            status: Text::new(if state.is_read() { "read" } else { "unread" }),
             seen: state.is_seen(),
             archived: state.is_archived(),
             clicked: state.clicked_at.is_some(),
@@ -89,7 +97,7 @@ impl NotificationView {
                 .deliveries
                 .iter()
                 .map(|(channel, at)| DeliveryView {
-                    channel: channel.as_str().to_owned(),
+                    channel: Text::new(channel.as_str()),
                     delivered_at: rfc3339(*at),
                 })
                 .collect(),
@@ -130,6 +138,7 @@ pub struct ReceiptView {
 pub struct InboxPageView {
     pub items: Vec<NotificationView>,
     /// Pass as `cursor` for the next page; null on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
     /// Unarchived notifications not yet read.
     pub unread_count: u64,

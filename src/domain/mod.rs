@@ -19,3 +19,4 @@ pub use values::{
     parse_data, Body, Category, Channel, DataProblem, GroupKey, InvalidValue, NotificationId,
     Priority, Title, UserId,
 };
+pub use values::{BODY_MAX_CHARS, GROUP_KEY_MAX_CHARS, TITLE_MAX_CHARS};

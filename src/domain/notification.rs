@@ -38,11 +38,6 @@ pub enum NotificationError {
     ChannelAlreadyDelivered(Channel),
     #[error("the notification is scheduled for {deliver_at}; it cannot be delivered before then")]
     NotYetDue { deliver_at: Timestamp },
-    #[error("deliver_at {deliver_at} is in the past (now is {now}); omit it to deliver at once")]
-    DeliverAtInPast {
-        deliver_at: Timestamp,
-        now: Timestamp,
-    },
 }
 
 /// Where a notification is in its life.
@@ -215,11 +210,6 @@ impl Notification {
         now: Timestamp,
     ) -> Result<Vec<NotificationEvent>, NotificationError> {
         use NotificationEvent as E;
-        if let Some(deliver_at) = content.deliver_at {
-            if deliver_at <= now {
-                return Err(NotificationError::DeliverAtInPast { deliver_at, now });
-            }
-        }
         let NewNotification {
             recipient,
             category,
@@ -245,16 +235,18 @@ impl Notification {
             deliver_at,
             created_at: now,
         }];
+        // A deliver_at that has come already is "now": the creation records
+        // what was asked, and delivery follows at once.
         match deliver_at {
-            Some(deliver_at) => events.push(E::NotificationScheduled {
+            Some(deliver_at) if deliver_at > now => events.push(E::NotificationScheduled {
                 deliver_at,
                 scheduled_at: now,
             }),
-            None if in_app => events.push(E::NotificationDelivered {
+            _ if in_app => events.push(E::NotificationDelivered {
                 channel: Channel::InApp,
                 delivered_at: now,
             }),
-            None => {}
+            _ => {}
         }
         Ok(events)
     }

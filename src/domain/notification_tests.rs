@@ -220,14 +220,16 @@ fn creating_with_a_future_deliver_at_schedules_it() {
 }
 
 #[test]
-fn creating_with_deliver_at_now_or_in_the_past_is_rejected() {
+fn creating_with_deliver_at_now_or_in_the_past_delivers_at_once() {
     for deliver_at in [t(0), t(-5)] {
-        given(vec![])
-            .when(create(&[Channel::InApp], Some(deliver_at), t(0)))
-            .then_err(Error::DeliverAtInPast {
-                deliver_at,
-                now: t(0),
-            });
+        let mut state = Notification::default();
+        let events = state
+            .decide(create(&[Channel::InApp], Some(deliver_at), t(0)))
+            .expect("accepted");
+        assert_eq!(events.len(), 2, "created and delivered: {events:?}");
+        assert!(matches!(events[1], E::NotificationDelivered { .. }));
+        events.into_iter().for_each(|e| state.apply(e));
+        assert_eq!(state.lifecycle, Lifecycle::Delivered);
     }
 }
 

@@ -289,8 +289,8 @@ fn bad_creates() -> Vec<BadCreate> {
         ),
         BadCreate::invalid("a tab in the title", &with("title", json!("a\tb")), "title"),
         BadCreate::invalid(
-            "a body of 10 KiB + 1 bytes",
-            &with("body", json!("b".repeat(10 * 1024 + 1))),
+            "a body of 10,001 characters",
+            &with("body", json!("b".repeat(10_001))),
             "body",
         ),
         BadCreate::invalid(
@@ -312,11 +312,6 @@ fn bad_creates() -> Vec<BadCreate> {
             "an empty channels list",
             &with("channels", json!([])),
             "channels",
-        ),
-        BadCreate::invalid(
-            "deliver_at in the past",
-            &with("deliver_at", json!("2001-01-01T00:00:00Z")),
-            "deliver_at",
         ),
         BadCreate::invalid(
             "deliver_at not in RFC 3339",
@@ -444,8 +439,9 @@ async fn values_at_the_limits_are_accepted(app: &TestApp) {
         ("title", json!("t".repeat(200))),
         ("title", json!("é".repeat(200))),
         ("title", json!("x")),
-        ("body", json!("b".repeat(10 * 1024))),
-        ("body", json!("é".repeat(5 * 1024))),
+        ("body", json!("b".repeat(10_000))),
+        ("body", json!("é".repeat(10_000))),
+        ("group_key", json!("é".repeat(128))),
         ("body", json!("")),
         ("recipient", json!("r".repeat(128))),
         ("recipient", json!("Alice.B_c-d@example+tag")),

@@ -168,7 +168,7 @@ async fn the_same_key_with_another_body_is_refused_and_changes_nothing(app: &Tes
             resp.headers().get("idempotent-replayed").is_none(),
             "{what}"
         );
-        let problem = expect_problem(resp, 422, REUSED, what).await;
+        let problem = expect_problem(resp, 409, REUSED, what).await;
         assert!(
             problem["detail"].as_str().unwrap().contains(key),
             "{what}: the detail names the key: {problem}"

@@ -25,6 +25,7 @@ mod read_all;
 mod rebuild;
 mod rebuild_equivalence;
 mod restart;
+mod spec;
 mod stream_client;
 mod stream_limits;
 mod streams;
