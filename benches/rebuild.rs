@@ -139,7 +139,7 @@ fn main() {
             .expect("checkpoint");
         let seed_seconds = seeding.elapsed().as_secs_f64();
 
-        let inbox = PostgresInbox::new(pools.deadpool.clone(), pools.pg_config.clone(), 0);
+        let inbox = PostgresInbox::new(pools.deadpool.clone(), pools.connector.clone(), 0);
         let log = PgEventLog::new(pools.deadpool.clone());
         let rebuilds = Rebuilds::default();
         rebuilds.begin("inbox").expect("no other rebuild");

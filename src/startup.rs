@@ -60,6 +60,8 @@ pub struct AppState {
     pub as_of_max_events: usize,
     /// The most events a filtered log page reads.
     pub events_scan_max: usize,
+    /// The per-request timeout and the cap on requests in flight.
+    pub request_limits: Arc<api::limits::RequestLimits>,
 }
 
 /// What stream connections share.
@@ -174,7 +176,7 @@ async fn start_postgres(
     let inbox = Arc::new(
         PostgresInbox::new(
             pools.deadpool.clone(),
-            pools.pg_config.clone(),
+            pools.connector.clone(),
             settings.stream_retention,
         )
         .with_rebuild_tuning(settings.rebuild_tuning()),
@@ -193,7 +195,7 @@ async fn start_postgres(
                 settings
                     .redis_channel
                     .clone()
-                    .unwrap_or_else(|| postgres::deployment_channel(&pools.pg_config)),
+                    .unwrap_or_else(|| postgres::deployment_channel(pools.connector.config())),
                 feed,
                 shutdown.clone(),
             )?;
@@ -221,7 +223,7 @@ async fn start_postgres(
         engine_config(settings),
         shutdown.clone(),
         Election {
-            pg: pools.pg_config.clone(),
+            pg: pools.connector.clone(),
             pool: pools.deadpool.clone(),
             interval: settings.election_interval(),
         },
@@ -295,6 +297,10 @@ impl Core {
                 ready_max_lag: settings.ready_max_lag(),
                 as_of_max_events: settings.as_of_max_events as usize,
                 events_scan_max: settings.events_scan_max as usize,
+                request_limits: api::limits::RequestLimits::new(
+                    settings.request_timeout(),
+                    settings.max_concurrent_requests as usize,
+                ),
             }),
             shutdown,
             closing,
@@ -386,14 +392,7 @@ impl Application {
         kill: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let settings = &self.settings;
-        let app = api::routes(
-            self.core.state.clone(),
-            settings.max_body_bytes as usize,
-            api::limits::RequestLimits::new(
-                settings.request_timeout(),
-                settings.max_concurrent_requests as usize,
-            ),
-        );
+        let app = api::routes(self.core.state.clone(), settings.max_body_bytes as usize);
         info!(addr = %self.addr, docs = %format!("http://{}/docs", self.addr), "tidings is serving");
         let closing = self.core.closing.clone();
         let server = crate::server::serve(

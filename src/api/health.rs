@@ -27,6 +27,9 @@ pub struct HealthView {
     pub redis: Option<String>,
     /// Open stream connections on this instance.
     pub stream_connections: u64,
+    /// Requests being answered now (health checks aside), and the cap.
+    pub requests_in_flight: u64,
+    pub max_concurrent_requests: u64,
     /// How far each projector is behind the log (readiness only).
     #[oai(skip_serializing_if_is_none)]
     pub projections: Option<Vec<ProjectionLag>>,
@@ -148,6 +151,8 @@ impl HealthApi {
                 .as_ref()
                 .map(|f| if f.is_up() { "up" } else { "down" }.to_owned()),
             stream_connections: self.state.streams.router.connections() as u64,
+            requests_in_flight: self.state.request_limits.in_flight() as u64,
+            max_concurrent_requests: self.state.request_limits.max_in_flight as u64,
             projections: None,
             memory_used_mb: self.state.memory.used() >> 20,
             memory_limit_mb: self.state.memory.limit().map(|l| l >> 20),

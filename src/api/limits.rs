@@ -29,6 +29,12 @@ impl RequestLimits {
             permits: Semaphore::new(max_in_flight),
         })
     }
+
+    /// Requests being answered now (health checks aside).
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight
+            .saturating_sub(self.permits.available_permits())
+    }
 }
 
 fn busy(slug: &str, title: &str, detail: String) -> Response {

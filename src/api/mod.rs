@@ -112,11 +112,8 @@ pub fn document_text(state: Arc<AppState>) -> String {
 }
 
 /// The whole app: API, docs, spec, middleware.
-pub fn routes(
-    state: Arc<AppState>,
-    body_limit: usize,
-    limits: Arc<limits::RequestLimits>,
-) -> impl Endpoint {
+pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
+    let limits = state.request_limits.clone();
     let published = spec::Published::default();
     let api = openapi(state.clone(), published.clone());
     let document = document(&api);

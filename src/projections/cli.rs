@@ -27,7 +27,7 @@ async fn open(
     let pools = postgres::connect(url, limits.with_pool_size(4)).await?;
     postgres::require_schema(&pools).await?;
     // Retention only matters to the live projector, which prunes; these don't.
-    let inbox = PostgresInbox::new(pools.deadpool.clone(), pools.pg_config.clone(), 0)
+    let inbox = PostgresInbox::new(pools.deadpool.clone(), pools.connector.clone(), 0)
         .with_rebuild_tuning(tuning);
     Ok((inbox, PgEventLog::new(pools.deadpool.clone())))
 }

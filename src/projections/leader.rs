@@ -23,7 +23,7 @@ use crate::storage::{error_chain, AppendSignal, EventLog, Position};
 #[derive(Clone)]
 pub struct Election {
     /// For the lock connection (one per projector, held while leading).
-    pub pg: tokio_postgres::Config,
+    pub pg: crate::storage::postgres::PgConnector,
     /// For reading the leader's checkpoint while following.
     pub pool: Pool,
     pub interval: Duration,
@@ -60,10 +60,7 @@ async fn try_lead(
     election: &Election,
     name: &str,
 ) -> Result<Option<(tokio_postgres::Client, tokio::task::JoinHandle<()>)>, tokio_postgres::Error> {
-    let (client, connection) = election.pg.connect(tokio_postgres::NoTls).await?;
-    let connection = tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let (client, connection) = election.pg.connect_with_task().await?;
     let won: bool = client
         .query_one(
             "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",

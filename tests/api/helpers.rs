@@ -58,6 +58,15 @@ impl TestDb {
         }
     }
 
+    /// An existing database at `url`, which the test does not drop.
+    pub fn at(url: &str) -> TestDb {
+        TestDb {
+            name: String::new(),
+            url: url.to_owned(),
+            server_url: url.to_owned(),
+        }
+    }
+
     /// This database, reached as `role` (the test server trusts local roles).
     pub fn as_role(&self, role: &str) -> TestDb {
         let (scheme, rest) = self.url.split_once("://").expect("a URL");

@@ -29,4 +29,5 @@ mod spec;
 mod stream_client;
 mod stream_limits;
 mod streams;
+mod tls;
 mod unreadable;

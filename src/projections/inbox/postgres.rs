@@ -20,6 +20,7 @@ use super::{counts_update, page_updates, remember, InboxRow, PageUpdates, NAME};
 use crate::domain::{Notification, NotificationId};
 use crate::projections::rebuild::RebuildTuning;
 use crate::projections::{Projection, ProjectionError};
+use crate::storage::postgres::PgConnector;
 use crate::storage::{Position, SharedEvent, StorageError};
 use crate::streams::fanout::Fanout;
 use crate::streams::feed::Feed;
@@ -27,8 +28,9 @@ use crate::streams::updates::StreamUpdate;
 
 pub struct PostgresInbox {
     pub(super) pool: Pool,
-    /// For the maintenance lock (rebuilds, re-drives), held on a connection of its own.
-    pub(super) pg_config: tokio_postgres::Config,
+    /// For the maintenance lock (rebuilds, re-drives) and a rebuild's
+    /// stages, on connections of their own.
+    pub(super) connector: PgConnector,
     /// Stream updates kept for resuming subscribers.
     retention: u64,
     /// This instance's live feed (set once it runs).
@@ -47,10 +49,10 @@ pub struct PostgresInbox {
 }
 
 impl PostgresInbox {
-    pub fn new(pool: Pool, pg_config: tokio_postgres::Config, retention: u64) -> Self {
+    pub fn new(pool: Pool, connector: PgConnector, retention: u64) -> Self {
         Self {
             pool,
-            pg_config,
+            connector,
             retention,
             feed: OnceLock::new(),
             fanout: OnceLock::new(),

@@ -316,10 +316,7 @@ pub(super) async fn build(
 ) -> Result<Built, ProjectionError> {
     let tuning = inbox.tuning;
     let connect = || async {
-        let (client, connection) = inbox.pg_config.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let client = inbox.connector.connect().await?;
         // The stages' statements are paged, but building the primary key
         // grows with the log: a rebuild is not bounded by statement_timeout.
         client.batch_execute("SET statement_timeout = 0").await?;

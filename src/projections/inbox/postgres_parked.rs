@@ -36,12 +36,9 @@ pub(super) struct Maintenance {
 impl Maintenance {
     /// The lock, or None while someone else holds it.
     pub(super) async fn try_take(
-        config: &tokio_postgres::Config,
+        connector: &crate::storage::postgres::PgConnector,
     ) -> Result<Option<Self>, ProjectionError> {
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-        let connection = tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let (client, connection) = connector.connect_with_task().await?;
         let won: bool = client
             .query_one(
                 "SELECT pg_try_advisory_lock(hashtextextended('tidings:rebuild:' || $1, 0))",
@@ -235,7 +232,7 @@ impl Parking for PostgresInbox {
     }
 
     async fn redrive(&self, log: &dyn EventLog) -> Result<RedriveReport, ParkingError> {
-        let Some(_maintenance) = Maintenance::try_take(&self.pg_config).await? else {
+        let Some(_maintenance) = Maintenance::try_take(&self.connector).await? else {
             return Err(ParkingError::Busy(NAME));
         };
         let mut done: HashSet<String> = HashSet::new();
@@ -291,7 +288,7 @@ impl Parking for PostgresInbox {
         position: Position,
         by: &str,
     ) -> Result<RedriveReport, ParkingError> {
-        let Some(_maintenance) = Maintenance::try_take(&self.pg_config).await? else {
+        let Some(_maintenance) = Maintenance::try_take(&self.connector).await? else {
             return Err(ParkingError::Busy(NAME));
         };
         let mut client = self.pool.get().await?;

@@ -38,7 +38,7 @@ impl Rebuildable for PostgresInbox {
         progress: &Rebuilds,
     ) -> Result<u32, ProjectionError> {
         // One rebuild (or re-drive) at a time across instances.
-        let Some(_maintenance) = Maintenance::try_take(&self.pg_config).await? else {
+        let Some(_maintenance) = Maintenance::try_take(&self.connector).await? else {
             return Err(StorageError::defect(format!(
                 "a rebuild, re-drive or skip of {NAME} is running (here or on another instance); try again once it has finished"
             ))

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::storage::error_chain;
 
@@ -106,8 +107,37 @@ pub struct PgPools {
     /// For appends, the log reader, read models and checkpoints.
     pub deadpool: Pool,
     /// For connections of their own (the projector leader's lock, the
-    /// maintenance lock, a rebuild's stages): the pool's settings.
-    pub pg_config: tokio_postgres::Config,
+    /// maintenance lock, a rebuild's stages): the pool's settings and TLS.
+    pub connector: PgConnector,
+}
+
+/// Makes connections of their own, with the pool's settings and TLS.
+#[derive(Clone)]
+pub struct PgConnector {
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+impl PgConnector {
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// A connection, and the task driving it (it ends when the connection does).
+    pub async fn connect_with_task(
+        &self,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(self.tls.clone()).await?;
+        let task = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok((client, task))
+    }
+
+    /// A connection whose task runs until it closes.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        Ok(self.connect_with_task().await?.0)
+    }
 }
 
 /// Loopback connections gain nothing from TLS but pay for it in throughput;
@@ -146,14 +176,17 @@ pub async fn connect(url: &str, limits: SessionLimits) -> anyhow::Result<PgPools
     use anyhow::Context;
     let shown = redact(url);
     check_scheme(url, &shown)?;
+    let (tokio_url, tls_request) = super::tls::split_url(url)?;
     let mut opts = PgConnectOptions::from_str(url)
         .with_context(|| format!("DATABASE_URL `{shown}` is not a PostgreSQL URL"))?;
-    let explicit_ssl = url.contains("sslmode=");
-    if !explicit_ssl && is_local(&opts) {
-        opts = opts.ssl_mode(PgSslMode::Disable);
-    }
-    let mut pg_config = tokio_postgres::Config::from_str(url)
+    let mut pg_config = tokio_postgres::Config::from_str(&tokio_url)
         .with_context(|| format!("DATABASE_URL `{shown}` is not a PostgreSQL URL"))?;
+    if tls_request.mode.is_none() && is_local(&opts) {
+        opts = opts.ssl_mode(PgSslMode::Disable);
+        pg_config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    }
+    let tls = super::tls::connector(&tls_request)
+        .with_context(|| format!("the TLS settings of DATABASE_URL `{shown}`"))?;
     let url_options = pg_config.get_options().map(str::to_owned);
     let settings = limits.settings(url_options.as_deref());
     pg_config.options(options_string(url_options.as_deref(), &settings));
@@ -174,7 +207,7 @@ pub async fn connect(url: &str, limits: SessionLimits) -> anyhow::Result<PgPools
     }
     let manager = Manager::from_config(
         pg_config.clone(),
-        tokio_postgres::NoTls,
+        tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -194,7 +227,10 @@ pub async fn connect(url: &str, limits: SessionLimits) -> anyhow::Result<PgPools
     Ok(PgPools {
         sqlx,
         deadpool,
-        pg_config,
+        connector: PgConnector {
+            config: pg_config,
+            tls,
+        },
     })
 }
 

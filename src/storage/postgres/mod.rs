@@ -6,11 +6,12 @@ mod append;
 mod connect;
 mod json;
 mod log;
+pub mod tls;
 
 pub use append::{AppendError, PgAppender};
 pub use connect::{
-    connect, deployment_channel, migrate, migrate_if_needed, redact, require_schema, PgPools,
-    SessionLimits, MIGRATOR,
+    connect, deployment_channel, migrate, migrate_if_needed, redact, require_schema, PgConnector,
+    PgPools, SessionLimits, MIGRATOR,
 };
 pub use json::{check_json, unreadable_metadata, RawJson};
 pub use log::{row_to_event, PgEventLog};
