@@ -24,6 +24,7 @@ mod privilege;
 mod read_all;
 mod rebuild;
 mod rebuild_equivalence;
+mod redis_cluster;
 mod restart;
 mod spec;
 mod stream_client;
