@@ -108,6 +108,14 @@ impl ProjectionsApi {
         let age = oldest.map_or(0, |t| {
             (chrono::Utc::now() - t).num_milliseconds().max(0) as u64
         });
+        // The rebuild's state before the version: a rebuild that reads as
+        // done has switched, so the version read after it is the new one.
+        let rebuild = self
+            .state
+            .rebuilds
+            .snapshot()
+            .as_ref()
+            .map(RebuildView::from);
         let version = self.state.inbox_rebuild.version().await?;
         let parked_events = self.state.inbox_parking.parked_count().await?;
         Ok(ProjectionsResponse::Ok(Json(vec![ProjectionView {
@@ -119,12 +127,7 @@ impl ProjectionsApi {
             events_behind: behind,
             oldest_unprocessed_age_ms: age,
             parked_events,
-            rebuild: self
-                .state
-                .rebuilds
-                .snapshot()
-                .as_ref()
-                .map(RebuildView::from),
+            rebuild,
         }])))
     }
 
