@@ -15,6 +15,14 @@ pub enum Backend {
     Postgres,
 }
 
+/// A TCP port nothing listens on just now, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// Says on the real stderr (not the captured one) that a test did not run.
 pub fn skipped(test: &str, why: &str) {
     let mut err = std::io::stderr().lock();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{
-    notification_for, postgres_server_url, settings, skipped, Backend, TestApp, TestDb,
+    free_port, notification_for, postgres_server_url, settings, skipped, Backend, TestApp, TestDb,
 };
 use crate::stream_client::Subscriber;
 
@@ -181,13 +181,6 @@ impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

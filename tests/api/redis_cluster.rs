@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::helpers::{
-    notification_for, postgres_server_url, settings, skipped, Backend, TestApp, TestDb,
+    free_port, notification_for, postgres_server_url, settings, skipped, Backend, TestApp, TestDb,
 };
 use crate::stream_client::{Frame, Subscriber};
 
@@ -46,14 +46,6 @@ impl Drop for Cluster {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn cli(port: u16, args: &[&str]) -> String {
     Command::new("redis-cli")
         .args(["-p", &port.to_string()])
@@ -78,6 +70,9 @@ impl Cluster {
             let process = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                // The bus port defaults to port + 10000, which need not be free
+                // (or below 65536).
+                .args(["--cluster-port", &free_port().to_string()])
                 .args(["--save", "", "--appendonly", "no"])
                 // Replicas sync at once (the default waits 5 s): only a
                 // synced replica may take over.

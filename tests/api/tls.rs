@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::helpers::{notification_for, settings, skipped, Backend, TestApp, TestDb};
+use crate::helpers::{free_port, notification_for, settings, skipped, Backend, TestApp, TestDb};
 
 /// A directory of the test's own, removed when dropped.
 struct Scratch(PathBuf);
@@ -26,14 +26,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A certificate authority of the test's own and a certificate it signs for
