@@ -138,7 +138,9 @@ async fn run(backend: &str, clients: usize, seconds: u64, database_url: Option<S
     // How far behind the inbox projection was when the load stopped.
     let load_stopped = Instant::now();
     let caught_up = state
-        .inbox_projector
+        .projections
+        .inbox()
+        .projector
         .wait_for(last_cursor, Duration::from_secs(300))
         .await;
     let catch_up_ms = caught_up.then(|| load_stopped.elapsed().as_secs_f64() * 1000.0);

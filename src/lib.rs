@@ -25,6 +25,7 @@ pub mod config;
 pub mod domain;
 pub mod memory_limit;
 pub mod projections;
+pub mod reactors;
 pub mod server;
 pub mod startup;
 pub mod storage;

@@ -82,7 +82,7 @@ enum EventsCommand {
 /// Which projection's parked events, in which database.
 #[derive(Args)]
 struct ParkedOf {
-    /// Which projection (`inbox`).
+    /// Which projection (`inbox`, `schedule`).
     #[arg(long, default_value = "inbox")]
     projection: String,
     #[command(flatten)]
@@ -127,7 +127,7 @@ enum Command {
     /// Rebuild a projection from the whole log beside the live one, then switch
     /// reads to it (DATABASE_URL; the service keeps running).
     Replay {
-        /// Which projection (`inbox`).
+        /// Which projection (`inbox`, `schedule`).
         #[arg(long, default_value = "inbox")]
         projection: String,
         #[command(flatten)]

@@ -17,13 +17,15 @@ use crate::api;
 use crate::commands::{CommandService, NotificationStore};
 use crate::config::Settings;
 use crate::memory_limit::MemoryGuard;
-use crate::projections::engine::{self, EngineConfig, ProjectorHandle};
-use crate::projections::inbox::memory::MemoryInbox;
-use crate::projections::inbox::postgres::PostgresInbox;
+use crate::projections::engine::{self, EngineConfig};
 use crate::projections::inbox::InboxReader;
 use crate::projections::leader::{self, Election};
-use crate::projections::parked::Parking;
-use crate::projections::rebuild::{Rebuildable, Rebuilds};
+use crate::projections::rebuild::Rebuilds;
+use crate::projections::registry::{Projections, ReadModels, Running};
+use crate::projections::schedule::{self, Due};
+use crate::projections::store::postgres::Publisher;
+use crate::projections::store::RowReader;
+use crate::reactors::timers::{self, TimerSettings, TimerStats};
 use crate::storage::memory::MemoryEventStore;
 use crate::storage::postgres::{self, PgEventLog};
 use crate::storage::{AppendSignal, EventLog};
@@ -36,22 +38,23 @@ use crate::streams::updates::{MemoryUpdateLog, PgUpdateLog, UpdateLog};
 
 /// What request handlers share.
 pub struct AppState {
-    pub commands: CommandService,
+    pub commands: Arc<CommandService>,
     /// The global log, for audit and export queries.
     pub log: Arc<dyn EventLog>,
     pub inbox: Arc<dyn InboxReader>,
-    pub inbox_projector: ProjectorHandle,
+    /// Deliveries waiting for their time.
+    pub schedule: Arc<dyn RowReader<Due>>,
+    /// Every projection by name, with its engine handle and operations.
+    pub projections: Projections,
+    /// What the timers fired, and how late.
+    pub timers: Arc<TimerStats>,
     /// How long a query with `min_position` waits for the read model.
     pub read_wait: Duration,
     /// `memory` or `postgres`.
     pub storage: &'static str,
     pub streams: Streams,
-    /// The inbox, as something that can build a new version of itself.
-    pub inbox_rebuild: Arc<dyn Rebuildable>,
     /// The latest rebuild on this instance.
     pub rebuilds: Arc<Rebuilds>,
-    /// The inbox's parked events (poison events), to list, re-drive and skip.
-    pub inbox_parking: Arc<dyn Parking>,
     /// Resident memory against the limit.
     pub memory: Arc<MemoryGuard>,
     /// Readiness degrades when a projector's oldest unapplied event is older.
@@ -89,12 +92,11 @@ pub struct Core {
 }
 
 struct Started {
-    rebuildable: Arc<dyn Rebuildable>,
-    parking: Arc<dyn Parking>,
     log: Arc<dyn EventLog>,
     store: NotificationStore,
     inbox: Arc<dyn InboxReader>,
-    projector: ProjectorHandle,
+    schedule: Arc<dyn RowReader<Due>>,
+    running: Vec<Running>,
     updates: Arc<dyn UpdateLog>,
     fanout: Option<Arc<Fanout>>,
     storage: &'static str,
@@ -128,33 +130,40 @@ async fn start_memory(
         settings.stream_retention as usize,
         settings.stream_retention_bytes as usize,
     ));
-    let inbox = Arc::new(MemoryInbox::new(updates.clone()));
     let (feed, feed_task) = feed::spawn(
         router.clone(),
         updates.clone(),
         settings.stream_poll(),
         shutdown.clone(),
     );
-    inbox.set_feed(feed);
+    let models = ReadModels::memory(updates.clone(), &feed);
     let log: Arc<dyn EventLog> = Arc::new(events.clone());
-    let (projector, task) = engine::spawn(
-        inbox.clone(),
-        log.clone(),
-        signal,
-        engine_config(settings),
-        shutdown.clone(),
-    );
+    let mut tasks = vec![feed_task];
+    let mut running = Vec::new();
+    for registered in models.registered {
+        let (projector, task) = engine::spawn(
+            registered.projection.clone(),
+            log.clone(),
+            signal,
+            engine_config(settings),
+            shutdown.clone(),
+        );
+        tasks.push(task);
+        running.push(Running {
+            registered,
+            projector,
+        });
+    }
     Started {
-        rebuildable: inbox.clone(),
-        parking: inbox.clone(),
         log,
         store: NotificationStore::memory(events),
-        inbox,
-        projector,
+        inbox: models.inbox,
+        schedule: models.schedule,
+        running,
         updates,
         fanout: None,
         storage: "memory",
-        tasks: vec![task, feed_task],
+        tasks,
     }
 }
 
@@ -173,13 +182,15 @@ async fn start_postgres(
     }
     info!(database = %postgres::redact(url), "storage: postgres (schema up to date)");
     let updates = Arc::new(PgUpdateLog::new(pools.deadpool.clone()));
-    let inbox = Arc::new(
-        PostgresInbox::new(
-            pools.deadpool.clone(),
-            pools.connector.clone(),
-            settings.stream_retention,
-        )
-        .with_rebuild_tuning(settings.rebuild_tuning()),
+    let publisher = Arc::new(Publisher::new(
+        pools.deadpool.clone(),
+        settings.stream_retention,
+    ));
+    let models = ReadModels::postgres(
+        &pools.deadpool,
+        &pools.connector,
+        &publisher,
+        settings.rebuild_tuning(),
     );
     let (feed, feed_task) = feed::spawn(
         router.clone(),
@@ -187,7 +198,7 @@ async fn start_postgres(
         settings.stream_poll(),
         shutdown.clone(),
     );
-    inbox.set_feed(feed.clone());
+    publisher.set_feed(feed.clone());
     let fanout = match &settings.redis_url {
         Some(redis) => {
             let fanout = Fanout::start(
@@ -199,7 +210,7 @@ async fn start_postgres(
                 feed,
                 shutdown.clone(),
             )?;
-            inbox.set_fanout(fanout.clone());
+            publisher.set_fanout(fanout.clone());
             let shown = postgres::redact(redis);
             if fanout.wait_up(Duration::from_secs(2)).await {
                 info!(redis = %shown, "streams: updates travel between instances through Redis");
@@ -216,29 +227,38 @@ async fn start_postgres(
         None => None,
     };
     let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pools.deadpool.clone()));
-    let (projector, task) = leader::spawn(
-        inbox.clone(),
-        log.clone(),
-        signal,
-        engine_config(settings),
-        shutdown.clone(),
-        Election {
-            pg: pools.connector.clone(),
-            pool: pools.deadpool.clone(),
-            interval: settings.election_interval(),
-        },
-    );
+    let election = Election {
+        pg: pools.connector.clone(),
+        pool: pools.deadpool.clone(),
+        interval: settings.election_interval(),
+    };
+    let mut tasks = vec![feed_task];
+    let mut running = Vec::new();
+    for registered in models.registered {
+        let (projector, task) = leader::spawn(
+            registered.projection.clone(),
+            log.clone(),
+            signal,
+            engine_config(settings),
+            shutdown.clone(),
+            election.clone(),
+        );
+        tasks.push(task);
+        running.push(Running {
+            registered,
+            projector,
+        });
+    }
     Ok(Started {
-        rebuildable: inbox.clone(),
-        parking: inbox.clone(),
         log,
         store: NotificationStore::postgres(&pools),
-        inbox,
-        projector,
+        inbox: models.inbox,
+        schedule: models.schedule,
+        running,
         updates,
         fanout,
         storage: "postgres",
-        tasks: vec![task, feed_task],
+        tasks,
     })
 }
 
@@ -266,13 +286,26 @@ impl Core {
         if started.storage == "memory" {
             commands = commands.refusing_when_full(memory.clone());
         }
+        let commands = Arc::new(commands);
+        let projections = Projections::new(started.running)?;
+        let timer_stats = Arc::new(TimerStats::default());
+        tasks.push(timers::spawn(
+            started.schedule.clone(),
+            projections.get(schedule::NAME)?.projector.clone(),
+            commands.clone(),
+            TimerSettings::default(),
+            timer_stats.clone(),
+            shutdown_rx.clone(),
+        ));
         let max_connections = settings.stream_max_connections as usize;
         Ok(Self {
             state: Arc::new(AppState {
                 commands,
                 log,
                 inbox: started.inbox,
-                inbox_projector: started.projector,
+                schedule: started.schedule,
+                projections,
+                timers: timer_stats,
                 read_wait: settings.read_wait(),
                 storage: started.storage,
                 streams: Streams {
@@ -290,9 +323,7 @@ impl Core {
                         settings.stream_max_connections_per_address as usize,
                     ),
                 },
-                inbox_rebuild: started.rebuildable,
                 rebuilds: Arc::default(),
-                inbox_parking: started.parking,
                 memory,
                 ready_max_lag: settings.ready_max_lag(),
                 as_of_max_events: settings.as_of_max_events as usize,

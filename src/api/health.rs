@@ -142,8 +142,14 @@ impl HealthApi {
             status: status.to_owned(),
             storage: self.state.storage.to_owned(),
             detail,
-            inbox_cursor: self.state.inbox_projector.checkpoint().to_cursor(),
-            inbox_leader: self.state.inbox_projector.is_leader(),
+            inbox_cursor: self
+                .state
+                .projections
+                .inbox()
+                .projector
+                .checkpoint()
+                .to_cursor(),
+            inbox_leader: self.state.projections.inbox().projector.is_leader(),
             redis: self
                 .state
                 .streams
@@ -160,16 +166,20 @@ impl HealthApi {
     }
 
     async fn lag(&self) -> Result<Vec<ProjectionLag>, crate::storage::StorageError> {
-        let projector = &self.state.inbox_projector;
-        let (behind, oldest) = self.state.log.behind(projector.checkpoint()).await?;
-        let age = oldest.map_or(0, |t| {
-            (chrono::Utc::now() - t).num_milliseconds().max(0) as u64
-        });
-        Ok(vec![ProjectionLag {
-            name: projector.name.to_owned(),
-            events_behind: behind,
-            oldest_unprocessed_age_ms: age,
-            stuck: age > self.state.ready_max_lag.as_millis() as u64,
-        }])
+        let mut lags = Vec::new();
+        for running in self.state.projections.all() {
+            let projector = &running.projector;
+            let (behind, oldest) = self.state.log.behind(projector.checkpoint()).await?;
+            let age = oldest.map_or(0, |t| {
+                (chrono::Utc::now() - t).num_milliseconds().max(0) as u64
+            });
+            lags.push(ProjectionLag {
+                name: projector.name.to_owned(),
+                events_behind: behind,
+                oldest_unprocessed_age_ms: age,
+                stuck: age > self.state.ready_max_lag.as_millis() as u64,
+            });
+        }
+        Ok(lags)
     }
 }

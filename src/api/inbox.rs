@@ -141,7 +141,14 @@ impl InboxApi {
                         ),
                     ));
                 }
-                let skipped = self.state.inbox_parking.skipped().await?;
+                let skipped = self
+                    .state
+                    .projections
+                    .inbox()
+                    .registered
+                    .parking
+                    .skipped()
+                    .await?;
                 page_from_history(&history, &skipped, &query)
             }
         };
@@ -188,7 +195,13 @@ impl InboxApi {
             .execute_many(&ids, |at| NotificationCommand::MarkRead { at }, &meta)
             .await?;
         let marked = done.changed;
-        let cursor = self.state.inbox_projector.checkpoint().max(done.position);
+        let cursor = self
+            .state
+            .projections
+            .inbox()
+            .projector
+            .checkpoint()
+            .max(done.position);
         Ok(ReadAllResponse::Ok(Json(ReadAllView {
             marked,
             cursor: cursor.to_cursor(),

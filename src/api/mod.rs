@@ -158,7 +158,8 @@ pub async fn wait_for_inbox(state: &AppState, min_position: Option<&str>) -> Res
     };
     let position = Position::parse_cursor(raw)
         .map_err(|e| ApiError::invalid("query.min_position", e.to_string()))?;
-    if state.inbox_projector.checkpoint() >= position {
+    let projector = &state.projections.inbox().projector;
+    if projector.checkpoint() >= position {
         return Ok(());
     }
     // A position no command answered with would be waited for in vain.
@@ -170,11 +171,7 @@ pub async fn wait_for_inbox(state: &AppState, min_position: Option<&str>) -> Res
             ),
         ));
     }
-    if state
-        .inbox_projector
-        .wait_for(position, state.read_wait)
-        .await
-    {
+    if projector.wait_for(position, state.read_wait).await {
         Ok(())
     } else {
         Err(ApiError::unavailable(format!(

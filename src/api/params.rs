@@ -245,7 +245,7 @@ rule!(
 );
 rule!(
     /// The projections.
-    ProjectionRule, "ProjectionName", words([crate::projections::inbox::NAME])
+    ProjectionRule, "ProjectionName", words(crate::projections::registry::NAMES)
 );
 rule!(
     /// A title: 1–200 characters, not only white space, no control characters.

@@ -14,7 +14,7 @@ use super::params::{EventLimitRule, Int, LogCursorRule, ProjectionRule, Text};
 use super::problem::ApiError;
 use super::views::rfc3339;
 use super::ApiTags;
-use crate::projections::parked::{ParkedEvent, ParkingError, RedriveReport};
+use crate::projections::parked::{ParkedEvent, Parking, ParkingError, RedriveReport};
 use crate::storage::Position;
 use crate::AppState;
 
@@ -123,15 +123,12 @@ pub struct ParkedApi {
 }
 
 impl ParkedApi {
-    fn check_projection(&self, name: &str) -> Result<(), ApiError> {
-        let known = self.state.inbox_projector.name;
-        if name == known {
-            Ok(())
-        } else {
-            Err(ApiError::not_found(format!(
-                "no projection `{name}`; the projections are: {known}"
-            )))
-        }
+    fn parking(&self, name: &str) -> Result<&Arc<dyn Parking>, ApiError> {
+        self.state
+            .projections
+            .get(name)
+            .map(|r| &r.registered.parking)
+            .map_err(|e| ApiError::not_found(e.to_string()))
     }
 }
 
@@ -155,7 +152,7 @@ impl ParkedApi {
         /// Items per page, 1–1000 (default 100).
         limit: Query<Option<Int<EventLimitRule>>>,
     ) -> Result<ParkedResponse, ApiError> {
-        self.check_projection(name.0.as_str())?;
+        let parking = self.parking(name.0.as_str())?;
         let limit = super::page_limit(limit.0.map(|l| l.0), DEFAULT_LIMIT, MAX_LIMIT)?;
         let after = after
             .0
@@ -165,7 +162,6 @@ impl ParkedApi {
             .transpose()
             .map_err(|e| ApiError::invalid("query.after", e.to_string()))?
             .unwrap_or(Position::START);
-        let parking = &self.state.inbox_parking;
         let mut items = parking.parked(after, limit + 1).await?;
         let more = items.len() > limit;
         items.truncate(limit);
@@ -192,8 +188,10 @@ impl ParkedApi {
     )]
     #[instrument(skip_all)]
     async fn redrive(&self, name: Path<Text<ProjectionRule>>) -> Result<RedriveResponse, ApiError> {
-        self.check_projection(name.0.as_str())?;
-        let report = self.state.inbox_parking.redrive(&*self.state.log).await?;
+        let report = self
+            .parking(name.0.as_str())?
+            .redrive(&*self.state.log)
+            .await?;
         info!(
             projection = %name.0.as_str(),
             applied = report.applied,
@@ -223,15 +221,11 @@ impl ParkedApi {
         /// The parked event's `cursor`.
         cursor: Path<Text<LogCursorRule>>,
     ) -> Result<RedriveResponse, ApiError> {
-        self.check_projection(name.0.as_str())?;
+        let parking = self.parking(name.0.as_str())?;
         let position = Position::parse_cursor(cursor.0.as_str())
             .map_err(|e| ApiError::invalid("path.cursor", e.to_string()))?;
         let by = format!("{} (request {})", ctx.actor, ctx.request_id);
-        let report = self
-            .state
-            .inbox_parking
-            .skip(&*self.state.log, position, &by)
-            .await?;
+        let report = parking.skip(&*self.state.log, position, &by).await?;
         Ok(RedriveResponse::Ok(Json(report.into())))
     }
 }

@@ -102,33 +102,38 @@ impl ProjectionsApi {
     /// yet and the age of the oldest), and the progress of a rebuild.
     #[oai(path = "/projections", method = "get", operation_id = "projections")]
     async fn list(&self) -> Result<ProjectionsResponse, ApiError> {
-        let projector = &self.state.inbox_projector;
-        let cursor = projector.checkpoint();
-        let (behind, oldest) = self.state.log.behind(cursor).await?;
-        let age = oldest.map_or(0, |t| {
-            (chrono::Utc::now() - t).num_milliseconds().max(0) as u64
-        });
-        // The rebuild's state before the version: a rebuild that reads as
-        // done has switched, so the version read after it is the new one.
-        let rebuild = self
-            .state
-            .rebuilds
-            .snapshot()
-            .as_ref()
-            .map(RebuildView::from);
-        let version = self.state.inbox_rebuild.version().await?;
-        let parked_events = self.state.inbox_parking.parked_count().await?;
-        Ok(ProjectionsResponse::Ok(Json(vec![ProjectionView {
-            name: projector.name.to_owned(),
-            version,
-            cursor: cursor.to_cursor(),
-            leader: projector.is_leader(),
-            status: if behind == 0 { "live" } else { "catching_up" }.to_owned(),
-            events_behind: behind,
-            oldest_unprocessed_age_ms: age,
-            parked_events,
-            rebuild,
-        }])))
+        let mut views = Vec::new();
+        for running in self.state.projections.all() {
+            let projector = &running.projector;
+            let cursor = projector.checkpoint();
+            let (behind, oldest) = self.state.log.behind(cursor).await?;
+            let age = oldest.map_or(0, |t| {
+                (chrono::Utc::now() - t).num_milliseconds().max(0) as u64
+            });
+            // The rebuild's state before the version: a rebuild that reads as
+            // done has switched, so the version read after it is the new one.
+            let rebuild = self
+                .state
+                .rebuilds
+                .snapshot()
+                .filter(|r| r.projection == running.name())
+                .as_ref()
+                .map(RebuildView::from);
+            let version = running.registered.rebuild.version().await?;
+            let parked_events = running.registered.parking.parked_count().await?;
+            views.push(ProjectionView {
+                name: projector.name.to_owned(),
+                version,
+                cursor: cursor.to_cursor(),
+                leader: projector.is_leader(),
+                status: if behind == 0 { "live" } else { "catching_up" }.to_owned(),
+                events_behind: behind,
+                oldest_unprocessed_age_ms: age,
+                parked_events,
+                rebuild,
+            });
+        }
+        Ok(ProjectionsResponse::Ok(Json(views)))
     }
 
     /// Rebuild a projection
@@ -143,21 +148,20 @@ impl ProjectionsApi {
         operation_id = "rebuildProjection"
     )]
     async fn rebuild(&self, name: Path<Text<ProjectionRule>>) -> Result<RebuildResponse, ApiError> {
-        if name.0.as_str() != self.state.inbox_projector.name {
-            return Err(ApiError::not_found(format!(
-                "no projection `{}`; the projections are: {}",
-                name.0.as_str(),
-                self.state.inbox_projector.name
-            )));
-        }
-        let projection = self.state.inbox_projector.name;
+        let running = self
+            .state
+            .projections
+            .get(name.0.as_str())
+            .map_err(|e| ApiError::not_found(e.to_string()))?;
+        let projection = running.name();
+        let target = running.registered.rebuild.clone();
         self.state.rebuilds.begin(projection).map_err(|e| {
             ApiError::conflict("rebuild-running", "A rebuild is running", e.to_string())
         })?;
         let state = self.state.clone();
         tokio::spawn(async move {
             info!(projection, "rebuild started");
-            match rebuild::run(&*state.inbox_rebuild, &*state.log, &state.rebuilds).await {
+            match rebuild::run(&*target, &*state.log, &state.rebuilds).await {
                 Ok(version) => info!(projection, version, "rebuild switched to the new version"),
                 Err(e) => {
                     error!(projection, error = %crate::storage::error_chain(&e), "rebuild failed")

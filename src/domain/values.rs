@@ -389,6 +389,15 @@ word_enum!(
     }
 );
 
+impl Priority {
+    /// Whether a policy may hold a delivery of this priority back: a digest
+    /// window, quiet hours, anything that delays what is due. Urgent never
+    /// waits. Every hold asks here, so the rule lives in one place.
+    pub fn may_be_held(self) -> bool {
+        self != Self::Urgent
+    }
+}
+
 word_enum!(
     /// Where a notification is delivered. `in_app` is the inbox; the others are
     /// delivered by workers that report back with a `deliver` command.

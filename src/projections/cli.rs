@@ -5,31 +5,33 @@
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
-use super::inbox::postgres::PostgresInbox;
-use super::parked::Parking;
 use super::rebuild::{run, RebuildState, RebuildTuning, Rebuilds};
+use super::registry::{ReadModels, Registered, NAMES};
+use super::store::postgres::Publisher;
 use crate::storage::postgres::{self, PgEventLog, SessionLimits};
 use crate::storage::Position;
 
-/// The inbox and the log of the database at `url` (migrated).
+/// The projection named `projection` and the log of the database at `url`
+/// (migrated).
 async fn open(
     url: &str,
     limits: SessionLimits,
     projection: &str,
     tuning: RebuildTuning,
-) -> anyhow::Result<(PostgresInbox, PgEventLog)> {
-    if projection != super::inbox::NAME {
+) -> anyhow::Result<(Registered, PgEventLog)> {
+    if !NAMES.contains(&projection) {
         anyhow::bail!(
             "no projection `{projection}`; the projections are: {}",
-            super::inbox::NAME
+            NAMES.join(", ")
         );
     }
     let pools = postgres::connect(url, limits.with_pool_size(4)).await?;
     postgres::require_schema(&pools).await?;
     // Retention only matters to the live projector, which prunes; these don't.
-    let inbox = PostgresInbox::new(pools.deadpool.clone(), pools.connector.clone(), 0)
-        .with_rebuild_tuning(tuning);
-    Ok((inbox, PgEventLog::new(pools.deadpool.clone())))
+    let publisher = Arc::new(Publisher::new(pools.deadpool.clone(), 0));
+    let models = ReadModels::postgres(&pools.deadpool, &pools.connector, &publisher, tuning);
+    let found = models.find(projection)?.clone();
+    Ok((found, PgEventLog::new(pools.deadpool.clone())))
 }
 
 /// `tidings replay --projection NAME`: rebuilds against DATABASE_URL while
@@ -40,9 +42,9 @@ pub async fn replay(
     projection: &str,
     tuning: RebuildTuning,
 ) -> anyhow::Result<u32> {
-    let (inbox, log) = open(url, limits, projection, tuning).await?;
+    let (found, log) = open(url, limits, projection, tuning).await?;
     let rebuilds = Arc::new(Rebuilds::default());
-    rebuilds.begin(super::inbox::NAME)?;
+    rebuilds.begin(found.name())?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(0);
         if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -73,7 +75,7 @@ pub async fn replay(
             }
         })
     };
-    let result = run(&inbox, &log, &rebuilds).await;
+    let result = run(&*found.rebuild, &log, &rebuilds).await;
     watcher.abort();
     bar.finish_and_clear();
     Ok(result?)
@@ -103,12 +105,13 @@ pub async fn parked(
 
     use crate::api::parked::{ParkedEventView, RedriveView};
 
-    let (inbox, log) = open(url, limits, projection, RebuildTuning::default()).await?;
+    let (found, log) = open(url, limits, projection, RebuildTuning::default()).await?;
+    let parking = &found.parking;
     let report = match action {
         ParkedAction::List => {
             let mut after = Position::START;
             loop {
-                let page = inbox.parked(after, 1_000).await?;
+                let page = parking.parked(after, 1_000).await?;
                 let Some(last) = page.last() else { break };
                 after = last.position;
                 for event in &page {
@@ -117,12 +120,12 @@ pub async fn parked(
             }
             return Ok(());
         }
-        ParkedAction::Redrive => inbox.redrive(&log).await?,
+        ParkedAction::Redrive => parking.redrive(&log).await?,
         ParkedAction::Skip { cursor } => {
             let position = Position::parse_cursor(&cursor)
                 .map_err(|e| anyhow::anyhow!("--cursor `{cursor}`: {e}"))?;
             let by = format!("the tidings CLI (user {})", whoami());
-            inbox.skip(&log, position, &by).await?
+            parking.skip(&log, position, &by).await?
         }
     };
     writeln!(out, "{}", RedriveView::from(report).to_json_string())?;

@@ -73,6 +73,11 @@ impl ProjectorHandle {
         *self.checkpoint.borrow()
     }
 
+    /// The checkpoint as it moves.
+    pub fn watch(&self) -> watch::Receiver<Position> {
+        self.checkpoint.clone()
+    }
+
     /// Waits until the projection has applied `position`, up to `timeout`.
     /// Returns false on timeout.
     pub async fn wait_for(&self, position: Position, timeout: Duration) -> bool {

@@ -26,6 +26,7 @@ mod rebuild;
 mod rebuild_equivalence;
 mod redis_cluster;
 mod restart;
+mod scheduled;
 mod spec;
 mod stream_client;
 mod stream_limits;

@@ -7,7 +7,7 @@
 //! one delete, move the checkpoint, commit.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -15,15 +15,15 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::fold::{first_failure, fold_events, ids_in, Held, Refusal};
-use super::postgres_parked::{held_streams, insert_parked};
 use super::{counts_update, page_updates, remember, InboxRow, PageUpdates, NAME};
 use crate::domain::{Notification, NotificationId};
 use crate::projections::rebuild::RebuildTuning;
+use crate::projections::store::postgres::{
+    held_streams, insert_parked, load_checkpoint, move_checkpoint, Publisher,
+};
 use crate::projections::{Projection, ProjectionError};
 use crate::storage::postgres::PgConnector;
 use crate::storage::{Position, SharedEvent, StorageError};
-use crate::streams::fanout::Fanout;
-use crate::streams::feed::Feed;
 use crate::streams::updates::StreamUpdate;
 
 pub struct PostgresInbox {
@@ -31,12 +31,8 @@ pub struct PostgresInbox {
     /// For the maintenance lock (rebuilds, re-drives) and a rebuild's
     /// stages, on connections of their own.
     pub(super) connector: PgConnector,
-    /// Stream updates kept for resuming subscribers.
-    retention: u64,
-    /// This instance's live feed (set once it runs).
-    feed: OnceLock<Feed>,
-    /// Redis, to reach the other instances' subscribers.
-    fanout: OnceLock<Arc<Fanout>>,
+    /// Where committed stream updates go.
+    pub(super) publisher: Arc<Publisher>,
     /// How a rebuild reads and caches.
     pub(super) tuning: RebuildTuning,
     /// (live version, whether it may have parked events), as this instance
@@ -49,13 +45,11 @@ pub struct PostgresInbox {
 }
 
 impl PostgresInbox {
-    pub fn new(pool: Pool, connector: PgConnector, retention: u64) -> Self {
+    pub fn new(pool: Pool, connector: PgConnector, publisher: Arc<Publisher>) -> Self {
         Self {
             pool,
             connector,
-            retention,
-            feed: OnceLock::new(),
-            fanout: OnceLock::new(),
+            publisher,
             tuning: RebuildTuning::default(),
             parked_hint: std::sync::Mutex::new(None),
         }
@@ -91,14 +85,6 @@ impl PostgresInbox {
     pub fn with_rebuild_tuning(mut self, tuning: RebuildTuning) -> Self {
         self.tuning = tuning;
         self
-    }
-
-    pub fn set_feed(&self, feed: Feed) {
-        let _ = self.feed.set(feed);
-    }
-
-    pub fn set_fanout(&self, fanout: Arc<Fanout>) {
-        let _ = self.fanout.set(fanout);
     }
 }
 
@@ -145,27 +131,6 @@ pub(crate) async fn live_version(
         )
         .await?;
     Ok((row.try_get(0)?, checked_table(row.try_get(1)?)?))
-}
-
-/// Moves the checkpoint from `expected` to `to` inside `tx`; the row stays
-/// locked until `tx` ends, so one page at a time is applied anywhere.
-async fn move_checkpoint(
-    tx: &tokio_postgres::Transaction<'_>,
-    expected: Position,
-    to: Position,
-) -> Result<(), ProjectionError> {
-    let moved = tx
-        .execute(
-            "UPDATE projection_checkpoints SET tx = $2, seq = $3, updated_at = now()
-              WHERE projection = $1 AND tx = $4 AND seq = $5",
-            &[&NAME, &to.tx, &to.seq, &expected.tx, &expected.seq],
-        )
-        .await?;
-    if moved == 1 {
-        Ok(())
-    } else {
-        Err(ProjectionError::CheckpointMoved { expected })
-    }
 }
 
 /// The inbox's secondary indexes (as in migrations/0002) for a rebuilt table.
@@ -397,20 +362,7 @@ impl Projection for PostgresInbox {
         // what this instance knew of parked events may be out of date.
         *self.hint() = None;
         let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO projection_checkpoints (projection, tx, seq) VALUES ($1, 0, 0)
-                 ON CONFLICT (projection) DO NOTHING",
-                &[&NAME],
-            )
-            .await?;
-        let row = client
-            .query_one(
-                "SELECT tx, seq FROM projection_checkpoints WHERE projection = $1",
-                &[&NAME],
-            )
-            .await?;
-        Ok(Position::new(row.try_get(0)?, row.try_get(1)?))
+        load_checkpoint(&**client, NAME).await
     }
 
     async fn apply(
@@ -423,10 +375,10 @@ impl Projection for PostgresInbox {
         };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        move_checkpoint(&tx, expected, last.position).await?;
+        move_checkpoint(&tx, NAME, expected, last.position).await?;
         let (version, table) = live_version(&tx).await?;
         let mut held = if self.may_have_parked(&tx, version).await? {
-            held_streams(&tx, version, events).await?
+            held_streams(&tx, NAME, version, events).await?
         } else {
             Held::new()
         };
@@ -445,6 +397,7 @@ impl Projection for PostgresInbox {
         }
         insert_parked(
             &*tx,
+            NAME,
             version,
             &refused.iter().map(|r| r.parked(0)).collect::<Vec<_>>(),
         )
@@ -455,7 +408,7 @@ impl Projection for PostgresInbox {
         });
         let numbered = record_updates(&tx, &table, updates, last.position).await?;
         tx.commit().await?;
-        self.publish(numbered).await;
+        self.publisher.publish(numbered).await;
         Ok(last.position)
     }
 
@@ -468,59 +421,13 @@ impl Projection for PostgresInbox {
     ) -> Result<Position, ProjectionError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        move_checkpoint(&tx, expected, event.position).await?;
+        move_checkpoint(&tx, NAME, expected, event.position).await?;
         let (version, _) = live_version(&tx).await?;
         let refusal = Refusal::failed(event, error);
         *self.hint() = Some((version, true));
-        insert_parked(&*tx, version, &[refusal.parked(attempts)]).await?;
+        insert_parked(&*tx, NAME, version, &[refusal.parked(attempts)]).await?;
         tx.commit().await?;
         Ok(event.position)
-    }
-}
-
-/// Prune the update log once every this many updates.
-const PRUNE_EVERY: i64 = 10_000;
-
-impl PostgresInbox {
-    /// Hands committed updates to this instance's subscribers and, through
-    /// Redis, to the other instances'; prunes the update log now and then.
-    pub(crate) async fn publish(&self, numbered: Vec<Arc<StreamUpdate>>) {
-        let (Some(first), Some(newest)) = (
-            numbered.first().map(|u| u.id),
-            numbered.last().map(|u| u.id),
-        ) else {
-            return;
-        };
-        if let Some(feed) = self.feed.get() {
-            feed.offer(numbered.clone());
-        }
-        if let Some(fanout) = self.fanout.get() {
-            fanout.publish(numbered);
-        }
-        // Once per PRUNE_EVERY updates: when this page crossed a multiple of it.
-        if (first - 1) / PRUNE_EVERY != newest / PRUNE_EVERY {
-            self.prune(newest).await;
-        }
-    }
-
-    /// Drops updates older than the retention; a subscriber whose cursor is
-    /// older gets `resync`.
-    async fn prune(&self, newest: i64) {
-        let keep_from = newest - self.retention as i64;
-        if keep_from <= 0 {
-            return;
-        }
-        match self.pool.get().await {
-            Ok(client) => {
-                if let Err(e) = client
-                    .execute("DELETE FROM stream_updates WHERE id < $1", &[&keep_from])
-                    .await
-                {
-                    tracing::warn!(error = %e, "pruning stream updates failed");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "pruning stream updates failed"),
-        }
     }
 }
 
@@ -557,35 +464,5 @@ pub(crate) async fn record_updates(
             ));
         }
     }
-    if new.is_empty() {
-        return Ok(vec![]);
-    }
-    let last: i64 = tx
-        .query_one(
-            "UPDATE stream_update_counter SET last_id = last_id + $1 RETURNING last_id",
-            &[&(new.len() as i64)],
-        )
-        .await?
-        .try_get(0)?;
-    let first = last - new.len() as i64 + 1;
-    let numbered: Vec<Arc<StreamUpdate>> = new
-        .into_iter()
-        .zip(first..)
-        .map(|(u, id)| Arc::new(u.numbered(id)))
-        .collect();
-    let ids: Vec<i64> = numbered.iter().map(|u| u.id).collect();
-    let topics: Vec<&str> = numbered.iter().map(|u| u.topic.as_str()).collect();
-    let kinds: Vec<&str> = numbered.iter().map(|u| u.kind.as_str()).collect();
-    let data: Vec<&str> = numbered.iter().map(|u| &*u.data).collect();
-    let txs: Vec<i64> = numbered.iter().map(|u| u.position.tx).collect();
-    let seqs: Vec<i64> = numbered.iter().map(|u| u.position.seq).collect();
-    tx.execute(
-        "INSERT INTO stream_updates (id, topic, kind, data, tx, seq)
-         SELECT id, topic, kind, data::jsonb, tx, seq
-           FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])
-             AS u(id, topic, kind, data, tx, seq)",
-        &[&ids, &topics, &kinds, &data, &txs, &seqs],
-    )
-    .await?;
-    Ok(numbered)
+    crate::projections::store::postgres::record_updates(tx, new).await
 }

@@ -29,11 +29,11 @@ use tokio_postgres::types::Type;
 
 use super::fold::{decode_json, fold_decoded, Decoded, EventRef, Held, Slots};
 use super::postgres::{to_row, upsert_sql, FlatRow, PostgresInbox, COLUMNS, ROW_COLUMNS};
-use super::postgres_parked::insert_parked;
 use super::{InboxRow, NAME};
 use crate::domain::{Notification, NotificationId};
 use crate::projections::parked::ParkedEvent;
 use crate::projections::rebuild::{RebuildTuning, Rebuilds};
+use crate::projections::store::postgres::insert_parked;
 use crate::projections::ProjectionError;
 use crate::storage::postgres::{check_json, unreadable_metadata, RawJson};
 use crate::storage::{Position, StorageError};
@@ -427,7 +427,7 @@ async fn fold_all(
         let refused = fold_decoded(&mut cache, chunk.decoded, &mut held, skipped);
         parked.extend(refused.iter().map(|r| r.parked(1)));
         if parked.len() >= PARKED_BATCH {
-            insert_parked(client, version, &std::mem::take(&mut parked)).await?;
+            insert_parked(client, NAME, version, &std::mem::take(&mut parked)).await?;
         }
         checkpoint = chunk.end;
         progress.advance(chunk.events);
@@ -445,6 +445,6 @@ async fn fold_all(
         .send(ToWriter::Rows(rest))
         .await
         .map_err(|_| writer_gone())?;
-    insert_parked(client, version, &parked).await?;
+    insert_parked(client, NAME, version, &parked).await?;
     Ok((Built { checkpoint, held }, has_key))
 }

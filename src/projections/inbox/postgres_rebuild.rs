@@ -12,9 +12,9 @@ use tracing::info;
 
 use super::postgres::{checked_table, live_version, secondary_indexes, write_page, PostgresInbox};
 use super::postgres_build::{build, Built};
-use super::postgres_parked::{insert_parked, load_skipped, Maintenance};
 use super::NAME;
 use crate::projections::rebuild::{RebuildState, Rebuildable, Rebuilds, BUILD_PAGE};
+use crate::projections::store::postgres::{insert_parked, load_skipped, Maintenance};
 use crate::projections::ProjectionError;
 use crate::storage::{EventLog, Position, StorageError};
 
@@ -38,7 +38,7 @@ impl Rebuildable for PostgresInbox {
         progress: &Rebuilds,
     ) -> Result<u32, ProjectionError> {
         // One rebuild (or re-drive) at a time across instances.
-        let Some(_maintenance) = Maintenance::try_take(&self.connector).await? else {
+        let Some(_maintenance) = Maintenance::try_take(&self.connector, NAME).await? else {
             return Err(StorageError::defect(format!(
                 "a rebuild, re-drive or skip of {NAME} is running (here or on another instance); try again once it has finished"
             ))
@@ -67,7 +67,7 @@ impl PostgresInbox {
         let table = checked_table(&format!("inbox_notifications_v{version}"))?;
         let (total, _) = log.behind(Position::START).await?;
         progress.plan(version as u32, total);
-        let skipped = load_skipped(&**client).await?;
+        let skipped = load_skipped(&**client, NAME).await?;
         // No index while building (see postgres_build): the build leaves the
         // primary key, the secondary indexes are made in one pass after it.
         client
@@ -143,7 +143,7 @@ impl PostgresInbox {
                 let (_, refused) =
                     write_page(&tx, &table, &page, last, &mut held, &skipped, false).await?;
                 let parked: Vec<_> = refused.iter().map(|r| r.parked(1)).collect();
-                insert_parked(&*tx, version, &parked).await?;
+                insert_parked(&*tx, NAME, version, &parked).await?;
                 cp = last;
                 progress.advance(page.len() as u64);
             }

@@ -1,0 +1,153 @@
+//! The projections a deployment runs, by name: what the engine drives and
+//! what the operations endpoints, readiness and the CLI find.
+//!
+//! `ReadModels` is the one list of read models per backend: a new read model
+//! is one line in each constructor (plus its field, for its queries).
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+
+use super::engine::ProjectorHandle;
+use super::inbox::memory::MemoryInbox;
+use super::inbox::postgres::PostgresInbox;
+use super::inbox::{self, InboxReader};
+use super::parked::Parking;
+use super::rebuild::{RebuildTuning, Rebuildable};
+use super::schedule::{self, Due, Schedule};
+use super::store::memory::MemoryStore;
+use super::store::postgres::{PgStore, Publisher};
+use super::store::RowReader;
+use super::Projection;
+use crate::storage::postgres::PgConnector;
+use crate::streams::feed::Feed;
+use crate::streams::updates::MemoryUpdateLog;
+
+/// Every projection's name, in the order they are listed.
+pub const NAMES: [&str; 2] = [inbox::NAME, schedule::NAME];
+
+/// One projection, as the engine and the operations see it.
+#[derive(Clone)]
+pub struct Registered {
+    pub projection: Arc<dyn Projection>,
+    pub rebuild: Arc<dyn Rebuildable>,
+    pub parking: Arc<dyn Parking>,
+}
+
+impl Registered {
+    pub fn of<T: Projection + Rebuildable + Parking + 'static>(store: &Arc<T>) -> Self {
+        Self {
+            projection: store.clone(),
+            rebuild: store.clone(),
+            parking: store.clone(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+}
+
+/// The read models of one backend: their queries, and each as a projection.
+pub struct ReadModels {
+    pub inbox: Arc<dyn InboxReader>,
+    pub schedule: Arc<dyn RowReader<Due>>,
+    /// Each read model as a projection (the inbox first).
+    pub registered: Vec<Registered>,
+}
+
+impl ReadModels {
+    pub fn memory(updates: Arc<MemoryUpdateLog>, feed: &Feed) -> Self {
+        let inbox = Arc::new(MemoryInbox::new(updates.clone()));
+        inbox.set_feed(feed.clone());
+        let schedule = Arc::new(MemoryStore::new(Schedule, updates));
+        schedule.set_feed(feed.clone());
+        Self {
+            registered: vec![Registered::of(&inbox), Registered::of(&schedule)],
+            inbox,
+            schedule,
+        }
+    }
+
+    pub fn postgres(
+        pool: &Pool,
+        connector: &PgConnector,
+        publisher: &Arc<Publisher>,
+        tuning: RebuildTuning,
+    ) -> Self {
+        let inbox = Arc::new(
+            PostgresInbox::new(pool.clone(), connector.clone(), publisher.clone())
+                .with_rebuild_tuning(tuning),
+        );
+        let schedule = Arc::new(PgStore::new(
+            Schedule,
+            pool.clone(),
+            connector.clone(),
+            publisher.clone(),
+        ));
+        Self {
+            registered: vec![Registered::of(&inbox), Registered::of(&schedule)],
+            inbox,
+            schedule,
+        }
+    }
+
+    /// The projection named `name`, or an error that lists the names.
+    pub fn find(&self, name: &str) -> Result<&Registered, UnknownProjection> {
+        self.registered
+            .iter()
+            .find(|r| r.name() == name)
+            .ok_or_else(|| UnknownProjection(name.to_owned()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no projection `{0}`; the projections are: {names}", names = NAMES.join(", "))]
+pub struct UnknownProjection(pub String);
+
+/// A projection that runs: its engine handle beside its operations.
+#[derive(Clone)]
+pub struct Running {
+    pub registered: Registered,
+    pub projector: ProjectorHandle,
+}
+
+impl Running {
+    pub fn name(&self) -> &'static str {
+        self.registered.name()
+    }
+}
+
+/// The running projections of this instance.
+pub struct Projections {
+    /// The inbox, which most queries read.
+    inbox: Running,
+    all: Vec<Running>,
+}
+
+impl Projections {
+    /// From the projections as `ReadModels` lists them, each with its handle.
+    pub fn new(all: Vec<Running>) -> Result<Self, UnknownProjection> {
+        let inbox = all
+            .iter()
+            .find(|r| r.name() == inbox::NAME)
+            .cloned()
+            .ok_or_else(|| UnknownProjection(inbox::NAME.to_owned()))?;
+        Ok(Self { inbox, all })
+    }
+
+    pub fn inbox(&self) -> &Running {
+        &self.inbox
+    }
+
+    pub fn all(&self) -> &[Running] {
+        &self.all
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Running, UnknownProjection> {
+        self.all
+            .iter()
+            .find(|r| r.name() == name)
+            .ok_or_else(|| UnknownProjection(name.to_owned()))
+    }
+}

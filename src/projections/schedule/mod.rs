@@ -1,0 +1,116 @@
+//! The schedule: every in-app delivery that waits for its `deliver_at`, by
+//! due time. Timers (`reactors::timers`) fire what is due. A row appears when
+//! a notification is created for later and leaves when it is delivered,
+//! cancelled or deleted, so firing twice is never needed and a restart finds
+//! every pending timer here.
+
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+
+use super::store::{Fold, Keyed, RowReader, Rows};
+use crate::domain::{
+    Channel, Notification, NotificationEvent, NotificationId, Priority, Timestamp,
+};
+use crate::storage::{LoggedEvent, StorageError};
+
+pub const NAME: &str = "schedule";
+
+/// One delivery waiting for its time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Due {
+    pub notification: NotificationId,
+    pub deliver_at: Timestamp,
+    pub priority: Priority,
+}
+
+/// What the schedule reads of a notification event.
+pub enum Change {
+    Scheduled(Due),
+    Gone,
+}
+
+pub struct Schedule;
+
+impl Fold for Schedule {
+    const NAME: &'static str = NAME;
+    type Input = Change;
+    type Row = Due;
+
+    fn read(&self, event: &LoggedEvent) -> Result<Option<Change>, String> {
+        if event.aggregate_type != Notification::TYPE
+            || !matches!(
+                event.event_type.as_str(),
+                "NotificationCreated"
+                    | "NotificationDelivered"
+                    | "NotificationCancelled"
+                    | "NotificationDeleted"
+            )
+        {
+            return Ok(None);
+        }
+        Ok(match event.decode::<NotificationEvent>()? {
+            NotificationEvent::NotificationCreated {
+                id,
+                channels,
+                priority,
+                deliver_at: Some(deliver_at),
+                created_at,
+                ..
+            } if deliver_at > created_at && channels.contains(&Channel::InApp) => {
+                Some(Change::Scheduled(Due {
+                    notification: id,
+                    deliver_at,
+                    priority,
+                }))
+            }
+            NotificationEvent::NotificationDelivered {
+                channel: Channel::InApp,
+                ..
+            }
+            | NotificationEvent::NotificationCancelled { .. }
+            | NotificationEvent::NotificationDeleted { .. } => Some(Change::Gone),
+            _ => None,
+        })
+    }
+
+    fn keys(&self, _: &Change, event: &LoggedEvent) -> Vec<String> {
+        vec![event.aggregate_id.clone()]
+    }
+
+    fn fold(
+        &self,
+        change: Change,
+        event: &LoggedEvent,
+        rows: &mut Rows<Due>,
+    ) -> Result<(), String> {
+        match change {
+            Change::Scheduled(due) => {
+                rows.put(&event.aggregate_id, due.deliver_at.timestamp_millis(), due)
+            }
+            Change::Gone => rows.remove(&event.aggregate_id),
+        }
+        Ok(())
+    }
+}
+
+/// Deliveries due at or before `now`, earliest first, at most `limit`.
+pub async fn due(
+    schedule: &dyn RowReader<Due>,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<Keyed<Due>>, StorageError> {
+    schedule
+        .range(i64::MIN, now.timestamp_millis() + 1, None, limit)
+        .await
+}
+
+/// When the next delivery after `now` is due, if one is.
+pub async fn next_after(
+    schedule: &dyn RowReader<Due>,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, StorageError> {
+    let next = schedule
+        .range(now.timestamp_millis() + 1, i64::MAX, None, 1)
+        .await?;
+    Ok(next.first().map(|k| k.row.deliver_at))
+}

@@ -1,0 +1,279 @@
+//! The projection store: everything a read model needs besides its fold.
+//!
+//! A read model supplies a `Fold` (how it reads an event, which rows an event
+//! touches, and what it does to them) and its queries over `Keyed` rows. The
+//! store, once per backend, owns the rest: the checkpoint committed with the
+//! page, parked and skipped events with re-drive, blue/green versions with
+//! the atomic switch, the maintenance lock, and the numbered stream updates.
+//! The engine (`engine`, `leader`) drives it like any other projection.
+//!
+//! Rows are documents under a string key with one integer sort column (a due
+//! time, a bucket start): enough for "get by key" and "range by sort", which
+//! is what timers and counters ask. A read model whose queries need more
+//! indexes than that (the inbox) keeps tables of its own.
+
+pub mod memory;
+pub mod postgres;
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::inbox::fold::{held_reason, EventRef, Held, Refusal};
+use crate::storage::{LoggedEvent, Position, SharedEvent};
+use crate::streams::updates::NewUpdate;
+
+/// A read model as a fold over the log.
+pub trait Fold: Send + Sync + 'static {
+    /// The projection's name: in the registry, the checkpoint, parked events.
+    const NAME: &'static str;
+    /// An event as this read model reads it.
+    type Input: Send;
+    /// One row of the read model.
+    type Row: Serialize
+        + DeserializeOwned
+        + Clone
+        + PartialEq
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static;
+
+    /// Reads `event`: None when it does not concern this read model, an error
+    /// (the reason) when it does but cannot be read. An error refuses the
+    /// event: it is retried, then parked.
+    fn read(&self, event: &LoggedEvent) -> Result<Option<Self::Input>, String>;
+
+    /// The keys of the rows folding `input` reads or writes (loaded first).
+    fn keys(&self, input: &Self::Input, event: &LoggedEvent) -> Vec<String>;
+
+    /// Folds one event into `rows`. An error (the reason) refuses the event:
+    /// nothing it did to `rows` stays.
+    fn fold(
+        &self,
+        input: Self::Input,
+        event: &LoggedEvent,
+        rows: &mut Rows<Self::Row>,
+    ) -> Result<(), String>;
+}
+
+/// A row with its sort value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Keyed<R> {
+    pub key: String,
+    pub sort: i64,
+    pub row: R,
+}
+
+#[derive(Debug, Clone)]
+struct Slot<R> {
+    /// (sort, row); None: no row under the key.
+    value: Option<(i64, R)>,
+    changed: bool,
+}
+
+/// The rows a page works on: those its events' keys name, as they are before
+/// the page, changed by the fold. Also collects the page's stream updates.
+#[derive(Debug)]
+pub struct Rows<R> {
+    slots: HashMap<String, Slot<R>>,
+    updates: Vec<NewUpdate>,
+    /// The event being folded (stream updates name it).
+    position: Position,
+    /// A key the fold used without declaring it in `keys`.
+    undeclared: Option<String>,
+}
+
+impl<R: Clone> Rows<R> {
+    pub(crate) fn new(loaded: impl IntoIterator<Item = (String, Option<(i64, R)>)>) -> Self {
+        Self {
+            slots: loaded
+                .into_iter()
+                .map(|(k, value)| {
+                    (
+                        k,
+                        Slot {
+                            value,
+                            changed: false,
+                        },
+                    )
+                })
+                .collect(),
+            updates: Vec::new(),
+            position: Position::START,
+            undeclared: None,
+        }
+    }
+
+    fn slot(&mut self, key: &str) -> Option<&mut Slot<R>> {
+        if !self.slots.contains_key(key) && self.undeclared.is_none() {
+            self.undeclared = Some(key.to_owned());
+        }
+        self.slots.get_mut(key)
+    }
+
+    /// The row under `key`, if any.
+    pub fn get(&mut self, key: &str) -> Option<&R> {
+        self.slot(key)?.value.as_ref().map(|(_, r)| r)
+    }
+
+    /// Sets the row under `key`.
+    pub fn put(&mut self, key: &str, sort: i64, row: R) {
+        if let Some(slot) = self.slot(key) {
+            slot.value = Some((sort, row));
+            slot.changed = true;
+        }
+    }
+
+    /// Removes the row under `key` (nothing when there is none).
+    pub fn remove(&mut self, key: &str) {
+        if let Some(slot) = self.slot(key) {
+            if slot.value.is_some() {
+                slot.value = None;
+                slot.changed = true;
+            }
+        }
+    }
+
+    /// Records a stream update for `topic`, committed with the page.
+    pub fn announce(&mut self, topic: String, kind: &'static str, data: &impl Serialize) {
+        let data = serde_json::to_string(data).unwrap_or_else(|_| "null".into());
+        self.updates.push(NewUpdate {
+            topic,
+            kind,
+            data: data.into(),
+            position: self.position,
+        });
+    }
+
+    /// The rows the page changed: (key, Some((sort, row))) to write, None to delete.
+    pub(crate) fn changes(&self) -> impl Iterator<Item = (&str, Option<&(i64, R)>)> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.changed)
+            .map(|(k, s)| (k.as_str(), s.value.as_ref()))
+    }
+
+    pub(crate) fn take_updates(&mut self) -> Vec<NewUpdate> {
+        std::mem::take(&mut self.updates)
+    }
+}
+
+/// An event read for folding, with the keys it touches.
+pub(crate) struct Read<I> {
+    event: SharedEvent,
+    input: Result<Option<I>, String>,
+    keys: Vec<String>,
+}
+
+/// Reads a page of events for `fold`; every key they touch, each once.
+pub(crate) fn read_page<F: Fold>(
+    fold: &F,
+    events: &[SharedEvent],
+) -> (Vec<Read<F::Input>>, Vec<String>) {
+    let mut all: BTreeSet<String> = BTreeSet::new();
+    let reads = events
+        .iter()
+        .map(|event| {
+            let input = fold.read(event);
+            let keys = match &input {
+                Ok(Some(input)) => fold.keys(input, event),
+                _ => vec![],
+            };
+            all.extend(keys.iter().cloned());
+            Read {
+                event: event.clone(),
+                input,
+                keys,
+            }
+        })
+        .collect();
+    (reads, all.into_iter().collect())
+}
+
+/// Folds read events (in log order) into `rows`. Events at `skipped`
+/// positions are passed over; events of aggregates in `held` are refused as
+/// held; an event that cannot be read or folded is refused, leaves `rows` as
+/// they were, and holds its aggregate back from then on.
+pub(crate) fn fold_page<F: Fold>(
+    fold: &F,
+    rows: &mut Rows<F::Row>,
+    reads: Vec<Read<F::Input>>,
+    held: &mut Held,
+    skipped: &BTreeSet<Position>,
+) -> Vec<Refusal> {
+    let mut refused = Vec::new();
+    for Read { event, input, keys } in reads {
+        if skipped.contains(&event.position) {
+            continue;
+        }
+        if let Some(&behind) = held.get(&event.aggregate_id) {
+            refused.push(Refusal {
+                event: EventRef::of(&event),
+                reason: held_reason(behind),
+                behind: Some(behind),
+            });
+            continue;
+        }
+        let input = match input {
+            Ok(Some(input)) => input,
+            Ok(None) => continue,
+            Err(reason) => {
+                held.insert(event.aggregate_id.clone(), event.position);
+                refused.push(Refusal::failed(&event, &reason));
+                continue;
+            }
+        };
+        let before: Vec<(String, Slot<F::Row>)> = keys
+            .iter()
+            .filter_map(|k| rows.slots.get(k).map(|s| (k.clone(), s.clone())))
+            .collect();
+        let updates = rows.updates.len();
+        rows.position = event.position;
+        let mut outcome = fold.fold(input, &event, rows);
+        if let Some(key) = rows.undeclared.take() {
+            outcome = Err(format!(
+                "defect in the {} fold: it used the row `{key}` without naming it in its keys",
+                F::NAME
+            ));
+        }
+        if let Err(reason) = outcome {
+            for (k, slot) in before {
+                rows.slots.insert(k, slot);
+            }
+            rows.updates.truncate(updates);
+            held.insert(event.aggregate_id.clone(), event.position);
+            refused.push(Refusal::failed(&event, &reason));
+        }
+    }
+    refused
+}
+
+/// The aggregates among `events` held back by `held` (the rest are free).
+pub(crate) fn held_among(held: &Held, events: &[SharedEvent]) -> Held {
+    events
+        .iter()
+        .filter_map(|e| {
+            held.get(&e.aggregate_id)
+                .map(|cause| (e.aggregate_id.clone(), *cause))
+        })
+        .collect()
+}
+
+/// Queries a store answers for any fold's rows.
+#[async_trait::async_trait]
+pub trait RowReader<R>: Send + Sync {
+    /// The row under `key` in the live version.
+    async fn get(&self, key: &str) -> Result<Option<Keyed<R>>, crate::storage::StorageError>;
+
+    /// Rows with `from <= sort < to`, by sort then key, after `(sort, key)`
+    /// of a previous page, at most `limit`.
+    async fn range(
+        &self,
+        from: i64,
+        to: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<Keyed<R>>, crate::storage::StorageError>;
+}

@@ -1,0 +1,272 @@
+//! Timers: fires the deliveries the schedule holds once they are due.
+//!
+//! The due times are a read model (`projections::schedule`), so they survive
+//! restarts and are the same on every instance; only the instance that leads
+//! the schedule's projector fires. Firing is a `Deliver` command on the
+//! notification, which the aggregate accepts once: a second firing (another
+//! instance during a failover, a retry after a timeout) is refused as already
+//! delivered, so at-least-once firing has an exactly-once effect. A
+//! cancellation that lands first wins the same way.
+//!
+//! Many due at once are fired in batches (one append per batch, see
+//! `CommandService::execute_many`), urgent ones first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use hdrhistogram::Histogram;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::commands::{CommandMetadata, CommandService};
+use crate::domain::{Channel, NotificationCommand, NotificationId};
+use crate::projections::engine::ProjectorHandle;
+use crate::projections::schedule::{self, Due};
+use crate::projections::store::{Keyed, RowReader};
+use crate::storage::error_chain;
+
+#[derive(Debug, Clone)]
+pub struct TimerSettings {
+    /// Due deliveries read and fired per round.
+    pub batch: usize,
+    /// Longest sleep between looks at the schedule.
+    pub idle_poll: Duration,
+}
+
+impl Default for TimerSettings {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            idle_poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Fired again only after this long without the schedule dropping it.
+const REFIRE_AFTER: Duration = Duration::from_secs(30);
+/// The least time between two looks while the schedule keeps changing.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// What the timers did: counts and how late they fired.
+pub struct TimerStats {
+    inner: Mutex<StatsInner>,
+}
+
+struct StatsInner {
+    fired: u64,
+    /// Fired more than a second after the due time.
+    late: u64,
+    /// Milliseconds between the due time and the firing.
+    lateness_ms: Histogram<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerReport {
+    pub fired: u64,
+    pub late: u64,
+    pub lateness_p50_ms: u64,
+    pub lateness_p99_ms: u64,
+    pub lateness_max_ms: u64,
+}
+
+impl Default for TimerStats {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(StatsInner {
+                fired: 0,
+                late: 0,
+                lateness_ms: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .expect("valid histogram bounds"),
+            }),
+        }
+    }
+}
+
+impl TimerStats {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatsInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, lateness: chrono::Duration) {
+        let ms = lateness.num_milliseconds().max(0) as u64;
+        let mut inner = self.lock();
+        inner.fired += 1;
+        inner.late += u64::from(ms > 1000);
+        inner.lateness_ms.saturating_record(ms.max(1));
+    }
+
+    pub fn report(&self) -> TimerReport {
+        let inner = self.lock();
+        let h = &inner.lateness_ms;
+        let q = |q: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(q)
+            }
+        };
+        TimerReport {
+            fired: inner.fired,
+            late: inner.late,
+            lateness_p50_ms: q(0.5),
+            lateness_p99_ms: q(0.99),
+            lateness_max_ms: if h.is_empty() { 0 } else { h.max() },
+        }
+    }
+}
+
+/// Fires due deliveries until `shutdown` flips to true.
+pub fn spawn(
+    schedule: Arc<dyn RowReader<Due>>,
+    projector: ProjectorHandle,
+    commands: Arc<CommandService>,
+    settings: TimerSettings,
+    stats: Arc<TimerStats>,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(
+        schedule, projector, commands, settings, stats, shutdown,
+    ))
+}
+
+async fn run(
+    schedule: Arc<dyn RowReader<Due>>,
+    projector: ProjectorHandle,
+    commands: Arc<CommandService>,
+    settings: TimerSettings,
+    stats: Arc<TimerStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut moved = projector.watch();
+    // Fired and not yet dropped by the schedule: key -> when.
+    let mut recent: HashMap<String, Instant> = HashMap::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let wait = if projector.is_leader() {
+            match round(
+                &*schedule,
+                &projector,
+                &commands,
+                &settings,
+                &stats,
+                &mut recent,
+            )
+            .await
+            {
+                Ok(Round::Fired) => {
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
+                Ok(Round::Idle(next)) => {
+                    backoff = Duration::from_millis(100);
+                    let until_next = next
+                        .and_then(|t| (t - Utc::now()).to_std().ok())
+                        .unwrap_or(settings.idle_poll);
+                    until_next.min(settings.idle_poll)
+                }
+                Err(error) => {
+                    warn!(
+                        error,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "timers could not read or fire the schedule; retrying"
+                    );
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff
+                }
+            }
+        } else {
+            settings.idle_poll
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = moved.changed() => tokio::time::sleep(DEBOUNCE.min(wait)).await,
+            res = shutdown.changed() => if res.is_err() { return },
+        }
+    }
+}
+
+enum Round {
+    /// Something was fired: look again at once.
+    Fired,
+    /// Nothing due (that was not just fired); the next due time, if any.
+    Idle(Option<chrono::DateTime<Utc>>),
+}
+
+async fn round(
+    schedule: &dyn RowReader<Due>,
+    projector: &ProjectorHandle,
+    commands: &CommandService,
+    settings: &TimerSettings,
+    stats: &TimerStats,
+    recent: &mut HashMap<String, Instant>,
+) -> Result<Round, String> {
+    let now = Utc::now();
+    let due = schedule::due(schedule, now, settings.batch)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    recent.retain(|_, at| at.elapsed() < REFIRE_AFTER);
+    let mut due: Vec<Keyed<Due>> = due
+        .into_iter()
+        .filter(|k| !recent.contains_key(&k.key))
+        .collect();
+    if due.is_empty() {
+        let next = schedule::next_after(schedule, now)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        return Ok(Round::Idle(next));
+    }
+    // Urgent first, then by due time.
+    due.sort_by_key(|k| (k.row.priority.may_be_held(), k.sort));
+    let ids: Vec<NotificationId> = due.iter().map(|k| k.row.notification).collect();
+    let meta = CommandMetadata {
+        request_id: uuid::Uuid::now_v7().to_string(),
+        correlation_id: uuid::Uuid::now_v7().to_string(),
+        causation_id: Some("timer:deliver_at".into()),
+        actor: "tidings:timers".into(),
+        idempotency: None,
+    };
+    let receipt = commands
+        .execute_many(
+            &ids,
+            |at| NotificationCommand::Deliver {
+                channel: Channel::InApp,
+                at,
+            },
+            &meta,
+        )
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let fired_at = Utc::now();
+    for k in &due {
+        stats.record(fired_at - k.row.deliver_at);
+        recent.insert(k.key.clone(), Instant::now());
+    }
+    let latest = due.iter().map(|k| fired_at - k.row.deliver_at).max();
+    if latest.is_some_and(|l| l > chrono::Duration::seconds(1)) {
+        info!(
+            fired = due.len(),
+            delivered = receipt.changed,
+            max_lateness_ms = latest.map_or(0, |l| l.num_milliseconds()),
+            "timers fired late deliveries (the service was down, busy, or they were due at start)"
+        );
+    } else {
+        debug!(
+            fired = due.len(),
+            delivered = receipt.changed,
+            "timers fired"
+        );
+    }
+    // Look again once the schedule has folded what was fired, so the same
+    // rows are not read again.
+    if receipt.position > crate::storage::Position::START {
+        projector
+            .wait_for(receipt.position, Duration::from_secs(2))
+            .await;
+    }
+    Ok(Round::Fired)
+}
