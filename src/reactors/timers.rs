@@ -142,6 +142,8 @@ async fn run(
     let mut moved = projector.watch();
     // Fired and not yet dropped by the schedule: key -> when.
     let mut recent: HashMap<String, Instant> = HashMap::new();
+    // Where a pass over what is due has got to (sort, key).
+    let mut pass = Pass::default();
     let mut backoff = Duration::from_millis(100);
     loop {
         if *shutdown.borrow() {
@@ -150,11 +152,11 @@ async fn run(
         let wait = if projector.is_leader() {
             match round(
                 &*schedule,
-                &projector,
                 &commands,
                 &settings,
                 &stats,
                 &mut recent,
+                &mut pass,
             )
             .await
             {
@@ -190,6 +192,15 @@ async fn run(
     }
 }
 
+/// How far a pass over the due rows has got.
+#[derive(Default)]
+struct Pass {
+    /// The last row read (sort, key); None: from the start.
+    after: Option<(i64, String)>,
+    /// Whether this pass fired anything.
+    fired: bool,
+}
+
 enum Round {
     /// Something was fired: look again at once.
     Fired,
@@ -197,29 +208,48 @@ enum Round {
     Idle(Option<chrono::DateTime<Utc>>),
 }
 
+/// One batch of what is due. A pass goes through the due rows in order,
+/// batch after batch, without waiting for the schedule to fold the
+/// deliveries; the next pass starts over from the earliest, passing over
+/// what was fired recently.
 async fn round(
     schedule: &dyn RowReader<Due>,
-    projector: &ProjectorHandle,
     commands: &CommandService,
     settings: &TimerSettings,
     stats: &TimerStats,
     recent: &mut HashMap<String, Instant>,
+    pass: &mut Pass,
 ) -> Result<Round, String> {
     let now = Utc::now();
-    let due = schedule::due(schedule, now, settings.batch)
+    let due = schedule
+        .range(
+            i64::MIN,
+            now.timestamp_millis() + 1,
+            pass.after.clone(),
+            settings.batch,
+        )
         .await
         .map_err(|e| error_chain(&e))?;
+    let Some(last) = due.last() else {
+        // The pass is over; one that fired something is followed at once.
+        if std::mem::take(pass).fired {
+            return Ok(Round::Fired);
+        }
+        let next = schedule::next_after(schedule, now)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        return Ok(Round::Idle(next));
+    };
+    pass.after = Some((last.sort, last.key.clone()));
     recent.retain(|_, at| at.elapsed() < REFIRE_AFTER);
     let mut due: Vec<Keyed<Due>> = due
         .into_iter()
         .filter(|k| !recent.contains_key(&k.key))
         .collect();
     if due.is_empty() {
-        let next = schedule::next_after(schedule, now)
-            .await
-            .map_err(|e| error_chain(&e))?;
-        return Ok(Round::Idle(next));
+        return Ok(Round::Fired); // on through the pass
     }
+    pass.fired = true;
     // Urgent first, then by due time.
     due.sort_by_key(|k| (k.row.priority.may_be_held(), k.sort));
     let ids: Vec<NotificationId> = due.iter().map(|k| k.row.notification).collect();
@@ -260,13 +290,6 @@ async fn round(
             delivered = receipt.changed,
             "timers fired"
         );
-    }
-    // Look again once the schedule has folded what was fired, so the same
-    // rows are not read again.
-    if receipt.position > crate::storage::Position::START {
-        projector
-            .wait_for(receipt.position, Duration::from_secs(2))
-            .await;
     }
     Ok(Round::Fired)
 }

@@ -7,7 +7,7 @@
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
-use super::store::{Fold, Keyed, RowReader, Rows};
+use super::store::{Fold, RowReader, Rows};
 use crate::domain::{
     Channel, Notification, NotificationEvent, NotificationId, Priority, Timestamp,
 };
@@ -91,17 +91,6 @@ impl Fold for Schedule {
         }
         Ok(())
     }
-}
-
-/// Deliveries due at or before `now`, earliest first, at most `limit`.
-pub async fn due(
-    schedule: &dyn RowReader<Due>,
-    now: Timestamp,
-    limit: usize,
-) -> Result<Vec<Keyed<Due>>, StorageError> {
-    schedule
-        .range(i64::MIN, now.timestamp_millis() + 1, None, limit)
-        .await
 }
 
 /// When the next delivery after `now` is due, if one is.
