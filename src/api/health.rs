@@ -38,6 +38,20 @@ pub struct HealthView {
     /// The memory limit, in MiB; absent when there is none.
     #[oai(skip_serializing_if_is_none)]
     pub memory_limit_mb: Option<u64>,
+    /// What this instance's timers fired since it started, and how late.
+    pub timers: TimersView,
+}
+
+/// Scheduled deliveries fired by this instance since it started.
+#[derive(Object, Debug, Clone)]
+pub struct TimersView {
+    pub fired: u64,
+    /// Fired more than a second after their `deliver_at`.
+    pub late: u64,
+    /// How long after `deliver_at` they were fired, in milliseconds.
+    pub lateness_p50_ms: u64,
+    pub lateness_p99_ms: u64,
+    pub lateness_max_ms: u64,
 }
 
 /// A projector's lag, as readiness sees it.
@@ -162,6 +176,16 @@ impl HealthApi {
             projections: None,
             memory_used_mb: self.state.memory.used() >> 20,
             memory_limit_mb: self.state.memory.limit().map(|l| l >> 20),
+            timers: {
+                let r = self.state.timers.report();
+                TimersView {
+                    fired: r.fired,
+                    late: r.late,
+                    lateness_p50_ms: r.lateness_p50_ms,
+                    lateness_p99_ms: r.lateness_p99_ms,
+                    lateness_max_ms: r.lateness_max_ms,
+                }
+            },
         }
     }
 

@@ -111,6 +111,12 @@ async fn a_future_deliver_at_is_delivered_then_into_the_inbox_and_its_stream(app
         .await;
     assert_eq!(inbox["items"][0]["id"], id.as_str());
     assert_eq!(inbox["unread_count"], 1);
+    let timers = app.get_json("/health/ready").await["timers"].clone();
+    assert_eq!(timers["fired"], 1, "{timers}");
+    assert!(
+        timers["lateness_max_ms"].as_u64().unwrap() < 1000,
+        "{timers}"
+    );
 }
 
 async fn a_cancel_before_the_time_stops_the_delivery(app: &TestApp) {
