@@ -20,28 +20,15 @@ use tidings::Application;
 mod db;
 #[path = "common/http.rs"]
 mod http;
+#[path = "common/knobs.rs"]
+mod knobs;
 use db::{drop_database, fresh_database};
 use http::Writer;
+use knobs::*;
 
 /// The same allocator as the `tidings` binary, so the app runs as it does in production.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn list(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
 
 struct ClientResult {
     latencies: Histogram<u64>,

@@ -26,15 +26,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 #[path = "common/http.rs"]
 mod http;
+#[path = "common/knobs.rs"]
+mod knobs;
 use http::Writer;
+use knobs::*;
 use tokio_tungstenite::tungstenite::Message;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// 10,000 subscribers need 10,000 sockets here and as many in the server.
 fn raise_fd_limit() {

@@ -24,18 +24,14 @@ use tidings::Application;
 mod db;
 #[path = "common/http.rs"]
 mod http;
+#[path = "common/knobs.rs"]
+mod knobs;
 use db::{drop_database, fresh_database};
 use http::Writer;
+use knobs::*;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Creates `count` notifications due at `due` over `clients` connections.
 async fn create_all(addr: std::net::SocketAddr, count: usize, clients: usize, due: DateTime<Utc>) {
@@ -141,12 +137,7 @@ async fn run(backend: &str, count: usize, lead: Duration, database_url: Option<S
 fn main() {
     let count: usize = env_or("BENCH_DUE", 10_000);
     let lead = Duration::from_secs(env_or("BENCH_LEAD_SECONDS", 15));
-    let backends: Vec<String> = std::env::var("BENCH_BACKENDS")
-        .unwrap_or_else(|_| "memory,postgres".into())
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let backends = list("BENCH_BACKENDS", "memory,postgres");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
