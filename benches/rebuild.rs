@@ -13,7 +13,6 @@ use std::time::Instant;
 use serde_json::json;
 use tidings::projections::inbox::postgres::PostgresInbox;
 use tidings::projections::rebuild::{self, Rebuildable, Rebuilds};
-use tidings::projections::store::postgres::Publisher;
 use tidings::storage::postgres::{self, PgEventLog};
 
 /// As in the binary (src/main.rs): the rebuild is measured as `tidings replay` runs it.
@@ -140,8 +139,7 @@ fn main() {
             .expect("checkpoint");
         let seed_seconds = seeding.elapsed().as_secs_f64();
 
-        let publisher = std::sync::Arc::new(Publisher::new(pools.deadpool.clone(), 0));
-        let inbox = PostgresInbox::new(pools.deadpool.clone(), pools.connector.clone(), publisher);
+        let inbox = PostgresInbox::new(pools.deadpool.clone(), pools.connector.clone());
         let log = PgEventLog::new(pools.deadpool.clone());
         let rebuilds = Rebuilds::default();
         rebuilds.begin("inbox").expect("no other rebuild");

@@ -16,7 +16,8 @@ use super::parked::Parking;
 use super::rebuild::{RebuildTuning, Rebuildable};
 use super::schedule::{self, Due, Schedule};
 use super::store::memory::MemoryStore;
-use super::store::postgres::{PgStore, Publisher};
+use super::store::postgres::{PgModel, PgStore, Publisher};
+use super::store::postgres_rows::PgRows;
 use super::store::RowReader;
 use super::Projection;
 use crate::storage::postgres::PgConnector;
@@ -76,17 +77,16 @@ impl ReadModels {
         tuning: RebuildTuning,
     ) -> Self {
         let inbox = Arc::new(
-            PostgresInbox::new(pool.clone(), connector.clone(), publisher.clone())
-                .with_rebuild_tuning(tuning),
+            PostgresInbox::new(pool.clone(), connector.clone()).with_rebuild_tuning(tuning),
         );
-        let schedule = Arc::new(PgStore::new(
-            Schedule,
-            pool.clone(),
-            connector.clone(),
-            publisher.clone(),
-        ));
+        let schedule = Arc::new(PgRows::new(Schedule, pool.clone(), connector.clone()));
+        let stored = PgStored {
+            pool,
+            connector,
+            publisher,
+        };
         Self {
-            registered: vec![Registered::of(&inbox), Registered::of(&schedule)],
+            registered: vec![stored.of(&inbox), stored.of(&schedule)],
             inbox,
             schedule,
         }
@@ -98,6 +98,25 @@ impl ReadModels {
             .iter()
             .find(|r| r.name() == name)
             .ok_or_else(|| UnknownProjection(name.to_owned()))
+    }
+}
+
+/// What every read model on the PostgreSQL projection store shares.
+struct PgStored<'a> {
+    pool: &'a Pool,
+    connector: &'a PgConnector,
+    publisher: &'a Arc<Publisher>,
+}
+
+impl PgStored<'_> {
+    /// `model` on the store, as a projection.
+    fn of<M: PgModel>(&self, model: &Arc<M>) -> Registered {
+        Registered::of(&Arc::new(PgStore::new(
+            model.clone(),
+            self.pool.clone(),
+            self.connector.clone(),
+            self.publisher.clone(),
+        )))
     }
 }
 

@@ -9,7 +9,6 @@ pub mod memory;
 pub mod memory_maintenance;
 pub mod postgres;
 mod postgres_build;
-pub mod postgres_parked;
 pub mod postgres_reader;
 pub mod postgres_rebuild;
 pub mod updates;

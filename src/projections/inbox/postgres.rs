@@ -1,85 +1,44 @@
 //! The inbox read model in PostgreSQL (table `inbox_notifications`, see
 //! migrations/0002_inbox.sql), written through deadpool-postgres.
 //!
-//! One transaction per page of events: take the checkpoint row (guarded by its
-//! expected value, so two projector instances cannot both apply a page), load
-//! the touched rows, fold in memory, write them back with one UNNEST upsert and
-//! one delete, move the checkpoint, commit.
+//! The projection store (`PgStore`) runs the page transaction, parking and
+//! stream updates; the inbox loads the touched rows, folds them in memory,
+//! writes them back with one UNNEST upsert and one delete, and adds the
+//! counts of every touched inbox to the page's updates.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::fold::{first_failure, fold_events, ids_in, Held, Refusal};
+use super::fold::{fold_events, ids_in, Held, Refusal};
 use super::{counts_update, page_updates, remember, InboxRow, PageUpdates, NAME};
 use crate::domain::{Notification, NotificationId};
 use crate::projections::rebuild::RebuildTuning;
-use crate::projections::store::postgres::{
-    held_streams, insert_parked, load_checkpoint, move_checkpoint, Publisher,
-};
-use crate::projections::{Projection, ProjectionError};
+use crate::projections::store::postgres::{self as store, Live, PgModel};
+use crate::projections::ProjectionError;
 use crate::storage::postgres::PgConnector;
 use crate::storage::{Position, SharedEvent, StorageError};
-use crate::streams::updates::StreamUpdate;
+use crate::streams::updates::NewUpdate;
 
 pub struct PostgresInbox {
     pub(super) pool: Pool,
     /// For the maintenance lock (rebuilds, re-drives) and a rebuild's
     /// stages, on connections of their own.
     pub(super) connector: PgConnector,
-    /// Where committed stream updates go.
-    pub(super) publisher: Arc<Publisher>,
     /// How a rebuild reads and caches.
     pub(super) tuning: RebuildTuning,
-    /// (live version, whether it may have parked events), as this instance
-    /// knows it; None: unknown, count first. While this instance applies
-    /// every page, only its own pages can park in the live version (a
-    /// re-drive or skip only re-parks or removes; a rebuild brings a new
-    /// version), so "none" stays true until the checkpoint is reloaded, which
-    /// a leadership change or another writer's page always causes.
-    parked_hint: std::sync::Mutex<Option<(i32, bool)>>,
 }
 
 impl PostgresInbox {
-    pub fn new(pool: Pool, connector: PgConnector, publisher: Arc<Publisher>) -> Self {
+    pub fn new(pool: Pool, connector: PgConnector) -> Self {
         Self {
             pool,
             connector,
-            publisher,
             tuning: RebuildTuning::default(),
-            parked_hint: std::sync::Mutex::new(None),
         }
-    }
-
-    fn hint(&self) -> std::sync::MutexGuard<'_, Option<(i32, bool)>> {
-        self.parked_hint.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether `version` may hold parked events (if not, no stream of a page
-    /// can be held and the page needs no look-up).
-    async fn may_have_parked(
-        &self,
-        tx: &tokio_postgres::Transaction<'_>,
-        version: i32,
-    ) -> Result<bool, ProjectionError> {
-        if let Some((known, may)) = *self.hint() {
-            if known == version {
-                return Ok(may);
-            }
-        }
-        let any: bool = tx
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM parked_events WHERE projection = $1 AND version = $2)",
-                &[&NAME, &version],
-            )
-            .await?
-            .try_get(0)?;
-        *self.hint() = Some((version, any));
-        Ok(any)
     }
 
     pub fn with_rebuild_tuning(mut self, tuning: RebuildTuning) -> Self {
@@ -119,18 +78,16 @@ ON CONFLICT (id) DO UPDATE SET
     )
 }
 
+/// The table version 1 reads (migrations/0002).
+const FIRST_TABLE: &str = "inbox_notifications";
+
 /// The live version and its table, read under the checkpoint lock so that a
 /// rebuild's switch is seen by the very next page.
 pub(crate) async fn live_version(
     tx: &tokio_postgres::Transaction<'_>,
 ) -> Result<(i32, String), ProjectionError> {
-    let row = tx
-        .query_one(
-            "SELECT version, read_table FROM projection_versions WHERE projection = $1",
-            &[&NAME],
-        )
-        .await?;
-    Ok((row.try_get(0)?, checked_table(row.try_get(1)?)?))
+    let live = store::live_version(tx, NAME, FIRST_TABLE).await?;
+    Ok((live.version, checked_table(&live.table)?))
 }
 
 /// The inbox's secondary indexes (as in migrations/0002) for a rebuilt table.
@@ -352,93 +309,45 @@ impl<'a> Columns<'a> {
 }
 
 #[async_trait]
-impl Projection for PostgresInbox {
+impl PgModel for PostgresInbox {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    async fn checkpoint(&self) -> Result<Position, ProjectionError> {
-        // Reloaded at every leadership start and after another writer's page:
-        // what this instance knew of parked events may be out of date.
-        *self.hint() = None;
-        let client = self.pool.get().await?;
-        load_checkpoint(&**client, NAME).await
+    fn first_table(&self) -> &'static str {
+        FIRST_TABLE
     }
 
-    async fn apply(
+    async fn write_page(
         &self,
-        expected: Position,
+        tx: &tokio_postgres::Transaction<'_>,
+        live: &Live,
         events: &[SharedEvent],
-    ) -> Result<Position, ProjectionError> {
-        let Some(last) = events.last() else {
-            return Ok(expected);
+        held: &mut Held,
+        skipped: &BTreeSet<Position>,
+    ) -> Result<(Vec<NewUpdate>, Vec<Refusal>), ProjectionError> {
+        let Some(page_end) = events.last().map(|e| e.position) else {
+            return Ok((vec![], vec![]));
         };
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        move_checkpoint(&tx, NAME, expected, last.position).await?;
-        let (version, table) = live_version(&tx).await?;
-        let mut held = if self.may_have_parked(&tx, version).await? {
-            held_streams(&tx, NAME, version, events).await?
-        } else {
-            Held::new()
+        let table = checked_table(&live.table)?;
+        let (updates, refused) =
+            write_page(tx, &table, events, page_end, held, skipped, true).await?;
+        let updates = match updates {
+            Some(updates) => with_counts(tx, &table, updates, page_end).await?,
+            None => vec![],
         };
-        let (updates, refused) = write_page(
-            &tx,
-            &table,
-            events,
-            last.position,
-            &mut held,
-            &BTreeSet::new(),
-            true,
-        )
-        .await?;
-        if let Some(failure) = first_failure(&refused) {
-            return Err(failure); // rolls the page back; the engine retries
-        }
-        insert_parked(
-            &*tx,
-            NAME,
-            version,
-            &refused.iter().map(|r| r.parked(0)).collect::<Vec<_>>(),
-        )
-        .await?;
-        let updates = updates.unwrap_or(PageUpdates {
-            rows: vec![],
-            touched: vec![],
-        });
-        let numbered = record_updates(&tx, &table, updates, last.position).await?;
-        tx.commit().await?;
-        self.publisher.publish(numbered).await;
-        Ok(last.position)
-    }
-
-    async fn park(
-        &self,
-        expected: Position,
-        event: &SharedEvent,
-        error: &str,
-        attempts: u32,
-    ) -> Result<Position, ProjectionError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        move_checkpoint(&tx, NAME, expected, event.position).await?;
-        let (version, _) = live_version(&tx).await?;
-        let refusal = Refusal::failed(event, error);
-        *self.hint() = Some((version, true));
-        insert_parked(&*tx, NAME, version, &[refusal.parked(attempts)]).await?;
-        tx.commit().await?;
-        Ok(event.position)
+        Ok((updates, refused))
     }
 }
 
-/// Numbers the page's updates (plus the counts of every touched inbox) and
-/// stores them in the page's transaction.
-pub(crate) async fn record_updates(
+/// The page's updates plus the counts of every touched inbox, read in the
+/// page's transaction.
+async fn with_counts(
     tx: &tokio_postgres::Transaction<'_>,
     table: &str,
     updates: PageUpdates,
     page_end: Position,
-) -> Result<Vec<Arc<StreamUpdate>>, ProjectionError> {
+) -> Result<Vec<NewUpdate>, ProjectionError> {
     let mut new = updates.rows;
     if !updates.touched.is_empty() {
         let names: Vec<&str> = updates.touched.iter().map(|u| u.as_str()).collect();
@@ -464,5 +373,5 @@ pub(crate) async fn record_updates(
             ));
         }
     }
-    crate::projections::store::postgres::record_updates(tx, new).await
+    Ok(new)
 }

@@ -14,7 +14,7 @@ use super::postgres::{checked_table, live_version, secondary_indexes, write_page
 use super::postgres_build::{build, Built};
 use super::NAME;
 use crate::projections::rebuild::{RebuildState, Rebuildable, Rebuilds, BUILD_PAGE};
-use crate::projections::store::postgres::{insert_parked, load_skipped, Maintenance};
+use crate::projections::store::postgres::{busy, insert_parked, load_skipped, Maintenance};
 use crate::projections::ProjectionError;
 use crate::storage::{EventLog, Position, StorageError};
 
@@ -39,10 +39,7 @@ impl Rebuildable for PostgresInbox {
     ) -> Result<u32, ProjectionError> {
         // One rebuild (or re-drive) at a time across instances.
         let Some(_maintenance) = Maintenance::try_take(&self.connector, NAME).await? else {
-            return Err(StorageError::defect(format!(
-                "a rebuild, re-drive or skip of {NAME} is running (here or on another instance); try again once it has finished"
-            ))
-            .into());
+            return Err(busy(NAME));
         };
         self.rebuild_locked(log, progress).await
     }
@@ -85,7 +82,7 @@ impl PostgresInbox {
             )
             .await?;
         // Makes sure the live checkpoint row exists.
-        crate::projections::Projection::checkpoint(self).await?;
+        crate::projections::store::postgres::load_checkpoint(&**client, NAME).await?;
         // Build beside the live version without announcing stream updates:
         // subscribers had them from the live version. Never past the live
         // checkpoint: what lies beyond is the live projector's to apply (and

@@ -14,6 +14,7 @@
 
 pub mod memory;
 pub mod postgres;
+pub mod postgres_rows;
 
 use std::collections::{BTreeSet, HashMap};
 

@@ -16,13 +16,11 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use tokio_postgres::types::Json;
 use tokio_postgres::{GenericClient, Transaction};
 
-use super::{fold_page, read_page, Fold, Keyed, RowReader, Rows};
 use crate::projections::inbox::fold::{first_failure, Held, Refusal};
 use crate::projections::parked::{ParkedEvent, Parking, ParkingError, RedriveReport};
-use crate::projections::rebuild::{RebuildState, Rebuildable, Rebuilds, BUILD_PAGE};
+use crate::projections::rebuild::{Rebuildable, Rebuilds};
 use crate::projections::{Projection, ProjectionError};
 use crate::storage::postgres::PgConnector;
 use crate::storage::{EventLog, Position, SharedEvent, StorageError};
@@ -53,7 +51,7 @@ pub(crate) async fn load_checkpoint(
 
 /// Moves the checkpoint of `name` from `expected` to `to` inside `tx`; the
 /// row stays locked until `tx` ends, so one page at a time is applied anywhere.
-pub(crate) async fn move_checkpoint(
+async fn move_checkpoint(
     tx: &Transaction<'_>,
     name: &str,
     expected: Position,
@@ -131,7 +129,7 @@ pub(crate) fn busy(name: &str) -> ProjectionError {
 
 /// The streams among `events` that version `version` of `name` holds back,
 /// and the parked event holding each.
-pub(crate) async fn held_streams(
+async fn held_streams(
     tx: &Transaction<'_>,
     name: &str,
     version: i32,
@@ -246,7 +244,7 @@ fn parked_from_row(r: &tokio_postgres::Row) -> Result<ParkedEvent, tokio_postgre
 }
 
 /// The live version's parked events of `name` after `after`, in log order.
-pub(crate) async fn list_parked(
+async fn list_parked(
     client: &impl GenericClient,
     name: &str,
     after: Position,
@@ -271,10 +269,7 @@ pub(crate) async fn list_parked(
 }
 
 /// How many events the live version of `name` has parked.
-pub(crate) async fn count_parked(
-    client: &impl GenericClient,
-    name: &str,
-) -> Result<u64, ProjectionError> {
+async fn count_parked(client: &impl GenericClient, name: &str) -> Result<u64, ProjectionError> {
     let count: i64 = client
         .query_one(
             "SELECT count(*) FROM parked_events p
@@ -290,7 +285,7 @@ pub(crate) async fn count_parked(
 /// Up to `limit` streams (aggregate type, id) with an event parked for its
 /// own sake in version `version` of `name`, after `after`; and the last
 /// parked position read (where the next call goes on).
-pub(crate) async fn parked_causes(
+async fn parked_causes(
     tx: &Transaction<'_>,
     name: &str,
     version: i32,
@@ -320,7 +315,7 @@ pub(crate) async fn parked_causes(
 
 /// Moves the parked event at `position` (version `version` of `name`) to the
 /// skipped events; its stream, or None when nothing is parked there.
-pub(crate) async fn skip_parked(
+async fn skip_parked(
     tx: &Transaction<'_>,
     name: &str,
     version: i32,
@@ -366,7 +361,7 @@ pub(crate) async fn skip_parked(
 /// The parked events of `streams` taken out of version `version` of `name`
 /// for a re-drive: read again from the log (through today's upcasters), in
 /// log order, each with (attempts, parked_at) so far.
-pub(crate) async fn take_parked(
+async fn take_parked(
     tx: &Transaction<'_>,
     name: &str,
     version: i32,
@@ -420,7 +415,7 @@ pub(crate) async fn take_parked(
 
 /// Refusals of a re-drive as parked events, keeping when each was first
 /// parked and counting this try.
-pub(crate) fn parked_again(
+fn parked_again(
     refused: &[Refusal],
     previous: &HashMap<Position, (u32, DateTime<Utc>)>,
 ) -> Vec<ParkedEvent> {
@@ -439,11 +434,11 @@ pub(crate) fn parked_again(
 }
 
 /// Re-drive this many failing streams per transaction.
-pub(crate) const REDRIVE_STREAMS: i64 = 500;
+const REDRIVE_STREAMS: i64 = 500;
 
 /// Numbers `updates` (1, 2, 3, ... across all projections, without holes:
 /// a counter row taken in the page's transaction) and stores them in `tx`.
-pub(crate) async fn record_updates(
+async fn record_updates(
     tx: &Transaction<'_>,
     updates: Vec<NewUpdate>,
 ) -> Result<Vec<Arc<StreamUpdate>>, ProjectionError> {
@@ -553,22 +548,65 @@ impl Publisher {
     }
 }
 
-/// Any fold's read model in PostgreSQL.
-pub struct PgStore<F: Fold> {
-    fold: F,
+/// The live version of a projection and the table it reads (a read model
+/// with tables of its own names them per version; the keyed rows ignore it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    pub version: i32,
+    pub table: String,
+}
+
+/// A read model in PostgreSQL, as the store drives it: how a page is folded
+/// into the live version inside the store's transaction. Rebuilding is its
+/// own (the inbox bulk-loads a table; keyed rows write the next version).
+#[async_trait]
+pub trait PgModel: Rebuildable + Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    /// The table a fresh deployment's version 1 reads.
+    fn first_table(&self) -> &'static str;
+
+    /// Folds `events` (in log order) into the live version inside `tx`.
+    /// Events of streams in `held` are refused as held, events at `skipped`
+    /// positions passed over. Returns the page's stream updates and the
+    /// refusals; the store decides what a refusal means.
+    async fn write_page(
+        &self,
+        tx: &Transaction<'_>,
+        live: &Live,
+        events: &[SharedEvent],
+        held: &mut Held,
+        skipped: &BTreeSet<Position>,
+    ) -> Result<(Vec<NewUpdate>, Vec<Refusal>), ProjectionError>;
+}
+
+/// A read model in PostgreSQL with everything around its fold: one
+/// transaction per page with the checkpoint moved in it, parked and skipped
+/// events with re-drive, the page's stream updates numbered and published.
+pub struct PgStore<M: PgModel> {
+    model: Arc<M>,
     pool: Pool,
     /// For the maintenance lock, on a connection of its own.
     connector: PgConnector,
     publisher: Arc<Publisher>,
-    /// (live version, whether it may have parked events) as this instance
-    /// knows it; None: unknown. See `PostgresInbox` for why it stays true.
+    /// (live version, whether it may have parked events), as this instance
+    /// knows it; None: unknown, count first. While this instance applies
+    /// every page, only its own pages can park in the live version (a
+    /// re-drive or skip only re-parks or removes; a rebuild brings a new
+    /// version), so "none" stays true until the checkpoint is reloaded, which
+    /// a leadership change or another writer's page always causes.
     parked_hint: std::sync::Mutex<Option<(i32, bool)>>,
 }
 
-impl<F: Fold> PgStore<F> {
-    pub fn new(fold: F, pool: Pool, connector: PgConnector, publisher: Arc<Publisher>) -> Self {
+impl<M: PgModel> PgStore<M> {
+    pub fn new(
+        model: Arc<M>,
+        pool: Pool,
+        connector: PgConnector,
+        publisher: Arc<Publisher>,
+    ) -> Self {
         Self {
-            fold,
+            model,
             pool,
             connector,
             publisher,
@@ -576,10 +614,16 @@ impl<F: Fold> PgStore<F> {
         }
     }
 
+    fn name(&self) -> &'static str {
+        self.model.name()
+    }
+
     fn hint(&self) -> std::sync::MutexGuard<'_, Option<(i32, bool)>> {
         self.parked_hint.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether `version` may hold parked events (if not, no stream of a page
+    /// can be held and the page needs no look-up).
     async fn may_have_parked(
         &self,
         tx: &Transaction<'_>,
@@ -593,7 +637,7 @@ impl<F: Fold> PgStore<F> {
         let any: bool = tx
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM parked_events WHERE projection = $1 AND version = $2)",
-                &[&F::NAME, &version],
+                &[&self.name(), &version],
             )
             .await?
             .try_get(0)?;
@@ -603,85 +647,8 @@ impl<F: Fold> PgStore<F> {
 
     /// The live version, read under the checkpoint lock so that a rebuild's
     /// switch is seen by the very next page.
-    async fn live_version(&self, tx: &Transaction<'_>) -> Result<i32, ProjectionError> {
-        tx.execute(
-            "INSERT INTO projection_versions (projection, version, read_table)
-             VALUES ($1, 1, 'projection_rows') ON CONFLICT (projection) DO NOTHING",
-            &[&F::NAME],
-        )
-        .await?;
-        Ok(tx
-            .query_one(
-                "SELECT version FROM projection_versions WHERE projection = $1",
-                &[&F::NAME],
-            )
-            .await?
-            .try_get(0)?)
-    }
-
-    /// Folds `events` into the rows of `version` inside `tx`; the page's
-    /// stream updates and refusals (the caller decides what a refusal means).
-    async fn write_page(
-        &self,
-        tx: &Transaction<'_>,
-        version: i32,
-        events: &[SharedEvent],
-        held: &mut Held,
-        skipped: &BTreeSet<Position>,
-    ) -> Result<(Vec<NewUpdate>, Vec<Refusal>), ProjectionError> {
-        let (reads, keys) = read_page(&self.fold, events);
-        let mut loaded: HashMap<String, Option<(i64, F::Row)>> =
-            keys.iter().map(|k| (k.clone(), None)).collect();
-        if !keys.is_empty() {
-            let rows = tx
-                .query(
-                    "SELECT key, sort, doc FROM projection_rows
-                      WHERE projection = $1 AND version = $2 AND key = ANY($3)",
-                    &[&F::NAME, &version, &keys],
-                )
-                .await?;
-            for row in rows {
-                let Json(doc): Json<F::Row> = row.try_get(2).map_err(|e| {
-                    StorageError::defect_because(format!("a {} row does not parse", F::NAME), e)
-                })?;
-                loaded.insert(row.try_get(0)?, Some((row.try_get(1)?, doc)));
-            }
-        }
-        let mut rows = Rows::new(loaded);
-        let refused = fold_page(&self.fold, &mut rows, reads, held, skipped);
-        let mut keys = Vec::new();
-        let mut sorts = Vec::new();
-        let mut docs = Vec::new();
-        let mut deletes = Vec::new();
-        for (key, value) in rows.changes() {
-            match value {
-                Some((sort, row)) => {
-                    keys.push(key);
-                    sorts.push(*sort);
-                    docs.push(Json(row));
-                }
-                None => deletes.push(key),
-            }
-        }
-        if !keys.is_empty() {
-            tx.execute(
-                "INSERT INTO projection_rows (projection, version, key, sort, doc)
-                 SELECT $1, $2, * FROM UNNEST($3::text[], $4::int8[], $5::jsonb[])
-                 ON CONFLICT (projection, version, key)
-                 DO UPDATE SET sort = EXCLUDED.sort, doc = EXCLUDED.doc",
-                &[&F::NAME, &version, &keys, &sorts, &docs],
-            )
-            .await?;
-        }
-        if !deletes.is_empty() {
-            tx.execute(
-                "DELETE FROM projection_rows
-                  WHERE projection = $1 AND version = $2 AND key = ANY($3)",
-                &[&F::NAME, &version, &deletes],
-            )
-            .await?;
-        }
-        Ok((rows.take_updates(), refused))
+    async fn live(&self, tx: &Transaction<'_>) -> Result<Live, ProjectionError> {
+        live_version(tx, self.name(), self.model.first_table()).await
     }
 
     /// Re-drives the parked events of `streams` in `tx`; the numbered stream
@@ -689,35 +656,69 @@ impl<F: Fold> PgStore<F> {
     async fn redrive_streams(
         &self,
         tx: &Transaction<'_>,
-        version: i32,
+        live: &Live,
         log: &dyn EventLog,
         streams: &[(String, String)],
     ) -> Result<(Vec<Arc<StreamUpdate>>, u64), ProjectionError> {
-        let (events, previous) = take_parked(tx, F::NAME, version, log, streams).await?;
+        let name = self.name();
+        let (events, previous) = take_parked(tx, name, live.version, log, streams).await?;
         if events.is_empty() {
             return Ok((vec![], 0));
         }
-        let skipped = load_skipped(tx, F::NAME).await?;
+        let skipped = load_skipped(tx, name).await?;
         let (updates, refused) = self
-            .write_page(tx, version, &events, &mut Held::new(), &skipped)
+            .model
+            .write_page(tx, live, &events, &mut Held::new(), &skipped)
             .await?;
-        insert_parked(tx, F::NAME, version, &parked_again(&refused, &previous)).await?;
+        insert_parked(tx, name, live.version, &parked_again(&refused, &previous)).await?;
         let numbered = record_updates(tx, updates).await?;
         Ok((numbered, (events.len() - refused.len()) as u64))
     }
 }
 
+/// The live version of `name` and its table (made at version 1 reading
+/// `first_table` when there is none yet).
+pub(crate) async fn live_version(
+    tx: &Transaction<'_>,
+    name: &str,
+    first_table: &str,
+) -> Result<Live, ProjectionError> {
+    let row = match tx
+        .query_opt(
+            "SELECT version, read_table FROM projection_versions WHERE projection = $1",
+            &[&name],
+        )
+        .await?
+    {
+        Some(row) => row,
+        None => {
+            tx.query_one(
+                "INSERT INTO projection_versions (projection, version, read_table)
+                 VALUES ($1, 1, $2) ON CONFLICT (projection) DO UPDATE SET projection = EXCLUDED.projection
+                 RETURNING version, read_table",
+                &[&name, &first_table],
+            )
+            .await?
+        }
+    };
+    Ok(Live {
+        version: row.try_get(0)?,
+        table: row.try_get(1)?,
+    })
+}
+
 #[async_trait]
-impl<F: Fold> Projection for PgStore<F> {
+impl<M: PgModel> Projection for PgStore<M> {
     fn name(&self) -> &'static str {
-        F::NAME
+        self.model.name()
     }
 
     async fn checkpoint(&self) -> Result<Position, ProjectionError> {
-        // Reloaded at every leadership start and after another writer's page.
+        // Reloaded at every leadership start and after another writer's page:
+        // what this instance knew of parked events may be out of date.
         *self.hint() = None;
         let client = self.pool.get().await?;
-        load_checkpoint(&**client, F::NAME).await
+        load_checkpoint(&**client, self.name()).await
     }
 
     async fn apply(
@@ -728,23 +729,25 @@ impl<F: Fold> Projection for PgStore<F> {
         let Some(last) = events.last() else {
             return Ok(expected);
         };
+        let name = self.name();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        move_checkpoint(&tx, F::NAME, expected, last.position).await?;
-        let version = self.live_version(&tx).await?;
-        let mut held = if self.may_have_parked(&tx, version).await? {
-            held_streams(&tx, F::NAME, version, events).await?
+        move_checkpoint(&tx, name, expected, last.position).await?;
+        let live = self.live(&tx).await?;
+        let mut held = if self.may_have_parked(&tx, live.version).await? {
+            held_streams(&tx, name, live.version, events).await?
         } else {
             Held::new()
         };
         let (updates, refused) = self
-            .write_page(&tx, version, events, &mut held, &BTreeSet::new())
+            .model
+            .write_page(&tx, &live, events, &mut held, &BTreeSet::new())
             .await?;
         if let Some(failure) = first_failure(&refused) {
             return Err(failure); // rolls the page back; the engine retries
         }
         let parked: Vec<ParkedEvent> = refused.iter().map(|r| r.parked(0)).collect();
-        insert_parked(&*tx, F::NAME, version, &parked).await?;
+        insert_parked(&*tx, name, live.version, &parked).await?;
         let numbered = record_updates(&tx, updates).await?;
         tx.commit().await?;
         self.publisher.publish(numbered).await;
@@ -758,95 +761,49 @@ impl<F: Fold> Projection for PgStore<F> {
         error: &str,
         attempts: u32,
     ) -> Result<Position, ProjectionError> {
+        let name = self.name();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        move_checkpoint(&tx, F::NAME, expected, event.position).await?;
-        let version = self.live_version(&tx).await?;
-        *self.hint() = Some((version, true));
+        move_checkpoint(&tx, name, expected, event.position).await?;
+        let live = self.live(&tx).await?;
+        *self.hint() = Some((live.version, true));
         let parked = Refusal::failed(event, error).parked(attempts);
-        insert_parked(&*tx, F::NAME, version, &[parked]).await?;
+        insert_parked(&*tx, name, live.version, &[parked]).await?;
         tx.commit().await?;
         Ok(event.position)
     }
 }
 
-fn keyed<R: serde::de::DeserializeOwned>(
-    name: &str,
-    row: &tokio_postgres::Row,
-) -> Result<Keyed<R>, StorageError> {
-    let Json(doc): Json<R> = row
-        .try_get(2)
-        .map_err(|e| StorageError::defect_because(format!("a {name} row does not parse"), e))?;
-    Ok(Keyed {
-        key: row.try_get(0)?,
-        sort: row.try_get(1)?,
-        row: doc,
-    })
-}
-
 #[async_trait]
-impl<F: Fold> RowReader<F::Row> for PgStore<F> {
-    async fn get(&self, key: &str) -> Result<Option<Keyed<F::Row>>, StorageError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT r.key, r.sort, r.doc FROM projection_rows r
-                   JOIN projection_versions v ON v.projection = r.projection AND v.version = r.version
-                  WHERE r.projection = $1 AND r.key = $2",
-                &[&F::NAME, &key],
-            )
-            .await?;
-        row.map(|r| keyed(F::NAME, &r)).transpose()
-    }
-
-    async fn range(
-        &self,
-        from: i64,
-        to: i64,
-        after: Option<(i64, String)>,
-        limit: usize,
-    ) -> Result<Vec<Keyed<F::Row>>, StorageError> {
-        let client = self.pool.get().await?;
-        let (after_sort, after_key) = after.unwrap_or((i64::MIN, String::new()));
-        let rows = client
-            .query(
-                "SELECT r.key, r.sort, r.doc FROM projection_rows r
-                   JOIN projection_versions v ON v.projection = r.projection AND v.version = r.version
-                  WHERE r.projection = $1 AND r.sort >= $2 AND r.sort < $3
-                    AND (r.sort, r.key) > ($4, $5)
-                  ORDER BY r.sort, r.key
-                  LIMIT $6",
-                &[&F::NAME, &from, &to, &after_sort, &after_key, &(limit as i64)],
-            )
-            .await?;
-        rows.iter().map(|r| keyed(F::NAME, r)).collect()
-    }
-}
-
-#[async_trait]
-impl<F: Fold> Parking for PgStore<F> {
+impl<M: PgModel> Parking for PgStore<M> {
     async fn parked(
         &self,
         after: Position,
         limit: usize,
     ) -> Result<Vec<ParkedEvent>, ProjectionError> {
         let client = self.pool.get().await?;
-        list_parked(&**client, F::NAME, after, limit).await
+        list_parked(&**client, self.name(), after, limit).await
     }
 
     async fn parked_count(&self) -> Result<u64, ProjectionError> {
         let client = self.pool.get().await?;
-        count_parked(&**client, F::NAME).await
+        count_parked(&**client, self.name()).await
     }
 
     async fn skipped(&self) -> Result<BTreeSet<Position>, ProjectionError> {
         let client = self.pool.get().await?;
-        load_skipped(&**client, F::NAME).await
+        load_skipped(&**client, self.name()).await
     }
 
+    /// A re-drive runs under the live checkpoint's row lock (the live
+    /// projector waits for it, as it waits for a rebuild's switch), so it
+    /// never interleaves with a page; and under the maintenance lock, so never
+    /// beside a rebuild. Its read-model changes, stream updates and
+    /// parked-table changes commit in one transaction per batch of streams.
     async fn redrive(&self, log: &dyn EventLog) -> Result<RedriveReport, ParkingError> {
-        let Some(_maintenance) = Maintenance::try_take(&self.connector, F::NAME).await? else {
-            return Err(ParkingError::Busy(F::NAME));
+        let name = self.name();
+        let Some(_maintenance) = Maintenance::try_take(&self.connector, name).await? else {
+            return Err(ParkingError::Busy(name));
         };
         let mut done: HashSet<String> = HashSet::new();
         let mut after = Position::START;
@@ -854,14 +811,16 @@ impl<F: Fold> Parking for PgStore<F> {
         loop {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
-            lock_checkpoint(&tx, F::NAME).await?;
-            let version = self.live_version(&tx).await?;
+            lock_checkpoint(&tx, name).await?;
+            let live = self.live(&tx).await?;
             let (causes, last) =
-                parked_causes(&tx, F::NAME, version, after, REDRIVE_STREAMS).await?;
+                parked_causes(&tx, name, live.version, after, REDRIVE_STREAMS).await?;
             let Some(last) = last else {
                 break;
             };
             after = last;
+            // A stream whose re-drive failed further on shows up again with a
+            // later cause: once per re-drive is enough.
             let streams: Vec<(String, String)> = causes
                 .into_iter()
                 .filter(|s| done.insert(s.1.clone()))
@@ -869,7 +828,7 @@ impl<F: Fold> Parking for PgStore<F> {
             if streams.is_empty() {
                 continue;
             }
-            let (numbered, n) = self.redrive_streams(&tx, version, log, &streams).await?;
+            let (numbered, n) = self.redrive_streams(&tx, &live, log, &streams).await?;
             tx.commit().await?;
             self.publisher.publish(numbered).await;
             applied += n;
@@ -886,18 +845,19 @@ impl<F: Fold> Parking for PgStore<F> {
         position: Position,
         by: &str,
     ) -> Result<RedriveReport, ParkingError> {
-        let Some(_maintenance) = Maintenance::try_take(&self.connector, F::NAME).await? else {
-            return Err(ParkingError::Busy(F::NAME));
+        let name = self.name();
+        let Some(_maintenance) = Maintenance::try_take(&self.connector, name).await? else {
+            return Err(ParkingError::Busy(name));
         };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        lock_checkpoint(&tx, F::NAME).await?;
-        let version = self.live_version(&tx).await?;
-        let Some(stream) = skip_parked(&tx, F::NAME, version, position, by).await? else {
+        lock_checkpoint(&tx, name).await?;
+        let live = self.live(&tx).await?;
+        let Some(stream) = skip_parked(&tx, name, live.version, position, by).await? else {
             return Err(ParkingError::NotParked(position));
         };
         let (numbered, applied) = self
-            .redrive_streams(&tx, version, log, std::slice::from_ref(&stream))
+            .redrive_streams(&tx, &live, log, std::slice::from_ref(&stream))
             .await?;
         tx.commit().await?;
         self.publisher.publish(numbered).await;
@@ -909,18 +869,9 @@ impl<F: Fold> Parking for PgStore<F> {
 }
 
 #[async_trait]
-impl<F: Fold> Rebuildable for PgStore<F> {
+impl<M: PgModel> Rebuildable for PgStore<M> {
     async fn version(&self) -> Result<u32, ProjectionError> {
-        let client = self.pool.get().await?;
-        let version: Option<i32> = client
-            .query_opt(
-                "SELECT version FROM projection_versions WHERE projection = $1",
-                &[&F::NAME],
-            )
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        Ok(version.unwrap_or(1).max(1) as u32)
+        self.model.version().await
     }
 
     async fn rebuild(
@@ -928,102 +879,6 @@ impl<F: Fold> Rebuildable for PgStore<F> {
         log: &dyn EventLog,
         progress: &Rebuilds,
     ) -> Result<u32, ProjectionError> {
-        let Some(_maintenance) = Maintenance::try_take(&self.connector, F::NAME).await? else {
-            return Err(busy(F::NAME));
-        };
-        let mut client = self.pool.get().await?;
-        let (live, skipped) = {
-            let tx = client.transaction().await?;
-            let live = self.live_version(&tx).await?;
-            tx.commit().await?;
-            (live, load_skipped(&**client, F::NAME).await?)
-        };
-        let next = live + 1;
-        // Leftovers of a rebuild that died before its switch.
-        for sql in [
-            "DELETE FROM projection_rows WHERE projection = $1 AND version = $2",
-            "DELETE FROM parked_events WHERE projection = $1 AND version = $2",
-        ] {
-            client.execute(sql, &[&F::NAME, &next]).await?;
-        }
-        let (total, _) = log.behind(Position::START).await?;
-        progress.plan(next as u32, total);
-        // Beside the live version: nothing here is read until the switch.
-        // What it cannot apply it parks at once.
-        let mut held = Held::new();
-        let mut built = Position::START;
-        loop {
-            let page = log.read_after(built, BUILD_PAGE).await?;
-            let Some(last) = page.last().map(|e| e.position) else {
-                break;
-            };
-            let tx = client.transaction().await?;
-            self.build_page(&tx, next, &page, &mut held, &skipped)
-                .await?;
-            tx.commit().await?;
-            built = last;
-            progress.advance(page.len() as u64);
-        }
-        progress.set_state(RebuildState::Switching);
-        // Catch up to exactly the live checkpoint under its lock, switch, and
-        // commit; if the new version is ahead, let the live one go on first.
-        for _ in 0..10_000 {
-            let tx = client.transaction().await?;
-            let checkpoint = lock_checkpoint(&tx, F::NAME).await?;
-            while built < checkpoint {
-                let page: Vec<SharedEvent> = log
-                    .read_after(built, BUILD_PAGE)
-                    .await?
-                    .into_iter()
-                    .filter(|e| e.position <= checkpoint)
-                    .collect();
-                let Some(last) = page.last().map(|e| e.position) else {
-                    break;
-                };
-                self.build_page(&tx, next, &page, &mut held, &skipped)
-                    .await?;
-                built = last;
-                progress.advance(page.len() as u64);
-            }
-            if built == checkpoint {
-                tx.execute(
-                    "UPDATE projection_versions SET version = $2 WHERE projection = $1",
-                    &[&F::NAME, &next],
-                )
-                .await?;
-                tx.commit().await?;
-                for sql in [
-                    "DELETE FROM projection_rows WHERE projection = $1 AND version <> $2",
-                    "DELETE FROM parked_events WHERE projection = $1 AND version <> $2",
-                ] {
-                    client.execute(sql, &[&F::NAME, &next]).await?;
-                }
-                return Ok(next as u32);
-            }
-            drop(tx);
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        Err(StorageError::defect(format!(
-            "the live {} kept moving; the rebuild could not switch",
-            F::NAME
-        ))
-        .into())
-    }
-}
-
-impl<F: Fold> PgStore<F> {
-    /// Folds a page into version `version` for a rebuild: refusals are parked
-    /// at once, stream updates dropped (subscribers keep the live version's).
-    async fn build_page(
-        &self,
-        tx: &Transaction<'_>,
-        version: i32,
-        page: &[SharedEvent],
-        held: &mut Held,
-        skipped: &BTreeSet<Position>,
-    ) -> Result<(), ProjectionError> {
-        let (_, refused) = self.write_page(tx, version, page, held, skipped).await?;
-        let parked: Vec<ParkedEvent> = refused.iter().map(|r| r.parked(1)).collect();
-        insert_parked(tx, F::NAME, version, &parked).await
+        self.model.rebuild(log, progress).await
     }
 }
