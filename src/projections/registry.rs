@@ -15,7 +15,7 @@ use super::inbox::{self, InboxReader};
 use super::parked::Parking;
 use super::rebuild::{RebuildTuning, Rebuildable};
 use super::schedule::{self, Due, Schedule};
-use super::store::memory::MemoryStore;
+use super::store::memory::{MemoryRows, MemoryStore};
 use super::store::postgres::{PgModel, PgStore, Publisher};
 use super::store::postgres_rows::PgRows;
 use super::store::RowReader;
@@ -59,9 +59,9 @@ pub struct ReadModels {
 
 impl ReadModels {
     pub fn memory(updates: Arc<MemoryUpdateLog>, feed: &Feed) -> Self {
-        let inbox = Arc::new(MemoryInbox::new(updates.clone()));
+        let inbox = Arc::new(MemoryStore::new(MemoryInbox, updates.clone()));
         inbox.set_feed(feed.clone());
-        let schedule = Arc::new(MemoryStore::new(Schedule, updates));
+        let schedule = Arc::new(MemoryStore::new(MemoryRows(Schedule), updates));
         schedule.set_feed(feed.clone());
         Self {
             registered: vec![Registered::of(&inbox), Registered::of(&schedule)],

@@ -6,7 +6,6 @@
 
 pub mod fold;
 pub mod memory;
-pub mod memory_maintenance;
 pub mod postgres;
 mod postgres_build;
 pub mod postgres_reader;

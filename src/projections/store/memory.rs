@@ -1,8 +1,9 @@
-//! The projection store in memory: any fold's rows by key and by sort, its
-//! checkpoint and parked events, changed under one lock, so a reader never
-//! sees a page half applied.
+//! The projection store in memory: a read model's state, its checkpoint
+//! and its parked events change under one lock, so a reader never sees a
+//! page half applied. Re-drives, skips and rebuilds are the store's; the
+//! model only folds.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -18,9 +19,32 @@ use crate::storage::{EventLog, Position, SharedEvent, StorageError};
 use crate::streams::feed::Feed;
 use crate::streams::updates::{MemoryUpdateLog, NewUpdate, StreamUpdate};
 
-struct State<R> {
-    rows: BTreeMap<String, (i64, R)>,
-    by_sort: BTreeSet<(i64, String)>,
+/// A read model in memory, as the store drives it: a fold in two steps, so
+/// that a page with a failing event can be left unapplied.
+pub trait MemoryModel: Send + Sync + 'static {
+    const NAME: &'static str;
+    type State: Default + Send + Sync;
+    /// What folding a page would change, not kept yet.
+    type Page;
+
+    /// Folds `events` (in log order) against `state` without changing it.
+    /// Events of streams in `held` are refused as held, events at `skipped`
+    /// positions passed over, an event that cannot apply is refused and
+    /// holds its stream back from then on.
+    fn fold(
+        &self,
+        state: &Self::State,
+        events: &[SharedEvent],
+        held: &mut Held,
+        skipped: &BTreeSet<Position>,
+    ) -> (Self::Page, Vec<Refusal>);
+
+    /// Keeps what `fold` changed; the page's stream updates.
+    fn keep(&self, state: &mut Self::State, page: Self::Page) -> Vec<NewUpdate>;
+}
+
+struct Inner<S> {
+    model: S,
     checkpoint: Position,
     /// Parked events, with the event itself (re-driven from here: a memory
     /// log never changes shape while the process lives).
@@ -31,55 +55,23 @@ struct State<R> {
     skipped: BTreeSet<Position>,
 }
 
-impl<R> Default for State<R> {
-    fn default() -> Self {
+impl<S: Default> Inner<S> {
+    fn fresh(skipped: BTreeSet<Position>) -> Self {
         Self {
-            rows: BTreeMap::new(),
-            by_sort: BTreeSet::new(),
+            model: S::default(),
             checkpoint: Position::START,
             parked: BTreeMap::new(),
             held: Held::new(),
-            skipped: BTreeSet::new(),
-        }
-    }
-}
-
-impl<R: Clone> State<R> {
-    /// Folds `events` and keeps what changed; their stream updates and refusals.
-    fn fold<F: Fold<Row = R>>(
-        &mut self,
-        fold: &F,
-        events: &[SharedEvent],
-        held: &mut Held,
-    ) -> (Vec<NewUpdate>, Vec<Refusal>, Rows<R>) {
-        let (reads, keys) = read_page(fold, events);
-        let mut rows = Rows::new(keys.into_iter().map(|k| {
-            let value = self.rows.get(&k).cloned();
-            (k, value)
-        }));
-        let refused = fold_page(fold, &mut rows, reads, held, &self.skipped);
-        let updates = rows.take_updates();
-        (updates, refused, rows)
-    }
-
-    fn store(&mut self, rows: &Rows<R>) {
-        for (key, value) in rows.changes() {
-            if let Some((sort, _)) = self.rows.remove(key) {
-                self.by_sort.remove(&(sort, key.to_owned()));
-            }
-            if let Some((sort, row)) = value {
-                self.by_sort.insert((*sort, key.to_owned()));
-                self.rows.insert(key.to_owned(), (*sort, row.clone()));
-            }
+            skipped,
         }
     }
 
     /// Folds a page in and moves the checkpoint. `strict`: an event that
     /// fails fails the page and nothing changes (the live projector retries
     /// it); otherwise it is parked at once (a rebuild).
-    fn apply_page<F: Fold<Row = R>>(
+    fn apply_page<M: MemoryModel<State = S>>(
         &mut self,
-        fold: &F,
+        model: &M,
         events: &[SharedEvent],
         strict: bool,
     ) -> Result<Vec<NewUpdate>, ProjectionError> {
@@ -87,13 +79,13 @@ impl<R: Clone> State<R> {
             return Ok(vec![]);
         };
         let mut held = held_among(&self.held, events);
-        let (updates, refused, rows) = self.fold(fold, events, &mut held);
+        let (page, refused) = model.fold(&self.model, events, &mut held, &self.skipped);
         if strict {
             if let Some(failure) = first_failure(&refused) {
                 return Err(failure);
             }
         }
-        self.store(&rows);
+        let updates = model.keep(&mut self.model, page);
         for refusal in &refused {
             self.park(refusal.parked(1), events);
         }
@@ -113,10 +105,11 @@ impl<R: Clone> State<R> {
     }
 
     /// Re-drives every parked event of `streams` (aggregate ids): applies
-    /// them in order where they now apply, parks again what is still refused.
-    fn redrive<F: Fold<Row = R>>(
+    /// them in order where they now apply, parks again what is still
+    /// refused. The stream updates, and how many applied.
+    fn redrive<M: MemoryModel<State = S>>(
         &mut self,
-        fold: &F,
+        model: &M,
         streams: &BTreeSet<String>,
     ) -> (Vec<NewUpdate>, u64) {
         let positions: Vec<Position> = self
@@ -125,22 +118,22 @@ impl<R: Clone> State<R> {
             .filter(|(_, (p, _))| streams.contains(&p.aggregate_id))
             .map(|(pos, _)| *pos)
             .collect();
-        let taken: Vec<(ParkedEvent, SharedEvent)> = positions
+        let taken: HashMap<Position, (ParkedEvent, SharedEvent)> = positions
             .iter()
-            .filter_map(|pos| self.parked.remove(pos))
+            .filter_map(|pos| self.parked.remove(pos).map(|t| (*pos, t)))
             .collect();
         for stream in streams {
             self.held.remove(stream);
         }
-        let events: Vec<SharedEvent> = taken.iter().map(|(_, e)| e.clone()).collect();
-        let (updates, refused, rows) = self.fold(fold, &events, &mut Held::new());
-        self.store(&rows);
+        let events: Vec<SharedEvent> = positions
+            .iter()
+            .filter_map(|p| taken.get(p).map(|(_, e)| e.clone()))
+            .collect();
+        let (page, refused) = model.fold(&self.model, &events, &mut Held::new(), &self.skipped);
+        let updates = model.keep(&mut self.model, page);
         let now = chrono::Utc::now();
         for refusal in &refused {
-            let old = taken
-                .iter()
-                .find(|(p, _)| p.position == refusal.event.position)
-                .map(|(p, _)| p);
+            let old = taken.get(&refusal.event.position).map(|(p, _)| p);
             let mut entry = refusal.parked(old.map_or(0, |o| o.attempts) + 1);
             entry.parked_at = old.map_or(now, |o| o.parked_at);
             self.park(entry, &events);
@@ -149,10 +142,10 @@ impl<R: Clone> State<R> {
     }
 }
 
-/// Any fold's read model in memory.
-pub struct MemoryStore<F: Fold> {
-    fold: F,
-    state: RwLock<State<F::Row>>,
+/// A read model in memory with everything around its fold.
+pub struct MemoryStore<M: MemoryModel> {
+    model: M,
+    state: RwLock<Inner<M::State>>,
     /// The live version: 1, then one more per rebuild.
     version: AtomicU32,
     /// Stream updates, numbered as pages are applied.
@@ -163,11 +156,11 @@ pub struct MemoryStore<F: Fold> {
     maintenance: tokio::sync::Mutex<()>,
 }
 
-impl<F: Fold> MemoryStore<F> {
-    pub fn new(fold: F, updates: Arc<MemoryUpdateLog>) -> Self {
+impl<M: MemoryModel> MemoryStore<M> {
+    pub fn new(model: M, updates: Arc<MemoryUpdateLog>) -> Self {
         Self {
-            fold,
-            state: RwLock::new(State::default()),
+            model,
+            state: RwLock::new(Inner::fresh(BTreeSet::new())),
             version: AtomicU32::new(1),
             updates,
             feed: OnceLock::new(),
@@ -180,12 +173,17 @@ impl<F: Fold> MemoryStore<F> {
         let _ = self.feed.set(feed);
     }
 
+    /// Reads the model's state (queries answer from here).
+    pub fn with<T>(&self, read: impl FnOnce(&M::State) -> T) -> T {
+        read(&self.read().model)
+    }
+
     // Writers replace whole rows, so a poisoned lock still guards a consistent state.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State<F::Row>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner<M::State>> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State<F::Row>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner<M::State>> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -195,9 +193,10 @@ impl<F: Fold> MemoryStore<F> {
         }
     }
 
+    /// Re-drives `streams` under the state's lock and publishes the changes.
     fn redrive_streams(&self, streams: &BTreeSet<String>) -> RedriveReport {
         let mut state = self.write();
-        let (updates, applied) = state.redrive(&self.fold, streams);
+        let (updates, applied) = state.redrive(&self.model, streams);
         let numbered = self.updates.append(updates);
         let still_parked = state.parked.len() as u64;
         drop(state);
@@ -210,9 +209,9 @@ impl<F: Fold> MemoryStore<F> {
 }
 
 #[async_trait]
-impl<F: Fold> Projection for MemoryStore<F> {
+impl<M: MemoryModel> Projection for MemoryStore<M> {
     fn name(&self) -> &'static str {
-        F::NAME
+        M::NAME
     }
 
     async fn checkpoint(&self) -> Result<Position, ProjectionError> {
@@ -228,7 +227,8 @@ impl<F: Fold> Projection for MemoryStore<F> {
         if state.checkpoint != expected {
             return Err(ProjectionError::CheckpointMoved { expected });
         }
-        let updates = state.apply_page(&self.fold, events, true)?;
+        let updates = state.apply_page(&self.model, events, true)?;
+        // Numbered under the state's lock, so numbers follow the changes.
         let numbered = self.updates.append(updates);
         let checkpoint = state.checkpoint;
         drop(state);
@@ -257,46 +257,7 @@ impl<F: Fold> Projection for MemoryStore<F> {
 }
 
 #[async_trait]
-impl<F: Fold> RowReader<F::Row> for MemoryStore<F> {
-    async fn get(&self, key: &str) -> Result<Option<Keyed<F::Row>>, StorageError> {
-        Ok(self.read().rows.get(key).map(|(sort, row)| Keyed {
-            key: key.to_owned(),
-            sort: *sort,
-            row: row.clone(),
-        }))
-    }
-
-    async fn range(
-        &self,
-        from: i64,
-        to: i64,
-        after: Option<(i64, String)>,
-        limit: usize,
-    ) -> Result<Vec<Keyed<F::Row>>, StorageError> {
-        let state = self.read();
-        let start = match after {
-            Some(after) => Excluded(after),
-            None => Included((from, String::new())),
-        };
-        Ok(state
-            .by_sort
-            .range((start, Unbounded))
-            .take_while(|(sort, _)| *sort < to)
-            .filter(|(sort, _)| *sort >= from)
-            .take(limit)
-            .filter_map(|(sort, key)| {
-                state.rows.get(key).map(|(_, row)| Keyed {
-                    key: key.clone(),
-                    sort: *sort,
-                    row: row.clone(),
-                })
-            })
-            .collect())
-    }
-}
-
-#[async_trait]
-impl<F: Fold> Parking for MemoryStore<F> {
+impl<M: MemoryModel> Parking for MemoryStore<M> {
     async fn parked(
         &self,
         after: Position,
@@ -323,7 +284,7 @@ impl<F: Fold> Parking for MemoryStore<F> {
         let _maintenance = self
             .maintenance
             .try_lock()
-            .map_err(|_| ParkingError::Busy(F::NAME))?;
+            .map_err(|_| ParkingError::Busy(M::NAME))?;
         let streams: BTreeSet<String> = self
             .read()
             .parked
@@ -342,7 +303,7 @@ impl<F: Fold> Parking for MemoryStore<F> {
         let _maintenance = self
             .maintenance
             .try_lock()
-            .map_err(|_| ParkingError::Busy(F::NAME))?;
+            .map_err(|_| ParkingError::Busy(M::NAME))?;
         let (entry, _) = {
             let mut state = self.write();
             let taken = state
@@ -352,14 +313,16 @@ impl<F: Fold> Parking for MemoryStore<F> {
             state.skipped.insert(position);
             taken
         };
-        tracing::warn!(projection = F::NAME, cursor = %position.to_cursor(), event_type = %entry.event_type,
+        tracing::warn!(projection = M::NAME, cursor = %position.to_cursor(), event_type = %entry.event_type,
             aggregate_id = %entry.aggregate_id, error = %entry.error, by, "parked event skipped for good");
+        // The events held behind it (and any other refusal of its stream)
+        // are tried again now.
         Ok(self.redrive_streams(&BTreeSet::from([entry.aggregate_id])))
     }
 }
 
 #[async_trait]
-impl<F: Fold> Rebuildable for MemoryStore<F> {
+impl<M: MemoryModel> Rebuildable for MemoryStore<M> {
     async fn version(&self) -> Result<u32, ProjectionError> {
         Ok(self.version.load(Ordering::Acquire))
     }
@@ -374,21 +337,22 @@ impl<F: Fold> Rebuildable for MemoryStore<F> {
         let (total, _) = log.behind(Position::START).await?;
         progress.plan(version, total);
         // Beside the live state: nothing here is visible until the switch.
-        let mut fresh = State {
-            skipped: self.read().skipped.clone(),
-            ..State::default()
-        };
+        // What it cannot apply it parks at once (retrying is the live
+        // projector's business); skips hold for it as for the live state.
+        let mut fresh = Inner::fresh(self.read().skipped.clone());
         loop {
             let page = log.read_after(fresh.checkpoint, BUILD_PAGE).await?;
             if page.is_empty() {
                 break;
             }
-            fresh.apply_page(&self.fold, &page, false)?;
+            fresh.apply_page(&self.model, &page, false)?;
             progress.advance(page.len() as u64);
         }
         progress.set_state(RebuildState::Switching);
         // Catch up to exactly where the live state is, then swap under its
-        // lock; if it moved meanwhile, catch up again.
+        // lock; if it moved meanwhile, catch up again. No event past the live
+        // checkpoint is applied here: those are the live projector's, with
+        // their stream updates.
         for _ in 0..10_000 {
             let live = self.read().checkpoint;
             while fresh.checkpoint < live {
@@ -397,23 +361,118 @@ impl<F: Fold> Rebuildable for MemoryStore<F> {
                 if page.is_empty() {
                     break;
                 }
-                fresh.apply_page(&self.fold, &page, false)?;
+                fresh.apply_page(&self.model, &page, false)?;
                 progress.advance(page.len() as u64);
             }
             {
                 let mut state = self.write();
                 if state.checkpoint == fresh.checkpoint {
-                    *state = std::mem::take(&mut fresh);
+                    *state = fresh;
                     self.version.store(version, Ordering::Release);
                     return Ok(version);
                 }
             }
+            // The live state is behind the new one (or just moved): let it go on.
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         Err(StorageError::defect(format!(
             "the live {} kept moving; the rebuild could not switch",
-            F::NAME
+            M::NAME
         ))
         .into())
+    }
+}
+
+/// Any fold's rows in memory: by key, and by sort value for ranges.
+pub struct MemoryRows<F: Fold>(pub F);
+
+pub struct RowState<R> {
+    rows: BTreeMap<String, (i64, R)>,
+    by_sort: BTreeSet<(i64, String)>,
+}
+
+impl<R> Default for RowState<R> {
+    fn default() -> Self {
+        Self {
+            rows: BTreeMap::new(),
+            by_sort: BTreeSet::new(),
+        }
+    }
+}
+
+impl<F: Fold> MemoryModel for MemoryRows<F> {
+    const NAME: &'static str = F::NAME;
+    type State = RowState<F::Row>;
+    type Page = Rows<F::Row>;
+
+    fn fold(
+        &self,
+        state: &Self::State,
+        events: &[SharedEvent],
+        held: &mut Held,
+        skipped: &BTreeSet<Position>,
+    ) -> (Rows<F::Row>, Vec<Refusal>) {
+        let (reads, keys) = read_page(&self.0, events);
+        let mut rows = Rows::new(keys.into_iter().map(|k| {
+            let value = state.rows.get(&k).cloned();
+            (k, value)
+        }));
+        let refused = fold_page(&self.0, &mut rows, reads, held, skipped);
+        (rows, refused)
+    }
+
+    fn keep(&self, state: &mut Self::State, mut rows: Rows<F::Row>) -> Vec<NewUpdate> {
+        for (key, value) in rows.changes() {
+            if let Some((sort, _)) = state.rows.remove(key) {
+                state.by_sort.remove(&(sort, key.to_owned()));
+            }
+            if let Some((sort, row)) = value {
+                state.by_sort.insert((*sort, key.to_owned()));
+                state.rows.insert(key.to_owned(), (*sort, row.clone()));
+            }
+        }
+        rows.take_updates()
+    }
+}
+
+#[async_trait]
+impl<F: Fold> RowReader<F::Row> for MemoryStore<MemoryRows<F>> {
+    async fn get(&self, key: &str) -> Result<Option<Keyed<F::Row>>, StorageError> {
+        Ok(self.with(|state| {
+            state.rows.get(key).map(|(sort, row)| Keyed {
+                key: key.to_owned(),
+                sort: *sort,
+                row: row.clone(),
+            })
+        }))
+    }
+
+    async fn range(
+        &self,
+        from: i64,
+        to: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<Keyed<F::Row>>, StorageError> {
+        let start = match after {
+            Some(after) => Excluded(after),
+            None => Included((from, String::new())),
+        };
+        Ok(self.with(|state| {
+            state
+                .by_sort
+                .range((start, Unbounded))
+                .take_while(|(sort, _)| *sort < to)
+                .filter(|(sort, _)| *sort >= from)
+                .take(limit)
+                .filter_map(|(sort, key)| {
+                    state.rows.get(key).map(|(_, row)| Keyed {
+                        key: key.clone(),
+                        sort: *sort,
+                        row: row.clone(),
+                    })
+                })
+                .collect()
+        }))
     }
 }
