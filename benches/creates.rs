@@ -22,7 +22,7 @@ mod db;
 mod http;
 #[path = "common/knobs.rs"]
 mod knobs;
-use db::{drop_database, fresh_database};
+use db::{database_for, release};
 use http::Writer;
 use knobs::*;
 
@@ -166,20 +166,12 @@ fn main() {
     runtime.block_on(async {
         for backend in &backends {
             for &n in &clients {
-                let server = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
-                let db = match (backend.as_str(), &server) {
-                    ("memory", _) => None,
-                    ("postgres", Some(server)) => Some(fresh_database(server).await),
-                    ("postgres", None) => {
-                        eprintln!("*** SKIPPED postgres benchmark: DATABASE_URL is not set ***");
-                        break;
-                    }
-                    (other, _) => panic!("unknown backend {other}"),
+                let Some(db) = database_for(backend).await else {
+                    break;
                 };
-                let r = run(backend, n, seconds, db.as_ref().map(|(_, url)| url.clone())).await;
-                if let (Some((name, _)), Some(server)) = (&db, &server) {
-                    drop_database(server, name).await;
-                }
+                let url = db.as_ref().map(|(_, url)| url.clone());
+                let r = run(backend, n, seconds, url).await;
+                release(db).await;
                 eprintln!("{r}");
                 results.push(r);
             }

@@ -38,3 +38,28 @@ pub async fn drop_database(server_url: &str, name: &str) {
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await;
 }
+
+/// Where a run on `backend` keeps its data: `Some(None)` for memory, a
+/// fresh database on the DATABASE_URL server for PostgreSQL, and None
+/// (said loudly) when PostgreSQL is asked for without DATABASE_URL.
+#[allow(dead_code)] // not every benchmark runs on both backends
+pub async fn database_for(backend: &str) -> Option<Option<(String, String)>> {
+    let server = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
+    match (backend, server) {
+        ("memory", _) => Some(None),
+        ("postgres", Some(server)) => Some(Some(fresh_database(&server).await)),
+        ("postgres", None) => {
+            eprintln!("*** SKIPPED postgres benchmark: DATABASE_URL is not set ***");
+            None
+        }
+        (other, _) => panic!("unknown backend {other}"),
+    }
+}
+
+/// Drops what `database_for` made.
+#[allow(dead_code)]
+pub async fn release(db: Option<(String, String)>) {
+    if let (Some((name, _)), Ok(server)) = (db, std::env::var("DATABASE_URL")) {
+        drop_database(&server, &name).await;
+    }
+}
