@@ -162,7 +162,74 @@ async fn many_due_in_the_same_second_are_each_delivered_once(app: &TestApp) {
     assert_eq!(schedule["parked_events"], 0, "{schedule}");
 }
 
+/// Times at the edges of what RFC 3339 and the clock can say: each is
+/// taken (and scheduled or delivered at once) or refused with a 4xx, and
+/// neither projection parks anything.
+async fn deliver_at_at_the_edges_is_scheduled_delivered_or_refused(app: &TestApp) {
+    let edges = [
+        "9999-12-31T23:59:59.999Z",
+        "0001-01-01T00:00:00Z",
+        "1970-01-01T00:00:00Z",
+        "1969-12-31T23:59:59.999-00:01",
+        "2030-01-01T00:00:00+23:59",
+        "2030-01-01T00:00:00-23:59",
+        "2030-06-30T23:59:60Z",
+        "2030-01-01T00:00:00.123456789123Z",
+        "+10000-01-01T00:00:00Z",
+        "2030-02-30T00:00:00Z",
+        "2030-01-01T24:00:00Z",
+    ];
+    let mut last = String::new();
+    for at in edges {
+        let mut body = notification_for("sched-edge", at);
+        body["deliver_at"] = json!(at);
+        let response = app.post("/v1/notifications", &body).await;
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap();
+        match status {
+            201 => {
+                let id = answer["id"].as_str().unwrap();
+                last = answer["cursor"].as_str().unwrap().to_owned();
+                let n = app
+                    .get_json(&format!("/v1/notifications/{id}?min_position={last}"))
+                    .await;
+                let due = time(&n["deliver_at"]);
+                let expected = if due > time(&n["created_at"]) {
+                    "scheduled"
+                } else {
+                    "delivered"
+                };
+                assert_eq!(n["lifecycle"], expected, "{at}: {n}");
+            }
+            422 | 400 => assert!(answer["detail"].is_string(), "{at}: {answer}"),
+            other => panic!("{at} answered {other}: {answer}"),
+        }
+    }
+    assert!(!last.is_empty(), "some edges are valid times");
+    // Every projection past every event (applied, or parked after its retries).
+    let mut caught_up = false;
+    for _ in 0..200 {
+        let all = app.get_json("/v1/projections").await;
+        if all
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["events_behind"] == 0)
+        {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(caught_up, "the projections apply every edge within 10 s");
+    let all = app.get_json("/v1/projections").await;
+    for p in all.as_array().unwrap() {
+        assert_eq!(p["parked_events"], 0, "{p}");
+    }
+}
+
 on_both_backends!(
+    deliver_at_at_the_edges_is_scheduled_delivered_or_refused,
     a_future_deliver_at_is_delivered_then_into_the_inbox_and_its_stream,
     a_cancel_before_the_time_stops_the_delivery,
     many_due_in_the_same_second_are_each_delivered_once,
