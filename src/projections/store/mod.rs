@@ -278,3 +278,126 @@ pub trait RowReader<R>: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Keyed<R>>, crate::storage::StorageError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// Counts events per `data.key`; refuses `{"bad": true}`; touches an
+    /// undeclared row for `{"sneaky": true}`.
+    struct Counter;
+
+    impl Fold for Counter {
+        const NAME: &'static str = "counter";
+        type Input = serde_json::Value;
+        type Row = u64;
+
+        fn read(&self, event: &LoggedEvent) -> Result<Option<serde_json::Value>, String> {
+            Ok(Some(event.payload.clone()))
+        }
+
+        fn keys(&self, input: &serde_json::Value, _: &LoggedEvent) -> Vec<String> {
+            vec![input["key"].as_str().unwrap_or("none").to_owned()]
+        }
+
+        fn fold(
+            &self,
+            input: serde_json::Value,
+            _: &LoggedEvent,
+            rows: &mut Rows<u64>,
+        ) -> Result<(), String> {
+            let key = input["key"].as_str().unwrap_or("none").to_owned();
+            let n = rows.get(&key).copied().unwrap_or(0) + 1;
+            rows.put(&key, n as i64, n);
+            rows.announce(format!("counter:{key}"), "changed", &n);
+            if input["sneaky"] == true {
+                rows.put("elsewhere", 0, 0);
+            }
+            if input["bad"] == true {
+                return Err("bad on purpose".into());
+            }
+            Ok(())
+        }
+    }
+
+    fn event(n: i64, aggregate: &str, payload: serde_json::Value) -> SharedEvent {
+        Arc::new(LoggedEvent {
+            position: Position::new(n, n),
+            aggregate_type: "Test".into(),
+            aggregate_id: aggregate.into(),
+            sequence: n,
+            event_type: "Happened".into(),
+            event_version: "1.0".into(),
+            payload,
+            metadata: Arc::new(json!({})),
+            recorded_at: chrono::Utc::now(),
+            unreadable: None,
+        })
+    }
+
+    fn fold(events: &[SharedEvent]) -> (Rows<u64>, Vec<Refusal>) {
+        let (reads, keys) = read_page(&Counter, events);
+        let mut rows = Rows::new(keys.into_iter().map(|k| (k, None)));
+        let refused = fold_page(
+            &Counter,
+            &mut rows,
+            reads,
+            &mut Held::new(),
+            &BTreeSet::new(),
+        );
+        (rows, refused)
+    }
+
+    fn changed(rows: &Rows<u64>) -> Vec<(String, Option<u64>)> {
+        let mut out: Vec<_> = rows
+            .changes()
+            .map(|(k, v)| (k.to_owned(), v.map(|(_, r)| *r)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_refused_event_leaves_no_change_and_no_update_and_holds_its_aggregate() {
+        let (mut rows, refused) = fold(&[
+            event(1, "a", json!({"key": "x"})),
+            event(2, "a", json!({"key": "x", "bad": true})),
+            event(3, "a", json!({"key": "x"})),
+            event(4, "b", json!({"key": "x"})),
+        ]);
+        assert_eq!(
+            changed(&rows),
+            [("x".to_owned(), Some(2))],
+            "events 1 and 4"
+        );
+        let updates = rows.take_updates();
+        let positions: Vec<i64> = updates.iter().map(|u| u.position.seq).collect();
+        assert_eq!(positions, [1, 4], "the refused event's update is dropped");
+        assert_eq!(&*updates[1].data, "2");
+        let why: Vec<(i64, Option<Position>)> = refused
+            .iter()
+            .map(|r| (r.event.position.seq, r.behind))
+            .collect();
+        assert_eq!(
+            why,
+            [(2, None), (3, Some(Position::new(2, 2)))],
+            "refused, then held behind it"
+        );
+        assert_eq!(refused[0].reason, "bad on purpose");
+    }
+
+    #[test]
+    fn a_fold_that_uses_a_row_it_did_not_name_is_refused_as_a_defect() {
+        let (rows, refused) = fold(&[event(1, "a", json!({"key": "x", "sneaky": true}))]);
+        assert!(changed(&rows).is_empty(), "nothing of it stays");
+        assert!(
+            refused[0].reason.contains("without naming it in its keys"),
+            "{}",
+            refused[0].reason
+        );
+    }
+}
