@@ -170,3 +170,27 @@ impl Projections {
             .ok_or_else(|| UnknownProjection(name.to_owned()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::streams::router::Router;
+
+    #[tokio::test]
+    async fn the_names_the_api_accepts_are_the_read_models_that_run() {
+        let updates = Arc::new(MemoryUpdateLog::new(10));
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        let (feed, _task) = crate::streams::feed::spawn(
+            Arc::new(Router::new(16)),
+            updates.clone(),
+            Duration::from_secs(1),
+            stopped,
+        );
+        let models = ReadModels::memory(updates, &feed);
+        let names: Vec<&str> = models.registered.iter().map(Registered::name).collect();
+        assert_eq!(names, NAMES);
+        assert!(models.find("nope").is_err());
+    }
+}
