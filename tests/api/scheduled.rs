@@ -458,6 +458,29 @@ async fn the_schedule_parks_rebuilds_and_skips_like_any_projection(app: &TestApp
     let n = settled(app, &healthy, Duration::from_secs(15)).await;
     assert_eq!(n["lifecycle"], "delivered", "{n}");
 
+    if let Some(db) = &app.db {
+        // The CLI finds the schedule by name too.
+        let url = db.url.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+                .args(["parked", "list", "--projection", "schedule"])
+                .env("DATABASE_URL", url)
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(listed.lines().count(), 1, "{listed}");
+        assert!(listed.contains(poisoned.as_str()), "{listed}");
+    }
+
     let cursor = item["cursor"].as_str().unwrap();
     let skipped = app
         .post_empty(&format!("/v1/projections/schedule/parked/{cursor}/skip"))
