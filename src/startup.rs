@@ -48,6 +48,8 @@ pub struct AppState {
     pub projections: Projections,
     /// What the timers fired, and how late.
     pub timers: Arc<TimerStats>,
+    /// The PostgreSQL pool, for its utilisation (None in memory mode).
+    pub pool: Option<deadpool_postgres::Pool>,
     /// How long a query with `min_position` waits for the read model.
     pub read_wait: Duration,
     /// `memory` or `postgres`.
@@ -97,6 +99,7 @@ struct Started {
     inbox: Arc<dyn InboxReader>,
     schedule: Arc<dyn RowReader<Due>>,
     running: Vec<Running>,
+    pool: Option<deadpool_postgres::Pool>,
     updates: Arc<dyn UpdateLog>,
     fanout: Option<Arc<Fanout>>,
     storage: &'static str,
@@ -160,6 +163,7 @@ async fn start_memory(
         inbox: models.inbox,
         schedule: models.schedule,
         running,
+        pool: None,
         updates,
         fanout: None,
         storage: "memory",
@@ -255,6 +259,7 @@ async fn start_postgres(
         inbox: models.inbox,
         schedule: models.schedule,
         running,
+        pool: Some(pools.deadpool.clone()),
         updates,
         fanout,
         storage: "postgres",
@@ -265,6 +270,8 @@ async fn start_postgres(
 impl Core {
     /// Connects storage (migrating PostgreSQL), starts projectors and streams.
     pub async fn start(settings: &Settings) -> anyhow::Result<Self> {
+        // Before anything counts: metrics recorded with no recorder are lost.
+        crate::telemetry::metrics();
         let signal = AppendSignal::default();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (closing, closing_rx) = watch::channel(false);
@@ -306,6 +313,7 @@ impl Core {
                 schedule: started.schedule,
                 projections,
                 timers: timer_stats,
+                pool: started.pool,
                 read_wait: settings.read_wait(),
                 storage: started.storage,
                 streams: Streams {

@@ -14,6 +14,7 @@ pub mod params;
 pub mod parked;
 pub mod problem;
 pub mod projections;
+pub mod prometheus;
 pub mod spec;
 pub mod stream;
 pub mod views;
@@ -50,6 +51,7 @@ pub type Apis = (
     parked::ParkedApi,
     stream::StreamApi,
     health::HealthApi,
+    prometheus::MetricsApi,
     spec::DocsApi,
 );
 
@@ -74,7 +76,10 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
             stream::StreamApi {
                 state: state.clone(),
             },
-            health::HealthApi { state },
+            health::HealthApi {
+                state: state.clone(),
+            },
+            prometheus::MetricsApi { state },
             spec::DocsApi { published },
         ),
         "tidings",
@@ -136,6 +141,7 @@ pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
         }))
         .around(move |next, req| limits::with_limits(next, req, limits.clone()))
         .around(context::with_request_context)
+        .around(prometheus::measured)
 }
 
 /// A page size from the `limit` query parameter: `default` when absent,

@@ -224,7 +224,15 @@ pub async fn with_allow<E: Endpoint>(
     let path = req.uri().path().to_owned();
     let mut resp = match next.call(req).await {
         Ok(resp) => resp.into_response(),
-        Err(err) => super::problem::problem_from_error(err).await,
+        Err(err) => {
+            // Which operation refused it, for the request metrics.
+            let operation = err.data::<poem_openapi::OperationId>().copied();
+            let mut resp = super::problem::problem_from_error(err).await;
+            if let Some(operation) = operation {
+                resp.set_data(operation);
+            }
+            resp
+        }
     };
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
         if let Some(allow) = methods

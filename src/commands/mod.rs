@@ -172,6 +172,18 @@ pub enum CommandError {
     Internal(#[source] Cause),
 }
 
+impl CommandError {
+    /// The `outcome` label of the commands metric.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Rejected(_) | Self::IdempotencyMismatch(_) | Self::Unreadable(_) => "refused",
+            Self::Conflict { .. } => "conflict",
+            Self::Full { .. } | Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "failed",
+        }
+    }
+}
+
 impl From<StorageError> for CommandError {
     fn from(err: StorageError) -> Self {
         match err {
@@ -302,10 +314,32 @@ impl CommandService {
         meta: &CommandMetadata,
         fresh: bool,
     ) -> Result<Receipt, CommandError> {
+        let mut name = "unknown";
+        let result = self.attempts(id, command, meta, fresh, &mut name).await;
+        let outcome = match &result {
+            Ok(r) if r.changed => "changed",
+            Ok(_) => "unchanged",
+            Err(e) => e.outcome(),
+        };
+        metrics::counter!("tidings_commands_total", "command" => name, "outcome" => outcome)
+            .increment(1);
+        result
+    }
+
+    /// `run`'s tries; sets `name` to the command's.
+    async fn attempts(
+        &self,
+        id: NotificationId,
+        command: impl Fn(Timestamp) -> NotificationCommand,
+        meta: &CommandMetadata,
+        fresh: bool,
+        name: &mut &'static str,
+    ) -> Result<Receipt, CommandError> {
         let aggregate_id = id.to_string();
         let command_id = uuid::Uuid::now_v7().to_string();
         for attempt in 1..=self.max_attempts {
             let cmd = command(chrono::Utc::now());
+            *name = cmd.name();
             let metadata = meta.to_map(cmd.name(), &command_id);
             let mut ctx = if attempt == 1 && fresh {
                 // A new time-ordered id has no stream yet; should it have one,
@@ -341,9 +375,11 @@ impl CommandService {
                 });
             }
             self.check_room()?;
+            let appended = events.len() as u64;
             match self.store.commit(events, &ctx, &metadata).await {
                 Ok(positions) => {
                     self.signal.notify();
+                    metrics::counter!("tidings_events_appended_total").increment(appended);
                     return Ok(Receipt {
                         id,
                         position: positions.last().copied().unwrap_or_default(),
@@ -352,6 +388,7 @@ impl CommandService {
                     });
                 }
                 Err(CommandError::Conflict { .. }) => {
+                    metrics::counter!("tidings_command_conflicts_total").increment(1);
                     warn!(attempt, "conflict on append; retrying with fresh state");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
@@ -539,15 +576,20 @@ impl CommandService {
                 });
             }
             self.check_room()?;
+            let appended = events.len() as u64;
             match self.store.commit_streams(events).await {
                 Ok(positions) => {
                     self.signal.notify();
+                    metrics::counter!("tidings_events_appended_total").increment(appended);
+                    metrics::counter!("tidings_commands_total", "command" => command(at).name(), "outcome" => "changed")
+                        .increment(changed);
                     return Ok(BatchReceipt {
                         changed,
                         position: positions.into_iter().max().unwrap_or_default(),
                     });
                 }
                 Err(CommandError::Conflict { .. }) => {
+                    metrics::counter!("tidings_command_conflicts_total").increment(1);
                     warn!(attempt, "a batch conflicted on append; deciding it again");
                     tokio::time::sleep(backoff(attempt)).await;
                 }

@@ -91,6 +91,10 @@ impl TimerStats {
 
     fn record(&self, lateness: chrono::Duration) {
         let ms = lateness.num_milliseconds().max(0) as u64;
+        metrics::counter!("tidings_timers_fired_total").increment(1);
+        if ms > 1000 {
+            metrics::counter!("tidings_timers_late_total").increment(1);
+        }
         let mut inner = self.lock();
         inner.fired += 1;
         inner.late += u64::from(ms > 1000);

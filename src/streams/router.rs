@@ -57,6 +57,9 @@ pub struct Router {
     next_id: AtomicU64,
     queue: usize,
     delivered: AtomicU64,
+    /// The same, and connections dropped for being slow, in the metrics.
+    delivered_metric: metrics::Counter,
+    dropped_metric: metrics::Counter,
 }
 
 impl Router {
@@ -67,6 +70,8 @@ impl Router {
             next_id: AtomicU64::new(1),
             queue: queue.max(1),
             delivered: AtomicU64::new(0),
+            delivered_metric: metrics::counter!("tidings_stream_deliveries_total"),
+            dropped_metric: metrics::counter!("tidings_stream_slow_consumers_dropped_total"),
         }
     }
 
@@ -146,6 +151,7 @@ impl Router {
                 }
             }
         }
+        self.dropped_metric.increment(slow.len() as u64);
         for id in slow {
             if let Some(conn) = state.conns.get(&id) {
                 conn.slow.store(true, Ordering::Release);
@@ -154,6 +160,7 @@ impl Router {
             state.drop_conn(id);
         }
         self.delivered.fetch_add(delivered, Ordering::Relaxed);
+        self.delivered_metric.increment(delivered);
     }
 
     /// The last update id dispatched.

@@ -17,6 +17,7 @@ mod inbox;
 mod instances;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod operations;
 mod outages;
 mod parked;
