@@ -284,12 +284,7 @@ impl Core {
         let memory = MemoryGuard::new(settings.memory_limit_mb);
         let mut tasks = started.tasks;
         tasks.push(memory.spawn(shutdown_rx.clone()));
-        let mut commands = CommandService::new(
-            started.store,
-            started.log,
-            signal,
-            settings.command_attempts,
-        );
+        let mut commands = CommandService::new(started.store, signal, settings.command_attempts);
         if started.storage == "memory" {
             commands = commands.refusing_when_full(memory.clone());
         }

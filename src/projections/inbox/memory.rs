@@ -299,7 +299,6 @@ mod tests {
                 let events = MemoryEventStore::new(signal.clone());
                 let service = CommandService::new(
                     NotificationStore::memory(events.clone()),
-                    Arc::new(events.clone()),
                     signal,
                     3,
                 );
