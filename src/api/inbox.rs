@@ -15,7 +15,7 @@ use super::params::{
 };
 use super::problem::ApiError;
 use super::views::{InboxPageView, NotificationView, ReadAllView};
-use super::{wait_for_inbox, ApiTags};
+use super::{wait_for, ApiTags};
 use crate::domain::{Category, NotificationCommand, UserId};
 use crate::projections::inbox::{page_from_history, InboxQuery, ReadFilter};
 use crate::storage::Position;
@@ -112,7 +112,12 @@ impl InboxApi {
             .map(|c| Position::parse_cursor(c.as_str()))
             .transpose()
             .map_err(|e| ApiError::invalid("query.cursor", e.to_string()))?;
-        wait_for_inbox(&self.state, min_position.0.as_ref().map(Text::as_str)).await?;
+        wait_for(
+            &self.state,
+            &self.state.projections.inbox().projector,
+            min_position.0.as_ref().map(Text::as_str),
+        )
+        .await?;
         let query = InboxQuery {
             recipient,
             status,
@@ -185,7 +190,12 @@ impl InboxApi {
         min_position: Query<Option<Text<LogCursorRule>>>,
     ) -> Result<ReadAllResponse, ApiError> {
         let recipient = parse_user(user.0.as_str())?;
-        wait_for_inbox(&self.state, min_position.0.as_ref().map(Text::as_str)).await?;
+        wait_for(
+            &self.state,
+            &self.state.projections.inbox().projector,
+            min_position.0.as_ref().map(Text::as_str),
+        )
+        .await?;
         let ids = self.state.inbox.unread_ids(&recipient).await?;
         let mut meta = metadata(&ctx);
         meta.causation_id = Some(ctx.request_id.clone());

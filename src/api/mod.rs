@@ -26,6 +26,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Route};
 use poem_openapi::{OpenApiService, Tags};
 
 use self::problem::{ApiError, Problem};
+use crate::projections::engine::ProjectorHandle;
 use crate::storage::Position;
 use crate::AppState;
 
@@ -157,14 +158,18 @@ pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<usize, A
     Ok(limit as usize)
 }
 
-/// Waits until the inbox read model has reached `min_position`, if one is given.
-pub async fn wait_for_inbox(state: &AppState, min_position: Option<&str>) -> Result<(), ApiError> {
+/// Waits until `projector`, the projection a query reads, has reached
+/// `min_position`, if one is given.
+pub async fn wait_for(
+    state: &AppState,
+    projector: &ProjectorHandle,
+    min_position: Option<&str>,
+) -> Result<(), ApiError> {
     let Some(raw) = min_position else {
         return Ok(());
     };
     let position = Position::parse_cursor(raw)
         .map_err(|e| ApiError::invalid("query.min_position", e.to_string()))?;
-    let projector = &state.projections.inbox().projector;
     if projector.checkpoint() >= position {
         return Ok(());
     }
@@ -181,7 +186,8 @@ pub async fn wait_for_inbox(state: &AppState, min_position: Option<&str>) -> Res
         Ok(())
     } else {
         Err(ApiError::unavailable(format!(
-            "the inbox has not reached min_position within {} ms; retry shortly",
+            "the {} projection has not reached min_position within {} ms; retry shortly",
+            projector.name,
             state.read_wait.as_millis()
         )))
     }

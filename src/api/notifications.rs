@@ -15,7 +15,7 @@ use super::json::StrictJson;
 use super::params::{ChannelRule, IdempotencyKeyRule, LogCursorRule, NotificationIdRule, Text};
 use super::problem::ApiError;
 use super::views::{CreatedView, NotificationView, ReceiptView};
-use super::{wait_for_inbox, ApiTags};
+use super::{wait_for, ApiTags};
 use crate::commands::{CommandMetadata, Created, Receipt};
 use crate::domain::{Channel, NotificationCommand, NotificationId, Timestamp};
 use crate::AppState;
@@ -165,7 +165,12 @@ impl NotificationsApi {
         min_position: Query<Option<Text<LogCursorRule>>>,
     ) -> Result<NotificationResponse, ApiError> {
         let id = parse_id(id.0.as_str())?;
-        wait_for_inbox(&self.state, min_position.0.as_ref().map(Text::as_str)).await?;
+        wait_for(
+            &self.state,
+            &self.state.projections.inbox().projector,
+            min_position.0.as_ref().map(Text::as_str),
+        )
+        .await?;
         let row = self.state.inbox.get(id).await?.ok_or_else(|| {
             ApiError::not_found(format!("no notification {id} exists (or it was deleted)"))
         })?;
