@@ -177,10 +177,5 @@ fn main() {
             }
         }
     });
-    let report = json!({
-        "benchmark": "creates",
-        "machine": {"cpus": std::thread::available_parallelism().map_or(0, |n| n.get())},
-        "results": results,
-    });
-    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    print_report("creates", results);
 }

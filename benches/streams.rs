@@ -340,10 +340,5 @@ fn main() {
         }
         results
     });
-    let report = json!({
-        "benchmark": "streams",
-        "machine": {"cpus": std::thread::available_parallelism().map_or(0, |n| n.get())},
-        "results": results,
-    });
-    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    print_report("streams", results);
 }

@@ -155,10 +155,5 @@ fn main() {
             results.push(r);
         }
     });
-    let report = json!({
-        "benchmark": "timers",
-        "machine": {"cpus": std::thread::available_parallelism().map_or(0, |n| n.get())},
-        "results": results,
-    });
-    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    print_report("timers", results);
 }

@@ -18,3 +18,14 @@ pub fn list(name: &str, default: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .collect()
 }
+
+/// Prints a benchmark's JSON report on stdout: its name, the machine, and
+/// one result per run.
+pub fn print_report(benchmark: &str, results: Vec<serde_json::Value>) {
+    let report = serde_json::json!({
+        "benchmark": benchmark,
+        "machine": {"cpus": std::thread::available_parallelism().map_or(0, |n| n.get())},
+        "results": results,
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
