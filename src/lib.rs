@@ -33,4 +33,5 @@ pub mod streams;
 pub mod telemetry;
 pub mod transfer;
 
-pub use startup::{openapi_json, AppState, Application, Core, Streams};
+pub use api::state::{AppState, Streams};
+pub use startup::{openapi_json, Application, Core};

@@ -1,4 +1,4 @@
-//! Wiring: storage, projectors, streams and the HTTP server, built from
+//! Wiring: storage, projectors, timers, streams and the HTTP server, built from
 //! `Settings`. `main`, the tests and the benchmarks all start the app here.
 
 use std::future::Future;
@@ -14,13 +14,13 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::api;
+use crate::api::state::{AppState, Streams};
 use crate::commands::{CommandService, NotificationStore};
 use crate::config::Settings;
 use crate::memory_limit::MemoryGuard;
 use crate::projections::engine::{self, EngineConfig};
 use crate::projections::inbox::InboxReader;
 use crate::projections::leader::{self, Election};
-use crate::projections::rebuild::Rebuilds;
 use crate::projections::registry::{Projections, ReadModels, Running};
 use crate::projections::schedule::{self, Due};
 use crate::projections::store::postgres::Publisher;
@@ -35,55 +35,6 @@ use crate::streams::feed;
 use crate::streams::router::Router;
 use crate::streams::socket::StreamSettings;
 use crate::streams::updates::{MemoryUpdateLog, PgUpdateLog, UpdateLog};
-
-/// What request handlers share.
-pub struct AppState {
-    pub commands: Arc<CommandService>,
-    /// The global log, for audit and export queries.
-    pub log: Arc<dyn EventLog>,
-    pub inbox: Arc<dyn InboxReader>,
-    /// Deliveries waiting for their time.
-    pub schedule: Arc<dyn RowReader<Due>>,
-    /// Every projection by name, with its engine handle and operations.
-    pub projections: Projections,
-    /// What the timers fired, and how late.
-    pub timers: Arc<TimerStats>,
-    /// The PostgreSQL pool, for its utilisation (None in memory mode).
-    pub pool: Option<deadpool_postgres::Pool>,
-    /// How long a query with `min_position` waits for the read model.
-    pub read_wait: Duration,
-    /// `memory` or `postgres`.
-    pub storage: &'static str,
-    pub streams: Streams,
-    /// The latest rebuild on this instance.
-    pub rebuilds: Arc<Rebuilds>,
-    /// Resident memory against the limit.
-    pub memory: Arc<MemoryGuard>,
-    /// Readiness degrades when a projector's oldest unapplied event is older.
-    pub ready_max_lag: Duration,
-    /// The most events a time-travel request folds.
-    pub as_of_max_events: usize,
-    /// The most events a filtered log page reads.
-    pub events_scan_max: usize,
-    /// The per-request timeout and the cap on requests in flight.
-    pub request_limits: Arc<api::limits::RequestLimits>,
-}
-
-/// What stream connections share.
-pub struct Streams {
-    pub router: Arc<Router>,
-    pub log: Arc<dyn UpdateLog>,
-    /// One permit per open connection.
-    pub permits: Arc<Semaphore>,
-    pub max_connections: usize,
-    pub settings: StreamSettings,
-    /// Flips to true when the server starts shutting down.
-    pub closing: watch::Receiver<bool>,
-    /// Redis, when configured.
-    pub fanout: Option<Arc<Fanout>>,
-    /// Connections per client address, when capped.
-    pub per_address: Option<Arc<AddressLimit>>,
-}
 
 /// The running parts behind the HTTP surface.
 pub struct Core {

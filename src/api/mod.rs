@@ -16,6 +16,7 @@ pub mod problem;
 pub mod projections;
 pub mod prometheus;
 pub mod spec;
+pub mod state;
 pub mod stream;
 pub mod views;
 
