@@ -231,7 +231,121 @@ pub struct Settings {
     pub memory_limit_mb: Option<u64>,
 
     #[command(flatten)]
+    pub health: HealthScore,
+
+    #[command(flatten)]
     pub log: Logging,
+}
+
+/// A share: a number from 0 to 1.
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("`{s}` is not a number from 0 to 1")),
+    }
+}
+
+/// The health score's window, targets and weights (`GET /v1/analytics/health`;
+/// the formula is in the README). Weights are relative: each component
+/// weighs its weight over their sum.
+#[derive(Debug, Clone, Args)]
+pub struct HealthScore {
+    /// The last this many minutes of analytics count.
+    #[arg(long, env = "TIDINGS_HEALTH_WINDOW_MINUTES", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=10_080))]
+    pub health_window_minutes: u64,
+
+    /// Delivered over created at or above this scores full.
+    #[arg(long, env = "TIDINGS_HEALTH_DELIVERY_RATE_TARGET", default_value_t = 0.99,
+          value_parser = share)]
+    pub health_delivery_rate_target: f64,
+
+    #[arg(long, env = "TIDINGS_HEALTH_DELIVERY_RATE_WEIGHT", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(0..=1_000))]
+    pub health_delivery_rate_weight: u32,
+
+    /// Read over in-app deliveries at or above this scores full.
+    #[arg(long, env = "TIDINGS_HEALTH_ENGAGEMENT_RATE_TARGET", default_value_t = 0.2,
+          value_parser = share)]
+    pub health_engagement_rate_target: f64,
+
+    #[arg(long, env = "TIDINGS_HEALTH_ENGAGEMENT_RATE_WEIGHT", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(0..=1_000))]
+    pub health_engagement_rate_weight: u32,
+
+    /// A p99 delivery latency (due to delivered) at or under this, in
+    /// milliseconds, scores full.
+    #[arg(long, env = "TIDINGS_HEALTH_DELIVERY_P99_TARGET_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub health_delivery_p99_target_ms: u64,
+
+    #[arg(long, env = "TIDINGS_HEALTH_DELIVERY_P99_WEIGHT", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(0..=1_000))]
+    pub health_delivery_p99_weight: u32,
+
+    /// A projection lag (the oldest unapplied event's age) at or under this,
+    /// in milliseconds, scores full.
+    #[arg(long, env = "TIDINGS_HEALTH_LAG_TARGET_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub health_lag_target_ms: u64,
+
+    #[arg(long, env = "TIDINGS_HEALTH_LAG_WEIGHT", default_value_t = 15,
+          value_parser = clap::value_parser!(u32).range(0..=1_000))]
+    pub health_lag_weight: u32,
+
+    /// The event store (and Redis, when configured) answering.
+    #[arg(long, env = "TIDINGS_HEALTH_DEPENDENCIES_WEIGHT", default_value_t = 15,
+          value_parser = clap::value_parser!(u32).range(0..=1_000))]
+    pub health_dependencies_weight: u32,
+}
+
+impl Default for HealthScore {
+    fn default() -> Self {
+        let t = crate::projections::analytics::health::Targets::default();
+        Self {
+            health_window_minutes: 60,
+            health_delivery_rate_target: t.delivery_rate,
+            health_delivery_rate_weight: t.delivery_rate_weight as u32,
+            health_engagement_rate_target: t.engagement_rate,
+            health_engagement_rate_weight: t.engagement_rate_weight as u32,
+            health_delivery_p99_target_ms: t.delivery_p99_ms as u64,
+            health_delivery_p99_weight: t.delivery_p99_weight as u32,
+            health_lag_target_ms: t.lag_ms as u64,
+            health_lag_weight: t.lag_weight as u32,
+            health_dependencies_weight: t.dependencies_weight as u32,
+        }
+    }
+}
+
+impl HealthScore {
+    /// The targets, or why they cannot score anything.
+    pub fn targets(&self) -> anyhow::Result<crate::projections::analytics::health::Targets> {
+        let t = crate::projections::analytics::health::Targets {
+            delivery_rate: self.health_delivery_rate_target,
+            delivery_rate_weight: self.health_delivery_rate_weight.into(),
+            engagement_rate: self.health_engagement_rate_target,
+            engagement_rate_weight: self.health_engagement_rate_weight.into(),
+            delivery_p99_ms: self.health_delivery_p99_target_ms as f64,
+            delivery_p99_weight: self.health_delivery_p99_weight.into(),
+            lag_ms: self.health_lag_target_ms as f64,
+            lag_weight: self.health_lag_weight.into(),
+            dependencies_weight: self.health_dependencies_weight.into(),
+        };
+        anyhow::ensure!(
+            t.delivery_rate_weight
+                + t.engagement_rate_weight
+                + t.delivery_p99_weight
+                + t.lag_weight
+                + t.dependencies_weight
+                > 0.0,
+            "every TIDINGS_HEALTH_*_WEIGHT is 0: give at least one component a weight"
+        );
+        Ok(t)
+    }
+
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.health_window_minutes * 60)
+    }
 }
 
 /// How a PostgreSQL rebuild reads and caches; the server (HTTP rebuilds) and
@@ -342,6 +456,7 @@ impl Settings {
             as_of_max_events: 50_000,
             events_scan_max: 10_000,
             memory_limit_mb: Some(0),
+            health: HealthScore::default(),
             log: Logging {
                 log_format: LogFormat::Text,
             },

@@ -18,6 +18,7 @@ use crate::api::state::{AppState, Streams};
 use crate::commands::{CommandService, NotificationStore};
 use crate::config::Settings;
 use crate::memory_limit::MemoryGuard;
+use crate::projections::analytics;
 use crate::projections::engine::{self, EngineConfig};
 use crate::projections::inbox::InboxReader;
 use crate::projections::leader::{self, Election};
@@ -34,7 +35,7 @@ use crate::streams::fanout::Fanout;
 use crate::streams::feed;
 use crate::streams::router::Router;
 use crate::streams::socket::StreamSettings;
-use crate::streams::updates::{MemoryUpdateLog, PgUpdateLog, UpdateLog};
+use crate::streams::updates::{Announce, MemoryAnnounce, MemoryUpdateLog, PgUpdateLog, UpdateLog};
 
 /// The running parts behind the HTTP surface.
 pub struct Core {
@@ -49,6 +50,9 @@ struct Started {
     store: NotificationStore,
     inbox: Arc<dyn InboxReader>,
     schedule: Arc<dyn RowReader<Due>>,
+    analytics: Arc<dyn RowReader<analytics::Row>>,
+    /// Publishes updates no projection page carries.
+    announce: Arc<dyn Announce>,
     running: Vec<Running>,
     pool: Option<deadpool_postgres::Pool>,
     updates: Arc<dyn UpdateLog>,
@@ -113,6 +117,11 @@ async fn start_memory(
         store: NotificationStore::memory(events),
         inbox: models.inbox,
         schedule: models.schedule,
+        analytics: models.analytics,
+        announce: Arc::new(MemoryAnnounce {
+            log: updates.clone(),
+            feed,
+        }),
         running,
         pool: None,
         updates,
@@ -209,6 +218,8 @@ async fn start_postgres(
         store: NotificationStore::postgres(&pools),
         inbox: models.inbox,
         schedule: models.schedule,
+        analytics: models.analytics,
+        announce: publisher,
         running,
         pool: Some(pools.deadpool.clone()),
         updates,
@@ -251,42 +262,55 @@ impl Core {
             shutdown_rx.clone(),
         ));
         let max_connections = settings.stream_max_connections as usize;
-        Ok(Self {
-            state: Arc::new(AppState {
-                commands,
-                log,
-                inbox: started.inbox,
-                schedule: started.schedule,
-                projections,
-                timers: timer_stats,
-                pool: started.pool,
-                read_wait: settings.read_wait(),
-                storage: started.storage,
-                streams: Streams {
-                    router,
-                    log: started.updates,
-                    permits: Arc::new(Semaphore::new(max_connections)),
-                    max_connections,
-                    settings: StreamSettings {
-                        heartbeat: settings.stream_heartbeat(),
-                        send_timeout: settings.stream_send_timeout(),
-                    },
-                    closing: closing_rx,
-                    fanout: started.fanout,
-                    per_address: AddressLimit::new(
-                        settings.stream_max_connections_per_address as usize,
-                    ),
+        let health = api::analytics::HealthSettings {
+            targets: settings.health.targets()?,
+            window: settings.health.window(),
+        };
+        let state = Arc::new(AppState {
+            commands,
+            log,
+            inbox: started.inbox,
+            schedule: started.schedule,
+            analytics: started.analytics,
+            health,
+            projections,
+            timers: timer_stats,
+            pool: started.pool,
+            read_wait: settings.read_wait(),
+            storage: started.storage,
+            streams: Streams {
+                router,
+                log: started.updates,
+                permits: Arc::new(Semaphore::new(max_connections)),
+                max_connections,
+                settings: StreamSettings {
+                    heartbeat: settings.stream_heartbeat(),
+                    send_timeout: settings.stream_send_timeout(),
                 },
-                rebuilds: Arc::default(),
-                memory,
-                ready_max_lag: settings.ready_max_lag(),
-                as_of_max_events: settings.as_of_max_events as usize,
-                events_scan_max: settings.events_scan_max as usize,
-                request_limits: api::limits::RequestLimits::new(
-                    settings.request_timeout(),
-                    settings.max_concurrent_requests as usize,
+                closing: closing_rx,
+                fanout: started.fanout,
+                per_address: AddressLimit::new(
+                    settings.stream_max_connections_per_address as usize,
                 ),
-            }),
+            },
+            rebuilds: Arc::default(),
+            memory,
+            ready_max_lag: settings.ready_max_lag(),
+            as_of_max_events: settings.as_of_max_events as usize,
+            events_scan_max: settings.events_scan_max as usize,
+            request_limits: api::limits::RequestLimits::new(
+                settings.request_timeout(),
+                settings.max_concurrent_requests as usize,
+            ),
+        });
+        tasks.push(api::analytics::spawn_health_announcer(
+            state.clone(),
+            started.announce,
+            api::analytics::HEALTH_EVERY,
+            shutdown_rx.clone(),
+        ));
+        Ok(Self {
+            state,
             shutdown,
             closing,
             tasks,

@@ -114,7 +114,7 @@ impl HealthApi {
                     .to_owned(),
             );
         }
-        match self.lag().await {
+        match projection_lags(&self.state).await {
             Ok(lag) => {
                 for p in lag.iter().filter(|p| p.stuck) {
                     problems.push(format!(
@@ -188,22 +188,25 @@ impl HealthApi {
             },
         }
     }
+}
 
-    async fn lag(&self) -> Result<Vec<ProjectionLag>, crate::storage::StorageError> {
-        let mut lags = Vec::new();
-        for running in self.state.projections.all() {
-            let projector = &running.projector;
-            let (behind, oldest) = self.state.log.behind(projector.checkpoint()).await?;
-            let age = oldest.map_or(0, |t| {
-                (chrono::Utc::now() - t).num_milliseconds().max(0) as u64
-            });
-            lags.push(ProjectionLag {
-                name: projector.name.to_owned(),
-                events_behind: behind,
-                oldest_unprocessed_age_ms: age,
-                stuck: age > self.state.ready_max_lag.as_millis() as u64,
-            });
-        }
-        Ok(lags)
+/// How far each projector of this instance is behind the log.
+pub async fn projection_lags(
+    state: &AppState,
+) -> Result<Vec<ProjectionLag>, crate::storage::StorageError> {
+    let mut lags = Vec::new();
+    for running in state.projections.all() {
+        let projector = &running.projector;
+        let (behind, oldest) = state.log.behind(projector.checkpoint()).await?;
+        let age = oldest.map_or(0, |t| {
+            (chrono::Utc::now() - t).num_milliseconds().max(0) as u64
+        });
+        lags.push(ProjectionLag {
+            name: projector.name.to_owned(),
+            events_behind: behind,
+            oldest_unprocessed_age_ms: age,
+            stuck: age > state.ready_max_lag.as_millis() as u64,
+        });
     }
+    Ok(lags)
 }

@@ -2,6 +2,7 @@
 //! the Swagger UI at `/docs` and the spec at `/openapi.json`. Errors of every
 //! origin leave as `application/problem+json`.
 
+pub mod analytics;
 pub mod context;
 pub mod create;
 pub mod events;
@@ -41,6 +42,8 @@ pub enum ApiTags {
     Events,
     /// Live updates over WebSocket.
     Streams,
+    /// Counts, rates and latencies per time bucket; the health score.
+    Analytics,
     /// Health checks.
     Operations,
 }
@@ -48,6 +51,7 @@ pub enum ApiTags {
 pub type Apis = (
     notifications::NotificationsApi,
     inbox::InboxApi,
+    analytics::AnalyticsApi,
     events::EventsApi,
     projections::ProjectionsApi,
     parked::ParkedApi,
@@ -64,6 +68,9 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
                 state: state.clone(),
             },
             inbox::InboxApi {
+                state: state.clone(),
+            },
+            analytics::AnalyticsApi {
                 state: state.clone(),
             },
             events::EventsApi {
@@ -94,7 +101,8 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
          Errors are `application/problem+json`.\n\n\
          **Streams.** `GET /v1/stream?topics=inbox:{user},notification:{id}&cursor={cursor}` \
          upgrades to a WebSocket of live updates (`inbox:{user}`: rows `created`, `changed`, \
-         `removed` and the `counts`; `notification:{id}`: the row). Every server message is JSON \
+         `removed` and the `counts`; `notification:{id}`: the row; `analytics`: the current \
+         minute's counters (`minute`) and the health score (`health`) as they change). Every server message is JSON \
          with a `type`: `subscribed`, `update` (`cursor`, `topic`, `kind`, `data` = the row as \
          REST returns it), `resync` (fetch over REST, continue from the fresh `cursor`), \
          `unsubscribed`, `error`. Clients may send `{\"type\":\"subscribe\",\"topics\":[...],\

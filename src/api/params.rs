@@ -239,6 +239,10 @@ rule!(
     words(Channel::ALL.iter().map(Channel::as_str))
 );
 rule!(
+    /// An analytics bucket's width (UTC).
+    BucketRule, "AnalyticsBucket", words(["minute", "hour", "day"])
+);
+rule!(
     /// A notification's lifecycle.
     LifecycleRule, "Lifecycle",
     words(["pending", "scheduled", "delivered", "cancelled", "deleted"])

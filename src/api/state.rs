@@ -29,6 +29,10 @@ pub struct AppState {
     pub inbox: Arc<dyn InboxReader>,
     /// Deliveries waiting for their time.
     pub schedule: Arc<dyn RowReader<Due>>,
+    /// Counters and latencies per bucket.
+    pub analytics: Arc<dyn RowReader<crate::projections::analytics::Row>>,
+    /// The health score's window, targets and weights.
+    pub health: super::analytics::HealthSettings,
     /// Every projection by name, with its engine handle and operations.
     pub projections: Projections,
     /// What the timers fired, and how late.

@@ -2,6 +2,7 @@
 //! checkpoint, committed together with its read-model changes, and is driven by
 //! the projector engine.
 
+pub mod analytics;
 pub mod cli;
 pub mod engine;
 pub mod inbox;

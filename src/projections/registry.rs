@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 
+use super::analytics::{self, Analytics};
 use super::engine::ProjectorHandle;
 use super::inbox::memory::MemoryInbox;
 use super::inbox::postgres::PostgresInbox;
@@ -25,7 +26,7 @@ use crate::streams::feed::Feed;
 use crate::streams::updates::MemoryUpdateLog;
 
 /// Every projection's name, in the order they are listed.
-pub const NAMES: [&str; 2] = [inbox::NAME, schedule::NAME];
+pub const NAMES: [&str; 3] = [inbox::NAME, schedule::NAME, analytics::NAME];
 
 /// One projection, as the engine and the operations see it.
 #[derive(Clone)]
@@ -53,6 +54,7 @@ impl Registered {
 pub struct ReadModels {
     pub inbox: Arc<dyn InboxReader>,
     pub schedule: Arc<dyn RowReader<Due>>,
+    pub analytics: Arc<dyn RowReader<analytics::Row>>,
     /// Each read model as a projection (the inbox first).
     pub registered: Vec<Registered>,
 }
@@ -61,12 +63,19 @@ impl ReadModels {
     pub fn memory(updates: Arc<MemoryUpdateLog>, feed: &Feed) -> Self {
         let inbox = Arc::new(MemoryStore::new(MemoryInbox, updates.clone()));
         inbox.set_feed(feed.clone());
-        let schedule = Arc::new(MemoryStore::new(MemoryRows(Schedule), updates));
+        let schedule = Arc::new(MemoryStore::new(MemoryRows(Schedule), updates.clone()));
         schedule.set_feed(feed.clone());
+        let analytics = Arc::new(MemoryStore::new(MemoryRows(Analytics), updates));
+        analytics.set_feed(feed.clone());
         Self {
-            registered: vec![Registered::of(&inbox), Registered::of(&schedule)],
+            registered: vec![
+                Registered::of(&inbox),
+                Registered::of(&schedule),
+                Registered::of(&analytics),
+            ],
             inbox,
             schedule,
+            analytics,
         }
     }
 
@@ -80,15 +89,21 @@ impl ReadModels {
             PostgresInbox::new(pool.clone(), connector.clone()).with_rebuild_tuning(tuning),
         );
         let schedule = Arc::new(PgRows::new(Schedule, pool.clone(), connector.clone()));
+        let analytics = Arc::new(PgRows::new(Analytics, pool.clone(), connector.clone()));
         let stored = PgStored {
             pool,
             connector,
             publisher,
         };
         Self {
-            registered: vec![stored.of(&inbox), stored.of(&schedule)],
+            registered: vec![
+                stored.of(&inbox),
+                stored.of(&schedule),
+                stored.of(&analytics),
+            ],
             inbox,
             schedule,
+            analytics,
         }
     }
 

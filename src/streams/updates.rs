@@ -18,10 +18,15 @@ pub enum Topic {
     Inbox(UserId),
     /// One notification's row.
     Notification(NotificationId),
+    /// The health score and the current minute's counters.
+    Analytics,
 }
 
 impl Topic {
     pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "analytics" {
+            return Ok(Topic::Analytics);
+        }
         match s.split_once(':') {
             Some(("inbox", user)) => UserId::parse(user)
                 .map(Topic::Inbox)
@@ -30,7 +35,7 @@ impl Topic {
                 .map(Topic::Notification)
                 .map_err(|e| format!("`{s}`: {e}")),
             _ => Err(format!(
-                "`{s}` is not a topic; use `inbox:{{user}}` or `notification:{{id}}`"
+                "`{s}` is not a topic; use `inbox:{{user}}`, `notification:{{id}}` or `analytics`"
             )),
         }
     }
@@ -41,6 +46,7 @@ impl fmt::Display for Topic {
         match self {
             Topic::Inbox(user) => write!(f, "inbox:{}", user.as_str()),
             Topic::Notification(id) => write!(f, "notification:{id}"),
+            Topic::Analytics => f.write_str("analytics"),
         }
     }
 }
@@ -155,6 +161,27 @@ pub trait UpdateLog: Send + Sync {
     async fn range(&self, after: i64, upto: i64) -> Result<Vec<Arc<StreamUpdate>>, StorageError>;
 
     async fn bounds(&self) -> Result<Bounds, StorageError>;
+}
+
+/// Numbers and publishes updates no projection page carries: a state
+/// sampled over time (the health score), announced by one instance.
+#[async_trait]
+pub trait Announce: Send + Sync {
+    async fn announce(&self, update: NewUpdate) -> Result<(), StorageError>;
+}
+
+/// Announces into the in-memory update log and this instance's feed.
+pub struct MemoryAnnounce {
+    pub log: Arc<MemoryUpdateLog>,
+    pub feed: crate::streams::feed::Feed,
+}
+
+#[async_trait]
+impl Announce for MemoryAnnounce {
+    async fn announce(&self, update: NewUpdate) -> Result<(), StorageError> {
+        self.feed.offer(self.log.append(vec![update]));
+        Ok(())
+    }
 }
 
 /// The in-memory update log: the newest updates, at most `capacity` of them
@@ -367,6 +394,7 @@ mod tests {
         for t in [
             "inbox:alice",
             "notification:01a2024f-eced-76cf-8900-aa4e3541250c",
+            "analytics",
         ] {
             assert_eq!(Topic::parse(t).unwrap().to_string(), t);
         }
@@ -376,6 +404,7 @@ mod tests {
             "notification:x",
             "feed:alice",
             "alice",
+            "analytics:x",
         ] {
             assert!(Topic::parse(bad).is_err(), "{bad}");
         }

@@ -5,6 +5,7 @@
 #[macro_use]
 mod helpers;
 
+mod analytics;
 mod cli;
 mod concurrency;
 mod errors;

@@ -12,15 +12,15 @@ use crate::helpers::{postgres_server_url, settings, skipped, Backend, TestApp, T
 
 /// One step: create (for ann or bob; with email too; scheduled), or a
 /// command on an earlier notification.
-type Step = (bool, usize, u8, u8);
+pub type Step = (bool, usize, u8, u8);
 
-fn script() -> impl Strategy<Value = Vec<Step>> {
+pub fn script() -> impl Strategy<Value = Vec<Step>> {
     proptest::collection::vec((any::<bool>(), 0usize..12, 0u8..10, 0u8..4), 1..70)
 }
 
 /// Runs the step through HTTP; refusals (409, 422) are part of the story.
 /// Returns the cursor of what was recorded, if anything was.
-async fn run_step(app: &TestApp, ids: &mut Vec<String>, step: Step) -> Option<String> {
+pub async fn run_step(app: &TestApp, ids: &mut Vec<String>, step: Step) -> Option<String> {
     let (create, target, action, shape) = step;
     let resp = if create || ids.is_empty() {
         let recipient = ["ann", "bob"][usize::from(shape % 2)];

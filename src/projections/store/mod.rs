@@ -84,6 +84,11 @@ pub struct Rows<R> {
     position: Position,
     /// A key the fold used without declaring it in `keys`.
     undeclared: Option<String>,
+    /// The slots the event being folded replaced, as they were before it:
+    /// moved out, not cloned, so undoing a refused event costs nothing more.
+    undo: Vec<(String, Slot<R>)>,
+    /// (topic, kind) of updates of which a page keeps only the last.
+    latest_only: BTreeSet<(String, &'static str)>,
 }
 
 impl<R: Clone> Rows<R> {
@@ -104,6 +109,32 @@ impl<R: Clone> Rows<R> {
             updates: Vec::new(),
             position: Position::START,
             undeclared: None,
+            undo: Vec::new(),
+            latest_only: BTreeSet::new(),
+        }
+    }
+
+    /// Sets the slot under `key`, remembering the first value this event replaced.
+    fn replace(&mut self, key: &str, value: Option<(i64, R)>) {
+        let Some(slot) = self.slot(key) else {
+            return;
+        };
+        let old = std::mem::replace(
+            slot,
+            Slot {
+                value,
+                changed: true,
+            },
+        );
+        if !self.undo.iter().any(|(k, _)| k == key) {
+            self.undo.push((key.to_owned(), old));
+        }
+    }
+
+    /// Puts back what the event being folded replaced.
+    fn undo(&mut self) {
+        for (key, slot) in self.undo.drain(..) {
+            self.slots.insert(key, slot);
         }
     }
 
@@ -121,19 +152,13 @@ impl<R: Clone> Rows<R> {
 
     /// Sets the row under `key`.
     pub fn put(&mut self, key: &str, sort: i64, row: R) {
-        if let Some(slot) = self.slot(key) {
-            slot.value = Some((sort, row));
-            slot.changed = true;
-        }
+        self.replace(key, Some((sort, row)));
     }
 
     /// Removes the row under `key` (nothing when there is none).
     pub fn remove(&mut self, key: &str) {
-        if let Some(slot) = self.slot(key) {
-            if slot.value.is_some() {
-                slot.value = None;
-                slot.changed = true;
-            }
+        if self.slot(key).is_some_and(|s| s.value.is_some()) {
+            self.replace(key, None);
         }
     }
 
@@ -148,6 +173,14 @@ impl<R: Clone> Rows<R> {
         });
     }
 
+    /// Records a stream update for `topic` that replaces this page's earlier
+    /// updates of the same topic and kind: for a state that changes with
+    /// every event (counters), subscribers get its value once per page.
+    pub fn announce_latest(&mut self, topic: String, kind: &'static str, data: &impl Serialize) {
+        self.latest_only.insert((topic.clone(), kind));
+        self.announce(topic, kind, data);
+    }
+
     /// The rows the page changed: (key, Some((sort, row))) to write, None to delete.
     pub(crate) fn changes(&self) -> impl Iterator<Item = (&str, Option<&(i64, R)>)> {
         self.slots
@@ -157,7 +190,23 @@ impl<R: Clone> Rows<R> {
     }
 
     pub(crate) fn take_updates(&mut self) -> Vec<NewUpdate> {
-        std::mem::take(&mut self.updates)
+        let mut updates = std::mem::take(&mut self.updates);
+        if !self.latest_only.is_empty() {
+            let mut seen = BTreeSet::new();
+            let latest = &self.latest_only;
+            let mut keep: Vec<bool> = updates
+                .iter()
+                .rev()
+                .map(|u| {
+                    let pair = (u.topic.clone(), u.kind);
+                    !latest.contains(&pair) || seen.insert(pair)
+                })
+                .collect();
+            keep.reverse();
+            let mut keep = keep.into_iter();
+            updates.retain(|_| keep.next().unwrap_or(true));
+        }
+        updates
     }
 }
 
@@ -165,7 +214,6 @@ impl<R: Clone> Rows<R> {
 pub(crate) struct Read<I> {
     event: SharedEvent,
     input: Result<Option<I>, String>,
-    keys: Vec<String>,
 }
 
 /// Reads a page of events for `fold`; every key they touch, each once.
@@ -178,15 +226,12 @@ pub(crate) fn read_page<F: Fold>(
         .iter()
         .map(|event| {
             let input = fold.read(event);
-            let keys = match &input {
-                Ok(Some(input)) => fold.keys(input, event),
-                _ => vec![],
-            };
-            all.extend(keys.iter().cloned());
+            if let Ok(Some(input)) = &input {
+                all.extend(fold.keys(input, event));
+            }
             Read {
                 event: event.clone(),
                 input,
-                keys,
             }
         })
         .collect();
@@ -205,7 +250,7 @@ pub(crate) fn fold_page<F: Fold>(
     skipped: &BTreeSet<Position>,
 ) -> Vec<Refusal> {
     let mut refused = Vec::new();
-    for Read { event, input, keys } in reads {
+    for Read { event, input } in reads {
         if skipped.contains(&event.position) {
             continue;
         }
@@ -226,11 +271,8 @@ pub(crate) fn fold_page<F: Fold>(
                 continue;
             }
         };
-        let before: Vec<(String, Slot<F::Row>)> = keys
-            .iter()
-            .filter_map(|k| rows.slots.get(k).map(|s| (k.clone(), s.clone())))
-            .collect();
         let updates = rows.updates.len();
+        rows.undo.clear();
         rows.position = event.position;
         let mut outcome = fold.fold(input, &event, rows);
         if let Some(key) = rows.undeclared.take() {
@@ -240,9 +282,7 @@ pub(crate) fn fold_page<F: Fold>(
             ));
         }
         if let Err(reason) = outcome {
-            for (k, slot) in before {
-                rows.slots.insert(k, slot);
-            }
+            rows.undo();
             rows.updates.truncate(updates);
             held.insert(event.aggregate_id.clone(), event.position);
             refused.push(Refusal::failed(&event, &reason));
@@ -314,6 +354,7 @@ mod tests {
             let n = rows.get(&key).copied().unwrap_or(0) + 1;
             rows.put(&key, n as i64, n);
             rows.announce(format!("counter:{key}"), "changed", &n);
+            rows.announce_latest("total".into(), "latest", &n);
             if input["sneaky"] == true {
                 rows.put("elsewhere", 0, 0);
             }
@@ -375,8 +416,13 @@ mod tests {
             "events 1 and 4"
         );
         let updates = rows.take_updates();
-        let positions: Vec<i64> = updates.iter().map(|u| u.position.seq).collect();
-        assert_eq!(positions, [1, 4], "the refused event's update is dropped");
+        let positions: Vec<(i64, &str)> =
+            updates.iter().map(|u| (u.position.seq, u.kind)).collect();
+        assert_eq!(
+            positions,
+            [(1, "changed"), (4, "changed"), (4, "latest")],
+            "the refused event's updates are dropped, of `latest` only the last stays"
+        );
         assert_eq!(&*updates[1].data, "2");
         let why: Vec<(i64, Option<Position>)> = refused
             .iter()

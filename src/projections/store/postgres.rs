@@ -26,7 +26,7 @@ use crate::storage::postgres::PgConnector;
 use crate::storage::{EventLog, Position, SharedEvent, StorageError};
 use crate::streams::fanout::Fanout;
 use crate::streams::feed::Feed;
-use crate::streams::updates::{NewUpdate, StreamUpdate};
+use crate::streams::updates::{Announce, NewUpdate, StreamUpdate};
 
 /// The checkpoint of `name`, made at START when it has none yet.
 pub(crate) async fn load_checkpoint(
@@ -545,6 +545,22 @@ impl Publisher {
         if let Err(error) = result {
             tracing::warn!(error, "pruning stream updates failed");
         }
+    }
+}
+
+#[async_trait]
+impl Announce for Publisher {
+    async fn announce(&self, update: NewUpdate) -> Result<(), StorageError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let numbered = match record_updates(&tx, vec![update]).await {
+            Ok(numbered) => numbered,
+            Err(ProjectionError::Storage(e)) => return Err(e),
+            Err(e) => return Err(StorageError::defect(e.to_string())),
+        };
+        tx.commit().await?;
+        self.publish(numbered).await;
+        Ok(())
     }
 }
 

@@ -1,0 +1,333 @@
+//! Analytics: per UTC minute, hour and day, per category and channel, how
+//! many notifications were created, delivered, seen, read, clicked,
+//! archived, deleted and cancelled, and how long delivery and engagement
+//! took (mergeable histograms, `latency`). Queries (`query`) merge any range
+//! of buckets; `health` scores a window of them.
+//!
+//! Counting rules:
+//! - created, cancelled and deleted count once under each channel of the
+//!   notification; delivered under the channel delivered;
+//! - seen, read, clicked and archived count under `in_app` (the inbox is
+//!   where they happen), each once per notification however often it is
+//!   marked unread and read again;
+//! - delivery latency runs from when the notification was due (its
+//!   `deliver_at`, or its creation) to its delivery on that channel; seen
+//!   and read latencies from its in-app delivery;
+//! - an event counts in the buckets of the time it happened (the event's own
+//!   time, not when it was recorded).
+//!
+//! Rows: one per bucket (`minute:{start_ms}`, `hour:…`, `day:…`) holding
+//! its cells, and one per live notification (`n:{id}`: what later events of
+//! it need to know: its category, channels, due time, in-app delivery).
+
+pub mod health;
+pub mod latency;
+pub mod query;
+
+use serde::{Deserialize, Serialize};
+
+use self::latency::Latency;
+use super::store::{Fold, Rows};
+use crate::domain::{Category, Channel, Notification, NotificationEvent};
+use crate::storage::LoggedEvent;
+use cqrs_es::Aggregate;
+
+pub const NAME: &str = "analytics";
+
+/// The stream topic analytics updates go to.
+pub const TOPIC: &str = "analytics";
+
+/// A bucket's width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    Minute,
+    Hour,
+    Day,
+}
+
+/// Bucket starts are kept within ±2^49 ms of 1970 (±17,000 years).
+const SPAN: i64 = 1 << 49;
+
+impl Granularity {
+    pub const ALL: [Granularity; 3] = [Self::Minute, Self::Hour, Self::Day];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+            Self::Day => "day",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|g| g.as_str() == s)
+    }
+
+    pub fn millis(self) -> i64 {
+        match self {
+            Self::Minute => 60_000,
+            Self::Hour => 3_600_000,
+            Self::Day => 86_400_000,
+        }
+    }
+
+    /// The start of the bucket holding `ms` (UTC: the epoch is a midnight).
+    pub fn start_of(self, ms: i64) -> i64 {
+        ms.clamp(-SPAN, SPAN - 1).div_euclid(self.millis()) * self.millis()
+    }
+
+    /// The row's sort value: each width in a range of its own, above the
+    /// notifications' 0, so a range query reads one width only.
+    pub fn sort(self, start: i64) -> i64 {
+        let rank = match self {
+            Self::Minute => 1,
+            Self::Hour => 2,
+            Self::Day => 3,
+        };
+        rank * 4 * SPAN + start.clamp(-SPAN, SPAN) + SPAN
+    }
+
+    pub fn key(self, start: i64) -> String {
+        format!("{}:{start}", self.as_str())
+    }
+}
+
+/// How many of each happened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub created: u64,
+    pub delivered: u64,
+    pub seen: u64,
+    pub read: u64,
+    pub clicked: u64,
+    pub archived: u64,
+    pub deleted: u64,
+    pub cancelled: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: &Counts) {
+        self.created += other.created;
+        self.delivered += other.delivered;
+        self.seen += other.seen;
+        self.read += other.read;
+        self.clicked += other.clicked;
+        self.archived += other.archived;
+        self.deleted += other.deleted;
+        self.cancelled += other.cancelled;
+    }
+}
+
+/// One category on one channel in one bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    pub category: Category,
+    pub channel: Channel,
+    pub counts: Counts,
+    /// Due → delivered, ms.
+    pub delivery: Latency,
+    /// In-app delivered → seen, ms.
+    pub seen: Latency,
+    /// In-app delivered → read, ms.
+    pub read: Latency,
+}
+
+/// What later events of a notification need to know of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tracked {
+    pub category: Category,
+    pub channels: Vec<Channel>,
+    /// When it was due: its `deliver_at`, or its creation (ms).
+    pub due: i64,
+    /// Its in-app delivery (ms).
+    pub in_app_delivered: Option<i64>,
+    /// Already counted (each counts once per notification).
+    pub seen: bool,
+    pub read: bool,
+    pub clicked: bool,
+    pub archived: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "row", rename_all = "snake_case")]
+pub enum Row {
+    Bucket { cells: Vec<Cell> },
+    Notification(Tracked),
+}
+
+/// An event as analytics reads it: what happened, and when (ms).
+pub struct Happened {
+    event: NotificationEvent,
+    at: i64,
+}
+
+fn tracked_key(aggregate_id: &str) -> String {
+    format!("n:{aggregate_id}")
+}
+
+pub struct Analytics;
+
+impl Fold for Analytics {
+    const NAME: &'static str = NAME;
+    type Input = Happened;
+    type Row = Row;
+
+    fn read(&self, event: &LoggedEvent) -> Result<Option<Happened>, String> {
+        if event.aggregate_type != Notification::TYPE
+            || matches!(
+                event.event_type.as_str(),
+                "NotificationScheduled" | "NotificationUnread" | "NotificationUnarchived"
+            )
+        {
+            return Ok(None);
+        }
+        let event: NotificationEvent = event.decode()?;
+        let at = event.occurred_at().timestamp_millis();
+        Ok(Some(Happened { event, at }))
+    }
+
+    fn keys(&self, input: &Happened, event: &LoggedEvent) -> Vec<String> {
+        let mut keys = vec![tracked_key(&event.aggregate_id)];
+        keys.extend(Granularity::ALL.map(|g| g.key(g.start_of(input.at))));
+        keys
+    }
+
+    fn fold(
+        &self,
+        input: Happened,
+        event: &LoggedEvent,
+        rows: &mut Rows<Row>,
+    ) -> Result<(), String> {
+        let key = tracked_key(&event.aggregate_id);
+        let at = input.at;
+        if let NotificationEvent::NotificationCreated {
+            category,
+            channels,
+            deliver_at,
+            created_at,
+            ..
+        } = input.event
+        {
+            let due = deliver_at.map_or(created_at, |d| d.max(created_at));
+            count(rows, at, &category, &channels, |c| c.counts.created += 1);
+            let tracked = Tracked {
+                category,
+                channels,
+                due: due.timestamp_millis(),
+                in_app_delivered: None,
+                seen: false,
+                read: false,
+                clicked: false,
+                archived: false,
+            };
+            rows.put(&key, 0, Row::Notification(tracked));
+            return Ok(());
+        }
+        let Some(Row::Notification(mut n)) = rows.get(&key).cloned() else {
+            return Err(format!(
+                "{} of {} follows no NotificationCreated",
+                event.event_type, event.aggregate_id
+            ));
+        };
+        let since = |from: Option<i64>| from.map(|t| (at - t).max(0) as u64);
+        let cat = n.category.clone();
+        match input.event {
+            NotificationEvent::NotificationDelivered { channel, .. } => {
+                let late = (at - n.due).max(0) as u64;
+                count(rows, at, &cat, &[channel], |c| {
+                    c.counts.delivered += 1;
+                    c.delivery.record(late);
+                });
+                if channel == Channel::InApp && n.in_app_delivered.is_none() {
+                    n.in_app_delivered = Some(at);
+                }
+            }
+            NotificationEvent::NotificationSeen { .. } if !n.seen => {
+                n.seen = true;
+                let took = since(n.in_app_delivered);
+                count(rows, at, &cat, &[Channel::InApp], |c| {
+                    c.counts.seen += 1;
+                    if let Some(ms) = took {
+                        c.seen.record(ms);
+                    }
+                });
+            }
+            NotificationEvent::NotificationRead { .. } if !n.read => {
+                n.read = true;
+                let took = since(n.in_app_delivered);
+                count(rows, at, &cat, &[Channel::InApp], |c| {
+                    c.counts.read += 1;
+                    if let Some(ms) = took {
+                        c.read.record(ms);
+                    }
+                });
+            }
+            NotificationEvent::NotificationClicked { .. } if !n.clicked => {
+                n.clicked = true;
+                count(rows, at, &cat, &[Channel::InApp], |c| c.counts.clicked += 1);
+            }
+            NotificationEvent::NotificationArchived { .. } if !n.archived => {
+                n.archived = true;
+                count(rows, at, &cat, &[Channel::InApp], |c| {
+                    c.counts.archived += 1
+                });
+            }
+            NotificationEvent::NotificationCancelled { .. } => {
+                count(rows, at, &cat, &n.channels, |c| c.counts.cancelled += 1);
+            }
+            NotificationEvent::NotificationDeleted { .. } => {
+                count(rows, at, &cat, &n.channels, |c| c.counts.deleted += 1);
+                // Nothing follows a deletion: the notification's row goes.
+                rows.remove(&key);
+                return Ok(());
+            }
+            _ => return Ok(()),
+        }
+        rows.put(&key, 0, Row::Notification(n));
+        Ok(())
+    }
+}
+
+/// Applies `change` to the cell of `category` on each of `channels` in the
+/// minute, hour and day of `at`; announces the minute's totals.
+fn count(
+    rows: &mut Rows<Row>,
+    at: i64,
+    category: &Category,
+    channels: &[Channel],
+    change: impl Fn(&mut Cell),
+) {
+    for g in Granularity::ALL {
+        let start = g.start_of(at);
+        let key = g.key(start);
+        let mut cells = match rows.get(&key) {
+            Some(Row::Bucket { cells }) => cells.clone(),
+            _ => Vec::new(),
+        };
+        for channel in channels {
+            let at = match cells
+                .iter()
+                .position(|c| &c.category == category && c.channel == *channel)
+            {
+                Some(i) => i,
+                None => {
+                    cells.push(Cell {
+                        category: category.clone(),
+                        channel: *channel,
+                        counts: Counts::default(),
+                        delivery: Latency::default(),
+                        seen: Latency::default(),
+                        read: Latency::default(),
+                    });
+                    cells.len() - 1
+                }
+            };
+            change(&mut cells[at]);
+        }
+        if g == Granularity::Minute {
+            rows.announce_latest(TOPIC.into(), "minute", &query::minute_update(start, &cells));
+        }
+        rows.put(&key, g.sort(start), Row::Bucket { cells });
+    }
+}
