@@ -122,15 +122,21 @@ async fn run(backend: &str, clients: usize, seconds: u64, database_url: Option<S
         errors += r.errors;
         last_cursor = last_cursor.max(r.last_cursor);
     }
-    // How far behind the inbox projection was when the load stopped.
+    // How long after the load stopped each read model had applied all of it.
     let load_stopped = Instant::now();
-    let caught_up = state
-        .projections
-        .inbox()
-        .projector
-        .wait_for(last_cursor, Duration::from_secs(300))
-        .await;
-    let catch_up_ms = caught_up.then(|| load_stopped.elapsed().as_secs_f64() * 1000.0);
+    let waits = state.projections.all().iter().map(|running| async move {
+        let caught_up = running
+            .projector
+            .wait_for(last_cursor, Duration::from_secs(300))
+            .await;
+        let ms =
+            caught_up.then(|| (load_stopped.elapsed().as_secs_f64() * 10_000.0).round() / 10.0);
+        (running.name().to_owned(), json!(ms))
+    });
+    let catch_up_ms: serde_json::Map<String, Value> = futures_util::future::join_all(waits)
+        .await
+        .into_iter()
+        .collect();
     let _ = stop.send(());
     let _ = server.await;
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;

@@ -1,18 +1,21 @@
-//! Rebuild rate of the inbox from a large log in PostgreSQL.
+//! Rebuild rate of the inbox and of analytics from a large log in PostgreSQL.
 //!
 //! Seeds a fresh database with BENCH_EVENTS events (default 1,000,000: half a
-//! million notifications, created and delivered, for 10,000 users) straight
-//! in SQL, then rebuilds the inbox from zero the way `tidings replay` does and
-//! reports events per second as JSON, with where the CPU went: this process
-//! (reading, decoding, folding, encoding) against PostgreSQL's processes.
-//! Needs DATABASE_URL (the server; the bench makes and drops its own
-//! database).
+//! million notifications, created and delivered, for 10,000 users, over one
+//! day) straight in SQL, then rebuilds each read model from zero the way
+//! `tidings replay` does, one after the other, and reports events per second
+//! as JSON, with where the CPU went: this process (reading, decoding,
+//! folding, encoding) against PostgreSQL's processes. Needs DATABASE_URL
+//! (the server; the bench makes and drops its own database). BENCH_MODELS
+//! picks the read models (default "inbox,analytics").
 
 use std::time::Instant;
 
-use serde_json::json;
+use serde_json::{json, Value};
+use tidings::projections::analytics::Analytics;
 use tidings::projections::inbox::postgres::PostgresInbox;
 use tidings::projections::rebuild::{self, Rebuildable, Rebuilds};
+use tidings::projections::store::postgres_rows::PgRows;
 use tidings::storage::postgres::{self, PgEventLog};
 
 /// As in the binary (src/main.rs): the rebuild is measured as `tidings replay` runs it.
@@ -64,11 +67,16 @@ fn postgres_cpu_seconds() -> f64 {
 
 #[path = "common/db.rs"]
 mod db;
+#[path = "common/knobs.rs"]
+#[allow(dead_code)]
+mod knobs;
 use db::{drop_database, fresh_database};
 
 const SEED: &str = "
 WITH n AS (
-    SELECT i, gen_random_uuid()::text AS id FROM generate_series($1::int, $2::int) AS i
+    SELECT i, gen_random_uuid()::text AS id,
+           timestamp '2026-01-01' + (i % 86400) * interval '1 second' AS t
+      FROM generate_series($1::int, $2::int) AS i
 )
 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
 SELECT 'Notification', n.id, e.seq, e.kind, '1.0', e.payload,
@@ -78,9 +86,10 @@ SELECT 'Notification', n.id, e.seq, e.kind, '1.0', e.payload,
         'id', n.id, 'recipient', 'user-' || (n.i % 10000), 'category', 'bench',
         'title', 'Hello ' || n.i, 'body', 'Bob replied to your post', 'data', jsonb_build_object('n', n.i),
         'priority', 'normal', 'channels', '[\"in_app\"]'::jsonb, 'group_key', NULL,
-        'deliver_at', NULL, 'created_at', '2026-01-01T00:00:00Z'))),
+        'deliver_at', NULL, 'created_at', to_char(n.t, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')))),
     (2, 'NotificationDelivered', jsonb_build_object('NotificationDelivered', jsonb_build_object(
-        'channel', 'in_app', 'delivered_at', '2026-01-01T00:00:00Z')))
+        'channel', 'in_app',
+        'delivered_at', to_char(n.t + (n.i % 997) * interval '1 millisecond', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))))
   ) AS e(seq, kind, payload)
  ORDER BY n.i, e.seq";
 
@@ -130,8 +139,10 @@ fn main() {
         client
             .execute(
                 "INSERT INTO projection_checkpoints (projection, tx, seq)
-                 SELECT 'inbox', transaction_id::text::bigint, global_position FROM events
-                  ORDER BY transaction_id DESC, global_position DESC LIMIT 1
+                 SELECT p, transaction_id::text::bigint, global_position
+                   FROM (SELECT * FROM events
+                          ORDER BY transaction_id DESC, global_position DESC LIMIT 1) last,
+                        unnest(ARRAY['inbox', 'analytics']) AS p
                  ON CONFLICT (projection) DO UPDATE SET tx = EXCLUDED.tx, seq = EXCLUDED.seq",
                 &[],
             )
@@ -139,25 +150,58 @@ fn main() {
             .expect("checkpoint");
         let seed_seconds = seeding.elapsed().as_secs_f64();
 
-        let inbox = PostgresInbox::new(pools.deadpool.clone(), pools.connector.clone());
         let log = PgEventLog::new(pools.deadpool.clone());
-        let rebuilds = Rebuilds::default();
-        rebuilds.begin("inbox").expect("no other rebuild");
-        let (app_before, pg_before) = (own_cpu_seconds(), postgres_cpu_seconds());
-        let started = Instant::now();
-        let version = rebuild::run(&inbox, &log, &rebuilds)
-            .await
-            .expect("the rebuild succeeds");
-        let seconds = started.elapsed().as_secs_f64();
-        let app_cpu = own_cpu_seconds() - app_before;
-        let pg_cpu = postgres_cpu_seconds() - pg_before;
-        let rows: i64 = client
-            .query_one("SELECT count(*) FROM inbox_live", &[])
-            .await
-            .expect("count")
-            .get(0);
-        assert_eq!(version, inbox.version().await.expect("version"));
-        assert_eq!(rows, events / 2, "every notification has its row");
+        let mut results = Vec::new();
+        for model in knobs::list("BENCH_MODELS", "inbox,analytics") {
+            let (name, target, count): (&'static str, Box<dyn Rebuildable>, &str) =
+                match model.as_str() {
+                    "inbox" => (
+                        "inbox",
+                        Box::new(PostgresInbox::new(
+                            pools.deadpool.clone(),
+                            pools.connector.clone(),
+                        )),
+                        "SELECT count(*) FROM inbox_live",
+                    ),
+                    "analytics" => (
+                        "analytics",
+                        Box::new(PgRows::new(
+                            Analytics,
+                            pools.deadpool.clone(),
+                            pools.connector.clone(),
+                        )),
+                        "SELECT count(*) FROM projection_rows WHERE projection = 'analytics'",
+                    ),
+                    other => panic!("BENCH_MODELS: no read model `{other}` here"),
+                };
+            let rebuilds = Rebuilds::default();
+            rebuilds.begin(name).expect("no other rebuild");
+            let (app_before, pg_before) = (own_cpu_seconds(), postgres_cpu_seconds());
+            let started = Instant::now();
+            let version = rebuild::run(&*target, &log, &rebuilds)
+                .await
+                .expect("the rebuild succeeds");
+            let seconds = started.elapsed().as_secs_f64();
+            let app_cpu = own_cpu_seconds() - app_before;
+            let pg_cpu = postgres_cpu_seconds() - pg_before;
+            let rows: i64 = client.query_one(count, &[]).await.expect("count").get(0);
+            assert_eq!(version, target.version().await.expect("version"));
+            assert!(
+                rows >= events / 2,
+                "{model}: every notification has its row"
+            );
+            results.push(json!({
+                "read_model": model,
+                "rows_built": rows,
+                "rebuild_seconds": (seconds * 100.0).round() / 100.0,
+                "events_per_second": (events as f64 / seconds).round(),
+                "cpu_seconds": {
+                    "bench_process": (app_cpu * 100.0).round() / 100.0,
+                    "postgres": (pg_cpu * 100.0).round() / 100.0,
+                    "cores_busy": ((app_cpu + pg_cpu) / seconds * 100.0).round() / 100.0,
+                },
+            }));
+        }
         drop(client);
         drop(pools);
         drop_database(&server, &name).await;
@@ -165,15 +209,8 @@ fn main() {
             "benchmark": "rebuild",
             "backend": "postgres",
             "events": events,
-            "rows_built": rows,
             "seed_seconds": (seed_seconds * 10.0).round() / 10.0,
-            "rebuild_seconds": (seconds * 100.0).round() / 100.0,
-            "events_per_second": (events as f64 / seconds).round(),
-            "cpu_seconds": {
-                "bench_process": (app_cpu * 100.0).round() / 100.0,
-                "postgres": (pg_cpu * 100.0).round() / 100.0,
-                "cores_busy": ((app_cpu + pg_cpu) / seconds * 100.0).round() / 100.0,
-            },
+            "read_models": Value::Array(results),
         })
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
