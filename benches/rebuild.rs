@@ -160,6 +160,7 @@ fn main() {
                         Box::new(PostgresInbox::new(
                             pools.deadpool.clone(),
                             pools.connector.clone(),
+                            tidings::api::views::row_view(),
                         )),
                         "SELECT count(*) FROM inbox_live",
                     ),

@@ -24,6 +24,7 @@ pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod memory_limit;
+pub mod operate;
 pub mod projections;
 pub mod reactors;
 pub mod server;

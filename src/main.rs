@@ -243,19 +243,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             args,
         }) => {
             let url = args.url("replay")?;
-            let version = tidings::projections::cli::replay(
-                url,
-                args.limits(),
-                &projection,
-                rebuild.tuning(),
-            )
-            .await?;
+            let version =
+                tidings::operate::replay(url, args.limits(), &projection, rebuild.tuning()).await?;
             tracing::info!(projection, version, "rebuilt and switched");
             eprintln!("{projection}: now at version {version}");
             Ok(())
         }
         Some(Command::Parked { action }) => {
-            use tidings::projections::cli::{self as operate, ParkedAction};
+            use tidings::operate::{self, ParkedAction};
             let ParkedOf { projection, args } = action.of();
             let url = args.url("parked (with the memory store, use the HTTP endpoints)")?;
             let action = match &action {

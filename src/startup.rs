@@ -33,9 +33,10 @@ use crate::storage::{AppendSignal, EventLog};
 use crate::streams::addresses::AddressLimit;
 use crate::streams::fanout::Fanout;
 use crate::streams::feed;
+use crate::streams::feed::MemoryAnnounce;
 use crate::streams::router::Router;
 use crate::streams::socket::StreamSettings;
-use crate::streams::updates::{Announce, MemoryAnnounce, MemoryUpdateLog, PgUpdateLog, UpdateLog};
+use crate::streams::updates::{Announce, MemoryUpdateLog, PgUpdateLog, UpdateLog};
 
 /// The running parts behind the HTTP surface.
 pub struct Core {
@@ -94,7 +95,7 @@ async fn start_memory(
         settings.stream_poll(),
         shutdown.clone(),
     );
-    let models = ReadModels::memory(updates.clone(), &feed);
+    let models = ReadModels::memory(updates.clone(), &feed, api::views::row_view());
     let log: Arc<dyn EventLog> = Arc::new(events.clone());
     let mut tasks = vec![feed_task];
     let mut running = Vec::new();
@@ -103,7 +104,10 @@ async fn start_memory(
             registered.projection.clone(),
             log.clone(),
             signal,
-            engine_config(settings),
+            EngineConfig {
+                settle: registered.settle,
+                ..engine_config(settings)
+            },
             shutdown.clone(),
         );
         tasks.push(task);
@@ -155,6 +159,7 @@ async fn start_postgres(
         &pools.connector,
         &publisher,
         settings.rebuild_tuning(),
+        api::views::row_view(),
     );
     let (feed, feed_task) = feed::spawn(
         router.clone(),
@@ -203,7 +208,10 @@ async fn start_postgres(
             registered.projection.clone(),
             log.clone(),
             signal,
-            engine_config(settings),
+            EngineConfig {
+                settle: registered.settle,
+                ..engine_config(settings)
+            },
             shutdown.clone(),
             election.clone(),
         );

@@ -17,8 +17,7 @@ use crate::domain::NotificationId;
 use crate::storage::{LoggedEvent, Position};
 use crate::AppState;
 
-pub const DEFAULT_LIMIT: i64 = 100;
-pub const MAX_LIMIT: i64 = 1000;
+pub use super::params::{EVENTS_DEFAULT_LIMIT as DEFAULT_LIMIT, EVENTS_MAX_LIMIT as MAX_LIMIT};
 /// Events read per statement while scanning for a `type`. A request reads
 /// at most `--events-scan-max` events: a type that matches rarely answers a
 /// short (even empty) page with `has_more` and the cursor it got to, rather

@@ -21,8 +21,7 @@ use crate::projections::inbox::{page_from_history, InboxQuery, ReadFilter};
 use crate::storage::Position;
 use crate::AppState;
 
-pub const DEFAULT_LIMIT: i64 = 20;
-pub const MAX_LIMIT: i64 = 100;
+pub use super::params::{INBOX_DEFAULT_LIMIT as DEFAULT_LIMIT, INBOX_MAX_LIMIT as MAX_LIMIT};
 
 #[derive(ApiResponse)]
 pub enum InboxResponse {

@@ -170,6 +170,13 @@ fn words(all: impl IntoIterator<Item = &'static str>) -> MetaSchema {
     }
 }
 
+/// Items per inbox page: the default and the most.
+pub const INBOX_DEFAULT_LIMIT: i64 = 20;
+pub const INBOX_MAX_LIMIT: i64 = 100;
+/// Events per page of the log: the default and the most.
+pub const EVENTS_DEFAULT_LIMIT: i64 = 100;
+pub const EVENTS_MAX_LIMIT: i64 = 1000;
+
 /// Characters `char::is_control` refuses (Unicode Cc), as a regex class body.
 const CONTROL: &str = r"\u0000-\u001f\u007f-\u009f";
 
@@ -286,8 +293,8 @@ rule!(
     /// Items per inbox page.
     InboxLimitRule, "InboxLimit", MetaSchema {
         minimum: Some(1.0),
-        maximum: Some(super::inbox::MAX_LIMIT as f64),
-        default: Some(Value::from(super::inbox::DEFAULT_LIMIT)),
+        maximum: Some(INBOX_MAX_LIMIT as f64),
+        default: Some(Value::from(INBOX_DEFAULT_LIMIT)),
         ..MetaSchema::new_with_format("integer", "int64")
     }
 );
@@ -295,8 +302,8 @@ rule!(
     /// Events (or parked events) per page.
     EventLimitRule, "EventLimit", MetaSchema {
         minimum: Some(1.0),
-        maximum: Some(super::events::MAX_LIMIT as f64),
-        default: Some(Value::from(super::events::DEFAULT_LIMIT)),
+        maximum: Some(EVENTS_MAX_LIMIT as f64),
+        default: Some(Value::from(EVENTS_DEFAULT_LIMIT)),
         ..MetaSchema::new_with_format("integer", "int64")
     }
 );

@@ -13,6 +13,15 @@ pub fn rfc3339(t: Timestamp) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// How the inbox renders the rows its stream updates carry: exactly as
+/// REST returns them.
+pub fn row_view() -> crate::projections::inbox::RowView {
+    std::sync::Arc::new(|row| {
+        NotificationView::from_state(&row.state, row.last_position)
+            .and_then(|v| serde_json::to_string(&v).ok())
+    })
+}
+
 /// One delivery of a notification on one channel.
 #[derive(Object, serde::Serialize, Debug, Clone, PartialEq)]
 pub struct DeliveryView {

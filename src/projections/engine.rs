@@ -30,6 +30,11 @@ pub struct EngineConfig {
     pub max_backoff: Duration,
     /// Tries of an event the projection refuses before it is parked.
     pub max_attempts: u32,
+    /// After waking on an append, wait this long before reading: the
+    /// appends of that window become one page (one transaction) rather than
+    /// a page each. For read models that need not be fresh to the
+    /// millisecond (analytics, the schedule); zero for the inbox.
+    pub settle: Duration,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +44,7 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_millis(250),
             max_backoff: Duration::from_secs(30),
             max_attempts: 5,
+            settle: Duration::ZERO,
         }
     }
 }
@@ -239,7 +245,14 @@ pub async fn run(
                     return;
                 }
                 tokio::select! {
-                    _ = wake.changed() => {}
+                    _ = wake.changed() => {
+                        if !config.settle.is_zero() {
+                            tokio::select! {
+                                _ = tokio::time::sleep(config.settle) => {}
+                                res = shutdown.changed() => if res.is_err() { return },
+                            }
+                        }
+                    }
                     _ = tokio::time::sleep(config.poll_interval) => {}
                     res = shutdown.changed() => if res.is_err() { return },
                 }

@@ -3,7 +3,6 @@
 //! the projector engine.
 
 pub mod analytics;
-pub mod cli;
 pub mod engine;
 pub mod inbox;
 pub mod leader;

@@ -5,6 +5,7 @@
 //! is one line in each constructor (plus its field, for its queries).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
@@ -12,7 +13,7 @@ use super::analytics::{self, Analytics};
 use super::engine::ProjectorHandle;
 use super::inbox::memory::MemoryInbox;
 use super::inbox::postgres::PostgresInbox;
-use super::inbox::{self, InboxReader};
+use super::inbox::{self, InboxReader, RowView};
 use super::parked::Parking;
 use super::rebuild::{RebuildTuning, Rebuildable};
 use super::schedule::{self, Due, Schedule};
@@ -34,6 +35,9 @@ pub struct Registered {
     pub projection: Arc<dyn Projection>,
     pub rebuild: Arc<dyn Rebuildable>,
     pub parking: Arc<dyn Parking>,
+    /// How long its projector lets appends gather before a page
+    /// (`EngineConfig::settle`).
+    pub settle: Duration,
 }
 
 impl Registered {
@@ -42,7 +46,14 @@ impl Registered {
             projection: store.clone(),
             rebuild: store.clone(),
             parking: store.clone(),
+            settle: Duration::ZERO,
         }
+    }
+
+    /// With its projector gathering appends for `settle` before a page.
+    pub fn settling(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     pub fn name(&self) -> &'static str {
@@ -60,8 +71,9 @@ pub struct ReadModels {
 }
 
 impl ReadModels {
-    pub fn memory(updates: Arc<MemoryUpdateLog>, feed: &Feed) -> Self {
-        let inbox = Arc::new(MemoryStore::new(MemoryInbox, updates.clone()));
+    /// `view` renders the inbox rows its stream updates carry.
+    pub fn memory(updates: Arc<MemoryUpdateLog>, feed: &Feed, view: RowView) -> Self {
+        let inbox = Arc::new(MemoryStore::new(MemoryInbox { view }, updates.clone()));
         inbox.set_feed(feed.clone());
         let schedule = Arc::new(MemoryStore::new(MemoryRows(Schedule), updates.clone()));
         schedule.set_feed(feed.clone());
@@ -70,8 +82,8 @@ impl ReadModels {
         Self {
             registered: vec![
                 Registered::of(&inbox),
-                Registered::of(&schedule),
-                Registered::of(&analytics),
+                Registered::of(&schedule).settling(schedule::SETTLE),
+                Registered::of(&analytics).settling(analytics::SETTLE),
             ],
             inbox,
             schedule,
@@ -84,9 +96,10 @@ impl ReadModels {
         connector: &PgConnector,
         publisher: &Arc<Publisher>,
         tuning: RebuildTuning,
+        view: RowView,
     ) -> Self {
         let inbox = Arc::new(
-            PostgresInbox::new(pool.clone(), connector.clone()).with_rebuild_tuning(tuning),
+            PostgresInbox::new(pool.clone(), connector.clone(), view).with_rebuild_tuning(tuning),
         );
         let schedule = Arc::new(PgRows::new(Schedule, pool.clone(), connector.clone()));
         let analytics = Arc::new(PgRows::new(Analytics, pool.clone(), connector.clone()));
@@ -98,8 +111,8 @@ impl ReadModels {
         Self {
             registered: vec![
                 stored.of(&inbox),
-                stored.of(&schedule),
-                stored.of(&analytics),
+                stored.of(&schedule).settling(schedule::SETTLE),
+                stored.of(&analytics).settling(analytics::SETTLE),
             ],
             inbox,
             schedule,
@@ -203,7 +216,7 @@ mod tests {
             Duration::from_secs(1),
             stopped,
         );
-        let models = ReadModels::memory(updates, &feed);
+        let models = ReadModels::memory(updates, &feed, Arc::new(|_| None));
         let names: Vec<&str> = models.registered.iter().map(Registered::name).collect();
         assert_eq!(names, NAMES);
         assert!(models.find("nope").is_err());

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::router::Router;
-use super::updates::{StreamUpdate, UpdateLog};
-use crate::storage::error_chain;
+use super::updates::{Announce, MemoryUpdateLog, NewUpdate, StreamUpdate, UpdateLog};
+use crate::storage::{error_chain, StorageError};
 
 /// Where offers go; cheap to clone.
 #[derive(Clone)]
@@ -165,6 +165,20 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Announces into the in-memory update log and this instance's feed.
+pub struct MemoryAnnounce {
+    pub log: Arc<MemoryUpdateLog>,
+    pub feed: Feed,
+}
+
+#[async_trait::async_trait]
+impl Announce for MemoryAnnounce {
+    async fn announce(&self, update: NewUpdate) -> Result<(), StorageError> {
+        self.feed.offer(self.log.append(vec![update]));
+        Ok(())
     }
 }
 

@@ -170,20 +170,6 @@ pub trait Announce: Send + Sync {
     async fn announce(&self, update: NewUpdate) -> Result<(), StorageError>;
 }
 
-/// Announces into the in-memory update log and this instance's feed.
-pub struct MemoryAnnounce {
-    pub log: Arc<MemoryUpdateLog>,
-    pub feed: crate::streams::feed::Feed,
-}
-
-#[async_trait]
-impl Announce for MemoryAnnounce {
-    async fn announce(&self, update: NewUpdate) -> Result<(), StorageError> {
-        self.feed.offer(self.log.append(vec![update]));
-        Ok(())
-    }
-}
-
 /// The in-memory update log: the newest updates, at most `capacity` of them
 /// and at most `max_bytes` of them.
 pub struct MemoryUpdateLog {

@@ -34,6 +34,11 @@ use cqrs_es::Aggregate;
 
 pub const NAME: &str = "analytics";
 
+/// How long analytics lets appends gather into one page: counters a
+/// dashboard reads need not be fresh to the millisecond, and a page is one
+/// write of each bucket however many events it counts.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The stream topic analytics updates go to.
 pub const TOPIC: &str = "analytics";
 
@@ -191,6 +196,15 @@ impl Fold for Analytics {
         let mut keys = vec![tracked_key(&event.aggregate_id)];
         keys.extend(Granularity::ALL.map(|g| g.key(g.start_of(input.at))));
         keys
+    }
+
+    fn new_keys(&self, input: &Happened, event: &LoggedEvent) -> Vec<String> {
+        match input.event {
+            NotificationEvent::NotificationCreated { .. } => {
+                vec![tracked_key(&event.aggregate_id)]
+            }
+            _ => Vec::new(),
+        }
     }
 
     fn fold(

@@ -10,15 +10,18 @@ use async_trait::async_trait;
 use super::fold::{fold_events, ids_in, Held, Refusal};
 use super::{
     counts_update, cut_page, page_updates, remember, InboxPage, InboxQuery, InboxReader, InboxRow,
-    PageUpdates, ReadFilter, NAME,
+    PageUpdates, ReadFilter, RowView, NAME,
 };
 use crate::domain::{NotificationId, UserId};
 use crate::projections::store::memory::{MemoryModel, MemoryStore};
 use crate::storage::{Position, SharedEvent, StorageError};
 use crate::streams::updates::NewUpdate;
 
-/// The inbox as the memory projection store folds it.
-pub struct MemoryInbox;
+/// The inbox as the memory projection store folds it; `view` renders the
+/// rows its stream updates carry.
+pub struct MemoryInbox {
+    pub view: RowView,
+}
 
 /// B-trees rather than hash maps: they grow a node at a time, where a hash
 /// map's resize moves every row at once while writers wait on the lock.
@@ -70,7 +73,7 @@ impl MemoryModel for MemoryInbox {
             .collect();
         let before = remember(&rows);
         let refused = fold_events(&mut rows, events, held, skipped);
-        let updates = page_updates(&before, &rows, page_end);
+        let updates = page_updates(&before, &rows, page_end, &self.view);
         (
             InboxChanges {
                 rows,
@@ -303,7 +306,10 @@ mod tests {
                     3,
                 );
                 let meta = CommandMetadata::default();
-                let live = MemoryStore::new(MemoryInbox, Arc::new(MemoryUpdateLog::new(10_000)));
+                let live = MemoryStore::new(
+                    MemoryInbox { view: Arc::new(|_| None) },
+                    Arc::new(MemoryUpdateLog::new(10_000)),
+                );
                 let mut ids = Vec::new();
                 for (create, target, action, shape) in script {
                     if create || ids.is_empty() {
@@ -320,7 +326,10 @@ mod tests {
                     }
                     catch_up(&live, &events, page).await;
                 }
-                let rebuilt = MemoryStore::new(MemoryInbox, Arc::new(MemoryUpdateLog::new(10_000)));
+                let rebuilt = MemoryStore::new(
+                    MemoryInbox { view: Arc::new(|_| None) },
+                    Arc::new(MemoryUpdateLog::new(10_000)),
+                );
                 catch_up(&rebuilt, &events, 100_000).await;
                 let parts = |s: &InboxState| (s.rows.clone(), s.by_recipient.clone(), s.counts.clone());
                 let (a, b) = (live.with(parts), rebuilt.with(parts));

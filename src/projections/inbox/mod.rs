@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use async_trait::async_trait;
 
 pub use fold::{fold_events, ids_in};
-pub use updates::{counts_update, page_updates, remember, PageUpdates};
+pub use updates::{counts_update, page_updates, remember, PageUpdates, RowView};
 
 use crate::domain::{Category, Notification, NotificationId, UserId};
 use crate::storage::{Position, SharedEvent, StorageError};

@@ -14,7 +14,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::fold::{fold_events, ids_in, Held, Refusal};
-use super::{counts_update, page_updates, remember, InboxRow, PageUpdates, NAME};
+use super::{counts_update, page_updates, remember, InboxRow, PageUpdates, RowView, NAME};
 use crate::domain::{Notification, NotificationId};
 use crate::projections::rebuild::RebuildTuning;
 use crate::projections::store::postgres::{self as store, Live, PgModel};
@@ -30,14 +30,17 @@ pub struct PostgresInbox {
     pub(super) connector: PgConnector,
     /// How a rebuild reads and caches.
     pub(super) tuning: RebuildTuning,
+    /// Renders the rows stream updates carry.
+    pub(super) view: RowView,
 }
 
 impl PostgresInbox {
-    pub fn new(pool: Pool, connector: PgConnector) -> Self {
+    pub fn new(pool: Pool, connector: PgConnector, view: RowView) -> Self {
         Self {
             pool,
             connector,
             tuning: RebuildTuning::default(),
+            view,
         }
     }
 
@@ -128,13 +131,13 @@ pub(crate) async fn write_page(
     page_end: Position,
     held: &mut Held,
     skipped: &BTreeSet<Position>,
-    announce: bool,
+    announce: Option<&RowView>,
 ) -> Result<(Option<PageUpdates>, Vec<Refusal>), ProjectionError> {
     let ids = ids_in(events);
     let mut rows = load_rows(tx, table, &ids).await?;
-    let before = announce.then(|| remember(&rows));
+    let before = announce.map(|view| (remember(&rows), view));
     let refused = fold_events(&mut rows, events, held, skipped);
-    let updates = before.map(|before| page_updates(&before, &rows, page_end));
+    let updates = before.map(|(before, view)| page_updates(&before, &rows, page_end, view));
     store_rows(tx, table, &rows).await?;
     Ok((updates, refused))
 }
@@ -330,8 +333,16 @@ impl PgModel for PostgresInbox {
             return Ok((vec![], vec![]));
         };
         let table = checked_table(&live.table)?;
-        let (updates, refused) =
-            write_page(tx, &table, events, page_end, held, skipped, true).await?;
+        let (updates, refused) = write_page(
+            tx,
+            &table,
+            events,
+            page_end,
+            held,
+            skipped,
+            Some(&self.view),
+        )
+        .await?;
         let updates = match updates {
             Some(updates) => with_counts(tx, &table, updates, page_end).await?,
             None => vec![],

@@ -138,7 +138,7 @@ impl PostgresInbox {
                     break;
                 };
                 let (_, refused) =
-                    write_page(&tx, &table, &page, last, &mut held, &skipped, false).await?;
+                    write_page(&tx, &table, &page, last, &mut held, &skipped, None).await?;
                 let parked: Vec<_> = refused.iter().map(|r| r.parked(1)).collect();
                 insert_parked(&*tx, NAME, version, &parked).await?;
                 cp = last;

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::InboxRow;
-use crate::api::views::NotificationView;
 use crate::domain::{NotificationId, UserId};
 use crate::storage::Position;
 use crate::streams::updates::{NewUpdate, Topic};
@@ -19,12 +18,13 @@ pub struct PageUpdates {
     pub touched: Vec<UserId>,
 }
 
-/// The row as REST returns it, as JSON text.
-fn view_json(row: &InboxRow) -> Arc<str> {
-    let text = NotificationView::from_state(&row.state, row.last_position)
-        .and_then(|v| serde_json::to_string(&v).ok())
-        .unwrap_or_else(|| "null".to_owned());
-    Arc::from(text)
+/// How a row reads on the streams: exactly as REST returns it, as JSON
+/// text. The API supplies it (`api::views::row_view`): the read model does
+/// not know the API's views.
+pub type RowView = Arc<dyn Fn(&InboxRow) -> Option<String> + Send + Sync>;
+
+fn view_json(view: &RowView, row: &InboxRow) -> Arc<str> {
+    Arc::from(view(row).unwrap_or_else(|| "null".to_owned()))
 }
 
 /// What page_updates needs to know of a row before the page: much less than
@@ -61,6 +61,7 @@ pub fn page_updates(
     before: &HashMap<NotificationId, Option<Before>>,
     after: &HashMap<NotificationId, Option<InboxRow>>,
     page_end: Position,
+    view: &RowView,
 ) -> PageUpdates {
     let mut rows = Vec::new();
     let mut touched: Vec<UserId> = Vec::new();
@@ -79,9 +80,9 @@ pub fn page_updates(
         let position = new.map_or(page_end, |r| r.last_position);
         let removed: Arc<str> = Arc::from(format!(r#"{{"id":"{id}"}}"#));
         let (kind, data) = match (old, new) {
-            (None, Some(n)) => ("created", view_json(n)),
+            (None, Some(n)) => ("created", view_json(view, n)),
             (Some(o), Some(n)) if o.last_position == n.last_position => continue,
-            (Some(_), Some(n)) => ("changed", view_json(n)),
+            (Some(_), Some(n)) => ("changed", view_json(view, n)),
             (Some(_), None) => ("removed", removed.clone()),
             (None, None) => continue,
         };

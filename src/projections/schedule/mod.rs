@@ -15,6 +15,10 @@ use crate::storage::{LoggedEvent, StorageError};
 
 pub const NAME: &str = "schedule";
 
+/// How long the schedule lets appends gather into one page: a due time
+/// minutes or hours away does not need its row within the millisecond.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// One delivery waiting for its time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Due {
@@ -26,6 +30,9 @@ pub struct Due {
 /// What the schedule reads of a notification event.
 pub enum Change {
     Scheduled(Due),
+    /// Created for now (or for other channels only): nothing waits. Named
+    /// so that its delivery in the same page needs no lookup.
+    Immediate,
     Gone,
 }
 
@@ -63,6 +70,7 @@ impl Fold for Schedule {
                     priority,
                 }))
             }
+            NotificationEvent::NotificationCreated { .. } => Some(Change::Immediate),
             NotificationEvent::NotificationDelivered {
                 channel: Channel::InApp,
                 ..
@@ -77,6 +85,13 @@ impl Fold for Schedule {
         vec![event.aggregate_id.clone()]
     }
 
+    fn new_keys(&self, change: &Change, event: &LoggedEvent) -> Vec<String> {
+        match change {
+            Change::Scheduled(_) | Change::Immediate => vec![event.aggregate_id.clone()],
+            Change::Gone => Vec::new(),
+        }
+    }
+
     fn fold(
         &self,
         change: Change,
@@ -87,6 +102,7 @@ impl Fold for Schedule {
             Change::Scheduled(due) => {
                 rows.put(&event.aggregate_id, due.deliver_at.timestamp_millis(), due)
             }
+            Change::Immediate => {}
             Change::Gone => rows.remove(&event.aggregate_id),
         }
         Ok(())

@@ -413,10 +413,7 @@ impl<F: Fold> MemoryModel for MemoryRows<F> {
         skipped: &BTreeSet<Position>,
     ) -> (Rows<F::Row>, Vec<Refusal>) {
         let (reads, keys) = read_page(&self.0, events);
-        let mut rows = Rows::new(keys.into_iter().map(|k| {
-            let value = state.rows.get(&k).cloned();
-            (k, value)
-        }));
+        let mut rows = Rows::new(keys.with(|k| state.rows.get(k).cloned()));
         let refused = fold_page(&self.0, &mut rows, reads, held, skipped);
         (rows, refused)
     }

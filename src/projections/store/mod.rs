@@ -49,6 +49,13 @@ pub trait Fold: Send + Sync + 'static {
     /// The keys of the rows folding `input` reads or writes (loaded first).
     fn keys(&self, input: &Self::Input, event: &LoggedEvent) -> Vec<String>;
 
+    /// Those of `keys` that no row can be under before this event (the row
+    /// of a notification its creation starts): not looked up. A key named
+    /// earlier in the same page is never looked up again either.
+    fn new_keys(&self, _input: &Self::Input, _event: &LoggedEvent) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Folds one event into `rows`. An error (the reason) refuses the event:
     /// nothing it did to `rows` stays.
     fn fold(
@@ -216,18 +223,59 @@ pub(crate) struct Read<I> {
     input: Result<Option<I>, String>,
 }
 
-/// Reads a page of events for `fold`; every key they touch, each once.
+/// The keys a page of events touches, each once.
+pub(crate) struct PageKeys {
+    /// Rows that may exist: looked up.
+    pub load: Vec<String>,
+    /// Rows that cannot exist yet (first named by an event that starts them).
+    pub fresh: Vec<String>,
+}
+
+impl PageKeys {
+    /// Every key, with the rows found for those looked up.
+    pub fn with<R>(
+        self,
+        mut found: impl FnMut(&str) -> Option<(i64, R)>,
+    ) -> impl Iterator<Item = (String, Option<(i64, R)>)> {
+        let loaded: Vec<_> = self
+            .load
+            .into_iter()
+            .map(|k| {
+                let row = found(&k);
+                (k, row)
+            })
+            .collect();
+        loaded
+            .into_iter()
+            .chain(self.fresh.into_iter().map(|k| (k, None)))
+    }
+}
+
+/// Reads a page of events for `fold`; the keys they touch.
 pub(crate) fn read_page<F: Fold>(
     fold: &F,
     events: &[SharedEvent],
-) -> (Vec<Read<F::Input>>, Vec<String>) {
-    let mut all: BTreeSet<String> = BTreeSet::new();
+) -> (Vec<Read<F::Input>>, PageKeys) {
+    let mut named: BTreeSet<String> = BTreeSet::new();
+    let mut keys = PageKeys {
+        load: Vec::new(),
+        fresh: Vec::new(),
+    };
     let reads = events
         .iter()
         .map(|event| {
             let input = fold.read(event);
             if let Ok(Some(input)) = &input {
-                all.extend(fold.keys(input, event));
+                let new = fold.new_keys(input, event);
+                for key in fold.keys(input, event) {
+                    if named.insert(key.clone()) {
+                        if new.contains(&key) {
+                            keys.fresh.push(key);
+                        } else {
+                            keys.load.push(key);
+                        }
+                    }
+                }
             }
             Read {
                 event: event.clone(),
@@ -235,7 +283,7 @@ pub(crate) fn read_page<F: Fold>(
             }
         })
         .collect();
-    (reads, all.into_iter().collect())
+    (reads, keys)
 }
 
 /// Folds read events (in log order) into `rows`. Events at `skipped`
@@ -344,6 +392,14 @@ mod tests {
             vec![input["key"].as_str().unwrap_or("none").to_owned()]
         }
 
+        fn new_keys(&self, input: &serde_json::Value, e: &LoggedEvent) -> Vec<String> {
+            if input["new"] == true {
+                self.keys(input, e)
+            } else {
+                vec![]
+            }
+        }
+
         fn fold(
             &self,
             input: serde_json::Value,
@@ -382,7 +438,7 @@ mod tests {
 
     fn fold(events: &[SharedEvent]) -> (Rows<u64>, Vec<Refusal>) {
         let (reads, keys) = read_page(&Counter, events);
-        let mut rows = Rows::new(keys.into_iter().map(|k| (k, None)));
+        let mut rows = Rows::new(keys.with(|_| None));
         let refused = fold_page(
             &Counter,
             &mut rows,
@@ -434,6 +490,21 @@ mod tests {
             "refused, then held behind it"
         );
         assert_eq!(refused[0].reason, "bad on purpose");
+    }
+
+    #[test]
+    fn only_rows_that_may_exist_are_looked_up_and_each_once() {
+        let (_, keys) = read_page(
+            &Counter,
+            &[
+                event(1, "a", json!({"key": "x", "new": true})),
+                event(2, "a", json!({"key": "x"})),
+                event(3, "b", json!({"key": "y"})),
+                event(4, "c", json!({"key": "y", "new": true})),
+            ],
+        );
+        assert_eq!(keys.fresh, ["x"], "started in the page: never looked up");
+        assert_eq!(keys.load, ["y"], "named first by an event that may find it");
     }
 
     #[test]

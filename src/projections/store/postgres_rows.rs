@@ -54,24 +54,30 @@ impl<F: Fold> PgRows<F> {
         skipped: &BTreeSet<Position>,
     ) -> Result<(Vec<NewUpdate>, Vec<Refusal>), ProjectionError> {
         let (reads, keys) = read_page(&self.fold, events);
-        let mut loaded: HashMap<String, Option<(i64, F::Row)>> =
-            keys.iter().map(|k| (k.clone(), None)).collect();
-        if !keys.is_empty() {
+        let mut loaded: HashMap<String, (i64, F::Row)> = HashMap::new();
+        if !keys.load.is_empty() {
             let rows = tx
                 .query(
-                    "SELECT key, sort, doc FROM projection_rows
-                      WHERE projection = $1 AND version = $2 AND key = ANY($3)",
-                    &[&F::NAME, &version, &keys],
+                    // One primary-key probe per key. With `key = ANY($3)` a
+                    // planner without statistics for the version (a new
+                    // database, a rebuild's next version) scans every row
+                    // of it through the sort index instead.
+                    "SELECT r.key, r.sort, r.doc FROM unnest($3::text[]) AS k(key)
+                      CROSS JOIN LATERAL (
+                        SELECT p.key, p.sort, p.doc FROM projection_rows p
+                         WHERE p.projection = $1 AND p.version = $2 AND p.key = k.key
+                         LIMIT 1) r",
+                    &[&F::NAME, &version, &keys.load],
                 )
                 .await?;
             for row in rows {
                 let Json(doc): Json<F::Row> = row.try_get(2).map_err(|e| {
                     StorageError::defect_because(format!("a {} row does not parse", F::NAME), e)
                 })?;
-                loaded.insert(row.try_get(0)?, Some((row.try_get(1)?, doc)));
+                loaded.insert(row.try_get(0)?, (row.try_get(1)?, doc));
             }
         }
-        let mut rows = Rows::new(loaded);
+        let mut rows = Rows::new(keys.with(|k| loaded.remove(k)));
         let refused = fold_page(&self.fold, &mut rows, reads, held, skipped);
         let mut keys = Vec::new();
         let mut sorts = Vec::new();

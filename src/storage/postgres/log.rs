@@ -3,7 +3,8 @@
 //! it has finished, so a projector never skips an event that commits "late"
 //! with a lower `global_position`.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -13,11 +14,71 @@ use crate::storage::{EventLog, LoggedEvent, Position, SharedEvent, StorageError,
 
 pub struct PgEventLog {
     pool: Pool,
+    /// The newest events read, for the other projectors that read them next.
+    tail: Mutex<Tail>,
 }
 
 impl PgEventLog {
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            tail: Mutex::new(Tail::default()),
+        }
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Events the tail keeps.
+const TAIL_EVENTS: usize = 10_000;
+
+/// The newest run of the log some read handed out: exactly the events after
+/// `start` up to the last one, with nothing missing. The log hands an event
+/// out only once nothing can commit before it, and events are never changed
+/// or removed, so a run stays true: every projector reading near the head
+/// reads it once from PostgreSQL, the others from here.
+#[derive(Default)]
+struct Tail {
+    start: Position,
+    events: VecDeque<SharedEvent>,
+}
+
+impl Tail {
+    fn end(&self) -> Position {
+        self.events.back().map_or(self.start, |e| e.position)
+    }
+
+    /// The events after `after`, if the run knows them (None: read them).
+    fn after(&self, after: Position, limit: usize) -> Option<Vec<SharedEvent>> {
+        if after < self.start || after >= self.end() {
+            return None;
+        }
+        let from = self.events.partition_point(|e| e.position <= after);
+        Some(self.events.range(from..).take(limit).cloned().collect())
+    }
+
+    /// Keeps what a read of the events after `after` handed out.
+    fn keep(&mut self, after: Position, read: &[SharedEvent]) {
+        if read.is_empty() {
+            return;
+        }
+        if after > self.end() {
+            // Past the run (it was empty, or others lag): a run of its own.
+            self.start = after;
+            self.events.clear();
+        } else if after < self.start {
+            return; // an old page (a lagging reader, a rebuild): not the tail
+        }
+        let end = self.end();
+        self.events
+            .extend(read.iter().filter(|e| e.position > end).cloned());
+        while self.events.len() > TAIL_EVENTS {
+            if let Some(first) = self.events.pop_front() {
+                self.start = first.position;
+            }
+        }
     }
 }
 
@@ -118,14 +179,20 @@ impl EventLog for PgEventLog {
         after: Position,
         limit: usize,
     ) -> Result<Vec<SharedEvent>, StorageError> {
+        if let Some(known) = self.tail().after(after, limit) {
+            return Ok(known);
+        }
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(READ_AFTER).await?;
         let rows = client
             .query(&stmt, &[&after.tx.to_string(), &after.seq, &(limit as i64)])
             .await?;
-        rows.iter()
+        let read = rows
+            .iter()
             .map(|r| row_to_event(r).map(Arc::new).map_err(StorageError::from))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        self.tail().keep(after, &read);
+        Ok(read)
     }
 
     async fn position_of(
@@ -241,5 +308,65 @@ impl EventLog for PgEventLog {
         let client = self.pool.get().await?;
         client.simple_query("SELECT 1").await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: i64) -> SharedEvent {
+        Arc::new(LoggedEvent {
+            position: Position::new(seq, seq),
+            aggregate_type: "Notification".into(),
+            aggregate_id: format!("n{seq}"),
+            sequence: 1,
+            event_type: "NotificationCreated".into(),
+            event_version: "1.0".into(),
+            payload: serde_json::Value::Null,
+            metadata: Arc::new(serde_json::Value::Null),
+            recorded_at: chrono::Utc::now(),
+            unreadable: None,
+        })
+    }
+
+    fn seqs(events: &[SharedEvent]) -> Vec<i64> {
+        events.iter().map(|e| e.position.seq).collect()
+    }
+
+    fn at(seq: i64) -> Position {
+        Position::new(seq, seq)
+    }
+
+    #[test]
+    fn the_tail_answers_only_what_a_read_proved_contiguous() {
+        let mut tail = Tail::default();
+        assert!(tail.after(Position::START, 10).is_none(), "empty: read");
+        tail.keep(at(2), &[event(3), event(4)]);
+        assert!(tail.after(at(1), 10).is_none(), "before the run: read");
+        assert_eq!(seqs(&tail.after(at(2), 10).unwrap()), [3, 4]);
+        assert_eq!(seqs(&tail.after(at(3), 1).unwrap()), [4]);
+        assert!(tail.after(at(4), 10).is_none(), "at the end: read on");
+        // A read from the end extends it; one overlapping it adds only what is new.
+        tail.keep(at(4), &[event(5)]);
+        tail.keep(at(3), &[event(4), event(5), event(6)]);
+        assert_eq!(seqs(&tail.after(at(2), 10).unwrap()), [3, 4, 5, 6]);
+        // An old page (a lagging reader) leaves the run as it is.
+        tail.keep(at(0), &[event(1), event(2)]);
+        assert!(tail.after(at(0), 10).is_none());
+        // A read past the end starts a run of its own: 7..9 are unknown.
+        tail.keep(at(9), &[event(10)]);
+        assert!(tail.after(at(6), 10).is_none());
+        assert_eq!(seqs(&tail.after(at(9), 10).unwrap()), [10]);
+    }
+
+    #[test]
+    fn the_tail_keeps_the_newest_events_only() {
+        let mut tail = Tail::default();
+        let read: Vec<SharedEvent> = (1..=TAIL_EVENTS as i64 + 5).map(event).collect();
+        tail.keep(Position::START, &read);
+        assert_eq!(tail.events.len(), TAIL_EVENTS);
+        assert!(tail.after(at(4), 1).is_none(), "trimmed");
+        assert_eq!(seqs(&tail.after(at(5), 1).unwrap()), [6]);
     }
 }

@@ -1,13 +1,14 @@
-//! Operator commands against DATABASE_URL while the service runs:
+//! Operator commands against DATABASE_URL while the service runs (a
+//! surface beside the HTTP one, so it answers in the API's views):
 //! `tidings replay` (rebuild a projection) and `tidings parked` (list,
 //! re-drive or skip poison events).
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
-use super::rebuild::{run, RebuildState, RebuildTuning, Rebuilds};
-use super::registry::{ReadModels, Registered, NAMES};
-use super::store::postgres::Publisher;
+use crate::projections::rebuild::{run, RebuildState, RebuildTuning, Rebuilds};
+use crate::projections::registry::{ReadModels, Registered, NAMES};
+use crate::projections::store::postgres::Publisher;
 use crate::storage::postgres::{self, PgEventLog, SessionLimits};
 use crate::storage::Position;
 
@@ -29,7 +30,13 @@ async fn open(
     postgres::require_schema(&pools).await?;
     // Retention only matters to the live projector, which prunes; these don't.
     let publisher = Arc::new(Publisher::new(pools.deadpool.clone(), 0));
-    let models = ReadModels::postgres(&pools.deadpool, &pools.connector, &publisher, tuning);
+    let models = ReadModels::postgres(
+        &pools.deadpool,
+        &pools.connector,
+        &publisher,
+        tuning,
+        crate::api::views::row_view(),
+    );
     let found = models.find(projection)?.clone();
     Ok((found, PgEventLog::new(pools.deadpool.clone())))
 }
