@@ -22,7 +22,7 @@ use crate::projections::analytics;
 use crate::projections::engine::{self, EngineConfig};
 use crate::projections::inbox::InboxReader;
 use crate::projections::leader::{self, Election};
-use crate::projections::registry::{Projections, ReadModels, Running};
+use crate::projections::registry::{Projections, ReadModels, Registered, Running};
 use crate::projections::schedule::{self, Due};
 use crate::projections::store::postgres::Publisher;
 use crate::projections::store::RowReader;
@@ -62,11 +62,15 @@ struct Started {
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn engine_config(settings: &Settings) -> EngineConfig {
+/// The engine's settings for `registered`: the server's, with what the read
+/// model asks for (a settle time, larger pages).
+fn engine_config(settings: &Settings, registered: &Registered) -> EngineConfig {
+    let page_size = settings.projector_page_size as usize;
     EngineConfig {
-        page_size: settings.projector_page_size as usize,
+        page_size: registered.page_size.map_or(page_size, |p| p.max(page_size)),
         poll_interval: settings.projector_poll(),
         max_attempts: settings.projector_max_attempts,
+        settle: registered.settle,
         ..EngineConfig::default()
     }
 }
@@ -104,10 +108,7 @@ async fn start_memory(
             registered.projection.clone(),
             log.clone(),
             signal,
-            EngineConfig {
-                settle: registered.settle,
-                ..engine_config(settings)
-            },
+            engine_config(settings, &registered),
             shutdown.clone(),
         );
         tasks.push(task);
@@ -208,10 +209,7 @@ async fn start_postgres(
             registered.projection.clone(),
             log.clone(),
             signal,
-            EngineConfig {
-                settle: registered.settle,
-                ..engine_config(settings)
-            },
+            engine_config(settings, &registered),
             shutdown.clone(),
             election.clone(),
         );

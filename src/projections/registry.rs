@@ -38,6 +38,8 @@ pub struct Registered {
     /// How long its projector lets appends gather before a page
     /// (`EngineConfig::settle`).
     pub settle: Duration,
+    /// Events per page, where the read model wants more than the setting.
+    pub page_size: Option<usize>,
 }
 
 impl Registered {
@@ -47,7 +49,15 @@ impl Registered {
             rebuild: store.clone(),
             parking: store.clone(),
             settle: Duration::ZERO,
+            page_size: None,
         }
+    }
+
+    /// With pages of at least `events` events: fewer, larger transactions
+    /// for a read model whose rows many events share (counters).
+    pub fn paging(mut self, events: usize) -> Self {
+        self.page_size = Some(events);
+        self
     }
 
     /// With its projector gathering appends for `settle` before a page.
@@ -83,7 +93,9 @@ impl ReadModels {
             registered: vec![
                 Registered::of(&inbox),
                 Registered::of(&schedule).settling(schedule::SETTLE),
-                Registered::of(&analytics).settling(analytics::SETTLE),
+                Registered::of(&analytics)
+                    .settling(analytics::SETTLE)
+                    .paging(analytics::PAGE),
             ],
             inbox,
             schedule,
@@ -112,7 +124,10 @@ impl ReadModels {
             registered: vec![
                 stored.of(&inbox),
                 stored.of(&schedule).settling(schedule::SETTLE),
-                stored.of(&analytics).settling(analytics::SETTLE),
+                stored
+                    .of(&analytics)
+                    .settling(analytics::SETTLE)
+                    .paging(analytics::PAGE),
             ],
             inbox,
             schedule,

@@ -39,6 +39,9 @@ pub const NAME: &str = "analytics";
 /// write of each bucket however many events it counts.
 pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Events per analytics page: every page rewrites its buckets' rows once.
+pub const PAGE: usize = 2_000;
+
 /// The stream topic analytics updates go to.
 pub const TOPIC: &str = "analytics";
 

@@ -55,6 +55,11 @@ impl Fold for Schedule {
         {
             return Ok(None);
         }
+        // Most notifications are for now: no need to decode all of them.
+        let created = &event.payload["NotificationCreated"];
+        if created.is_object() && created["deliver_at"].is_null() {
+            return Ok(Some(Change::Immediate));
+        }
         Ok(match event.decode::<NotificationEvent>()? {
             NotificationEvent::NotificationCreated {
                 id,
