@@ -10,11 +10,16 @@
 //! - [`domain`]: pure rules: value types, commands, events, the aggregate.
 //! - [`storage`]: the event store (memory, or PostgreSQL through postgres-es)
 //!   and the global log reader, in commit order.
-//! - [`projections`]: the projector engine and the inbox read model; each
-//!   page of events and its checkpoint commit together. With PostgreSQL one
-//!   instance at a time runs each projector (advisory-lock election).
+//! - [`projections`]: the projector engine, the projection store and the
+//!   read models on it (the inbox, the schedule, analytics), by name in the
+//!   registry; each page of events and its checkpoint commit together. With
+//!   PostgreSQL one instance at a time runs each projector (advisory-lock
+//!   election).
+//! - [`reactors`]: the timers, which turn what the schedule says is due into
+//!   commands.
 //! - [`streams`]: WebSocket subscribers of projection updates, resumable from
 //!   a cursor; Redis carries updates between instances.
+//! - [`operate`]: the operator commands (`tidings replay`, `tidings parked`).
 //!
 //! [`Application::build`] (in [`startup`]) wires these together; `main` and
 //! the tests share it.
