@@ -341,6 +341,9 @@ impl AnalyticsApi {
         let mut total = Totals::default();
         for i in 0..count {
             let start = first + i * width;
+            while found.peek().is_some_and(|(s, _)| *s < start) {
+                found.next();
+            }
             let totals = match found.peek() {
                 Some((s, _)) if *s == start => found.next().map(|(_, t)| t).unwrap_or_default(),
                 _ => Totals::default(),
@@ -388,8 +391,10 @@ pub struct HealthSettings {
 
 /// The health score now.
 pub async fn health_score(state: &AppState) -> Result<Health, StorageError> {
+    // The current minute and the whole minutes before it: N minutes in all.
     let now = Utc::now().timestamp_millis();
-    let from = now - state.health.window.as_millis() as i64;
+    let minutes = (state.health.window.as_secs() / 60).max(1) as i64;
+    let from = Granularity::Minute.start_of(now) - (minutes - 1) * 60_000;
     let buckets = query::buckets(
         &*state.analytics,
         Granularity::Minute,

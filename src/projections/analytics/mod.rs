@@ -80,9 +80,11 @@ impl Granularity {
         }
     }
 
-    /// The start of the bucket holding `ms` (UTC: the epoch is a midnight).
+    /// The start of the bucket holding `ms` (UTC: the epoch is a midnight);
+    /// times past ±2^49 ms count in the first or last bucket within it.
     pub fn start_of(self, ms: i64) -> i64 {
-        ms.clamp(-SPAN, SPAN - 1).div_euclid(self.millis()) * self.millis()
+        let w = self.millis();
+        ms.clamp(-SPAN + w, SPAN - 1).div_euclid(w) * w
     }
 
     /// The row's sort value: each width in a range of its own, above the
@@ -343,7 +345,12 @@ fn count(
             change(&mut cells[at]);
         }
         if g == Granularity::Minute {
-            rows.announce_latest(TOPIC.into(), "minute", &query::minute_update(start, &cells));
+            rows.announce_latest(
+                TOPIC.into(),
+                "minute",
+                start.to_string(),
+                &query::minute_update(start, &cells),
+            );
         }
         rows.put(&key, g.sort(start), Row::Bucket { cells });
     }

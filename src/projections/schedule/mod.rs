@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{Fold, RowReader, Rows};
 use crate::domain::{
-    Channel, Notification, NotificationEvent, NotificationId, Priority, Timestamp,
+    Channel, Notification, NotificationEvent, NotificationId, Priority, Timestamp, EVENT_VERSION,
 };
 use crate::storage::{LoggedEvent, StorageError};
 
@@ -57,7 +57,11 @@ impl Fold for Schedule {
         }
         // Most notifications are for now: no need to decode all of them.
         let created = &event.payload["NotificationCreated"];
-        if created.is_object() && created["deliver_at"].is_null() {
+        if event.unreadable.is_none()
+            && event.event_version == EVENT_VERSION
+            && created.is_object()
+            && created["deliver_at"].is_null()
+        {
             return Ok(Some(Change::Immediate));
         }
         Ok(match event.decode::<NotificationEvent>()? {

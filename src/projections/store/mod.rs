@@ -94,8 +94,9 @@ pub struct Rows<R> {
     /// The slots the event being folded replaced, as they were before it:
     /// moved out, not cloned, so undoing a refused event costs nothing more.
     undo: Vec<(String, Slot<R>)>,
-    /// (topic, kind) of updates of which a page keeps only the last.
-    latest_only: BTreeSet<(String, &'static str)>,
+    /// Beside each update: the state it shows, when a page keeps only the
+    /// last update of each (`announce_latest`).
+    shows: Vec<Option<String>>,
 }
 
 impl<R: Clone> Rows<R> {
@@ -117,7 +118,7 @@ impl<R: Clone> Rows<R> {
             position: Position::START,
             undeclared: None,
             undo: Vec::new(),
-            latest_only: BTreeSet::new(),
+            shows: Vec::new(),
         }
     }
 
@@ -171,6 +172,16 @@ impl<R: Clone> Rows<R> {
 
     /// Records a stream update for `topic`, committed with the page.
     pub fn announce(&mut self, topic: String, kind: &'static str, data: &impl Serialize) {
+        self.push(topic, kind, data, None);
+    }
+
+    fn push(
+        &mut self,
+        topic: String,
+        kind: &'static str,
+        data: &impl Serialize,
+        slot: Option<String>,
+    ) {
         let data = serde_json::to_string(data).unwrap_or_else(|_| "null".into());
         self.updates.push(NewUpdate {
             topic,
@@ -178,14 +189,21 @@ impl<R: Clone> Rows<R> {
             data: data.into(),
             position: self.position,
         });
+        self.shows.push(slot);
     }
 
     /// Records a stream update for `topic` that replaces this page's earlier
-    /// updates of the same topic and kind: for a state that changes with
-    /// every event (counters), subscribers get its value once per page.
-    pub fn announce_latest(&mut self, topic: String, kind: &'static str, data: &impl Serialize) {
-        self.latest_only.insert((topic.clone(), kind));
-        self.announce(topic, kind, data);
+    /// updates of the same topic, kind and `slot` (the state it shows: one
+    /// minute's counters): for a state that changes with every event,
+    /// subscribers get each state's last value once per page.
+    pub fn announce_latest(
+        &mut self,
+        topic: String,
+        kind: &'static str,
+        slot: String,
+        data: &impl Serialize,
+    ) {
+        self.push(topic, kind, data, Some(slot));
     }
 
     /// The rows the page changed: (key, Some((sort, row))) to write, None to delete.
@@ -198,15 +216,16 @@ impl<R: Clone> Rows<R> {
 
     pub(crate) fn take_updates(&mut self) -> Vec<NewUpdate> {
         let mut updates = std::mem::take(&mut self.updates);
-        if !self.latest_only.is_empty() {
+        let shows = std::mem::take(&mut self.shows);
+        if shows.iter().any(Option::is_some) {
             let mut seen = BTreeSet::new();
-            let latest = &self.latest_only;
             let mut keep: Vec<bool> = updates
                 .iter()
+                .zip(&shows)
                 .rev()
-                .map(|u| {
-                    let pair = (u.topic.clone(), u.kind);
-                    !latest.contains(&pair) || seen.insert(pair)
+                .map(|(u, slot)| match slot {
+                    Some(slot) => seen.insert((u.topic.clone(), u.kind, slot.clone())),
+                    None => true,
                 })
                 .collect();
             keep.reverse();
@@ -332,6 +351,7 @@ pub(crate) fn fold_page<F: Fold>(
         if let Err(reason) = outcome {
             rows.undo();
             rows.updates.truncate(updates);
+            rows.shows.truncate(updates);
             held.insert(event.aggregate_id.clone(), event.position);
             refused.push(Refusal::failed(&event, &reason));
         }
@@ -410,7 +430,8 @@ mod tests {
             let n = rows.get(&key).copied().unwrap_or(0) + 1;
             rows.put(&key, n as i64, n);
             rows.announce(format!("counter:{key}"), "changed", &n);
-            rows.announce_latest("total".into(), "latest", &n);
+            let slot = input["slot"].as_str().unwrap_or("all").to_owned();
+            rows.announce_latest("total".into(), "latest", slot, &n);
             if input["sneaky"] == true {
                 rows.put("elsewhere", 0, 0);
             }
@@ -490,6 +511,22 @@ mod tests {
             "refused, then held behind it"
         );
         assert_eq!(refused[0].reason, "bad on purpose");
+    }
+
+    #[test]
+    fn a_page_keeps_the_last_update_of_each_state_it_shows() {
+        let (mut rows, _) = fold(&[
+            event(1, "a", json!({"key": "x", "slot": "minute 1"})),
+            event(2, "b", json!({"key": "y", "slot": "minute 1"})),
+            event(3, "c", json!({"key": "x", "slot": "minute 2"})),
+        ]);
+        let latest: Vec<i64> = rows
+            .take_updates()
+            .iter()
+            .filter(|u| u.kind == "latest")
+            .map(|u| u.position.seq)
+            .collect();
+        assert_eq!(latest, [2, 3], "the last of minute 1, and minute 2");
     }
 
     #[test]

@@ -179,20 +179,27 @@ impl EventLog for PgEventLog {
         after: Position,
         limit: usize,
     ) -> Result<Vec<SharedEvent>, StorageError> {
-        if let Some(known) = self.tail().after(after, limit) {
+        // What the tail knows, then the rest from PostgreSQL: a page is
+        // short only where the log ends (`has_more` and the projectors'
+        // page sizes depend on that).
+        let mut known = self.tail().after(after, limit).unwrap_or_default();
+        if known.len() == limit {
             return Ok(known);
         }
+        let from = known.last().map_or(after, |e| e.position);
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(READ_AFTER).await?;
+        let want = (limit - known.len()) as i64;
         let rows = client
-            .query(&stmt, &[&after.tx.to_string(), &after.seq, &(limit as i64)])
+            .query(&stmt, &[&from.tx.to_string(), &from.seq, &want])
             .await?;
         let read = rows
             .iter()
             .map(|r| row_to_event(r).map(Arc::new).map_err(StorageError::from))
             .collect::<Result<Vec<_>, _>>()?;
-        self.tail().keep(after, &read);
-        Ok(read)
+        self.tail().keep(from, &read);
+        known.extend(read);
+        Ok(known)
     }
 
     async fn position_of(
