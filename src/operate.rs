@@ -32,6 +32,7 @@ async fn open(
     let publisher = Arc::new(Publisher::new(pools.deadpool.clone(), 0));
     let models = ReadModels::postgres(
         &pools.deadpool,
+        &pools.deadpool,
         &pools.connector,
         &publisher,
         tuning,

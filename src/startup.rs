@@ -22,7 +22,7 @@ use crate::projections::analytics;
 use crate::projections::engine::{self, EngineConfig};
 use crate::projections::inbox::InboxReader;
 use crate::projections::leader::{self, Election};
-use crate::projections::registry::{Projections, ReadModels, Registered, Running};
+use crate::projections::registry::{Projections, ReadModels, Registered, Running, NAMES};
 use crate::projections::schedule::{self, Due};
 use crate::projections::store::postgres::Publisher;
 use crate::projections::store::RowReader;
@@ -155,8 +155,11 @@ async fn start_postgres(
         pools.deadpool.clone(),
         settings.stream_retention,
     ));
+    // A connection for each projector, beside the requests' pool.
+    let projecting = pools.connector.pool(NAMES.len())?;
     let models = ReadModels::postgres(
         &pools.deadpool,
+        &projecting,
         &pools.connector,
         &publisher,
         settings.rebuild_tuning(),

@@ -103,8 +103,12 @@ impl ReadModels {
         }
     }
 
+    /// Queries read through `pool`; the projectors write through
+    /// `projecting`, a pool of their own, so that they never wait for the
+    /// requests' connections nor take them.
     pub fn postgres(
         pool: &Pool,
+        projecting: &Pool,
         connector: &PgConnector,
         publisher: &Arc<Publisher>,
         tuning: RebuildTuning,
@@ -116,7 +120,7 @@ impl ReadModels {
         let schedule = Arc::new(PgRows::new(Schedule, pool.clone(), connector.clone()));
         let analytics = Arc::new(PgRows::new(Analytics, pool.clone(), connector.clone()));
         let stored = PgStored {
-            pool,
+            pool: projecting,
             connector,
             publisher,
         };

@@ -123,6 +123,12 @@ impl PgConnector {
         &self.config
     }
 
+    /// A pool of its own, of at most `size` connections with the same
+    /// settings: background work that must not take the requests' connections.
+    pub fn pool(&self, size: usize) -> anyhow::Result<Pool> {
+        pool_of(&self.config, &self.tls, size)
+    }
+
     /// A connection, and the task driving it (it ends when the connection does).
     pub async fn connect_with_task(
         &self,
@@ -205,20 +211,7 @@ pub async fn connect(url: &str, limits: SessionLimits) -> anyhow::Result<PgPools
     if pg_config.get_connect_timeout().is_none() {
         pg_config.connect_timeout(Duration::from_secs(5));
     }
-    let manager = Manager::from_config(
-        pg_config.clone(),
-        tls.clone(),
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    let deadpool = Pool::builder(manager)
-        .max_size(limits.pool_size as usize)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(5)))
-        .create_timeout(Some(Duration::from_secs(5)))
-        .build()
-        .context("cannot build the PostgreSQL connection pool")?;
+    let deadpool = pool_of(&pg_config, &tls, limits.pool_size as usize)?;
     let _probe = deadpool
         .get()
         .await
@@ -232,6 +225,28 @@ pub async fn connect(url: &str, limits: SessionLimits) -> anyhow::Result<PgPools
             tls,
         },
     })
+}
+
+fn pool_of(
+    config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
+    size: usize,
+) -> anyhow::Result<Pool> {
+    use anyhow::Context;
+    let manager = Manager::from_config(
+        config.clone(),
+        tls.clone(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .context("cannot build the PostgreSQL connection pool")
 }
 
 /// A name for this deployment, from where its database is: the default Redis
