@@ -374,7 +374,9 @@ impl AnalyticsApi {
         operation_id = "getHealthScore"
     )]
     async fn health(&self) -> Result<HealthScoreResponse, ApiError> {
-        let h = health_score(&self.state).await?;
+        // Always a score (an unreachable store is a component of it); the
+        // errors are the middleware's (overload, timeout).
+        let h = health_score(&self.state).await;
         Ok(HealthScoreResponse::Ok(Json(HealthScoreView::of(
             &h,
             self.state.health.window,
@@ -389,9 +391,28 @@ pub struct HealthSettings {
     pub window: Duration,
 }
 
-/// The health score now.
-pub async fn health_score(state: &AppState) -> Result<Health, StorageError> {
-    // The current minute and the whole minutes before it: N minutes in all.
+/// The health score now. While the event store does not answer, what it
+/// would tell (the window, the lag) counts as unknown.
+pub async fn health_score(state: &AppState) -> Health {
+    let store_up = state.commands.ping().await.is_ok();
+    let (window, lag_ms) = if store_up {
+        (window(state).await.ok(), lag(state).await.ok())
+    } else {
+        (None, None)
+    };
+    let redis_up = state.streams.fanout.as_ref().map(|f| f.is_up());
+    let inputs = health::Inputs {
+        window,
+        lag_ms,
+        dependencies_up: u32::from(store_up) + u32::from(redis_up == Some(true)),
+        dependencies: 1 + u32::from(redis_up.is_some()),
+    };
+    health::score(&state.health.targets, &inputs)
+}
+
+/// The analytics of the health window: the current minute and the whole
+/// minutes before it.
+async fn window(state: &AppState) -> Result<Totals, StorageError> {
     let now = Utc::now().timestamp_millis();
     let minutes = (state.health.window.as_secs() / 60).max(1) as i64;
     let from = Granularity::Minute.start_of(now) - (minutes - 1) * 60_000;
@@ -407,21 +428,17 @@ pub async fn health_score(state: &AppState) -> Result<Health, StorageError> {
     for (_, t) in &buckets {
         window.merge(t);
     }
-    let lag_ms = projection_lags(state)
+    Ok(window)
+}
+
+/// The oldest unapplied event's age over every projection, ms.
+async fn lag(state: &AppState) -> Result<u64, StorageError> {
+    Ok(projection_lags(state)
         .await?
         .iter()
         .map(|l| l.oldest_unprocessed_age_ms)
         .max()
-        .unwrap_or(0);
-    let store_up = state.commands.ping().await.is_ok();
-    let redis_up = state.streams.fanout.as_ref().map(|f| f.is_up());
-    let inputs = health::Inputs {
-        window,
-        lag_ms,
-        dependencies_up: u32::from(store_up) + u32::from(redis_up == Some(true)),
-        dependencies: 1 + u32::from(redis_up.is_some()),
-    };
-    Ok(health::score(&state.health.targets, &inputs))
+        .unwrap_or(0))
 }
 
 /// How often the instance that runs analytics recomputes the score.
@@ -450,13 +467,7 @@ pub fn spawn_health_announcer(
                 last = None;
                 continue;
             }
-            let h = match health_score(&state).await {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::debug!(error = %e, "the health score is unknown for now");
-                    continue;
-                }
-            };
+            let h = health_score(&state).await;
             let same = last.as_ref().is_some_and(|l| {
                 l.score == h.score
                     && l.components

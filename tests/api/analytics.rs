@@ -229,6 +229,50 @@ mod weights {
     on_both_backends!(spawned_by super::only_delivery_weighs; weights_and_targets_are_settings);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_event_store_down_the_score_says_so() {
+    let test = "analytics::with_the_event_store_down_the_score_says_so";
+    let Some(server) = crate::helpers::postgres_server_url() else {
+        crate::helpers::skipped(test, "DATABASE_URL is not set (PostgreSQL tests need it)");
+        return;
+    };
+    let Some(app) = TestApp::spawn(Backend::Postgres, test).await else {
+        return;
+    };
+    let name = app.db.as_ref().unwrap().name.clone();
+    let (admin, conn) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let up = app.get_json("/v1/analytics/health").await;
+    assert_eq!(up["components"][4]["value"], 1.0, "{up}");
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = '{name}' AND pid <> pg_backend_pid();"
+        ))
+        .await
+        .unwrap();
+    let resp = app.get("/v1/analytics/health").await;
+    let status = resp.status();
+    let down: Value = resp.json().await.unwrap();
+    admin
+        .batch_execute(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{down}");
+    let c = &down["components"];
+    assert_eq!(c[4]["name"], "dependencies");
+    assert_eq!(c[4]["value"], 0.0, "the store is down: {down}");
+    for i in 0..4 {
+        assert_eq!(c[i]["value"], Value::Null, "{down}");
+        assert_eq!(c[i]["contribution"], 0.0, "{down}");
+    }
+    assert_eq!(down["score"], 0, "{down}");
+    app.cleanup().await;
+}
+
 #[tokio::test]
 async fn all_weights_zero_is_refused_at_start() {
     let mut s = settings(None);

@@ -9,7 +9,9 @@
 //! - `dependencies` (the share of dependencies that answer) scores its value.
 //!
 //! A component without data in the window (no notification created, none
-//! delivered) scores 1: nothing went wrong. Each component contributes
+//! delivered) scores 1: nothing went wrong. One that cannot be known (the
+//! event store does not answer, so neither the window nor the lag can be
+//! read) scores 0. Both show `value: null`. Each component contributes
 //! `100 × weight × score / (sum of weights)`; the score is the sum, rounded.
 
 use serde::Serialize;
@@ -49,10 +51,11 @@ impl Default for Targets {
 /// What the score is computed from.
 #[derive(Debug, Clone)]
 pub struct Inputs {
-    /// The analytics of the window.
-    pub window: Totals,
-    /// The oldest unapplied event's age over every projection, ms.
-    pub lag_ms: u64,
+    /// The analytics of the window; None: it cannot be read.
+    pub window: Option<Totals>,
+    /// The oldest unapplied event's age over every projection, ms; None:
+    /// it cannot be read.
+    pub lag_ms: Option<u64>,
     /// Dependencies that answer, of how many.
     pub dependencies_up: u32,
     pub dependencies: u32,
@@ -91,10 +94,21 @@ fn at_most(value: Option<f64>, target: f64) -> f64 {
     }
 }
 
+/// `score` of a component that cannot be known: 0.
+fn known(value: Option<f64>, is_known: bool, score: impl Fn(Option<f64>) -> f64) -> f64 {
+    if is_known {
+        score(value)
+    } else {
+        0.0
+    }
+}
+
 pub fn score(targets: &Targets, inputs: &Inputs) -> Health {
-    let rates = inputs.window.rates();
-    let p99 = inputs.window.delivery.percentiles().p99.map(|v| v as f64);
-    let lag = Some(inputs.lag_ms as f64);
+    let window = inputs.window.is_some();
+    let totals = inputs.window.clone().unwrap_or_default();
+    let rates = totals.rates();
+    let p99 = totals.delivery.percentiles().p99.map(|v| v as f64);
+    let lag = inputs.lag_ms.map(|l| l as f64);
     let deps = (inputs.dependencies > 0)
         .then(|| inputs.dependencies_up as f64 / inputs.dependencies as f64);
     let parts = [
@@ -103,28 +117,30 @@ pub fn score(targets: &Targets, inputs: &Inputs) -> Health {
             rates.delivery,
             targets.delivery_rate,
             targets.delivery_rate_weight,
-            at_least(rates.delivery, targets.delivery_rate),
+            known(rates.delivery, window, |v| {
+                at_least(v, targets.delivery_rate)
+            }),
         ),
         (
             "engagement_rate",
             rates.read,
             targets.engagement_rate,
             targets.engagement_rate_weight,
-            at_least(rates.read, targets.engagement_rate),
+            known(rates.read, window, |v| at_least(v, targets.engagement_rate)),
         ),
         (
             "delivery_latency_p99_ms",
             p99,
             targets.delivery_p99_ms,
             targets.delivery_p99_weight,
-            at_most(p99, targets.delivery_p99_ms),
+            known(p99, window, |v| at_most(v, targets.delivery_p99_ms)),
         ),
         (
             "projection_lag_ms",
             lag,
             targets.lag_ms,
             targets.lag_weight,
-            at_most(lag, targets.lag_ms),
+            known(lag, lag.is_some(), |v| at_most(v, targets.lag_ms)),
         ),
         (
             "dependencies",
@@ -184,8 +200,8 @@ mod tests {
             window.delivery.record(100);
         }
         Inputs {
-            window,
-            lag_ms,
+            window: Some(window),
+            lag_ms: Some(lag_ms),
             dependencies_up: up,
             dependencies: 2,
         }
@@ -212,6 +228,22 @@ mod tests {
         // Lag at 4× the target: a quarter of its 15.
         let lagging = score(&t, &inputs(100, 100, 50, 4_000, 2));
         assert_eq!(lagging.components[3].contribution, 3.75);
+    }
+
+    #[test]
+    fn what_cannot_be_read_scores_nothing() {
+        let down = Inputs {
+            window: None,
+            lag_ms: None,
+            dependencies_up: 1,
+            dependencies: 2,
+        };
+        let h = score(&Targets::default(), &down);
+        assert!(h
+            .components
+            .iter()
+            .all(|c| c.name == "dependencies" || c.value.is_none()));
+        assert_eq!(h.score, 8, "half of the dependencies' 15, nothing else");
     }
 
     #[test]
