@@ -6,11 +6,10 @@
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
-use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
 
 use crate::helpers::{notification_for, settings, Backend, TestApp};
-use crate::rebuild_equivalence::{run_step, script, Step};
+use crate::rebuild_equivalence::{run_step, scripts, Step};
 use crate::stream_client::Subscriber;
 
 fn at(t: chrono::DateTime<Utc>) -> String {
@@ -379,34 +378,21 @@ async fn live_equals_rebuilt(app: &TestApp, steps: Vec<Step>) {
 }
 
 fn rebuilding_equals_live(backend: Backend, test: &str) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut runner = TestRunner::new(Config {
-        cases: 6,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    runner
-        .run(&script(), |steps| {
-            runtime.block_on(async {
-                let Some(app) = TestApp::spawn(backend, test).await else {
-                    return;
-                };
-                use futures_util::FutureExt;
-                let outcome = std::panic::AssertUnwindSafe(live_equals_rebuilt(&app, steps))
-                    .catch_unwind()
-                    .await;
-                app.cleanup().await;
-                if let Err(panic) = outcome {
-                    std::panic::resume_unwind(panic);
-                }
-            });
-            Ok(())
+    scripts(6, |runtime, steps| {
+        runtime.block_on(async {
+            let Some(app) = TestApp::spawn(backend, test).await else {
+                return;
+            };
+            use futures_util::FutureExt;
+            let outcome = std::panic::AssertUnwindSafe(live_equals_rebuilt(&app, steps))
+                .catch_unwind()
+                .await;
+            app.cleanup().await;
+            if let Err(panic) = outcome {
+                std::panic::resume_unwind(panic);
+            }
         })
-        .unwrap();
+    });
 }
 
 #[test]

@@ -14,7 +14,7 @@ use crate::helpers::{postgres_server_url, settings, skipped, Backend, TestApp, T
 /// command on an earlier notification.
 pub type Step = (bool, usize, u8, u8);
 
-pub fn script() -> impl Strategy<Value = Vec<Step>> {
+fn script() -> impl Strategy<Value = Vec<Step>> {
     proptest::collection::vec((any::<bool>(), 0usize..12, 0u8..10, 0u8..4), 1..70)
 }
 
@@ -162,19 +162,24 @@ fn rebuilding_from_zero_gives_the_live_read_model_on_postgres() {
         skipped(test, "DATABASE_URL is not set (PostgreSQL tests need it)");
         return;
     };
+    scripts(8, |runtime, steps| runtime.block_on(check(&server, steps)));
+}
+
+/// Runs `case` on `cases` random scripts, each on a runtime of two workers.
+pub fn scripts(cases: u32, case: impl Fn(&tokio::runtime::Runtime, Vec<Step>)) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let mut runner = TestRunner::new(Config {
-        cases: 8,
+        cases,
         failure_persistence: None,
         ..Config::default()
     });
     runner
         .run(&script(), |steps| {
-            runtime.block_on(check(&server, steps));
+            case(&runtime, steps);
             Ok(())
         })
         .unwrap();
