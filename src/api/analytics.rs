@@ -170,7 +170,7 @@ pub struct AnalyticsView {
     pub total: BucketView,
 }
 
-#[derive(Object, Debug, Clone, PartialEq)]
+#[derive(Object, serde::Serialize, Debug, Clone, PartialEq)]
 #[oai(rename = "HealthComponent")]
 pub struct ComponentView {
     /// `delivery_rate`, `engagement_rate`, `delivery_latency_p99_ms`,
@@ -185,7 +185,8 @@ pub struct ComponentView {
     pub contribution: f64,
 }
 
-#[derive(Object, Debug, Clone, PartialEq)]
+/// As REST answers it, and as the `analytics` topic's `health` updates carry it.
+#[derive(Object, serde::Serialize, Debug, Clone, PartialEq)]
 #[oai(rename = "HealthScore")]
 pub struct HealthScoreView {
     /// 0–100: the sum of the contributions, rounded.
@@ -479,19 +480,13 @@ pub fn spawn_health_announcer(
                 continue;
             }
             let view = HealthScoreView::of(&h, state.health.window);
-            let data = serde_json::json!({
-                "score": view.score,
-                "components": view.components.iter().map(|c| serde_json::json!({
-                    "name": c.name, "value": c.value, "target": c.target,
-                    "weight": c.weight, "contribution": c.contribution,
-                })).collect::<Vec<_>>(),
-                "window_minutes": view.window_minutes,
-                "as_of": view.as_of,
-            });
+            let Ok(data) = serde_json::to_string(&view) else {
+                continue;
+            };
             let update = NewUpdate {
                 topic: analytics::TOPIC.to_owned(),
                 kind: "health",
-                data: data.to_string().into(),
+                data: data.into(),
                 position: running.projector.checkpoint(),
             };
             match announce.announce(update).await {

@@ -90,13 +90,11 @@ impl ReadModels {
         let analytics = Arc::new(MemoryStore::new(MemoryRows(Analytics), updates));
         analytics.set_feed(feed.clone());
         Self {
-            registered: vec![
+            registered: tuned([
                 Registered::of(&inbox),
-                Registered::of(&schedule).settling(schedule::SETTLE),
-                Registered::of(&analytics)
-                    .settling(analytics::SETTLE)
-                    .paging(analytics::PAGE),
-            ],
+                Registered::of(&schedule),
+                Registered::of(&analytics),
+            ]),
             inbox,
             schedule,
             analytics,
@@ -125,14 +123,11 @@ impl ReadModels {
             publisher,
         };
         Self {
-            registered: vec![
+            registered: tuned([
                 stored.of(&inbox),
-                stored.of(&schedule).settling(schedule::SETTLE),
-                stored
-                    .of(&analytics)
-                    .settling(analytics::SETTLE)
-                    .paging(analytics::PAGE),
-            ],
+                stored.of(&schedule),
+                stored.of(&analytics),
+            ]),
             inbox,
             schedule,
             analytics,
@@ -146,6 +141,18 @@ impl ReadModels {
             .find(|r| r.name() == name)
             .ok_or_else(|| UnknownProjection(name.to_owned()))
     }
+}
+
+/// Each read model with how its projector pages, on either backend.
+fn tuned(registered: [Registered; NAMES.len()]) -> Vec<Registered> {
+    registered
+        .into_iter()
+        .map(|r| match r.name() {
+            schedule::NAME => r.settling(schedule::SETTLE),
+            analytics::NAME => r.settling(analytics::SETTLE).paging(analytics::PAGE),
+            _ => r,
+        })
+        .collect()
 }
 
 /// What every read model on the PostgreSQL projection store shares.

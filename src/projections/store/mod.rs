@@ -256,17 +256,13 @@ impl PageKeys {
         self,
         mut found: impl FnMut(&str) -> Option<(i64, R)>,
     ) -> impl Iterator<Item = (String, Option<(i64, R)>)> {
-        let loaded: Vec<_> = self
-            .load
-            .into_iter()
-            .map(|k| {
+        let PageKeys { load, fresh } = self;
+        load.into_iter()
+            .map(move |k| {
                 let row = found(&k);
                 (k, row)
             })
-            .collect();
-        loaded
-            .into_iter()
-            .chain(self.fresh.into_iter().map(|k| (k, None)))
+            .chain(fresh.into_iter().map(|k| (k, None)))
     }
 }
 
