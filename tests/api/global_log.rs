@@ -197,3 +197,39 @@ async fn projections_report_how_far_behind_they_are() {
     }
     panic!("the projection never caught up");
 }
+
+/// The log keeps its newest events for the next projector, and a read that
+/// starts inside them still goes on to what PostgreSQL has beyond them: a
+/// page is short only where the log ends (`has_more` depends on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_through_the_kept_tail_goes_on_past_it() {
+    let test = "global_log::a_read_through_the_kept_tail_goes_on_past_it";
+    let Some(server) = postgres_server_url() else {
+        skipped(test, "DATABASE_URL is not set (PostgreSQL tests need it)");
+        return;
+    };
+    let db = TestDb::create(&server).await;
+    db.migrate().await;
+    let pools = connect(&db.url, crate::helpers::limits()).await.unwrap();
+    let log = PgEventLog::new(pools.deadpool.clone());
+    let created = |n: usize| format!("00000000-0000-7000-8000-{n:012}");
+    for n in 0..3 {
+        db.append_raw(&created(n), 1, "NotificationSeen", serde_json::json!({}))
+            .await;
+    }
+    let kept = log.read_after(Position::START, 10).await.unwrap();
+    assert_eq!(kept.len(), 3, "the tail now holds these three");
+    for n in 3..6 {
+        db.append_raw(&created(n), 1, "NotificationSeen", serde_json::json!({}))
+            .await;
+    }
+    let page = log.read_after(kept[0].position, 10).await.unwrap();
+    let ids: Vec<&str> = page.iter().map(|e| e.aggregate_id.as_str()).collect();
+    let want: Vec<String> = (1..6).map(created).collect();
+    assert_eq!(ids, want, "two from the tail, then three from PostgreSQL");
+    let page = log.read_after(kept[0].position, 1).await.unwrap();
+    assert_eq!(page.len(), 1, "at most the limit");
+    drop(log);
+    drop(pools);
+    db.drop_database().await;
+}
