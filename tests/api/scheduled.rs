@@ -300,8 +300,9 @@ async fn killing_the_leader_before_the_time_still_delivers_once_from_another_ins
     let b = instance(&db).await;
     assert!(!leads_schedule(&b).await, "one leader at a time");
     let mut ids = Vec::new();
+    let mut cursors = Vec::new();
     for i in 0..20 {
-        let (id, _) = a
+        let (id, cursor) = a
             .create(&due_in(
                 "sched-di",
                 &format!("n{i}"),
@@ -309,8 +310,17 @@ async fn killing_the_leader_before_the_time_still_delivers_once_from_another_ins
             ))
             .await;
         ids.push(id);
+        cursors.push(cursor);
     }
     a.kill().await;
+    // Read our writes on the survivor: its inbox may first have to take over
+    // and apply what the dead leader had not.
+    let last = crate::helpers::max_cursor(cursors.iter().map(String::as_str));
+    b.get_json(&format!(
+        "/v1/notifications/{}?min_position={last}",
+        ids[19]
+    ))
+    .await;
     for id in &ids {
         let n = settled(&b, id, Duration::from_secs(15)).await;
         assert_eq!(n["lifecycle"], "delivered", "{n}");
