@@ -23,10 +23,10 @@ use crate::projections::engine::{self, EngineConfig};
 use crate::projections::inbox::InboxReader;
 use crate::projections::leader::{self, Election};
 use crate::projections::registry::{Projections, ReadModels, Registered, Running, NAMES};
-use crate::projections::schedule::{self, Due};
 use crate::projections::store::postgres::Publisher;
 use crate::projections::store::RowReader;
-use crate::reactors::timers::{self, TimerSettings, TimerStats};
+use crate::reactors::dispatch::{self, Dispatcher, TimerSettings, TimerStats};
+use crate::reactors::scheduled::{self, Due, ScheduledDelivery};
 use crate::storage::memory::MemoryEventStore;
 use crate::storage::postgres::{self, PgEventLog};
 use crate::storage::{AppendSignal, EventLog};
@@ -262,12 +262,15 @@ impl Core {
         let commands = Arc::new(commands);
         let projections = Projections::new(started.running)?;
         let timer_stats = Arc::new(TimerStats::default());
-        tasks.push(timers::spawn(
-            started.schedule.clone(),
-            projections.get(schedule::NAME)?.projector.clone(),
-            commands.clone(),
-            TimerSettings::default(),
-            timer_stats.clone(),
+        tasks.push(dispatch::spawn(
+            Dispatcher {
+                reactor: Arc::new(ScheduledDelivery),
+                outbox: started.schedule.clone(),
+                projector: projections.get(scheduled::NAME)?.projector.clone(),
+                commands: commands.runner(),
+                settings: TimerSettings::default(),
+                stats: timer_stats.clone(),
+            },
             shutdown_rx.clone(),
         ));
         let max_connections = settings.stream_max_connections as usize;

@@ -71,6 +71,7 @@ pub fn metadata(ctx: &RequestContext) -> CommandMetadata {
         causation_id: None,
         actor: ctx.actor.clone(),
         idempotency: None,
+        command_id: None,
     }
 }
 

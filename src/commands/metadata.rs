@@ -16,6 +16,10 @@ pub struct CommandMetadata {
     pub actor: String,
     /// `Idempotency-Key` and the hash of the request body it was sent with.
     pub idempotency: Option<(String, String)>,
+    /// The command's own id when its sender derives it (a reaction's): an
+    /// aggregate records a command id once, so sending it again changes
+    /// nothing. None: each command gets a new one.
+    pub command_id: Option<String>,
 }
 
 pub const REQUEST_ID: &str = "request_id";

@@ -8,17 +8,15 @@ pub mod runner;
 
 use std::sync::Arc;
 
-use cqrs_es::persist::SerializedEvent;
-use cqrs_es::Aggregate;
-use tracing::{instrument, warn};
+use tracing::instrument;
 
 pub use metadata::CommandMetadata;
-pub use runner::{CommandError, Commands, Decided, EventStore, Named};
+pub use runner::{BatchReceipt, CommandError, Commands, Decided, EventStore, Named, Target, BATCH};
 
-use self::runner::{backoff, serialize, Appender};
+use self::runner::Appender;
 use crate::domain::{
-    NewNotification, Notification, NotificationCommand, NotificationError, NotificationEvent,
-    NotificationId, Timestamp,
+    NewNotification, Notification, NotificationCommand, NotificationError, NotificationId,
+    Timestamp,
 };
 use crate::memory_limit::MemoryGuard;
 use crate::storage::memory::MemoryEventStore;
@@ -51,18 +49,6 @@ pub struct Receipt {
     pub changed: bool,
 }
 
-/// What one command over many notifications did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchReceipt {
-    /// Notifications it changed.
-    pub changed: u64,
-    /// The greatest position it wrote (START when it wrote nothing).
-    pub position: Position,
-}
-
-/// Notifications decided together and appended in one statement.
-pub const BATCH: usize = 500;
-
 /// How a create ended.
 #[derive(Debug, Clone)]
 pub enum Created {
@@ -75,7 +61,7 @@ pub enum Created {
 }
 
 pub struct CommandService {
-    commands: Commands<Notification>,
+    commands: Arc<Commands<Notification>>,
 }
 
 impl CommandService {
@@ -91,14 +77,17 @@ impl CommandService {
 
     pub fn new(store: NotificationStore, signal: AppendSignal, max_attempts: u32) -> Self {
         Self {
-            commands: Commands::new(store, (), signal, max_attempts),
+            commands: Arc::new(Commands::new(store, (), signal, max_attempts)),
         }
     }
 
     /// Refuses to append while `memory` is at its limit (the memory store:
-    /// better refuse new events than be killed with all of them).
+    /// better refuse new events than be killed with all of them). Before
+    /// the service is shared.
     pub fn refusing_when_full(mut self, memory: Arc<MemoryGuard>) -> Self {
-        self.commands.memory = Some(memory);
+        Arc::get_mut(&mut self.commands)
+            .expect("the memory limit is set before the commands are shared")
+            .memory = Some(memory);
         self
     }
 
@@ -196,134 +185,34 @@ impl CommandService {
         Ok(Created::Replayed { id, position })
     }
 
-    /// Runs `command` on every notification of `ids`, in batches of
-    /// `BATCH`: each batch is loaded in one read, decided notification by
-    /// notification, and appended in one statement (memory: under one lock),
-    /// every stream checked against the version it was decided on. A batch
-    /// that conflicts is reloaded and decided again (bounded); one that still
-    /// conflicts runs as one command per notification. Notifications the
-    /// command does not apply to (deleted since they were listed, say), or
-    /// whose history cannot be read, are passed over.
+    /// Runs `command` on every notification of `ids` (see
+    /// `Commands::execute_many`).
     pub async fn execute_many(
         &self,
         ids: &[NotificationId],
         command: impl Fn(Timestamp) -> NotificationCommand,
         meta: &CommandMetadata,
     ) -> Result<BatchReceipt, CommandError> {
-        let mut receipt = BatchReceipt {
-            changed: 0,
-            position: Position::START,
-        };
-        for chunk in ids.chunks(BATCH) {
-            let done = self.batch(chunk, &command, meta).await?;
-            receipt.changed += done.changed;
-            receipt.position = receipt.position.max(done.position);
-        }
-        Ok(receipt)
+        let targets: Vec<Target> = ids
+            .iter()
+            .map(|id| Target {
+                aggregate_id: id.to_string(),
+                command_id: None,
+            })
+            .collect();
+        self.commands
+            .execute_many(&targets, |_, at| command(at), meta)
+            .await
     }
 
-    async fn batch(
-        &self,
-        ids: &[NotificationId],
-        command: &impl Fn(Timestamp) -> NotificationCommand,
-        meta: &CommandMetadata,
-    ) -> Result<BatchReceipt, CommandError> {
-        let aggregate_ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-        for attempt in 1..=self.commands.max_attempts {
-            let at = chrono::Utc::now();
-            let history = self
-                .commands
-                .store
-                .log
-                .streams(Notification::TYPE, &aggregate_ids)
-                .await?;
-            let mut events = Vec::new();
-            let mut changed = 0;
-            for stream in history.chunk_by(|a, b| a.aggregate_id == b.aggregate_id) {
-                let Some(decided) = decide_on(stream, command(at), meta)? else {
-                    continue;
-                };
-                changed += 1;
-                events.extend(decided);
-            }
-            if events.is_empty() {
-                return Ok(BatchReceipt {
-                    changed: 0,
-                    position: Position::START,
-                });
-            }
-            self.commands.check_room()?;
-            let appended = events.len() as u64;
-            match self.commands.store.append(events).await {
-                Ok(positions) => {
-                    self.commands.signal.notify();
-                    metrics::counter!("tidings_events_appended_total").increment(appended);
-                    metrics::counter!("tidings_commands_total", "command" => command(at).name(), "outcome" => "changed")
-                        .increment(changed);
-                    return Ok(BatchReceipt {
-                        changed,
-                        position: positions.into_iter().max().unwrap_or_default(),
-                    });
-                }
-                Err(CommandError::Conflict { .. }) => {
-                    metrics::counter!("tidings_command_conflicts_total").increment(1);
-                    warn!(attempt, "a batch conflicted on append; deciding it again");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(other) => return Err(other),
-            }
-        }
-        // Contended all along: one command each, with their own retries.
-        let mut receipt = BatchReceipt {
-            changed: 0,
-            position: Position::START,
-        };
-        for id in ids {
-            match self.execute(*id, command, meta).await {
-                Ok(r) => {
-                    receipt.changed += u64::from(r.changed);
-                    receipt.position = receipt.position.max(r.position);
-                }
-                Err(CommandError::Rejected(_) | CommandError::Unreadable(_)) => {}
-                Err(other) => return Err(other),
-            }
-        }
-        Ok(receipt)
+    /// The runner behind these commands, for those who send notification
+    /// commands of their own (reactors).
+    pub fn runner(&self) -> Arc<Commands<Notification>> {
+        self.commands.clone()
     }
 
     /// Proves the event store answers (readiness).
     pub async fn ping(&self) -> Result<(), StorageError> {
         self.commands.store.log.ping().await
     }
-}
-
-/// What `command` records on the notification whose whole stream this is:
-/// its events, ready to append after the stream's last one; None when it
-/// records nothing, is refused, or the stream cannot be read.
-fn decide_on(
-    stream: &[crate::storage::SharedEvent],
-    command: NotificationCommand,
-    meta: &CommandMetadata,
-) -> Result<Option<Vec<SerializedEvent>>, CommandError> {
-    let mut state = Notification::default();
-    for event in stream {
-        match event.decode::<NotificationEvent>() {
-            Ok(e) => state.apply(e),
-            Err(_) => return Ok(None), // commands on it answer unreadable-event
-        }
-    }
-    let (Some(last), Ok(events)) = (stream.last(), state.decide(command.clone())) else {
-        return Ok(None);
-    };
-    if events.is_empty() {
-        return Ok(None);
-    }
-    let metadata = meta.to_map(command.name(), &uuid::Uuid::now_v7().to_string());
-    let serialized = serialize::<Notification>(
-        &last.aggregate_id,
-        last.sequence.max(0) as usize,
-        events,
-        &metadata,
-    )?;
-    Ok(Some(serialized))
 }

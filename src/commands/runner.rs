@@ -12,13 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{
-    EventStoreAggregateContext, PersistedEventStore, PersistenceError, SerializedEvent,
-};
+use cqrs_es::persist::{PersistedEventStore, PersistenceError, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore as _};
 use tracing::warn;
 
-use super::metadata::CommandMetadata;
+use super::metadata::{CommandMetadata, COMMAND_ID};
 use crate::domain::{NotificationError, Timestamp};
 use crate::memory_limit::{MemoryGuard, Pressure};
 use crate::storage::error::chain_is_outage;
@@ -26,7 +24,7 @@ use crate::storage::memory::MemoryEventStore;
 use crate::storage::postgres::{AppendError, PgAppender, PgEventLog, PgPools};
 use crate::storage::repository::{LogRepository, UnreadableEvent};
 use crate::storage::upcast::upcasters;
-use crate::storage::{AppendSignal, Cause, EventLog, Position, StorageError};
+use crate::storage::{AppendSignal, Cause, EventLog, Position, SharedEvent, StorageError};
 
 /// What every command says of itself: its name, as recorded in event
 /// metadata and counted in the metrics.
@@ -108,8 +106,6 @@ pub struct EventStore<A: Aggregate> {
     pub(super) appender: Appender,
     pub(super) log: Arc<dyn EventLog>,
 }
-
-type Ctx<A> = EventStoreAggregateContext<A>;
 
 impl<A: Aggregate> EventStore<A> {
     fn new(log: Arc<dyn EventLog>, appender: Appender) -> Self {
@@ -193,6 +189,83 @@ pub struct Decided<A> {
     pub changed: bool,
 }
 
+/// What one command over many aggregates did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReceipt {
+    /// Aggregates it changed.
+    pub changed: u64,
+    /// The greatest position it wrote (START when it wrote nothing).
+    pub position: Position,
+}
+
+impl BatchReceipt {
+    const NOTHING: Self = Self {
+        changed: 0,
+        position: Position::START,
+    };
+
+    fn add(&mut self, other: Self) {
+        self.changed += other.changed;
+        self.position = self.position.max(other.position);
+    }
+}
+
+/// Aggregates decided together and appended in one statement.
+pub const BATCH: usize = 500;
+
+/// One aggregate a command over many goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub aggregate_id: String,
+    /// The command's id on this aggregate when its sender derives it (see
+    /// `CommandMetadata::command_id`); None: a new one.
+    pub command_id: Option<String>,
+}
+
+/// An aggregate as its history leaves it.
+struct Loaded<A> {
+    aggregate: A,
+    /// Its last event's sequence (0: no events).
+    sequence: usize,
+    /// Its history already holds the command id being run.
+    repeat: bool,
+}
+
+impl<A: Aggregate> Default for Loaded<A> {
+    fn default() -> Self {
+        Self {
+            aggregate: A::default(),
+            sequence: 0,
+            repeat: false,
+        }
+    }
+}
+
+impl<A: Aggregate> Loaded<A> {
+    fn of(events: Vec<EventEnvelope<A>>, command_id: Option<&str>) -> Self {
+        let mut loaded = Self::default();
+        for event in events {
+            loaded.repeat |= command_id.is_some()
+                && event.metadata.get(COMMAND_ID).map(String::as_str) == command_id;
+            loaded.sequence = event.sequence;
+            loaded.aggregate.apply(event.payload);
+        }
+        loaded
+    }
+
+    /// From one stream as the log reads it; None when an event does not read.
+    fn of_logged(stream: &[SharedEvent], command_id: Option<&str>) -> Option<Self> {
+        let mut loaded = Self::default();
+        for event in stream {
+            loaded.repeat |= command_id.is_some()
+                && event.metadata.get(COMMAND_ID).and_then(|v| v.as_str()) == command_id;
+            loaded.sequence = event.sequence.max(0) as usize;
+            loaded.aggregate.apply(event.decode::<A::Event>().ok()?);
+        }
+        Some(loaded)
+    }
+}
+
 /// Runs commands against aggregates of type `A`.
 pub struct Commands<A: Aggregate> {
     pub(super) store: EventStore<A>,
@@ -269,26 +342,32 @@ where
         fresh: bool,
         name: &mut &'static str,
     ) -> Result<Decided<A>, CommandError<A::Error>> {
-        let command_id = uuid::Uuid::now_v7().to_string();
+        let command_id = meta
+            .command_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         for attempt in 1..=self.max_attempts {
             let cmd = command(chrono::Utc::now());
             *name = cmd.name();
             let metadata = meta.to_map(cmd.name(), &command_id);
-            let mut ctx: Ctx<A> = if attempt == 1 && fresh {
-                // A new time-ordered id has no stream yet; should it have one,
-                // the append conflicts and the retry loads it.
-                EventStoreAggregateContext {
-                    aggregate_id: aggregate_id.to_owned(),
-                    aggregate: A::default(),
-                    current_sequence: 0,
-                    current_snapshot: None,
-                }
+            // A new time-ordered id has no stream yet; should it have one,
+            // the append conflicts and the retry loads it.
+            let mut ctx = if attempt == 1 && fresh {
+                Loaded::default()
             } else {
-                match self.store.loader.load_aggregate(aggregate_id).await {
-                    Ok(ctx) => ctx,
+                match self.store.load_events(aggregate_id).await {
+                    Ok(events) => Loaded::of(events, meta.command_id.as_deref()),
                     Err(e) => return Err(self.load_failure(aggregate_id, e).await),
                 }
             };
+            if ctx.repeat {
+                let position = self.position(aggregate_id, ctx.sequence as i64).await?;
+                return Ok(Decided {
+                    position,
+                    state: ctx.aggregate,
+                    changed: false,
+                });
+            }
             let sink = EventSink::default();
             ctx.aggregate
                 .handle(cmd, &self.services, &sink)
@@ -296,9 +375,7 @@ where
                 .map_err(CommandError::Rejected)?;
             let events = sink.collect().await;
             if events.is_empty() {
-                let position = self
-                    .position(aggregate_id, ctx.current_sequence as i64)
-                    .await?;
+                let position = self.position(aggregate_id, ctx.sequence as i64).await?;
                 return Ok(Decided {
                     position,
                     state: ctx.aggregate,
@@ -307,7 +384,7 @@ where
             }
             self.check_room()?;
             let appended = events.len() as u64;
-            let serialized = serialize::<A>(aggregate_id, ctx.current_sequence, events, &metadata)?;
+            let serialized = serialize::<A>(aggregate_id, ctx.sequence, events, &metadata)?;
             match self.store.append(serialized).await {
                 Ok(positions) => {
                     self.signal.notify();
@@ -330,6 +407,148 @@ where
             aggregate: A::TYPE,
             attempts: self.max_attempts,
         })
+    }
+
+    /// Runs a command on every aggregate of `targets` (`command` builds the
+    /// one for `targets[i]`), in batches of `BATCH`: each batch is loaded in
+    /// one read, decided aggregate by aggregate, and appended in one
+    /// statement (memory: under one lock), every stream checked against the
+    /// version it was decided on. A batch that conflicts is loaded and
+    /// decided again (bounded); one that still conflicts runs as one command
+    /// per aggregate. Aggregates that refuse the command (deleted since they
+    /// were listed, say), whose history cannot be read, or that already
+    /// hold the target's command id are passed over.
+    pub async fn execute_many(
+        &self,
+        targets: &[Target],
+        command: impl Fn(usize, Timestamp) -> A::Command,
+        meta: &CommandMetadata,
+    ) -> Result<BatchReceipt, CommandError<A::Error>> {
+        let mut receipt = BatchReceipt::NOTHING;
+        for (n, chunk) in targets.chunks(BATCH).enumerate() {
+            let offset = n * BATCH;
+            let done = self
+                .batch(chunk, &|i, at| command(offset + i, at), meta)
+                .await?;
+            receipt.add(done);
+        }
+        Ok(receipt)
+    }
+
+    async fn batch(
+        &self,
+        targets: &[Target],
+        command: &impl Fn(usize, Timestamp) -> A::Command,
+        meta: &CommandMetadata,
+    ) -> Result<BatchReceipt, CommandError<A::Error>> {
+        let ids: Vec<String> = targets.iter().map(|t| t.aggregate_id.clone()).collect();
+        let index: HashMap<&str, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
+        for attempt in 1..=self.max_attempts {
+            let at = chrono::Utc::now();
+            let history = self.store.log.streams(A::TYPE, &ids).await?;
+            let mut events = Vec::new();
+            let mut changed = 0;
+            let mut name = "unknown";
+            for stream in history.chunk_by(|a, b| a.aggregate_id == b.aggregate_id) {
+                let Some(&i) = index.get(stream[0].aggregate_id.as_str()) else {
+                    continue;
+                };
+                let cmd = command(i, at);
+                name = cmd.name();
+                let Some(decided) = self.decide_on(stream, &targets[i], cmd, meta).await? else {
+                    continue;
+                };
+                changed += 1;
+                events.extend(decided);
+            }
+            if events.is_empty() {
+                return Ok(BatchReceipt::NOTHING);
+            }
+            self.check_room()?;
+            let appended = events.len() as u64;
+            match self.store.append(events).await {
+                Ok(positions) => {
+                    self.signal.notify();
+                    metrics::counter!("tidings_events_appended_total").increment(appended);
+                    metrics::counter!("tidings_commands_total", "command" => name, "outcome" => "changed")
+                        .increment(changed);
+                    return Ok(BatchReceipt {
+                        changed,
+                        position: positions.into_iter().max().unwrap_or_default(),
+                    });
+                }
+                Err(CommandError::Conflict { .. }) => {
+                    metrics::counter!("tidings_command_conflicts_total").increment(1);
+                    warn!(attempt, "a batch conflicted on append; deciding it again");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        // Contended all along: one command each, with their own retries.
+        let mut receipt = BatchReceipt::NOTHING;
+        for (i, target) in targets.iter().enumerate() {
+            let meta = CommandMetadata {
+                command_id: target.command_id.clone(),
+                ..meta.clone()
+            };
+            match self
+                .execute(&target.aggregate_id, |at| command(i, at), &meta, false)
+                .await
+            {
+                Ok(r) => receipt.add(BatchReceipt {
+                    changed: u64::from(r.changed),
+                    position: r.position,
+                }),
+                Err(CommandError::Rejected(_) | CommandError::Unreadable(_)) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(receipt)
+    }
+
+    /// What `command` records on the aggregate whose whole stream this is:
+    /// its events, ready to append after the stream's last one; None when it
+    /// records nothing, is refused, was already run (`target`'s command id),
+    /// or the stream cannot be read.
+    async fn decide_on(
+        &self,
+        stream: &[SharedEvent],
+        target: &Target,
+        command: A::Command,
+        meta: &CommandMetadata,
+    ) -> Result<Option<Vec<SerializedEvent>>, CommandError<A::Error>> {
+        // Unreadable: commands on it one by one answer unreadable-event.
+        let Some(mut loaded) = Loaded::<A>::of_logged(stream, target.command_id.as_deref()) else {
+            return Ok(None);
+        };
+        if loaded.repeat {
+            return Ok(None);
+        }
+        let name = command.name();
+        let sink = EventSink::default();
+        if loaded
+            .aggregate
+            .handle(command, &self.services, &sink)
+            .await
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let events = sink.collect().await;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let command_id = target
+            .command_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let metadata = meta.to_map(name, &command_id);
+        serialize::<A>(&target.aggregate_id, loaded.sequence, events, &metadata).map(Some)
     }
 
     /// The global position of event `sequence` of `aggregate_id`.
@@ -580,5 +799,117 @@ mod tests {
             matches!(refused, CommandError::Rejected(AtCap(40))),
             "the service decides: {refused}"
         );
+    }
+
+    /// A reaction's command: the same command id on every try.
+    fn reaction(id: &str) -> CommandMetadata {
+        CommandMetadata {
+            command_id: Some(id.to_owned()),
+            ..CommandMetadata::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_command_id_sent_by_racing_senders_counts_once() {
+        let commands = tallies(1000);
+        let racers: Vec<_> = (0..30)
+            .map(|n| {
+                let commands = commands.clone();
+                tokio::spawn(async move {
+                    let meta = reaction("tick/1");
+                    if n % 2 == 0 {
+                        let one = commands
+                            .execute("t-1", |_| TallyCommand::Count, &meta, false)
+                            .await?;
+                        Ok(u64::from(one.changed))
+                    } else {
+                        let target = Target {
+                            aggregate_id: "t-1".into(),
+                            command_id: meta.command_id.clone(),
+                        };
+                        let many = commands
+                            .execute_many(&[target], |_, _| TallyCommand::Count, &meta)
+                            .await?;
+                        Ok::<_, CommandError<AtCap>>(many.changed)
+                    }
+                })
+            })
+            .collect();
+        let mut changed = 0;
+        for r in racers {
+            changed += r.await.unwrap().expect("a repeat is not an error");
+        }
+        assert_eq!(
+            changed, 1,
+            "one racer recorded it; the others found it done"
+        );
+        let after = commands
+            .execute(
+                "t-1",
+                |_| TallyCommand::Nothing,
+                &CommandMetadata::default(),
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(after.state, Tally { count: 1 });
+
+        // Another id is another command.
+        let next = commands
+            .execute("t-1", |_| TallyCommand::Count, &reaction("tick/2"), false)
+            .await
+            .unwrap();
+        assert!(next.changed);
+        assert_eq!(next.state, Tally { count: 2 });
+        let repeat = commands
+            .execute("t-1", |_| TallyCommand::Count, &reaction("tick/1"), false)
+            .await
+            .unwrap();
+        assert!(!repeat.changed, "an old id is still done");
+        assert_eq!(repeat.state, Tally { count: 2 });
+        assert_eq!(repeat.position, next.position);
+    }
+
+    #[tokio::test]
+    async fn a_batch_runs_each_target_once_and_passes_over_refusals() {
+        let commands = tallies(3);
+        let none = CommandMetadata::default();
+        let count = |id: &'static str, meta: CommandMetadata| {
+            let commands = commands.clone();
+            async move {
+                commands
+                    .execute(id, |_| TallyCommand::Count, &meta, false)
+                    .await
+                    .unwrap()
+            }
+        };
+        // t-0 is at its cap; t-1 already ran its command id; t-2 did not.
+        for _ in 0..3 {
+            count("t-0", none.clone()).await;
+        }
+        count("t-1", reaction("tick/1")).await;
+        count("t-2", none.clone()).await;
+        let targets: Vec<Target> = (0..4)
+            .map(|i| Target {
+                aggregate_id: format!("t-{i}"),
+                command_id: Some(format!("tick/{i}")),
+            })
+            .collect();
+        let receipt = commands
+            .execute_many(&targets, |_, _| TallyCommand::Count, &none)
+            .await
+            .unwrap();
+        assert_eq!(
+            receipt.changed, 1,
+            "only t-2 (t-3 has no stream): {receipt:?}"
+        );
+        let again = commands
+            .execute_many(&targets, |_, _| TallyCommand::Count, &none)
+            .await
+            .unwrap();
+        assert_eq!(again, BatchReceipt::NOTHING, "each target's id is done");
+        let t2 = count("t-2", reaction("tick/2")).await;
+        assert_eq!(t2.state, Tally { count: 2 }, "the batch counted t-2 once");
+        assert!(!t2.changed);
     }
 }

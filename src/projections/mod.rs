@@ -9,7 +9,6 @@ pub mod leader;
 pub mod parked;
 pub mod rebuild;
 pub mod registry;
-pub mod schedule;
 pub mod store;
 
 use async_trait::async_trait;

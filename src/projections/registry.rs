@@ -16,12 +16,13 @@ use super::inbox::postgres::PostgresInbox;
 use super::inbox::{self, InboxReader, RowView};
 use super::parked::Parking;
 use super::rebuild::{RebuildTuning, Rebuildable};
-use super::schedule::{self, Due, Schedule};
 use super::store::memory::{MemoryRows, MemoryStore};
 use super::store::postgres::{PgModel, PgStore, Publisher};
 use super::store::postgres_rows::PgRows;
 use super::store::RowReader;
 use super::Projection;
+use crate::reactors::scheduled::{self as schedule, Due, ScheduledDelivery};
+use crate::reactors::Outbox;
 use crate::storage::postgres::PgConnector;
 use crate::streams::feed::Feed;
 use crate::streams::updates::MemoryUpdateLog;
@@ -85,7 +86,10 @@ impl ReadModels {
     pub fn memory(updates: Arc<MemoryUpdateLog>, feed: &Feed, view: RowView) -> Self {
         let inbox = Arc::new(MemoryStore::new(MemoryInbox { view }, updates.clone()));
         inbox.set_feed(feed.clone());
-        let schedule = Arc::new(MemoryStore::new(MemoryRows(Schedule), updates.clone()));
+        let schedule = Arc::new(MemoryStore::new(
+            MemoryRows(Outbox(ScheduledDelivery)),
+            updates.clone(),
+        ));
         schedule.set_feed(feed.clone());
         let analytics = Arc::new(MemoryStore::new(MemoryRows(Analytics), updates));
         analytics.set_feed(feed.clone());
@@ -115,7 +119,11 @@ impl ReadModels {
         let inbox = Arc::new(
             PostgresInbox::new(pool.clone(), connector.clone(), view).with_rebuild_tuning(tuning),
         );
-        let schedule = Arc::new(PgRows::new(Schedule, pool.clone(), connector.clone()));
+        let schedule = Arc::new(PgRows::new(
+            Outbox(ScheduledDelivery),
+            pool.clone(),
+            connector.clone(),
+        ));
         let analytics = Arc::new(PgRows::new(Analytics, pool.clone(), connector.clone()));
         let stored = PgStored {
             pool: projecting,

@@ -23,6 +23,7 @@ mod operations;
 mod outages;
 mod parked;
 mod privilege;
+mod reactions;
 mod read_all;
 mod rebuild;
 mod rebuild_equivalence;

@@ -100,8 +100,13 @@ async fn a_future_deliver_at_is_delivered_then_into_the_inbox_and_its_stream(app
         .expect("a delivery event")
         .clone();
     assert_eq!(
-        delivery["metadata"]["actor"], "tidings:timers",
+        delivery["metadata"]["actor"], "tidings:schedule",
         "{delivery}"
+    );
+    assert_eq!(
+        delivery["metadata"]["command_id"],
+        format!("schedule/{id}"),
+        "the reaction's own id: {delivery}"
     );
     let inbox = app
         .get_json(&format!(
@@ -228,8 +233,51 @@ async fn deliver_at_at_the_edges_is_scheduled_delivered_or_refused(app: &TestApp
     }
 }
 
+/// The schedule's outbox rebuilt from the log owes only what was not
+/// fired: the fired delivery is settled by its own event, so the rebuild
+/// fires nothing again, and the one still due goes out once at its time.
+async fn a_rebuilt_schedule_owes_only_what_was_not_fired(app: &TestApp) {
+    let (fired, _) = app
+        .create(&due_in("sched-rb", "soon", Duration::from_millis(300)))
+        .await;
+    let (owed, cursor) = app
+        .create(&due_in("sched-rb", "later", Duration::from_millis(3000)))
+        .await;
+    app.get_json(&format!("/v1/notifications/{owed}?min_position={cursor}"))
+        .await;
+    let n = settled(app, &fired, Duration::from_secs(10)).await;
+    assert_eq!(n["lifecycle"], "delivered", "{n}");
+    let version = schedule_view(app).await["version"].as_u64().unwrap();
+    let started = app.post_empty("/v1/projections/schedule/rebuild").await;
+    assert_eq!(started.status(), 202, "{}", started.text().await.unwrap());
+    schedule_until(app, "the rebuild switches", |v| {
+        v["version"].as_u64() == Some(version + 1) && v["rebuild"]["status"] == "done"
+    })
+    .await;
+    let n = app.get_json(&format!("/v1/notifications/{owed}")).await;
+    assert_eq!(n["lifecycle"], "scheduled", "not yet due: {n}");
+    let n = settled(app, &owed, Duration::from_secs(10)).await;
+    assert_eq!(
+        n["lifecycle"], "delivered",
+        "still owed after the rebuild: {n}"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for id in [&fired, &owed] {
+        assert_eq!(deliveries(&event_types(app, id).await), 1, "{id}");
+    }
+    let timers = app.get_json("/health/ready").await["timers"].clone();
+    assert_eq!(timers["fired"], 2, "nothing fired twice: {timers}");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let due = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tidings_timers_due "))
+        .unwrap_or_else(|| panic!("no due gauge in {metrics}"));
+    assert_eq!(due, "0", "the outbox owes nothing more");
+}
+
 on_both_backends!(
     deliver_at_at_the_edges_is_scheduled_delivered_or_refused,
+    a_rebuilt_schedule_owes_only_what_was_not_fired,
     a_future_deliver_at_is_delivered_then_into_the_inbox_and_its_stream,
     a_cancel_before_the_time_stops_the_delivery,
     many_due_in_the_same_second_are_each_delivered_once,

@@ -1,15 +1,17 @@
-//! Timers: fires the deliveries the schedule holds once they are due.
+//! The dispatcher: runs a reactor's pending commands once they are due, the
+//! timers among them when their time comes.
 //!
-//! The due times are a read model (`projections::schedule`), so they survive
-//! restarts and are the same on every instance; only the instance that leads
-//! the schedule's projector fires. Firing is a `Deliver` command on the
-//! notification, which the aggregate accepts once: a second firing (another
-//! instance during a failover, a retry after a timeout) is refused as already
-//! delivered, so at-least-once firing has an exactly-once effect. A
-//! cancellation that lands first wins the same way.
+//! What is owed is a read model (the reactor's `Outbox`), so it survives
+//! restarts and is the same on every instance; only the instance that leads
+//! the reactor's projector fires. Each command carries its reaction's id, which
+//! an aggregate records once: a second firing (another instance during a
+//! failover, a retry after a timeout) changes nothing, so at-least-once firing
+//! has an exactly-once effect.
 //!
 //! Many due at once are fired in batches (one append per batch, see
-//! `CommandService::execute_many`), urgent ones first.
+//! `Commands::execute_many`), urgent ones first. A command the aggregate
+//! refuses stays owed until the reactor settles it, and is fired again after
+//! `REFIRE_AFTER`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,18 +22,18 @@ use hdrhistogram::Histogram;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::commands::{CommandMetadata, CommandService};
-use crate::domain::{Channel, NotificationCommand, NotificationId};
+use super::{command_id, Pending, Reactor};
+use crate::commands::{CommandMetadata, Commands, Target};
+use crate::domain::Timestamp;
 use crate::projections::engine::ProjectorHandle;
-use crate::projections::schedule::{self, Due};
 use crate::projections::store::{Keyed, RowReader};
-use crate::storage::error_chain;
+use crate::storage::{error_chain, StorageError};
 
 #[derive(Debug, Clone)]
 pub struct TimerSettings {
     /// Due deliveries read and fired per round.
     pub batch: usize,
-    /// Longest sleep between looks at the schedule.
+    /// Longest sleep between looks at the outbox.
     pub idle_poll: Duration,
 }
 
@@ -44,9 +46,9 @@ impl Default for TimerSettings {
     }
 }
 
-/// Fired again only after this long without the schedule dropping it.
+/// Fired again only after this long without the outbox settling it.
 const REFIRE_AFTER: Duration = Duration::from_secs(30);
-/// The least time between two looks while the schedule keeps changing.
+/// The least time between two looks while the outbox keeps changing.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// What the timers did: counts and how late they fired.
@@ -121,30 +123,32 @@ impl TimerStats {
     }
 }
 
-/// Fires due deliveries until `shutdown` flips to true.
-pub fn spawn(
-    schedule: Arc<dyn RowReader<Due>>,
-    projector: ProjectorHandle,
-    commands: Arc<CommandService>,
-    settings: TimerSettings,
-    stats: Arc<TimerStats>,
-    shutdown: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(
-        schedule, projector, commands, settings, stats, shutdown,
-    ))
+/// What a dispatcher works with: a reactor, its outbox and the runner of
+/// its commands.
+pub struct Dispatcher<R: Reactor> {
+    pub reactor: Arc<R>,
+    pub outbox: Arc<dyn RowReader<Pending<R::Order>>>,
+    /// The reactor's projector: whether this instance leads it, and when
+    /// its outbox moved.
+    pub projector: ProjectorHandle,
+    pub commands: Arc<Commands<R::Target>>,
+    pub settings: TimerSettings,
+    pub stats: Arc<TimerStats>,
 }
 
-async fn run(
-    schedule: Arc<dyn RowReader<Due>>,
-    projector: ProjectorHandle,
-    commands: Arc<CommandService>,
-    settings: TimerSettings,
-    stats: Arc<TimerStats>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Fires due reactions until `shutdown` flips to true.
+pub fn spawn<R: Reactor>(
+    dispatcher: Dispatcher<R>,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(dispatcher, shutdown))
+}
+
+async fn run<R: Reactor>(d: Dispatcher<R>, mut shutdown: watch::Receiver<bool>) {
+    let projector = &d.projector;
+    let settings = &d.settings;
     let mut moved = projector.watch();
-    // Fired and not yet dropped by the schedule: key -> when.
+    // Fired and not yet settled in the outbox: key -> when.
     let mut recent: HashMap<String, Instant> = HashMap::new();
     // Where a pass over what is due has got to (sort, key).
     let mut pass = Pass::default();
@@ -154,16 +158,7 @@ async fn run(
             return;
         }
         let wait = if projector.is_leader() {
-            match round(
-                &*schedule,
-                &commands,
-                &settings,
-                &stats,
-                &mut recent,
-                &mut pass,
-            )
-            .await
-            {
+            match round(&d, &mut recent, &mut pass).await {
                 Ok(Round::Fired) => {
                     backoff = Duration::from_millis(100);
                     continue;
@@ -179,7 +174,8 @@ async fn run(
                     warn!(
                         error,
                         retry_in_ms = backoff.as_millis() as u64,
-                        "timers could not read or fire the schedule; retrying"
+                        reactor = R::NAME,
+                        "could not read or fire what is due; retrying"
                     );
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     backoff
@@ -213,24 +209,22 @@ enum Round {
 }
 
 /// One batch of what is due. A pass goes through the due rows in order,
-/// batch after batch, without waiting for the schedule to fold the
-/// deliveries; the next pass starts over from the earliest, passing over
-/// what was fired recently.
-async fn round(
-    schedule: &dyn RowReader<Due>,
-    commands: &CommandService,
-    settings: &TimerSettings,
-    stats: &TimerStats,
+/// batch after batch, without waiting for the outbox to fold what was
+/// fired; the next pass starts over from the earliest, passing over what was
+/// fired recently.
+async fn round<R: Reactor>(
+    d: &Dispatcher<R>,
     recent: &mut HashMap<String, Instant>,
     pass: &mut Pass,
 ) -> Result<Round, String> {
     let now = Utc::now();
-    let due = schedule
+    let due = d
+        .outbox
         .range(
             i64::MIN,
             now.timestamp_millis() + 1,
             pass.after.clone(),
-            settings.batch,
+            d.settings.batch,
         )
         .await
         .map_err(|e| error_chain(&e))?;
@@ -239,14 +233,14 @@ async fn round(
         if std::mem::take(pass).fired {
             return Ok(Round::Fired);
         }
-        let next = schedule::next_after(schedule, now)
+        let next = next_after(&*d.outbox, now)
             .await
             .map_err(|e| error_chain(&e))?;
         return Ok(Round::Idle(next));
     };
     pass.after = Some((last.sort, last.key.clone()));
     recent.retain(|_, at| at.elapsed() < REFIRE_AFTER);
-    let mut due: Vec<Keyed<Due>> = due
+    let mut due: Vec<Keyed<Pending<R::Order>>> = due
         .into_iter()
         .filter(|k| !recent.contains_key(&k.key))
         .collect();
@@ -255,45 +249,59 @@ async fn round(
     }
     pass.fired = true;
     // Urgent first, then by due time.
-    due.sort_by_key(|k| (k.row.priority.may_be_held(), k.sort));
-    let ids: Vec<NotificationId> = due.iter().map(|k| k.row.notification).collect();
+    due.sort_by_key(|k| (!k.row.urgent, k.sort));
+    let targets: Vec<Target> = due
+        .iter()
+        .map(|k| Target {
+            aggregate_id: k.row.aggregate_id.clone(),
+            command_id: Some(command_id::<R>(&k.key)),
+        })
+        .collect();
     let meta = CommandMetadata {
         request_id: uuid::Uuid::now_v7().to_string(),
         correlation_id: uuid::Uuid::now_v7().to_string(),
-        causation_id: Some("timer:deliver_at".into()),
-        actor: "tidings:timers".into(),
+        causation_id: Some(format!("reactor:{}", R::NAME)),
+        actor: format!("tidings:{}", R::NAME),
         idempotency: None,
+        command_id: None,
     };
-    let receipt = commands
-        .execute_many(
-            &ids,
-            |at| NotificationCommand::Deliver {
-                channel: Channel::InApp,
-                at,
-            },
-            &meta,
-        )
+    let receipt = d
+        .commands
+        .execute_many(&targets, |i, at| d.reactor.command(&due[i].row, at), &meta)
         .await
         .map_err(|e| error_chain(&e))?;
     let fired_at = Utc::now();
     for k in &due {
-        stats.record(fired_at - k.row.deliver_at);
+        d.stats.record(fired_at - k.row.due_at);
         recent.insert(k.key.clone(), Instant::now());
     }
-    let latest = due.iter().map(|k| fired_at - k.row.deliver_at).max();
+    let latest = due.iter().map(|k| fired_at - k.row.due_at).max();
     if latest.is_some_and(|l| l > chrono::Duration::seconds(1)) {
         info!(
+            reactor = R::NAME,
             fired = due.len(),
-            delivered = receipt.changed,
+            changed = receipt.changed,
             max_lateness_ms = latest.map_or(0, |l| l.num_milliseconds()),
-            "timers fired late deliveries (the service was down, busy, or they were due at start)"
+            "fired late (the service was down, busy, or they were due at start)"
         );
     } else {
         debug!(
+            reactor = R::NAME,
             fired = due.len(),
-            delivered = receipt.changed,
-            "timers fired"
+            changed = receipt.changed,
+            "fired"
         );
     }
     Ok(Round::Fired)
+}
+
+/// When the next reaction after `now` is due, if one is.
+pub async fn next_after<O: Clone>(
+    outbox: &dyn RowReader<Pending<O>>,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, StorageError> {
+    let next = outbox
+        .range(now.timestamp_millis() + 1, i64::MAX, None, 1)
+        .await?;
+    Ok(next.first().map(|k| k.row.due_at))
 }

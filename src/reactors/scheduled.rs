@@ -1,17 +1,17 @@
-//! The schedule: every in-app delivery that waits for its `deliver_at`, by
-//! due time. Timers (`reactors::timers`) fire what is due. A row appears when
-//! a notification is created for later and leaves when it is delivered,
-//! cancelled or deleted, so firing twice is never needed and a restart finds
-//! every pending timer here.
+//! Scheduled delivery: a notification created with a future `deliver_at` is
+//! owed its in-app delivery at that time. The reaction (under the
+//! notification's id) appears when the notification is created for later
+//! and is settled when it is delivered, cancelled or deleted, so a restart
+//! finds every pending delivery in the outbox and a cancel that lands first
+//! wins.
 
 use cqrs_es::Aggregate;
-use serde::{Deserialize, Serialize};
 
-use super::store::{Fold, RowReader, Rows};
+use super::{Pending, Reaction, Reactor};
 use crate::domain::{
-    Channel, Notification, NotificationEvent, NotificationId, Priority, Timestamp, EVENT_VERSION,
+    Channel, Notification, NotificationCommand, NotificationEvent, Timestamp, EVENT_VERSION,
 };
-use crate::storage::{LoggedEvent, StorageError};
+use crate::storage::LoggedEvent;
 
 pub const NAME: &str = "schedule";
 
@@ -19,13 +19,8 @@ pub const NAME: &str = "schedule";
 /// minutes or hours away does not need its row within the millisecond.
 pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// One delivery waiting for its time.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Due {
-    pub notification: NotificationId,
-    pub deliver_at: Timestamp,
-    pub priority: Priority,
-}
+/// A delivery waiting for its time: the channel it goes out on.
+pub type Due = Pending<Channel>;
 
 /// What the schedule reads of a notification event.
 pub enum Change {
@@ -36,12 +31,13 @@ pub enum Change {
     Gone,
 }
 
-pub struct Schedule;
+pub struct ScheduledDelivery;
 
-impl Fold for Schedule {
+impl Reactor for ScheduledDelivery {
     const NAME: &'static str = NAME;
+    type Target = Notification;
     type Input = Change;
-    type Row = Due;
+    type Order = Channel;
 
     fn read(&self, event: &LoggedEvent) -> Result<Option<Change>, String> {
         if event.aggregate_type != Notification::TYPE
@@ -66,17 +62,17 @@ impl Fold for Schedule {
         }
         Ok(match event.decode::<NotificationEvent>()? {
             NotificationEvent::NotificationCreated {
-                id,
                 channels,
                 priority,
                 deliver_at: Some(deliver_at),
                 created_at,
                 ..
             } if deliver_at > created_at && channels.contains(&Channel::InApp) => {
-                Some(Change::Scheduled(Due {
-                    notification: id,
-                    deliver_at,
-                    priority,
+                Some(Change::Scheduled(Pending {
+                    aggregate_id: event.aggregate_id.clone(),
+                    due_at: deliver_at,
+                    urgent: !priority.may_be_held(),
+                    order: Channel::InApp,
                 }))
             }
             NotificationEvent::NotificationCreated { .. } => Some(Change::Immediate),
@@ -101,30 +97,19 @@ impl Fold for Schedule {
         }
     }
 
-    fn fold(
-        &self,
-        change: Change,
-        event: &LoggedEvent,
-        rows: &mut Rows<Due>,
-    ) -> Result<(), String> {
+    fn react(&self, change: Change, event: &LoggedEvent) -> Vec<Reaction<Channel>> {
+        let id = event.aggregate_id.clone();
         match change {
-            Change::Scheduled(due) => {
-                rows.put(&event.aggregate_id, due.deliver_at.timestamp_millis(), due)
-            }
-            Change::Immediate => {}
-            Change::Gone => rows.remove(&event.aggregate_id),
+            Change::Scheduled(pending) => vec![Reaction::Owe { id, pending }],
+            Change::Immediate => Vec::new(),
+            Change::Gone => vec![Reaction::Settle { id }],
         }
-        Ok(())
     }
-}
 
-/// When the next delivery after `now` is due, if one is.
-pub async fn next_after(
-    schedule: &dyn RowReader<Due>,
-    now: Timestamp,
-) -> Result<Option<Timestamp>, StorageError> {
-    let next = schedule
-        .range(now.timestamp_millis() + 1, i64::MAX, None, 1)
-        .await?;
-    Ok(next.first().map(|k| k.row.deliver_at))
+    fn command(&self, due: &Due, at: Timestamp) -> NotificationCommand {
+        NotificationCommand::Deliver {
+            channel: due.order,
+            at,
+        }
+    }
 }
