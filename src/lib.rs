@@ -40,4 +40,4 @@ pub mod telemetry;
 pub mod transfer;
 
 pub use api::state::{AppState, Streams};
-pub use startup::{openapi_json, Application, Core};
+pub use startup::{openapi_json, Application, Service};

@@ -39,14 +39,16 @@ use crate::streams::socket::StreamSettings;
 use crate::streams::updates::{Announce, MemoryUpdateLog, PgUpdateLog, UpdateLog};
 
 /// The running parts behind the HTTP surface.
-pub struct Core {
+pub struct Service {
     pub state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
     closing: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-struct Started {
+/// What one backend (memory or PostgreSQL) starts: its stores, read models
+/// and their tasks.
+struct BackendParts {
     log: Arc<dyn EventLog>,
     store: NotificationStore,
     inbox: Arc<dyn InboxReader>,
@@ -80,7 +82,7 @@ async fn start_memory(
     signal: &AppendSignal,
     router: &Arc<Router>,
     shutdown: &watch::Receiver<bool>,
-) -> Started {
+) -> BackendParts {
     warn!(
         "storage: MEMORY. Nothing is kept: every notification is lost when this \
          process exits. Set DATABASE_URL (or --database-url) to use PostgreSQL."
@@ -117,7 +119,7 @@ async fn start_memory(
             projector,
         });
     }
-    Started {
+    BackendParts {
         log,
         store: NotificationStore::memory(events),
         inbox: models.inbox,
@@ -142,7 +144,7 @@ async fn start_postgres(
     signal: &AppendSignal,
     router: &Arc<Router>,
     shutdown: &watch::Receiver<bool>,
-) -> anyhow::Result<Started> {
+) -> anyhow::Result<BackendParts> {
     let pools = postgres::connect(url, postgres::SessionLimits::of(&settings.db)).await?;
     if settings.skip_migrations {
         postgres::require_schema(&pools).await?;
@@ -222,7 +224,7 @@ async fn start_postgres(
             projector,
         });
     }
-    Ok(Started {
+    Ok(BackendParts {
         log,
         store: NotificationStore::postgres(&pools),
         inbox: models.inbox,
@@ -238,7 +240,7 @@ async fn start_postgres(
     })
 }
 
-impl Core {
+impl Service {
     /// Connects storage (migrating PostgreSQL), starts projectors and streams.
     pub async fn start(settings: &Settings) -> anyhow::Result<Self> {
         // Before anything counts: metrics recorded with no recorder are lost.
@@ -247,25 +249,25 @@ impl Core {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (closing, closing_rx) = watch::channel(false);
         let router = Arc::new(Router::new(settings.stream_queue as usize));
-        let started = match &settings.db.database_url {
+        let backend = match &settings.db.database_url {
             None => start_memory(settings, &signal, &router, &shutdown_rx).await,
             Some(url) => start_postgres(url, settings, &signal, &router, &shutdown_rx).await?,
         };
-        let log = started.log.clone();
+        let log = backend.log.clone();
         let memory = MemoryGuard::new(settings.memory_limit_mb);
-        let mut tasks = started.tasks;
+        let mut tasks = backend.tasks;
         tasks.push(memory.spawn(shutdown_rx.clone()));
-        let mut commands = CommandService::new(started.store, signal, settings.command_attempts);
-        if started.storage == "memory" {
+        let mut commands = CommandService::new(backend.store, signal, settings.command_attempts);
+        if backend.storage == "memory" {
             commands = commands.refusing_when_full(memory.clone());
         }
         let commands = Arc::new(commands);
-        let projections = Projections::new(started.running)?;
+        let projections = Projections::new(backend.running)?;
         let timer_stats = Arc::new(TimerStats::default());
         tasks.push(dispatch::spawn(
             Dispatcher {
                 reactor: Arc::new(ScheduledDelivery),
-                outbox: started.schedule.clone(),
+                outbox: backend.schedule.clone(),
                 projector: projections.get(scheduled::NAME)?.projector.clone(),
                 commands: commands.runner(),
                 settings: TimerSettings::default(),
@@ -281,18 +283,18 @@ impl Core {
         let state = Arc::new(AppState {
             commands,
             log,
-            inbox: started.inbox,
-            schedule: started.schedule,
-            analytics: started.analytics,
+            inbox: backend.inbox,
+            schedule: backend.schedule,
+            analytics: backend.analytics,
             health,
             projections,
             timers: timer_stats,
-            pool: started.pool,
+            pool: backend.pool,
             read_wait: settings.read_wait(),
-            storage: started.storage,
+            storage: backend.storage,
             streams: Streams {
                 router,
-                log: started.updates,
+                log: backend.updates,
                 permits: Arc::new(Semaphore::new(max_connections)),
                 max_connections,
                 settings: StreamSettings {
@@ -300,7 +302,7 @@ impl Core {
                     send_timeout: settings.stream_send_timeout(),
                 },
                 closing: closing_rx,
-                fanout: started.fanout,
+                fanout: backend.fanout,
                 per_address: AddressLimit::new(
                     settings.stream_max_connections_per_address as usize,
                 ),
@@ -317,7 +319,7 @@ impl Core {
         });
         tasks.push(api::analytics::spawn_health_announcer(
             state.clone(),
-            started.announce,
+            backend.announce,
             api::analytics::HEALTH_EVERY,
             shutdown_rx.clone(),
         ));
@@ -355,15 +357,15 @@ impl Core {
 
 /// The OpenAPI document, as served at /openapi.json.
 pub async fn openapi_json() -> anyhow::Result<String> {
-    let core = Core::start(&Settings::for_tests(None)).await?;
-    let spec = api::document_text(core.state.clone());
-    core.stop().await;
+    let service = Service::start(&Settings::for_tests(None)).await?;
+    let spec = api::document_text(service.state.clone());
+    service.stop().await;
     Ok(spec)
 }
 
 /// A built, bound, not yet serving application.
 pub struct Application {
-    core: Core,
+    service: Service,
     listener: TcpListener,
     addr: SocketAddr,
     settings: Settings,
@@ -371,7 +373,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let core = Core::start(&settings).await?;
+        let service = Service::start(&settings).await?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {} (TIDINGS_LISTEN)", settings.listen))?;
@@ -379,7 +381,7 @@ impl Application {
             .local_addr()
             .context("the listener has no socket address")?;
         Ok(Self {
-            core,
+            service,
             listener,
             addr,
             settings,
@@ -391,7 +393,7 @@ impl Application {
     }
 
     pub fn state(&self) -> Arc<AppState> {
-        self.core.state.clone()
+        self.service.state.clone()
     }
 
     /// Serves until `shutdown` resolves; then closes streams, stops accepting,
@@ -413,9 +415,9 @@ impl Application {
         kill: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let settings = &self.settings;
-        let app = api::routes(self.core.state.clone(), settings.max_body_bytes as usize);
+        let app = api::routes(self.service.state.clone(), settings.max_body_bytes as usize);
         info!(addr = %self.addr, docs = %format!("http://{}/docs", self.addr), "tidings is serving");
-        let closing = self.core.closing.clone();
+        let closing = self.service.closing.clone();
         let server = crate::server::serve(
             self.listener,
             app.map_to_response().boxed(),
@@ -434,10 +436,10 @@ impl Application {
             result = server => {
                 result.context("the HTTP server failed")?;
                 info!("HTTP drained; flushing projectors");
-                self.core.stop().await;
+                self.service.stop().await;
                 info!("stopped");
             }
-            _ = kill => self.core.abort(),
+            _ = kill => self.service.abort(),
         }
         Ok(())
     }

@@ -189,12 +189,12 @@ pub fn held_reason(behind: Position) -> String {
 }
 
 /// Where the fold finds each notification's current row.
-pub trait Slots {
+pub trait CurrentRows {
     /// The row of `id` (None: no row), to fold an event into.
     fn slot(&mut self, id: NotificationId) -> &mut Option<InboxRow>;
 }
 
-impl Slots for HashMap<NotificationId, Option<InboxRow>> {
+impl CurrentRows for HashMap<NotificationId, Option<InboxRow>> {
     fn slot(&mut self, id: NotificationId) -> &mut Option<InboxRow> {
         self.entry(id).or_insert(None)
     }
@@ -206,7 +206,7 @@ impl Slots for HashMap<NotificationId, Option<InboxRow>> {
 /// as held; an event that cannot apply is refused and holds back its
 /// notification from then on.
 pub fn fold_decoded(
-    rows: &mut impl Slots,
+    rows: &mut impl CurrentRows,
     events: impl IntoIterator<Item = Decoded>,
     held: &mut Held,
     skipped: &BTreeSet<Position>,

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::Type;
 
-use super::fold::{decode_json, fold_decoded, Decoded, EventRef, Held, Slots};
+use super::fold::{decode_json, fold_decoded, CurrentRows, Decoded, EventRef, Held};
 use super::postgres::{to_row, upsert_sql, FlatRow, PostgresInbox, COLUMNS, ROW_COLUMNS};
 use super::{InboxRow, NAME};
 use crate::domain::{Notification, NotificationId};
@@ -241,7 +241,7 @@ struct Cache {
     capacity: usize,
 }
 
-impl Slots for Cache {
+impl CurrentRows for Cache {
     fn slot(&mut self, id: NotificationId) -> &mut Option<InboxRow> {
         let chunk = self.chunk;
         let entry = self.entries.entry(id).or_insert(Entry {
