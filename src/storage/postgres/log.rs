@@ -16,6 +16,10 @@ pub struct PgEventLog {
     pool: Pool,
     /// The newest events read, for the other projectors that read them next.
     tail: Mutex<Tail>,
+    /// Held while reading past the tail's end: projectors that reach the
+    /// head together wait for one read and share it, instead of each reading
+    /// the same new events from PostgreSQL.
+    head_read: tokio::sync::Mutex<()>,
 }
 
 impl PgEventLog {
@@ -23,6 +27,7 @@ impl PgEventLog {
         Self {
             pool,
             tail: Mutex::new(Tail::default()),
+            head_read: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -186,7 +191,22 @@ impl EventLog for PgEventLog {
         if known.len() == limit {
             return Ok(known);
         }
-        let from = known.last().map_or(after, |e| e.position);
+        let mut from = known.last().map_or(after, |e| e.position);
+        // At the head, one read at a time; what the one before found is
+        // taken from the tail first.
+        let _head = if from >= self.tail().end() {
+            let head = self.head_read.lock().await;
+            if let Some(more) = self.tail().after(from, limit - known.len()) {
+                known.extend(more);
+                if known.len() == limit {
+                    return Ok(known);
+                }
+                from = known.last().map_or(after, |e| e.position);
+            }
+            Some(head)
+        } else {
+            None
+        };
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(READ_AFTER).await?;
         let want = (limit - known.len()) as i64;
