@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use self::latency::Latency;
 use super::store::{Fold, Rows};
-use crate::domain::{Category, Channel, Notification, NotificationEvent};
+use crate::domain::{Category, Channel, Notification, NotificationEvent, Timestamp, EVENT_VERSION};
 use crate::storage::LoggedEvent;
 use cqrs_es::Aggregate;
 
@@ -143,7 +143,8 @@ pub struct Cell {
     pub read: Latency,
 }
 
-/// What later events of a notification need to know of it.
+/// What later events of a notification need to know of it. One is kept
+/// per notification, so what is not so is left out of the stored document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tracked {
     pub category: Category,
@@ -151,12 +152,21 @@ pub struct Tracked {
     /// When it was due: its `deliver_at`, or its creation (ms).
     pub due: i64,
     /// Its in-app delivery (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_app_delivered: Option<i64>,
     /// Already counted (each counts once per notification).
+    #[serde(default, skip_serializing_if = "is_false")]
     pub seen: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
     pub read: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
     pub clicked: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
     pub archived: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,8 +178,24 @@ pub enum Row {
 
 /// An event as analytics reads it: what happened, and when (ms).
 pub struct Happened {
-    event: NotificationEvent,
+    what: What,
     at: i64,
+}
+
+enum What {
+    Created(Creation),
+    /// Any later event.
+    Then(NotificationEvent),
+}
+
+/// What analytics reads of a creation, and all it decodes of one: the
+/// title, body and data are for the inbox.
+#[derive(Deserialize)]
+struct Creation {
+    category: Category,
+    channels: Vec<Channel>,
+    deliver_at: Option<Timestamp>,
+    created_at: Timestamp,
 }
 
 fn tracked_key(aggregate_id: &str) -> String {
@@ -192,9 +218,38 @@ impl Fold for Analytics {
         {
             return Ok(None);
         }
-        let event: NotificationEvent = event.decode()?;
-        let at = event.occurred_at().timestamp_millis();
-        Ok(Some(Happened { event, at }))
+        let what = if event.event_type == "NotificationCreated"
+            && event.event_version == EVENT_VERSION
+            && event.unreadable.is_none()
+        {
+            let created = Creation::deserialize(&event.payload["NotificationCreated"])
+                .map_err(|e| format!("the payload does not parse: {e}"))?;
+            What::Created(created)
+        } else {
+            match event.decode()? {
+                NotificationEvent::NotificationCreated {
+                    category,
+                    channels,
+                    deliver_at,
+                    created_at,
+                    ..
+                } => What::Created(Creation {
+                    category,
+                    channels,
+                    deliver_at,
+                    created_at,
+                }),
+                then => What::Then(then),
+            }
+        };
+        let at = match &what {
+            What::Created(c) => c.created_at,
+            What::Then(e) => e.occurred_at(),
+        };
+        Ok(Some(Happened {
+            what,
+            at: at.timestamp_millis(),
+        }))
     }
 
     fn keys(&self, input: &Happened, event: &LoggedEvent) -> Vec<String> {
@@ -204,11 +259,9 @@ impl Fold for Analytics {
     }
 
     fn new_keys(&self, input: &Happened, event: &LoggedEvent) -> Vec<String> {
-        match input.event {
-            NotificationEvent::NotificationCreated { .. } => {
-                vec![tracked_key(&event.aggregate_id)]
-            }
-            _ => Vec::new(),
+        match input.what {
+            What::Created(_) => vec![tracked_key(&event.aggregate_id)],
+            What::Then(_) => Vec::new(),
         }
     }
 
@@ -220,29 +273,30 @@ impl Fold for Analytics {
     ) -> Result<(), String> {
         let key = tracked_key(&event.aggregate_id);
         let at = input.at;
-        if let NotificationEvent::NotificationCreated {
-            category,
-            channels,
-            deliver_at,
-            created_at,
-            ..
-        } = input.event
-        {
-            let due = deliver_at.map_or(created_at, |d| d.max(created_at));
-            count(rows, at, &category, &channels, |c| c.counts.created += 1);
-            let tracked = Tracked {
+        let then = match input.what {
+            What::Created(Creation {
                 category,
                 channels,
-                due: due.timestamp_millis(),
-                in_app_delivered: None,
-                seen: false,
-                read: false,
-                clicked: false,
-                archived: false,
-            };
-            rows.put(&key, 0, Row::Notification(tracked));
-            return Ok(());
-        }
+                deliver_at,
+                created_at,
+            }) => {
+                let due = deliver_at.map_or(created_at, |d| d.max(created_at));
+                count(rows, at, &category, &channels, |c| c.counts.created += 1);
+                let tracked = Tracked {
+                    category,
+                    channels,
+                    due: due.timestamp_millis(),
+                    in_app_delivered: None,
+                    seen: false,
+                    read: false,
+                    clicked: false,
+                    archived: false,
+                };
+                rows.put(&key, 0, Row::Notification(tracked));
+                return Ok(());
+            }
+            What::Then(then) => then,
+        };
         let Some(Row::Notification(mut n)) = rows.get(&key).cloned() else {
             return Err(format!(
                 "{} of {} follows no NotificationCreated",
@@ -251,7 +305,7 @@ impl Fold for Analytics {
         };
         let since = |from: Option<i64>| from.map(|t| (at - t).max(0) as u64);
         let cat = n.category.clone();
-        match input.event {
+        match then {
             NotificationEvent::NotificationDelivered { channel, .. } => {
                 let late = (at - n.due).max(0) as u64;
                 count(rows, at, &cat, &[channel], |c| {
@@ -308,6 +362,15 @@ impl Fold for Analytics {
     }
 }
 
+/// The `minute` stream update of the minute bucket under `key`.
+fn minute_json(key: &str, row: &Row) -> Option<String> {
+    let start = key.strip_prefix("minute:")?.parse().ok()?;
+    let Row::Bucket { cells } = row else {
+        return None;
+    };
+    serde_json::to_string(&query::minute_update(start, cells)).ok()
+}
+
 /// Applies `change` to the cell of `category` on each of `channels` in the
 /// minute, hour and day of `at`; announces the minute's totals.
 fn count(
@@ -345,12 +408,7 @@ fn count(
             change(&mut cells[at]);
         }
         if g == Granularity::Minute {
-            rows.announce_latest(
-                TOPIC.into(),
-                "minute",
-                start.to_string(),
-                &query::minute_update(start, &cells),
-            );
+            rows.announce_row(TOPIC.into(), "minute", &key, minute_json);
         }
         rows.put(&key, g.sort(start), Row::Bucket { cells });
     }

@@ -418,17 +418,29 @@ impl<F: Fold> MemoryModel for MemoryRows<F> {
         (rows, refused)
     }
 
-    fn keep(&self, state: &mut Self::State, mut rows: Rows<F::Row>) -> Vec<NewUpdate> {
-        for (key, value) in rows.changes() {
-            if let Some((sort, _)) = state.rows.remove(key) {
-                state.by_sort.remove(&(sort, key.to_owned()));
+    fn keep(&self, state: &mut Self::State, rows: Rows<F::Row>) -> Vec<NewUpdate> {
+        let (updates, changes) = rows.finish();
+        for (key, value) in changes {
+            let before = state.rows.get(&key).map(|(sort, _)| *sort);
+            let after = value.as_ref().map(|(sort, _)| *sort);
+            if before != after {
+                if let Some(sort) = before {
+                    state.by_sort.remove(&(sort, key.clone()));
+                }
+                if let Some(sort) = after {
+                    state.by_sort.insert((sort, key.clone()));
+                }
             }
-            if let Some((sort, row)) = value {
-                state.by_sort.insert((*sort, key.to_owned()));
-                state.rows.insert(key.to_owned(), (*sort, row.clone()));
+            match value {
+                Some(value) => {
+                    state.rows.insert(key, value);
+                }
+                None => {
+                    state.rows.remove(&key);
+                }
             }
         }
-        rows.take_updates()
+        updates
     }
 }
 

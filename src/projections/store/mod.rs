@@ -74,6 +74,16 @@ pub struct Keyed<R> {
     pub row: R,
 }
 
+/// A row a page changed: its key, and its sort and row (None: deleted).
+pub(crate) type Change<R> = (String, Option<(i64, R)>);
+
+/// The row an update shows, and how it is rendered.
+#[derive(Debug)]
+struct Shown<R> {
+    key: String,
+    render: fn(&str, &R) -> Option<String>,
+}
+
 #[derive(Debug, Clone)]
 struct Slot<R> {
     /// (sort, row); None: no row under the key.
@@ -94,9 +104,10 @@ pub struct Rows<R> {
     /// The slots the event being folded replaced, as they were before it:
     /// moved out, not cloned, so undoing a refused event costs nothing more.
     undo: Vec<(String, Slot<R>)>,
-    /// Beside each update: the state it shows, when a page keeps only the
-    /// last update of each (`announce_latest`).
-    shows: Vec<Option<String>>,
+    /// Beside each update: the row it shows, when a page keeps only the
+    /// last update of each and renders it from the row the page leaves
+    /// (`announce_row`).
+    shows: Vec<Option<Shown<R>>>,
 }
 
 impl<R: Clone> Rows<R> {
@@ -172,38 +183,38 @@ impl<R: Clone> Rows<R> {
 
     /// Records a stream update for `topic`, committed with the page.
     pub fn announce(&mut self, topic: String, kind: &'static str, data: &impl Serialize) {
+        let data = serde_json::to_string(data).unwrap_or_else(|_| "null".into());
         self.push(topic, kind, data, None);
     }
 
-    fn push(
+    /// Records a stream update for `topic` that shows the row under `key`
+    /// as the page leaves it, rendered by `render` (None: nothing to show).
+    /// Of a page's updates of one topic, kind and row only the last stays,
+    /// and the row is rendered once, when the page's updates are taken: for
+    /// a row that changes with every event (a minute's counters),
+    /// subscribers get its last state once per page.
+    pub fn announce_row(
         &mut self,
         topic: String,
         kind: &'static str,
-        data: &impl Serialize,
-        slot: Option<String>,
+        key: &str,
+        render: fn(&str, &R) -> Option<String>,
     ) {
-        let data = serde_json::to_string(data).unwrap_or_else(|_| "null".into());
+        let shown = Shown {
+            key: key.to_owned(),
+            render,
+        };
+        self.push(topic, kind, String::new(), Some(shown));
+    }
+
+    fn push(&mut self, topic: String, kind: &'static str, data: String, shown: Option<Shown<R>>) {
         self.updates.push(NewUpdate {
             topic,
             kind,
             data: data.into(),
             position: self.position,
         });
-        self.shows.push(slot);
-    }
-
-    /// Records a stream update for `topic` that replaces this page's earlier
-    /// updates of the same topic, kind and `slot` (the state it shows: one
-    /// minute's counters): for a state that changes with every event,
-    /// subscribers get each state's last value once per page.
-    pub fn announce_latest(
-        &mut self,
-        topic: String,
-        kind: &'static str,
-        slot: String,
-        data: &impl Serialize,
-    ) {
-        self.push(topic, kind, data, Some(slot));
+        self.shows.push(shown);
     }
 
     /// The rows the page changed: (key, Some((sort, row))) to write, None to delete.
@@ -214,25 +225,45 @@ impl<R: Clone> Rows<R> {
             .map(|(k, s)| (k.as_str(), s.value.as_ref()))
     }
 
+    /// The page's stream updates and the rows it changed (None: deleted),
+    /// moved out.
+    pub(crate) fn finish(mut self) -> (Vec<NewUpdate>, Vec<Change<R>>) {
+        let updates = self.take_updates();
+        let changes = self
+            .slots
+            .into_iter()
+            .filter(|(_, s)| s.changed)
+            .map(|(k, s)| (k, s.value))
+            .collect();
+        (updates, changes)
+    }
+
     pub(crate) fn take_updates(&mut self) -> Vec<NewUpdate> {
-        let mut updates = std::mem::take(&mut self.updates);
+        let updates = std::mem::take(&mut self.updates);
         let shows = std::mem::take(&mut self.shows);
-        if shows.iter().any(Option::is_some) {
-            let mut seen = BTreeSet::new();
-            let mut keep: Vec<bool> = updates
-                .iter()
-                .zip(&shows)
-                .rev()
-                .map(|(u, slot)| match slot {
-                    Some(slot) => seen.insert((u.topic.clone(), u.kind, slot.clone())),
-                    None => true,
-                })
-                .collect();
-            keep.reverse();
-            let mut keep = keep.into_iter();
-            updates.retain(|_| keep.next().unwrap_or(true));
+        if shows.iter().all(Option::is_none) {
+            return updates;
         }
-        updates
+        // The last update of each shown row, rendered from the row.
+        let mut seen = BTreeSet::new();
+        let mut kept: Vec<NewUpdate> = updates
+            .into_iter()
+            .zip(shows)
+            .rev()
+            .filter_map(|(mut update, shown)| {
+                let Some(Shown { key, render }) = shown else {
+                    return Some(update);
+                };
+                if !seen.insert((update.topic.clone(), update.kind, key.clone())) {
+                    return None;
+                }
+                let (_, row) = self.slots.get(&key)?.value.as_ref()?;
+                update.data = render(&key, row)?.into();
+                Some(update)
+            })
+            .collect();
+        kept.reverse();
+        kept
     }
 }
 
@@ -426,8 +457,7 @@ mod tests {
             let n = rows.get(&key).copied().unwrap_or(0) + 1;
             rows.put(&key, n as i64, n);
             rows.announce(format!("counter:{key}"), "changed", &n);
-            let slot = input["slot"].as_str().unwrap_or("all").to_owned();
-            rows.announce_latest("total".into(), "latest", slot, &n);
+            rows.announce_row("total".into(), "latest", &key, |_, n| Some(n.to_string()));
             if input["sneaky"] == true {
                 rows.put("elsewhere", 0, 0);
             }
@@ -510,19 +540,23 @@ mod tests {
     }
 
     #[test]
-    fn a_page_keeps_the_last_update_of_each_state_it_shows() {
+    fn a_page_keeps_the_last_update_of_each_row_it_shows_rendered_as_the_page_leaves_it() {
         let (mut rows, _) = fold(&[
-            event(1, "a", json!({"key": "x", "slot": "minute 1"})),
-            event(2, "b", json!({"key": "y", "slot": "minute 1"})),
-            event(3, "c", json!({"key": "x", "slot": "minute 2"})),
+            event(1, "a", json!({"key": "x"})),
+            event(2, "b", json!({"key": "y"})),
+            event(3, "c", json!({"key": "x"})),
         ]);
-        let latest: Vec<i64> = rows
+        let latest: Vec<(i64, String)> = rows
             .take_updates()
             .iter()
             .filter(|u| u.kind == "latest")
-            .map(|u| u.position.seq)
+            .map(|u| (u.position.seq, u.data.to_string()))
             .collect();
-        assert_eq!(latest, [2, 3], "the last of minute 1, and minute 2");
+        assert_eq!(
+            latest,
+            [(2, "1".to_owned()), (3, "2".to_owned())],
+            "y's only update, then x's last, showing x after the page"
+        );
     }
 
     #[test]
