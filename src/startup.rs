@@ -58,6 +58,8 @@ struct BackendParts {
     announce: Arc<dyn Announce>,
     running: Vec<Running>,
     pool: Option<deadpool_postgres::Pool>,
+    /// The projectors' own pool (PostgreSQL).
+    projector_pool: Option<deadpool_postgres::Pool>,
     updates: Arc<dyn UpdateLog>,
     fanout: Option<Arc<Fanout>>,
     storage: &'static str,
@@ -131,6 +133,7 @@ async fn start_memory(
         }),
         running,
         pool: None,
+        projector_pool: None,
         updates,
         fanout: None,
         storage: "memory",
@@ -233,6 +236,7 @@ async fn start_postgres(
         announce: publisher,
         running,
         pool: Some(pools.deadpool.clone()),
+        projector_pool: Some(projecting),
         updates,
         fanout,
         storage: "postgres",
@@ -290,6 +294,7 @@ impl Service {
             projections,
             timers: timer_stats,
             pool: backend.pool,
+            projector_pool: backend.projector_pool,
             read_wait: settings.read_wait(),
             storage: backend.storage,
             streams: Streams {

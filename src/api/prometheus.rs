@@ -125,5 +125,12 @@ impl MetricsApi {
             metrics::gauge!("tidings_db_pool_max").set(status.max_size as f64);
             metrics::gauge!("tidings_db_pool_waiting").set(status.waiting as f64);
         }
+        if let Some(pool) = &state.projector_pool {
+            let status = pool.status();
+            metrics::gauge!("tidings_db_projector_pool_connections").set(status.size as f64);
+            metrics::gauge!("tidings_db_projector_pool_available").set(status.available as f64);
+            metrics::gauge!("tidings_db_projector_pool_max").set(status.max_size as f64);
+            metrics::gauge!("tidings_db_projector_pool_waiting").set(status.waiting as f64);
+        }
     }
 }

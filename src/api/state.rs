@@ -39,6 +39,8 @@ pub struct AppState {
     pub timers: Arc<TimerStats>,
     /// The PostgreSQL pool, for its utilisation (None in memory mode).
     pub pool: Option<deadpool_postgres::Pool>,
+    /// The projectors' own pool, for its utilisation (None in memory mode).
+    pub projector_pool: Option<deadpool_postgres::Pool>,
     /// How long a query with `min_position` waits for the read model.
     pub read_wait: Duration,
     /// `memory` or `postgres`.

@@ -115,6 +115,17 @@ async fn the_metrics_move_with_requests_commands_projections_timers_and_streams(
     assert!(value(&after, "tidings_stream_connections", &[]) >= 1.0);
     if app.db.is_some() {
         assert!(value(&after, "tidings_db_pool_max", &[]) >= 1.0, "{after}");
+        // A connection for each projector, and they have used theirs.
+        let projectors = tidings::projections::registry::NAMES.len() as f64;
+        assert_eq!(
+            value(&after, "tidings_db_projector_pool_max", &[]),
+            projectors,
+            "{after}"
+        );
+        assert!(
+            value(&after, "tidings_db_projector_pool_connections", &[]) >= 1.0,
+            "{after}"
+        );
     }
     // Hostile paths and methods land in closed label sets.
     let odd = app.get("/v1/notifications/..%2f..%2fetc/passwd?x=1").await;
