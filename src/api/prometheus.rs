@@ -119,18 +119,23 @@ impl MetricsApi {
         let router = &state.streams.router;
         metrics::gauge!("tidings_stream_connections").set(router.connections() as f64);
         if let Some(pool) = &state.pool {
-            let status = pool.status();
-            metrics::gauge!("tidings_db_pool_connections").set(status.size as f64);
-            metrics::gauge!("tidings_db_pool_available").set(status.available as f64);
-            metrics::gauge!("tidings_db_pool_max").set(status.max_size as f64);
-            metrics::gauge!("tidings_db_pool_waiting").set(status.waiting as f64);
+            pool_gauges("tidings_db_pool", pool);
         }
         if let Some(pool) = &state.projector_pool {
-            let status = pool.status();
-            metrics::gauge!("tidings_db_projector_pool_connections").set(status.size as f64);
-            metrics::gauge!("tidings_db_projector_pool_available").set(status.available as f64);
-            metrics::gauge!("tidings_db_projector_pool_max").set(status.max_size as f64);
-            metrics::gauge!("tidings_db_projector_pool_waiting").set(status.waiting as f64);
+            pool_gauges("tidings_db_projector_pool", pool);
         }
+    }
+}
+
+/// A pool's utilisation, as `{name}_connections`, `_available`, `_max` and `_waiting`.
+fn pool_gauges(name: &str, pool: &deadpool_postgres::Pool) {
+    let status = pool.status();
+    for (series, value) in [
+        ("connections", status.size),
+        ("available", status.available),
+        ("max", status.max_size),
+        ("waiting", status.waiting),
+    ] {
+        metrics::gauge!(format!("{name}_{series}")).set(value as f64);
     }
 }
