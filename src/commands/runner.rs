@@ -441,32 +441,43 @@ where
         command: &impl Fn(usize, Timestamp) -> A::Command,
         meta: &CommandMetadata,
     ) -> Result<BatchReceipt, CommandError<A::Error>> {
-        let ids: Vec<String> = targets.iter().map(|t| t.aggregate_id.clone()).collect();
-        let index: HashMap<&str, usize> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.as_str(), i))
-            .collect();
+        // Each aggregate once per statement: a second target on the same
+        // aggregate runs after it, on its own (`one_by_one`).
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut repeats: Vec<usize> = Vec::new();
+        for (i, target) in targets.iter().enumerate() {
+            if index.contains_key(target.aggregate_id.as_str()) {
+                repeats.push(i);
+            } else {
+                index.insert(&target.aggregate_id, i);
+            }
+        }
+        let ids: Vec<String> = index.keys().map(|id| (*id).to_owned()).collect();
+        let mut receipt = BatchReceipt::NOTHING;
+        let mut present: Vec<usize> = Vec::new();
+        let mut done = false;
         for attempt in 1..=self.max_attempts {
             let at = chrono::Utc::now();
             let history = self.store.log.streams(A::TYPE, &ids).await?;
             let mut events = Vec::new();
-            let mut changed = 0;
-            let mut name = "unknown";
+            let mut changed: HashMap<&'static str, u64> = HashMap::new();
+            present.clear();
             for stream in history.chunk_by(|a, b| a.aggregate_id == b.aggregate_id) {
                 let Some(&i) = index.get(stream[0].aggregate_id.as_str()) else {
                     continue;
                 };
+                present.push(i);
                 let cmd = command(i, at);
-                name = cmd.name();
+                let name = cmd.name();
                 let Some(decided) = self.decide_on(stream, &targets[i], cmd, meta).await? else {
                     continue;
                 };
-                changed += 1;
+                *changed.entry(name).or_default() += 1;
                 events.extend(decided);
             }
             if events.is_empty() {
-                return Ok(BatchReceipt::NOTHING);
+                done = true;
+                break;
             }
             self.check_room()?;
             let appended = events.len() as u64;
@@ -474,12 +485,16 @@ where
                 Ok(positions) => {
                     self.signal.notify();
                     metrics::counter!("tidings_events_appended_total").increment(appended);
-                    metrics::counter!("tidings_commands_total", "command" => name, "outcome" => "changed")
-                        .increment(changed);
-                    return Ok(BatchReceipt {
-                        changed,
+                    for (name, n) in &changed {
+                        metrics::counter!("tidings_commands_total", "command" => *name, "outcome" => "changed")
+                            .increment(*n);
+                    }
+                    receipt = BatchReceipt {
+                        changed: changed.values().sum(),
                         position: positions.into_iter().max().unwrap_or_default(),
-                    });
+                    };
+                    done = true;
+                    break;
                 }
                 Err(CommandError::Conflict { .. }) => {
                     metrics::counter!("tidings_command_conflicts_total").increment(1);
@@ -489,9 +504,36 @@ where
                 Err(other) => return Err(other),
             }
         }
-        // Contended all along: one command each, with their own retries.
+        // Repeats of an aggregate the batch found; and when it stayed
+        // contended all along, every target it found, one command each with
+        // their own retries. A target without a stream is passed over.
+        let found: std::collections::HashSet<&str> = present
+            .iter()
+            .map(|&i| targets[i].aggregate_id.as_str())
+            .collect();
+        let mut again: Vec<usize> = repeats
+            .into_iter()
+            .filter(|&i| found.contains(targets[i].aggregate_id.as_str()))
+            .collect();
+        if !done {
+            again.extend(present.iter().copied());
+            again.sort_unstable();
+        }
+        receipt.add(self.one_by_one(targets, &again, command, meta).await?);
+        Ok(receipt)
+    }
+
+    /// The targets at `which`, one command each, in order; refusals passed over.
+    async fn one_by_one(
+        &self,
+        targets: &[Target],
+        which: &[usize],
+        command: &impl Fn(usize, Timestamp) -> A::Command,
+        meta: &CommandMetadata,
+    ) -> Result<BatchReceipt, CommandError<A::Error>> {
         let mut receipt = BatchReceipt::NOTHING;
-        for (i, target) in targets.iter().enumerate() {
+        for &i in which {
+            let target = &targets[i];
             let meta = CommandMetadata {
                 command_id: target.command_id.clone(),
                 ..meta.clone()
@@ -911,5 +953,40 @@ mod tests {
         let t2 = count("t-2", reaction("tick/2")).await;
         assert_eq!(t2.state, Tally { count: 2 }, "the batch counted t-2 once");
         assert!(!t2.changed);
+    }
+
+    #[tokio::test]
+    async fn a_batch_runs_two_reactions_on_one_aggregate_and_creates_no_stream() {
+        let commands = tallies(10);
+        let none = CommandMetadata::default();
+        commands
+            .execute("t-1", |_| TallyCommand::Count, &none, false)
+            .await
+            .unwrap();
+        let target = |id: &str, reaction: &str| Target {
+            aggregate_id: id.into(),
+            command_id: Some(reaction.into()),
+        };
+        let targets = [
+            target("t-1", "tick/a"),
+            target("t-9", "tick/a"),
+            target("t-1", "tick/b"),
+            target("t-1", "tick/a"),
+        ];
+        let receipt = commands
+            .execute_many(&targets, |_, _| TallyCommand::Count, &none)
+            .await
+            .unwrap();
+        assert_eq!(receipt.changed, 2, "tick/a and tick/b on t-1: {receipt:?}");
+        let t1 = commands
+            .execute("t-1", |_| TallyCommand::Nothing, &none, false)
+            .await
+            .unwrap();
+        assert_eq!(t1.state, Tally { count: 3 });
+        let t9 = commands
+            .execute("t-9", |_| TallyCommand::Nothing, &none, false)
+            .await
+            .unwrap();
+        assert_eq!(t9.position, Position::START, "no stream was made for t-9");
     }
 }

@@ -189,7 +189,9 @@ enum What {
 }
 
 /// What analytics reads of a creation, and all it decodes of one: the
-/// title, body and data are for the inbox.
+/// title, body and data are for the inbox. So a creation whose title (say)
+/// does not read is counted here while the inbox parks it: analytics counts
+/// what was created, by category and channel.
 #[derive(Deserialize)]
 struct Creation {
     category: Category,

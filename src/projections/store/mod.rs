@@ -200,6 +200,7 @@ impl<R: Clone> Rows<R> {
         key: &str,
         render: fn(&str, &R) -> Option<String>,
     ) {
+        self.slot(key); // a key the fold did not name is a defect, as in `put`
         let shown = Shown {
             key: key.to_owned(),
             render,
