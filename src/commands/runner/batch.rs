@@ -1,0 +1,237 @@
+//! One command over many aggregates: loaded in one read, decided one by
+//! one, appended in one statement.
+
+use std::collections::{HashMap, HashSet};
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::SerializedEvent;
+use cqrs_es::Aggregate;
+use tracing::warn;
+
+use super::{backoff, serialize, CommandError, Commands, Loaded, Named};
+use crate::commands::metadata::CommandMetadata;
+use crate::domain::Timestamp;
+use crate::storage::{Position, SharedEvent};
+
+/// What one command over many aggregates did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReceipt {
+    /// Aggregates it changed.
+    pub changed: u64,
+    /// The greatest position it wrote (START when it wrote nothing).
+    pub position: Position,
+}
+
+impl BatchReceipt {
+    pub(super) const NOTHING: Self = Self {
+        changed: 0,
+        position: Position::START,
+    };
+
+    fn add(&mut self, other: Self) {
+        self.changed += other.changed;
+        self.position = self.position.max(other.position);
+    }
+}
+
+/// Aggregates decided together and appended in one statement.
+pub const BATCH: usize = 500;
+
+/// One aggregate a command over many goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub aggregate_id: String,
+    /// The command's id on this aggregate when its sender derives it (see
+    /// `CommandMetadata::command_id`); None: a new one.
+    pub command_id: Option<String>,
+}
+
+impl<A> Commands<A>
+where
+    A: Aggregate,
+    A::Command: Named,
+{
+    /// Runs a command on every aggregate of `targets` (`command` builds the
+    /// one for `targets[i]`), in batches of `BATCH`: each batch is loaded in
+    /// one read, decided aggregate by aggregate, and appended in one
+    /// statement (memory: under one lock), every stream checked against the
+    /// version it was decided on. A batch that conflicts is loaded and
+    /// decided again (bounded); one that still conflicts runs as one command
+    /// per aggregate. Aggregates that refuse the command (deleted since they
+    /// were listed, say), whose history cannot be read, or that already
+    /// hold the target's command id are passed over.
+    pub async fn execute_many(
+        &self,
+        targets: &[Target],
+        command: impl Fn(usize, Timestamp) -> A::Command,
+        meta: &CommandMetadata,
+    ) -> Result<BatchReceipt, CommandError<A::Error>> {
+        let mut receipt = BatchReceipt::NOTHING;
+        for (n, chunk) in targets.chunks(BATCH).enumerate() {
+            let offset = n * BATCH;
+            let done = self
+                .batch(chunk, &|i, at| command(offset + i, at), meta)
+                .await?;
+            receipt.add(done);
+        }
+        Ok(receipt)
+    }
+
+    async fn batch(
+        &self,
+        targets: &[Target],
+        command: &impl Fn(usize, Timestamp) -> A::Command,
+        meta: &CommandMetadata,
+    ) -> Result<BatchReceipt, CommandError<A::Error>> {
+        // Each aggregate once per statement: a second target on the same
+        // aggregate runs after it, on its own (`one_by_one`).
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut repeats: Vec<usize> = Vec::new();
+        for (i, target) in targets.iter().enumerate() {
+            if index.contains_key(target.aggregate_id.as_str()) {
+                repeats.push(i);
+            } else {
+                index.insert(&target.aggregate_id, i);
+            }
+        }
+        let ids: Vec<String> = index.keys().map(|id| (*id).to_owned()).collect();
+        let mut receipt = BatchReceipt::NOTHING;
+        let mut present: Vec<usize> = Vec::new();
+        let mut done = false;
+        for attempt in 1..=self.max_attempts {
+            let at = chrono::Utc::now();
+            let history = self.store.log.streams(A::TYPE, &ids).await?;
+            let mut events = Vec::new();
+            let mut changed: HashMap<&'static str, u64> = HashMap::new();
+            present.clear();
+            for stream in history.chunk_by(|a, b| a.aggregate_id == b.aggregate_id) {
+                let Some(&i) = index.get(stream[0].aggregate_id.as_str()) else {
+                    continue;
+                };
+                present.push(i);
+                let cmd = command(i, at);
+                let name = cmd.name();
+                let Some(decided) = self.decide_on(stream, &targets[i], cmd, meta).await? else {
+                    continue;
+                };
+                *changed.entry(name).or_default() += 1;
+                events.extend(decided);
+            }
+            if events.is_empty() {
+                done = true;
+                break;
+            }
+            self.check_room()?;
+            let appended = events.len() as u64;
+            match self.store.append(events).await {
+                Ok(positions) => {
+                    self.signal.notify();
+                    metrics::counter!("tidings_events_appended_total").increment(appended);
+                    for (name, n) in &changed {
+                        metrics::counter!("tidings_commands_total", "command" => *name, "outcome" => "changed")
+                            .increment(*n);
+                    }
+                    receipt = BatchReceipt {
+                        changed: changed.values().sum(),
+                        position: positions.into_iter().max().unwrap_or_default(),
+                    };
+                    done = true;
+                    break;
+                }
+                Err(CommandError::Conflict { .. }) => {
+                    metrics::counter!("tidings_command_conflicts_total").increment(1);
+                    warn!(attempt, "a batch conflicted on append; deciding it again");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        // Repeats of an aggregate the batch found; and when it stayed
+        // contended all along, every target it found, one command each with
+        // their own retries. A target without a stream is passed over.
+        let found: HashSet<&str> = present
+            .iter()
+            .map(|&i| targets[i].aggregate_id.as_str())
+            .collect();
+        let mut again: Vec<usize> = repeats
+            .into_iter()
+            .filter(|&i| found.contains(targets[i].aggregate_id.as_str()))
+            .collect();
+        if !done {
+            again.extend(present.iter().copied());
+            again.sort_unstable();
+        }
+        receipt.add(self.one_by_one(targets, &again, command, meta).await?);
+        Ok(receipt)
+    }
+
+    /// The targets at `which`, one command each, in order; refusals passed over.
+    async fn one_by_one(
+        &self,
+        targets: &[Target],
+        which: &[usize],
+        command: &impl Fn(usize, Timestamp) -> A::Command,
+        meta: &CommandMetadata,
+    ) -> Result<BatchReceipt, CommandError<A::Error>> {
+        let mut receipt = BatchReceipt::NOTHING;
+        for &i in which {
+            let target = &targets[i];
+            let meta = CommandMetadata {
+                command_id: target.command_id.clone(),
+                ..meta.clone()
+            };
+            match self
+                .execute(&target.aggregate_id, |at| command(i, at), &meta, false)
+                .await
+            {
+                Ok(r) => receipt.add(BatchReceipt {
+                    changed: u64::from(r.changed),
+                    position: r.position,
+                }),
+                Err(CommandError::Rejected(_) | CommandError::Unreadable(_)) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(receipt)
+    }
+
+    /// What `command` records on the aggregate whose whole stream this is:
+    /// its events, ready to append after the stream's last one; None when it
+    /// records nothing, is refused, was already run (`target`'s command id),
+    /// or the stream cannot be read.
+    async fn decide_on(
+        &self,
+        stream: &[SharedEvent],
+        target: &Target,
+        command: A::Command,
+        meta: &CommandMetadata,
+    ) -> Result<Option<Vec<SerializedEvent>>, CommandError<A::Error>> {
+        // Unreadable: commands on it one by one answer unreadable-event.
+        let Some(mut loaded) = Loaded::<A>::of_logged(stream, target.command_id.as_deref()) else {
+            return Ok(None);
+        };
+        if loaded.repeat {
+            return Ok(None);
+        }
+        let name = command.name();
+        let sink = EventSink::default();
+        if loaded
+            .aggregate
+            .handle(command, &self.services, &sink)
+            .await
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let events = sink.collect().await;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let command_id = target
+            .command_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let metadata = meta.to_map(name, &command_id);
+        serialize::<A>(&target.aggregate_id, loaded.sequence, events, &metadata).map(Some)
+    }
+}
