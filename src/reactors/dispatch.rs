@@ -296,7 +296,7 @@ async fn round<R: Reactor>(
 }
 
 /// When the next reaction after `now` is due, if one is.
-pub async fn next_after<O: Clone>(
+async fn next_after<O: Clone>(
     outbox: &dyn RowReader<Pending<O>>,
     now: Timestamp,
 ) -> Result<Option<Timestamp>, StorageError> {

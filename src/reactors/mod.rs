@@ -92,7 +92,7 @@ pub struct Pending<O> {
 }
 
 /// The command id a reaction's command carries.
-pub fn command_id<R: Reactor>(reaction_id: &str) -> String {
+pub(crate) fn command_id<R: Reactor>(reaction_id: &str) -> String {
     format!("{}/{reaction_id}", R::NAME)
 }
 
