@@ -2,7 +2,9 @@
 //!
 //! How a request flows, and where each step lives:
 //!
-//! - [`api`]: poem-openapi endpoints. Parses strictly, validates into domain
+//! - [`access`]: who is asking (API keys, user tokens) and how fast they may.
+//! - [`api`]: poem-openapi endpoints, behind the gate that enforces each
+//!   operation's access rule. Parses strictly, validates into domain
 //!   value types, maps every error to `application/problem+json`.
 //! - [`commands`]: loads a notification's stream, lets the aggregate decide,
 //!   appends with an expected-version check (retrying conflicts), answers with
@@ -24,6 +26,7 @@
 //! [`Application::build`] (in [`startup`]) wires these together; `main` and
 //! the tests share it.
 
+pub mod access;
 pub mod api;
 pub mod commands;
 pub mod config;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use fred::interfaces::ClientLike;
 use poem::EndpointExt;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -15,7 +16,13 @@ use tracing::{info, warn};
 
 use crate::api;
 use crate::api::state::{AppState, Streams};
-use crate::commands::{CommandService, NotificationStore};
+use crate::access::keys::{parse_setting, KeyRing};
+use crate::access::lifecycle::KeyAdmin;
+use crate::access::rate::RateLimits;
+use crate::access::tokens::Tokens;
+use crate::access::Authority;
+use crate::commands::{CommandService, Commands, EventStore, NotificationStore};
+use crate::domain::ApiKey;
 use crate::config::Settings;
 use crate::memory_limit::MemoryGuard;
 use crate::projections::analytics;
@@ -51,6 +58,7 @@ pub struct Service {
 struct BackendParts {
     log: Arc<dyn EventLog>,
     store: NotificationStore,
+    key_store: EventStore<ApiKey>,
     inbox: Arc<dyn InboxReader>,
     schedule: Arc<dyn RowReader<Due>>,
     analytics: Arc<dyn RowReader<analytics::Row>>,
@@ -62,6 +70,8 @@ struct BackendParts {
     projector_pool: Option<deadpool_postgres::Pool>,
     updates: Arc<dyn UpdateLog>,
     fanout: Option<Arc<Fanout>>,
+    /// The deployment's name in Redis (its stream channel).
+    channel: String,
     storage: &'static str,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -123,6 +133,7 @@ async fn start_memory(
     }
     BackendParts {
         log,
+        key_store: EventStore::memory(events.clone()),
         store: NotificationStore::memory(events),
         inbox: models.inbox,
         schedule: models.schedule,
@@ -136,6 +147,7 @@ async fn start_memory(
         projector_pool: None,
         updates,
         fanout: None,
+        channel: "tidings".to_owned(),
         storage: "memory",
         tasks,
     }
@@ -177,14 +189,15 @@ async fn start_postgres(
         shutdown.clone(),
     );
     publisher.set_feed(feed.clone());
+    let channel = settings
+        .redis_channel
+        .clone()
+        .unwrap_or_else(|| postgres::deployment_channel(pools.connector.config()));
     let fanout = match &settings.redis_url {
         Some(redis) => {
             let fanout = Fanout::start(
                 redis,
-                settings
-                    .redis_channel
-                    .clone()
-                    .unwrap_or_else(|| postgres::deployment_channel(pools.connector.config())),
+                channel.clone(),
                 feed,
                 shutdown.clone(),
             )?;
@@ -230,6 +243,7 @@ async fn start_postgres(
     Ok(BackendParts {
         log,
         store: NotificationStore::postgres(&pools),
+        key_store: EventStore::postgres(&pools),
         inbox: models.inbox,
         schedule: models.schedule,
         analytics: models.analytics,
@@ -239,6 +253,7 @@ async fn start_postgres(
         projector_pool: Some(projecting),
         updates,
         fanout,
+        channel,
         storage: "postgres",
         tasks,
     })
@@ -261,6 +276,50 @@ impl Service {
         let memory = MemoryGuard::new(settings.memory_limit_mb);
         let mut tasks = backend.tasks;
         tasks.push(memory.spawn(shutdown_rx.clone()));
+        let access = &settings.access;
+        let setting_keys = match access.api_keys.as_deref() {
+            Some(setting) => parse_setting(setting)?,
+            None => Vec::new(),
+        };
+        let ring = Arc::new(KeyRing::new(setting_keys, log.clone()));
+        ring.refresh()
+            .await
+            .context("reading the API keys from the event log")?;
+        tasks.push(tokio::spawn(ring.clone().refresh_until(shutdown_rx.clone())));
+        let keys = Arc::new(KeyAdmin {
+            commands: Arc::new(Commands::new(
+                backend.key_store,
+                (),
+                signal.clone(),
+                settings.command_attempts,
+            )),
+            ring: ring.clone(),
+        });
+        let authority = Arc::new(Authority {
+            keys: ring,
+            tokens: Tokens::configure(
+                access.jwt_secret.as_deref(),
+                access.jwt_public_key.as_deref(),
+                access.jwt_private_key.as_deref(),
+                access.token_ttl(),
+            )?,
+            allow_unauthenticated: access.allow_unauthenticated,
+        });
+        let mut rates = RateLimits::new(access.allowances());
+        if let (Some(url), Some(_)) = (&settings.redis_url, &backend.pool) {
+            let mut builder = crate::streams::fanout::redis_builder(url)?;
+            // A limiter that waits long on Redis slows every request.
+            builder.with_performance_config(|p| {
+                p.default_command_timeout = Duration::from_millis(250);
+            });
+            let client = builder.build()?;
+            client.connect();
+            // Beside the deployment's stream channel, so that deployments
+            // sharing a Redis keep apart.
+            rates = rates.shared(client, backend.channel.clone());
+        }
+        let rates = Arc::new(rates);
+        tasks.push(tokio::spawn(rates.clone().forget_idle(shutdown_rx.clone())));
         let mut commands = CommandService::new(backend.store, signal, settings.command_attempts);
         if backend.storage == "memory" {
             commands = commands.refusing_when_full(memory.clone());
@@ -286,6 +345,9 @@ impl Service {
         };
         let state = Arc::new(AppState {
             commands,
+            keys,
+            access: authority,
+            rates,
             log,
             inbox: backend.inbox,
             schedule: backend.schedule,
@@ -379,6 +441,24 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let service = Service::start(&settings).await?;
+        let access = &service.state.access;
+        if !access.enforced() {
+            if !settings.listen.ip().is_loopback() && !access.allow_unauthenticated {
+                anyhow::bail!(
+                    "refusing to listen on {} with no credentials configured: anyone who can reach it \
+                     could read every inbox and send to anyone. Create a key (`tidings keys create`), \
+                     set TIDINGS_API_KEYS or TIDINGS_JWT_SECRET, listen on loopback, or pass \
+                     --allow-unauthenticated if a gateway in front authenticates",
+                    settings.listen
+                );
+            }
+            warn!(
+                listen = %settings.listen,
+                "ACCESS IS OPEN: no API keys and no user-token key are configured, so every request \
+                 may do everything. Fine on loopback for development; create a key with \
+                 `tidings keys create` before exposing tidings"
+            );
+        }
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {} (TIDINGS_LISTEN)", settings.listen))?;

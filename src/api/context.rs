@@ -1,13 +1,15 @@
 //! Request context: `X-Request-Id` and `X-Correlation-Id` are taken from the
 //! request when they are sensible (generated otherwise), echoed on the
 //! response, put on the request's tracing span and recorded in every event's
-//! metadata.
+//! metadata. Who is asking is the gate's to say (`gate`).
 
 use std::time::Instant;
 
 use poem::http::HeaderValue;
 use poem::{Endpoint, IntoResponse, Request, Response};
 use tracing::{debug, info_span, Instrument};
+
+use crate::access::Principal;
 
 pub const REQUEST_ID: &str = "x-request-id";
 pub const CORRELATION_ID: &str = "x-correlation-id";
@@ -17,7 +19,10 @@ pub const ACTOR: &str = "x-actor";
 pub struct RequestContext {
     pub request_id: String,
     pub correlation_id: String,
-    pub actor: String,
+    /// Who is asking, as the gate authenticated them (`Open` until it has).
+    pub principal: Principal,
+    /// `X-Actor`, from a principal allowed to act on someone's behalf.
+    pub on_behalf_of: Option<String>,
 }
 
 /// A header value we are willing to store: 1–128 visible ASCII characters.
@@ -33,11 +38,11 @@ pub async fn with_request_context<E: Endpoint>(
 ) -> poem::Result<Response> {
     let request_id = usable(&req, REQUEST_ID).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let correlation_id = usable(&req, CORRELATION_ID).unwrap_or_else(|| request_id.clone());
-    let actor = usable(&req, ACTOR).unwrap_or_else(|| "anonymous".to_owned());
     let ctx = RequestContext {
         request_id: request_id.clone(),
         correlation_id: correlation_id.clone(),
-        actor,
+        principal: Principal::Open,
+        on_behalf_of: None,
     };
     let span = info_span!(
         "request",

@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use poem::web::Data;
 use poem::Body;
 use poem_openapi::param::{Path, Query as OaQuery};
 use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::{Deserialize, Serialize};
 
+use super::context::RequestContext;
 use super::params::{EventLimitRule, Int, LogCursorRule, NotificationIdRule, SequenceRule, Text};
 use super::problem::ApiError;
 use super::views::rfc3339;
@@ -194,6 +196,7 @@ impl EventsApi {
     )]
     async fn audit(
         &self,
+        ctx: Data<&RequestContext>,
         id: Path<Text<NotificationIdRule>>,
         /// The `next_after` of the previous page (a sequence number).
         after: OaQuery<Option<Int<SequenceRule>>>,
@@ -212,7 +215,9 @@ impl EventsApi {
             .log
             .stream("Notification", &id.to_string(), after, limit + 1)
             .await?;
-        if events.is_empty() && after == 0 {
+        if (events.is_empty() && after == 0)
+            || !super::notifications::may_see(&self.state, &ctx.principal, id, None).await?
+        {
             return Err(ApiError::not_found(format!("no notification {id} exists")));
         }
         let more = events.len() > limit;

@@ -6,9 +6,11 @@ pub mod analytics;
 pub mod context;
 pub mod create;
 pub mod events;
+pub mod gate;
 pub mod health;
 pub mod inbox;
 pub mod json;
+pub mod keys;
 pub mod limits;
 pub mod notifications;
 pub mod params;
@@ -16,6 +18,7 @@ pub mod parked;
 pub mod problem;
 pub mod projections;
 pub mod prometheus;
+pub mod rules;
 pub mod spec;
 pub mod state;
 pub mod stream;
@@ -44,6 +47,8 @@ pub enum ApiTags {
     Streams,
     /// Counts, rates and latencies per time bucket; the health score.
     Analytics,
+    /// Server API keys and user tokens.
+    Access,
     /// Health checks.
     Operations,
 }
@@ -56,6 +61,7 @@ pub type Apis = (
     projections::ProjectionsApi,
     parked::ParkedApi,
     stream::StreamApi,
+    keys::KeysApi,
     health::HealthApi,
     prometheus::MetricsApi,
     spec::DocsApi,
@@ -83,6 +89,9 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
                 state: state.clone(),
             },
             stream::StreamApi {
+                state: state.clone(),
+            },
+            keys::KeysApi {
                 state: state.clone(),
             },
             health::HealthApi {
@@ -117,7 +126,9 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
 /// The OpenAPI document as served at /openapi.json (and committed).
 pub fn document(api: &OpenApiService<Apis, ()>) -> serde_json::Value {
     let generated = serde_json::from_str(&api.spec()).unwrap_or_default();
-    spec::complete(generated)
+    let mut document = spec::complete(generated);
+    rules::declare(&mut document);
+    document
 }
 
 /// The document as text, as committed in openapi/openapi.json.
@@ -133,6 +144,11 @@ pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
     let api = openapi(state.clone(), published.clone());
     let document = document(&api);
     let methods = Arc::new(spec::Methods::of(&document));
+    let gate = Arc::new(gate::Gate::new(
+        &document,
+        state.access.clone(),
+        state.rates.clone(),
+    ));
     published.set(document, api.swagger_ui_html());
     Route::new()
         .nest("/", api)
@@ -150,6 +166,7 @@ pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
             .into_response()
         }))
         .around(move |next, req| limits::with_limits(next, req, limits.clone()))
+        .around(move |next, req| gate::with_gate(next, req, gate.clone()))
         .around(context::with_request_context)
         .around(prometheus::measured)
 }

@@ -17,7 +17,12 @@ use super::problem::ApiError;
 use super::views::{CreatedView, NotificationView, ReceiptView};
 use super::{wait_for, ApiTags};
 use crate::commands::{CommandMetadata, Created, Receipt};
-use crate::domain::{Channel, NotificationCommand, NotificationId, Timestamp};
+use crate::access::Principal;
+use crate::domain::{
+    Channel, Notification, NotificationCommand, NotificationError, NotificationId, Scope,
+    Timestamp, UserId,
+};
+use cqrs_es::Aggregate;
 use crate::AppState;
 
 #[derive(ApiResponse)]
@@ -64,12 +69,43 @@ fn parse_id(id: &str) -> Result<NotificationId, ApiError> {
     NotificationId::parse(id).map_err(|e| ApiError::malformed("path.id", e.0))
 }
 
+/// Whether `principal` may see notification `id`: `Open`, a `read` key, the
+/// key that sent it, its recipient. `recipient`, when the caller has it,
+/// spares a read of the notification's first event.
+pub async fn may_see(
+    state: &AppState,
+    principal: &Principal,
+    id: NotificationId,
+    recipient: Option<&UserId>,
+) -> Result<bool, ApiError> {
+    match (principal, recipient) {
+        (Principal::Open, _) => return Ok(true),
+        (p, _) if p.has(Scope::Read) => return Ok(true),
+        (Principal::User(token), Some(recipient)) => return Ok(token.user == *recipient),
+        _ => {}
+    }
+    let first = state
+        .log
+        .stream(Notification::TYPE, &id.to_string(), 0, 1)
+        .await?;
+    let Some(first) = first.first() else {
+        return Ok(false);
+    };
+    let origin = first.metadata["actor"].as_str();
+    let owner = first.payload["NotificationCreated"]["recipient"]
+        .as_str()
+        .and_then(|r| UserId::parse(r).ok());
+    Ok(owner.is_some_and(|owner| principal.reaches(Some(Scope::Read), &owner, origin)))
+}
+
 pub fn metadata(ctx: &RequestContext) -> CommandMetadata {
     CommandMetadata {
         request_id: ctx.request_id.clone(),
         correlation_id: ctx.correlation_id.clone(),
         causation_id: None,
-        actor: ctx.actor.clone(),
+        actor: ctx.principal.actor(),
+        actor_name: ctx.principal.actor_name().map(str::to_owned),
+        on_behalf_of: ctx.on_behalf_of.clone(),
         idempotency: None,
         command_id: None,
     }
@@ -94,10 +130,18 @@ impl NotificationsApi {
         command: impl Fn(Timestamp) -> NotificationCommand,
     ) -> Result<ReceiptResponse, ApiError> {
         let id = parse_id(id)?;
+        // No key may change every notification; a send key those it sent,
+        // a user their own. Anything else is as if it did not exist.
+        let principal = &ctx.principal;
+        let guard = |state: &Notification, origin: Option<&str>| match &state.content {
+            Some(content) if principal.reaches(None, &content.recipient, origin) => Ok(()),
+            _ if matches!(principal, Principal::Open) => Ok(()),
+            _ => Err(NotificationError::NotFound),
+        };
         let receipt = self
             .state
             .commands
-            .execute(id, command, &metadata(ctx))
+            .execute_guarded(id, command, &metadata(ctx), &guard)
             .await?;
         receipt_view(receipt)
     }
@@ -132,7 +176,12 @@ impl NotificationsApi {
             Some(key) => {
                 let key = parse_idempotency_key(key)?;
                 meta.idempotency = Some((key.to_owned(), request.fingerprint()));
-                NotificationId(id_for_idempotency_key(key))
+                // Scoped to the principal: two keys (or users) sending the
+                // same Idempotency-Key make two notifications.
+                match ctx.principal.idempotency_scope() {
+                    None => NotificationId(id_for_idempotency_key(key)),
+                    Some(scope) => NotificationId(id_for_idempotency_key(&format!("{scope}\n{key}"))),
+                }
             }
             None => NotificationId(uuid::Uuid::now_v7()),
         };
@@ -161,6 +210,7 @@ impl NotificationsApi {
     )]
     async fn get(
         &self,
+        ctx: Data<&RequestContext>,
         id: Path<Text<NotificationIdRule>>,
         /// A cursor; answer only once the read model has reached it (waits up to the configured limit).
         min_position: Query<Option<Text<LogCursorRule>>>,
@@ -175,6 +225,12 @@ impl NotificationsApi {
         let row = self.state.inbox.get(id).await?.ok_or_else(|| {
             ApiError::not_found(format!("no notification {id} exists (or it was deleted)"))
         })?;
+        let recipient = row.state.content.as_ref().map(|c| &c.recipient);
+        if !may_see(&self.state, &ctx.principal, id, recipient).await? {
+            return Err(ApiError::not_found(format!(
+                "no notification {id} exists (or it was deleted)"
+            )));
+        }
         let view = NotificationView::from_state(&row.state, row.last_position)
             .ok_or_else(|| ApiError::not_found(format!("no notification {id} exists")))?;
         Ok(NotificationResponse::Ok(Json(view)))

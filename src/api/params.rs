@@ -246,6 +246,20 @@ rule!(
     words(Channel::ALL.iter().map(Channel::as_str))
 );
 rule!(
+    ScopeRule,
+    "Scope",
+    words(crate::domain::Scope::ALL.iter().map(crate::domain::Scope::as_str))
+);
+rule!(
+    /// An API key's name: letters, digits, `.`, `_`, `-`.
+    KeyNameRule, "KeyName", pattern(r"^[A-Za-z0-9._-]{1,64}$")
+);
+rule!(
+    /// An API key's id: a UUID, hyphenated (`setting:{name}` for the
+    /// setting's keys, which cannot be revoked here).
+    KeyIdRule, "KeyId", string()
+);
+rule!(
     /// An analytics bucket's width (UTC).
     BucketRule, "AnalyticsBucket", words(["minute", "hour", "day"])
 );

@@ -224,7 +224,7 @@ impl ParkedApi {
         let parking = self.parking(name.0.as_str())?;
         let position = Position::parse_cursor(cursor.0.as_str())
             .map_err(|e| ApiError::invalid("path.cursor", e.to_string()))?;
-        let by = format!("{} (request {})", ctx.actor, ctx.request_id);
+        let by = format!("{} (request {})", ctx.principal.actor(), ctx.request_id);
         let report = parking.skip(&*self.state.log, position, &by).await?;
         Ok(RedriveResponse::Ok(Json(report.into())))
     }

@@ -56,6 +56,9 @@ pub enum ApiError {
     /// The request is malformed: JSON that does not parse, a wrong type, an unknown field.
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
+    /// The credential is valid but lacks the right to this operation or resource.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
     /// No such notification.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
@@ -108,6 +111,15 @@ impl ApiError {
             message,
         }]);
         Self::BadRequest(Json(problem))
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::Forbidden(Json(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            detail,
+        )))
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
@@ -226,8 +238,19 @@ impl From<NotificationError> for ApiError {
     }
 }
 
-impl From<CommandError> for ApiError {
-    fn from(err: CommandError) -> Self {
+impl From<crate::domain::ApiKeyError> for ApiError {
+    fn from(err: crate::domain::ApiKeyError) -> Self {
+        use crate::domain::ApiKeyError as E;
+        let detail = err.to_string();
+        match err {
+            E::NotFound => Self::not_found(detail),
+            E::AlreadyExists => Self::conflict("already-exists", "Already exists", detail),
+        }
+    }
+}
+
+impl<E: std::error::Error + Into<ApiError>> From<CommandError<E>> for ApiError {
+    fn from(err: CommandError<E>) -> Self {
         match err {
             CommandError::Rejected(e) => e.into(),
             CommandError::Conflict { .. } => Self::conflict(
@@ -244,9 +267,9 @@ impl From<CommandError> for ApiError {
             ),
             CommandError::Unreadable(_) => Self::conflict(
                 "unreadable-event",
-                "The notification's history cannot be read",
+                "The history cannot be read",
                 format!(
-                    "{err}; commands on this notification are refused until a release that \
+                    "{err}; commands on this aggregate are refused until a release that \
                      reads that event is deployed (operators: see the poison-event runbook)"
                 ),
             ),

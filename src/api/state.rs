@@ -24,6 +24,12 @@ use crate::streams::updates::UpdateLog;
 /// What request handlers share.
 pub struct AppState {
     pub commands: Arc<CommandService>,
+    /// Creating and revoking API keys, and the ring of those in force.
+    pub keys: Arc<crate::access::lifecycle::KeyAdmin>,
+    /// What credentials are accepted.
+    pub access: Arc<crate::access::Authority>,
+    /// Each principal's rate limit.
+    pub rates: Arc<crate::access::rate::RateLimits>,
     /// The global log, for audit and export queries.
     pub log: Arc<dyn EventLog>,
     pub inbox: Arc<dyn InboxReader>,

@@ -12,8 +12,14 @@ pub struct CommandMetadata {
     /// What caused this command when it was not a request of its own
     /// (read-all fans out one command per notification).
     pub causation_id: Option<String>,
-    /// Who acted. Until authentication lands this is `X-Actor`, taken on trust.
+    /// Who acted: the authenticated principal (`key:{id}`, `user:{user}`,
+    /// `anonymous` where no credentials are configured, `tidings:{reactor}`
+    /// for a reaction, `cli:{user}` for the command line).
     pub actor: String,
+    /// The key's name beside its id.
+    pub actor_name: Option<String>,
+    /// Whom an admin acted for (`X-Actor`).
+    pub on_behalf_of: Option<String>,
     /// `Idempotency-Key` and the hash of the request body it was sent with.
     pub idempotency: Option<(String, String)>,
     /// The command's own id when its sender derives it (a reaction's): an
@@ -26,6 +32,8 @@ pub const REQUEST_ID: &str = "request_id";
 pub const CORRELATION_ID: &str = "correlation_id";
 pub const CAUSATION_ID: &str = "causation_id";
 pub const ACTOR: &str = "actor";
+pub const ACTOR_NAME: &str = "actor_name";
+pub const ON_BEHALF_OF: &str = "on_behalf_of";
 pub const COMMAND: &str = "command";
 pub const COMMAND_ID: &str = "command_id";
 pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
@@ -41,6 +49,12 @@ impl CommandMetadata {
             (COMMAND.to_owned(), command.to_owned()),
             (COMMAND_ID.to_owned(), command_id.to_owned()),
         ]);
+        if let Some(name) = &self.actor_name {
+            map.insert(ACTOR_NAME.to_owned(), name.clone());
+        }
+        if let Some(whom) = &self.on_behalf_of {
+            map.insert(ON_BEHALF_OF.to_owned(), whom.clone());
+        }
         if let Some(causation) = &self.causation_id {
             map.insert(CAUSATION_ID.to_owned(), causation.clone());
         }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use tracing::instrument;
 
 pub use metadata::CommandMetadata;
-pub use runner::{BatchReceipt, CommandError, Commands, Decided, EventStore, Named, Target, BATCH};
+pub use runner::{
+    BatchReceipt, CommandError, Commands, Decided, EventStore, Guard, Named, Target, BATCH,
+};
 
 use self::runner::Appender;
 use crate::domain::{
@@ -102,8 +104,19 @@ impl CommandService {
         self.run(id, command, meta, false).await
     }
 
+    /// `execute`, refused as `NotFound` unless `guard` accepts the
+    /// notification and who created it (see `Commands::execute_guarded`).
+    pub async fn execute_guarded(
+        &self,
+        id: NotificationId,
+        command: impl Fn(Timestamp) -> NotificationCommand,
+        meta: &CommandMetadata,
+        guard: &runner::Guard<'_, Notification>,
+    ) -> Result<Receipt, CommandError> {
+        self.run_guarded(id, command, meta, false, guard).await
+    }
+
     /// `fresh`: the id was just made (UUID v7), so there is nothing to load.
-    #[instrument(skip_all, fields(notification = %id))]
     async fn run(
         &self,
         id: NotificationId,
@@ -111,9 +124,22 @@ impl CommandService {
         meta: &CommandMetadata,
         fresh: bool,
     ) -> Result<Receipt, CommandError> {
+        self.run_guarded(id, command, meta, fresh, &|_, _| Ok(()))
+            .await
+    }
+
+    #[instrument(skip_all, fields(notification = %id))]
+    async fn run_guarded(
+        &self,
+        id: NotificationId,
+        command: impl Fn(Timestamp) -> NotificationCommand,
+        meta: &CommandMetadata,
+        fresh: bool,
+        guard: &runner::Guard<'_, Notification>,
+    ) -> Result<Receipt, CommandError> {
         let decided = self
             .commands
-            .execute(&id.to_string(), command, meta, fresh)
+            .execute_guarded(&id.to_string(), command, meta, fresh, guard)
             .await?;
         Ok(Receipt {
             id,

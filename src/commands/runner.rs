@@ -18,7 +18,7 @@ use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore as _};
 use tracing::warn;
 
 pub use self::batch::{BatchReceipt, Target, BATCH};
-use super::metadata::{CommandMetadata, COMMAND_ID};
+use super::metadata::{CommandMetadata, ACTOR, COMMAND_ID};
 use crate::domain::{NotificationError, Timestamp};
 use crate::memory_limit::{MemoryGuard, Pressure};
 use crate::storage::error::chain_is_outage;
@@ -200,6 +200,8 @@ struct Loaded<A> {
     sequence: usize,
     /// Its history already holds the command id being run.
     repeat: bool,
+    /// Who started the stream: the `actor` of its first event.
+    origin: Option<String>,
 }
 
 impl<A: Aggregate> Default for Loaded<A> {
@@ -208,6 +210,7 @@ impl<A: Aggregate> Default for Loaded<A> {
             aggregate: A::default(),
             sequence: 0,
             repeat: false,
+            origin: None,
         }
     }
 }
@@ -215,6 +218,9 @@ impl<A: Aggregate> Default for Loaded<A> {
 impl<A: Aggregate> Loaded<A> {
     fn of(events: Vec<EventEnvelope<A>>, command_id: Option<&str>) -> Self {
         let mut loaded = Self::default();
+        loaded.origin = events
+            .first()
+            .and_then(|e| e.metadata.get(ACTOR).cloned());
         for event in events {
             loaded.repeat |= command_id.is_some()
                 && event.metadata.get(COMMAND_ID).map(String::as_str) == command_id;
@@ -236,6 +242,10 @@ impl<A: Aggregate> Loaded<A> {
         Some(loaded)
     }
 }
+
+/// Whether a command may touch an aggregate: given its state and who started
+/// its stream, Ok or the refusal.
+pub type Guard<'a, A> = dyn Fn(&A, Option<&str>) -> Result<(), <A as Aggregate>::Error> + Sync + 'a;
 
 /// Runs commands against aggregates of type `A`.
 pub struct Commands<A: Aggregate> {
@@ -290,9 +300,25 @@ where
         meta: &CommandMetadata,
         fresh: bool,
     ) -> Result<Decided<A>, CommandError<A::Error>> {
+        self.execute_guarded(aggregate_id, command, meta, fresh, &|_, _| Ok(()))
+            .await
+    }
+
+    /// `execute`, refused with `guard`'s error unless `guard` accepts the
+    /// aggregate as loaded and who started its stream (the `actor` of its
+    /// first event): whether the one asking may touch it. Checked on every
+    /// try, against the state the command is decided on.
+    pub async fn execute_guarded(
+        &self,
+        aggregate_id: &str,
+        command: impl Fn(Timestamp) -> A::Command,
+        meta: &CommandMetadata,
+        fresh: bool,
+        guard: &Guard<'_, A>,
+    ) -> Result<Decided<A>, CommandError<A::Error>> {
         let mut name = "unknown";
         let result = self
-            .attempts(aggregate_id, command, meta, fresh, &mut name)
+            .attempts(aggregate_id, command, meta, fresh, guard, &mut name)
             .await;
         let outcome = match &result {
             Ok(r) if r.changed => "changed",
@@ -311,6 +337,7 @@ where
         command: impl Fn(Timestamp) -> A::Command,
         meta: &CommandMetadata,
         fresh: bool,
+        guard: &Guard<'_, A>,
         name: &mut &'static str,
     ) -> Result<Decided<A>, CommandError<A::Error>> {
         let command_id = meta
@@ -331,6 +358,7 @@ where
                     Err(e) => return Err(self.load_failure(aggregate_id, e).await),
                 }
             };
+            guard(&ctx.aggregate, ctx.origin.as_deref()).map_err(CommandError::Rejected)?;
             if ctx.repeat {
                 let position = self.position(aggregate_id, ctx.sequence as i64).await?;
                 return Ok(Decided {

@@ -2,6 +2,7 @@
 //! errors and rules. No IO, no async runtime, no clock reads: time arrives
 //! inside each command, so every rule here is a plain function to test.
 
+pub mod api_key;
 pub mod command;
 pub mod event;
 pub mod notification;
@@ -15,8 +16,9 @@ pub use notification::{Lifecycle, Notification, NotificationError};
 pub type Timestamp = chrono::DateTime<chrono::Utc>;
 /// Free-form data the sender attaches (a JSON object); tidings stores and returns it.
 pub type Data = serde_json::Map<String, serde_json::Value>;
+pub use api_key::{ApiKey, ApiKeyCommand, ApiKeyError, ApiKeyEvent};
 pub use values::{
-    parse_data, Body, Category, Channel, DataProblem, GroupKey, InvalidValue, NotificationId,
-    Priority, Title, UserId,
+    parse_data, parse_scopes, Body, Category, Channel, DataProblem, GroupKey, InvalidValue,
+    KeyName, NotificationId, Priority, Scope, Title, UserId,
 };
 pub use values::{BODY_MAX_CHARS, GROUP_KEY_MAX_CHARS, TITLE_MAX_CHARS};

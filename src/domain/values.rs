@@ -410,10 +410,108 @@ word_enum!(
     }
 );
 
+word_enum!(
+    /// What a server API key may do: `send` notifications (and follow what
+    /// it sent), `read` any user's inbox, notifications, audit and
+    /// analytics, `admin`ister the service (projections, the global log,
+    /// keys). A key holds any set of them.
+    Scope, "scope" {
+        Send => "send",
+        Read => "read",
+        Admin => "admin",
+    }
+);
+
+/// The most characters in an API key's name.
+pub const KEY_NAME_MAX_CHARS: usize = 64;
+
+/// An API key's name, as an operator lists it (`billing`, `ops-2026`):
+/// 1–64 letters, digits, `.`, `_` or `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct KeyName(String);
+
+impl KeyName {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        if s.is_empty() || s.chars().count() > KEY_NAME_MAX_CHARS {
+            return Err(invalid(format!(
+                "must be 1 to {KEY_NAME_MAX_CHARS} characters long"
+            )));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(invalid(
+                "may hold only letters, digits, `.`, `_` and `-`",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for KeyName {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<KeyName> for String {
+    fn from(name: KeyName) -> Self {
+        name.0
+    }
+}
+
+impl fmt::Display for KeyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Scopes from a comma-separated list (`send,read`): each known, at least
+/// one; sorted, without repeats.
+pub fn parse_scopes(list: &str) -> Result<Vec<Scope>, InvalidValue> {
+    let mut scopes = list
+        .split(',')
+        .map(|s| Scope::parse(s.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    scopes.sort();
+    scopes.dedup();
+    Ok(scopes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn key_names_from_the_allowed_alphabet_parse_and_others_do_not(
+            good in "[A-Za-z0-9._-]{1,64}",
+            bad in "[A-Za-z0-9._-]{0,10}[^A-Za-z0-9._-][A-Za-z0-9._-]{0,10}",
+        ) {
+            let name = KeyName::parse(&good).unwrap();
+            prop_assert_eq!(name.as_str(), good.as_str());
+            prop_assert!(KeyName::parse(&bad).is_err());
+        }
+    }
+
+    #[test]
+    fn scope_lists_are_sorted_without_repeats_and_unknown_scopes_are_named() {
+        assert_eq!(
+            parse_scopes("admin,send,admin").unwrap(),
+            vec![Scope::Send, Scope::Admin]
+        );
+        let err = parse_scopes("send,write").unwrap_err();
+        assert!(err.0.contains("`write`"), "{}", err.0);
+        assert!(parse_scopes("").is_err());
+    }
 
     proptest! {
         #[test]

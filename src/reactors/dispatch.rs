@@ -262,8 +262,7 @@ async fn round<R: Reactor>(
         correlation_id: uuid::Uuid::now_v7().to_string(),
         causation_id: Some(format!("reactor:{}", R::NAME)),
         actor: format!("tidings:{}", R::NAME),
-        idempotency: None,
-        command_id: None,
+        ..CommandMetadata::default()
     };
     let receipt = d
         .commands

@@ -257,6 +257,23 @@ impl EventLog for MemoryEventStore {
             .collect())
     }
 
+    async fn of_type(
+        &self,
+        aggregate_type: &str,
+        limit: usize,
+    ) -> Result<Vec<SharedEvent>, StorageError> {
+        let log = self.read();
+        let from = (aggregate_type.to_owned(), String::new());
+        Ok(log
+            .streams
+            .range(from..)
+            .take_while(|((t, _), _)| t == aggregate_type)
+            .flat_map(|(_, indexes)| indexes)
+            .take(limit)
+            .map(|&i| log.get(i).clone())
+            .collect())
+    }
+
     async fn behind(
         &self,
         after: Position,

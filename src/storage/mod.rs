@@ -115,6 +115,15 @@ pub trait EventLog: Send + Sync {
         aggregate_ids: &[String],
     ) -> Result<Vec<SharedEvent>, StorageError>;
 
+    /// Every event of every stream of `aggregate_type`, stream after stream
+    /// (each in sequence order), at most `limit`: for aggregates that are
+    /// few and read whole (API keys).
+    async fn of_type(
+        &self,
+        aggregate_type: &str,
+        limit: usize,
+    ) -> Result<Vec<SharedEvent>, StorageError>;
+
     /// How far a reader at `after` is behind: events after it, and when the
     /// oldest of them was recorded.
     async fn behind(&self, after: Position) -> Result<(u64, Option<DateTime<Utc>>), StorageError>;

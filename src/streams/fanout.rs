@@ -119,6 +119,33 @@ impl Probe {
     }
 }
 
+/// A fred client builder for `url` with the policies every Redis client of
+/// tidings needs: reconnect forever (fred's default is never), and bounded
+/// waits on a node that hangs.
+pub fn redis_builder(url: &str) -> anyhow::Result<Builder> {
+        let config = Config::from_url(url)
+        .map_err(|e| anyhow::anyhow!("REDIS_URL `{url}` is not a Redis URL: {e}"))?;
+    let mut builder = Builder::from_config(config);
+    // Without a policy fred never reconnects.
+    builder
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            // CLUSTER SLOTS and the handshake, sent to a node that may hang.
+            c.internal_command_timeout = Duration::from_secs(2);
+            // A command unanswered this long closes its connection (a
+            // hung node): fred reconnects and re-reads the cluster.
+            c.unresponsive.max_timeout = Some(Duration::from_secs(2));
+            c.unresponsive.interval = Duration::from_millis(500);
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = Duration::from_secs(2);
+            // fred's own buffer for received messages (default 32).
+            p.broadcast_channel_capacity = 4096;
+        });
+    Ok(builder)
+}
+
 impl Fanout {
     /// Connects (in the background: a Redis that is down at start only
     /// degrades the service) and starts publishing and subscribing on `channel`.
@@ -128,26 +155,7 @@ impl Fanout {
         feed: Feed,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<Self>> {
-        let config = Config::from_url(url)
-            .map_err(|e| anyhow::anyhow!("REDIS_URL `{url}` is not a Redis URL: {e}"))?;
-        let mut builder = Builder::from_config(config);
-        // Without a policy fred never reconnects.
-        builder
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(2);
-                // CLUSTER SLOTS and the handshake, sent to a node that may hang.
-                c.internal_command_timeout = Duration::from_secs(2);
-                // A command unanswered this long closes its connection (a
-                // hung node): fred reconnects and re-reads the cluster.
-                c.unresponsive.max_timeout = Some(Duration::from_secs(2));
-                c.unresponsive.interval = Duration::from_millis(500);
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = Duration::from_secs(2);
-                // fred's own buffer for received messages (default 32).
-                p.broadcast_channel_capacity = 4096;
-            });
+        let builder = redis_builder(url)?;
         let publisher = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
         publisher.connect();

@@ -79,7 +79,10 @@ async fn a_notifications_history_lists_every_event_in_order_with_who_asked(app: 
             "delete-1"
         ]
     );
-    assert_eq!(events[0]["metadata"]["actor"], "billing");
+    // No credentials are configured: the principal is anonymous, and
+    // X-Actor (honoured where every right is held) is whom it acted for.
+    assert_eq!(events[0]["metadata"]["actor"], "anonymous");
+    assert_eq!(events[0]["metadata"]["on_behalf_of"], "billing");
     assert_eq!(events[2]["metadata"]["correlation_id"], "flow-7");
     assert_eq!(events[3]["metadata"]["command"], "MarkRead");
     assert_eq!(events[0]["data"]["recipient"], "una");

@@ -164,7 +164,8 @@ async fn events_record_who_asked_and_the_log_refuses_changes() {
         let metadata: Value = row.get(1);
         assert_eq!(metadata["request_id"], "req-123");
         assert_eq!(metadata["correlation_id"], "flow-9");
-        assert_eq!(metadata["actor"], "billing-service");
+        assert_eq!(metadata["actor"], "anonymous");
+        assert_eq!(metadata["on_behalf_of"], "billing-service");
         assert_eq!(metadata["command"], "Create");
     }
 

@@ -104,6 +104,15 @@ SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggr
  ORDER BY sequence
  LIMIT $4";
 
+/// Served by the primary key (aggregate_type first).
+const OF_TYPE: &str = "
+SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
+       sequence, event_type, event_version, payload, metadata, recorded_at
+  FROM events
+ WHERE aggregate_type = $1
+ ORDER BY aggregate_id, sequence
+ LIMIT $2";
+
 /// Served by events_created_recipient (migrations/0004) and the primary key.
 const RECIPIENT_HISTORY: &str = "
 SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
@@ -257,6 +266,21 @@ impl EventLog for PgEventLog {
                 &stmt,
                 &[&aggregate_type, &aggregate_id, &after, &(limit as i64)],
             )
+            .await?;
+        rows.iter()
+            .map(|r| row_to_event(r).map(Arc::new).map_err(StorageError::from))
+            .collect()
+    }
+
+    async fn of_type(
+        &self,
+        aggregate_type: &str,
+        limit: usize,
+    ) -> Result<Vec<SharedEvent>, StorageError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(OF_TYPE).await?;
+        let rows = client
+            .query(&stmt, &[&aggregate_type, &(limit as i64)])
             .await?;
         rows.iter()
             .map(|r| row_to_event(r).map(Arc::new).map_err(StorageError::from))

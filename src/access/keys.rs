@@ -1,0 +1,369 @@
+//! Server API keys as an instance holds them: the secrets' digests, looked up
+//! on every request without a round trip.
+//!
+//! A secret is `tdk_` and 43 characters of base64url (32 random bytes from
+//! the operating system). It is stored only as its SHA-256 digest: the
+//! secret has 256 bits of entropy, so a fast hash is as safe as a slow one
+//! and costs nothing per request (slow hashes are for guessable passwords).
+//!
+//! The ring has two sources: the keys of the `TIDINGS_API_KEYS` setting, and
+//! the `ApiKey` streams of the event log, which every instance re-reads every
+//! `REFRESH` (keys are few, and the read is one index range). A key created
+//! or revoked on this instance is in the ring at once; on the others within
+//! one refresh.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use chrono::Utc;
+use cqrs_es::Aggregate;
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+use crate::domain::{parse_scopes, ApiKey, ApiKeyEvent, KeyName, Scope, Timestamp};
+use crate::storage::{EventLog, StorageError};
+
+/// How often the ring re-reads the keys in the log.
+pub const REFRESH: Duration = Duration::from_secs(1);
+
+/// What every secret starts with: a leaked one is recognisable (secret
+/// scanners match prefixes).
+pub const SECRET_PREFIX: &str = "tdk_";
+
+/// Characters of the secret shown in lists.
+const SHOWN: usize = 12;
+
+/// The most keys the ring reads from the log.
+const MAX_STORED_EVENTS: usize = 100_000;
+
+/// A new secret and what is stored of it.
+pub struct NewSecret {
+    pub secret: String,
+    pub digest: String,
+    pub prefix: String,
+}
+
+impl NewSecret {
+    pub fn generate() -> std::io::Result<Self> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+        let secret = format!(
+            "{SECRET_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        );
+        Ok(Self {
+            digest: digest(&secret),
+            prefix: secret[..SHOWN].to_owned(),
+            secret,
+        })
+    }
+}
+
+/// Hex SHA-256 of a secret.
+pub fn digest(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Where a key came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `TIDINGS_API_KEYS`: changed by changing the setting.
+    Setting,
+    /// Created by a command; revoked by one.
+    Store,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Setting => "setting",
+            Self::Store => "store",
+        }
+    }
+}
+
+/// One key as the ring knows it.
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub id: String,
+    pub name: KeyName,
+    pub scopes: Vec<Scope>,
+    pub prefix: String,
+    pub created_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub source: Source,
+    /// Milliseconds since 1970 of the last request it authenticated; 0: none
+    /// on this instance.
+    last_used_ms: AtomicI64,
+}
+
+impl KeyEntry {
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+
+    pub fn last_used(&self) -> Option<Timestamp> {
+        match self.last_used_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => chrono::DateTime::from_timestamp_millis(ms),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_used_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+}
+
+/// Why a secret was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    Unknown,
+    Revoked,
+}
+
+/// A bad `TIDINGS_API_KEYS` entry, named.
+#[derive(Debug, thiserror::Error)]
+#[error("TIDINGS_API_KEYS entry {index}: {problem}")]
+pub struct BadKeySetting {
+    index: usize,
+    problem: String,
+}
+
+/// The keys of the setting: entries separated by `;`, each
+/// `name:scope,scope:secret` or `name:scope,scope:sha256:<hex digest>`
+/// (so the setting need not hold the secret itself).
+pub fn parse_setting(setting: &str) -> Result<Vec<(KeyName, Vec<Scope>, String)>, BadKeySetting> {
+    let mut keys = Vec::new();
+    for (index, entry) in setting.split(';').map(str::trim).enumerate() {
+        if entry.is_empty() {
+            continue;
+        }
+        let bad = |problem: String| BadKeySetting {
+            index: index + 1,
+            problem,
+        };
+        let mut parts = entry.splitn(3, ':');
+        let (Some(name), Some(scopes), Some(secret)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad(
+                "is not `name:scopes:secret` (or `name:scopes:sha256:<hex>`)".into(),
+            ));
+        };
+        let name = KeyName::parse(name).map_err(|e| bad(format!("name {}", e.0)))?;
+        let scopes = parse_scopes(scopes).map_err(|e| bad(e.0))?;
+        let digest = match secret.strip_prefix("sha256:") {
+            Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                hex.to_ascii_lowercase()
+            }
+            Some(_) => return Err(bad("a sha256 digest is 64 hex digits".into())),
+            None if secret.len() >= 32 => digest(secret),
+            None => {
+                return Err(bad(
+                    "the secret is shorter than 32 characters; make one with `tidings keys create`"
+                        .into(),
+                ))
+            }
+        };
+        if keys.iter().any(|(n, _, _): &(KeyName, _, _)| n == &name) {
+            return Err(bad(format!("the name `{name}` is used twice")));
+        }
+        keys.push((name, scopes, digest));
+    }
+    Ok(keys)
+}
+
+#[derive(Default)]
+struct Ring {
+    by_digest: HashMap<String, Arc<KeyEntry>>,
+    /// Every key, revoked ones too, setting keys first.
+    keys: Vec<Arc<KeyEntry>>,
+}
+
+/// The keys an instance accepts.
+pub struct KeyRing {
+    setting: Vec<(Arc<KeyEntry>, String)>,
+    log: Arc<dyn EventLog>,
+    ring: RwLock<Arc<Ring>>,
+}
+
+impl KeyRing {
+    /// The keys of the setting; the log's are read by `refresh`.
+    pub fn new(setting: Vec<(KeyName, Vec<Scope>, String)>, log: Arc<dyn EventLog>) -> Self {
+        let setting = setting
+            .into_iter()
+            .map(|(name, scopes, digest)| {
+                let entry = KeyEntry {
+                    id: format!("setting:{name}"),
+                    prefix: String::new(),
+                    name,
+                    scopes,
+                    created_at: None,
+                    revoked_at: None,
+                    source: Source::Setting,
+                    last_used_ms: AtomicI64::new(0),
+                };
+                (Arc::new(entry), digest)
+            })
+            .collect();
+        let ring = Self {
+            setting,
+            log,
+            ring: RwLock::default(),
+        };
+        ring.install(Vec::new());
+        ring
+    }
+
+    fn current(&self) -> Arc<Ring> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The key `secret` names, if it is one and not revoked.
+    pub fn authenticate(&self, secret: &str) -> Result<Arc<KeyEntry>, KeyRefusal> {
+        let ring = self.current();
+        let entry = ring
+            .by_digest
+            .get(&digest(secret))
+            .ok_or(KeyRefusal::Unknown)?;
+        if entry.revoked_at.is_some() {
+            return Err(KeyRefusal::Revoked);
+        }
+        entry.touch();
+        Ok(entry.clone())
+    }
+
+    /// Whether any key exists or ever did: with none, the service is open.
+    pub fn any(&self) -> bool {
+        !self.current().keys.is_empty()
+    }
+
+    /// Every key, revoked ones too.
+    pub fn keys(&self) -> Vec<Arc<KeyEntry>> {
+        self.current().keys.clone()
+    }
+
+    /// Re-reads the keys of the log.
+    pub async fn refresh(&self) -> Result<(), StorageError> {
+        let events = self.log.of_type(ApiKey::TYPE, MAX_STORED_EVENTS).await?;
+        let mut stored: Vec<(String, ApiKey)> = Vec::new();
+        for event in events {
+            let decoded = match event.decode::<ApiKeyEvent>() {
+                Ok(decoded) => decoded,
+                Err(problem) => {
+                    // An unreadable key event grants nothing; the others stand.
+                    warn!(key = %event.aggregate_id, %problem, "an API key event cannot be read");
+                    continue;
+                }
+            };
+            match stored.last_mut() {
+                Some((id, key)) if *id == event.aggregate_id => key.apply(decoded),
+                _ => {
+                    let mut key = ApiKey::default();
+                    key.apply(decoded);
+                    stored.push((event.aggregate_id.clone(), key));
+                }
+            }
+        }
+        self.install(stored);
+        Ok(())
+    }
+
+    /// Makes `stored` (with the setting's keys) the ring, keeping what the
+    /// old one knew of when each key was last used.
+    fn install(&self, stored: Vec<(String, ApiKey)>) {
+        let old = self.current();
+        let used = |id: &str| {
+            old.keys
+                .iter()
+                .find(|k| k.id == id)
+                .map_or(0, |k| k.last_used_ms.load(Ordering::Relaxed))
+        };
+        let mut ring = Ring::default();
+        for (entry, digest) in &self.setting {
+            ring.by_digest.insert(digest.clone(), entry.clone());
+            ring.keys.push(entry.clone());
+        }
+        for (id, key) in stored {
+            let Some(name) = key.name else { continue };
+            let entry = Arc::new(KeyEntry {
+                last_used_ms: AtomicI64::new(used(&id)),
+                id,
+                name,
+                scopes: key.scopes,
+                prefix: key.prefix,
+                created_at: key.created_at,
+                revoked_at: key.revoked_at,
+                source: Source::Store,
+            });
+            // A setting key with the same secret stays the one that answers.
+            ring.by_digest.entry(key.digest).or_insert(entry.clone());
+            ring.keys.push(entry);
+        }
+        *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
+    }
+
+    /// Refreshes every `REFRESH` until `shutdown`; an outage keeps the keys
+    /// last read (nothing can be revoked while the store is down either).
+    pub async fn refresh_until(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.refresh().await {
+                        warn!(error = %e, "re-reading the API keys failed; the keys last read stay in force");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_prefixed_distinct_and_stored_only_as_their_digest() {
+        let a = NewSecret::generate().unwrap();
+        let b = NewSecret::generate().unwrap();
+        assert!(a.secret.starts_with(SECRET_PREFIX));
+        assert_eq!(a.secret.len(), SECRET_PREFIX.len() + 43);
+        assert_ne!(a.secret, b.secret);
+        assert_eq!(a.digest, digest(&a.secret));
+        assert_eq!(a.digest.len(), 64);
+        assert!(!a.digest.contains(&a.secret[SECRET_PREFIX.len()..]));
+        assert!(a.secret.starts_with(&a.prefix));
+    }
+
+    #[test]
+    fn the_setting_takes_secrets_or_digests_and_names_what_is_wrong() {
+        let secret = "tdk_0123456789abcdef0123456789abcdef";
+        let hex = digest(secret);
+        let keys =
+            parse_setting(&format!("billing:send:{secret}; ops:admin,read:sha256:{hex}")).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].2, hex);
+        assert_eq!(keys[1].1, vec![Scope::Read, Scope::Admin]);
+        assert_eq!(keys[1].2, hex);
+        for (bad, says) in [
+            ("billing:send", "name:scopes:secret"),
+            ("bil ling:send:0123456789abcdef0123456789abcdef", "name"),
+            ("billing:write:0123456789abcdef0123456789abcdef", "`write`"),
+            ("billing:send:short", "shorter than 32"),
+            ("billing:send:sha256:abc", "64 hex digits"),
+            (&format!("a:send:{secret};a:read:{secret}"), "used twice"),
+        ] {
+            let err = parse_setting(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+}
