@@ -110,6 +110,18 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub stream_send_timeout_ms: u64,
 
+    /// How long a stream connection whose upgrade carried no credential has
+    /// to send its `auth` message, in milliseconds; then it is closed (4401).
+    #[arg(long, env = "TIDINGS_STREAM_AUTH_WAIT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub stream_auth_wait_ms: u64,
+
+    /// How long a stream connection may refresh an expired credential with
+    /// an `auth` message, in milliseconds; then it is closed (4401).
+    #[arg(long, env = "TIDINGS_STREAM_EXPIRY_GRACE_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub stream_expiry_grace_ms: u64,
+
     /// Most stream connections from one client address; more are closed
     /// with 1013. 0: no limit (behind a load balancer every client has its
     /// address).
@@ -322,6 +334,33 @@ impl Access {
         }
     }
 
+    /// The CORS origins, each `http(s)://host[:port]` (a browser's `Origin`).
+    pub fn cors_origins(&self) -> anyhow::Result<Vec<String>> {
+        let Some(list) = &self.cors_origins else {
+            return Ok(Vec::new());
+        };
+        list.split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|origin| {
+                let url = url::Url::parse(origin).ok().filter(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host_str().is_some()
+                        && u.path() == "/"
+                        && !origin.ends_with('/')
+                        && u.query().is_none()
+                        && u.username().is_empty()
+                });
+                match url {
+                    Some(_) if origin.bytes().all(|b| b.is_ascii_graphic()) => Ok(origin.to_owned()),
+                    _ => anyhow::bail!(
+                        "TIDINGS_CORS_ORIGINS: `{origin}` is not an origin; write `https://app.example.com` (scheme, host, optional port, no path)"
+                    ),
+                }
+            })
+            .collect()
+    }
+
     /// No limits: for tests and benchmarks that are not about them.
     pub fn unlimited() -> Self {
         Self {
@@ -527,6 +566,8 @@ impl Settings {
             stream_heartbeat_ms: 20_000,
             stream_send_timeout_ms: 10_000,
             stream_max_connections_per_address: 0,
+            stream_auth_wait_ms: 10_000,
+            stream_expiry_grace_ms: 30_000,
             stream_retention: 100_000,
             stream_retention_bytes: 128 * 1024 * 1024,
             stream_poll_ms: 200,

@@ -114,6 +114,39 @@ impl ParkedCommand {
 }
 
 #[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a key; its secret is printed once and stored only as a digest.
+    Create {
+        /// 1–64 letters, digits, `.`, `_`, `-` (`billing`).
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: `send`, `read`, `admin`.
+        #[arg(long)]
+        scopes: String,
+        #[command(flatten)]
+        args: DbArgs,
+    },
+    /// Every key: id, name, scopes, created, revoked, last used.
+    List(DbArgs),
+    /// Refuse a key from now on (every instance within a second).
+    Revoke {
+        /// The key's id (from `list`).
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        args: DbArgs,
+    },
+}
+
+impl KeysCommand {
+    fn args(&self) -> &DbArgs {
+        match self {
+            Self::Create { args, .. } | Self::List(args) | Self::Revoke { args, .. } => args,
+        }
+    }
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API (the default).
     Serve(Box<Settings>),
@@ -141,6 +174,12 @@ enum Command {
         #[command(subcommand)]
         action: ParkedCommand,
     },
+    /// Server API keys: create (prints the secret once), list, revoke
+    /// (DATABASE_URL; without it, `create` prints a TIDINGS_API_KEYS entry).
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
     /// Write the OpenAPI document (to a file, or stdout).
     ExportOpenapi {
         /// Where to write it; absent: stdout.
@@ -160,6 +199,7 @@ impl Cli {
             })
             | Some(Command::Replay { args, .. }) => args.log.log_format,
             Some(Command::Parked { action }) => action.of().args.log.log_format,
+            Some(Command::Keys { action }) => action.args().log.log_format,
             Some(Command::ExportOpenapi { .. }) => LogFormat::Text,
         }
     }
@@ -266,6 +306,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(e) if is_broken_pipe(&e) => return Ok(()),
                 other => other?,
             }
+            finish_output(out.flush())
+        }
+        Some(Command::Keys { action }) => {
+            use tidings::operate::keys::{self, KeysAction};
+            let args = action.args();
+            let (url, limits) = (args.db.database_url.clone(), args.limits());
+            let action = match action {
+                KeysCommand::Create { name, scopes, .. } => KeysAction::Create { name, scopes },
+                KeysCommand::List(_) => KeysAction::List,
+                KeysCommand::Revoke { id, .. } => KeysAction::Revoke { id },
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            keys::run(url.as_deref(), limits, action, &mut out).await?;
             finish_output(out.flush())
         }
         Some(Command::ExportOpenapi { output }) => {

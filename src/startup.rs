@@ -14,16 +14,16 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::api;
-use crate::api::state::{AppState, Streams};
 use crate::access::keys::{parse_setting, KeyRing};
 use crate::access::lifecycle::KeyAdmin;
 use crate::access::rate::RateLimits;
 use crate::access::tokens::Tokens;
 use crate::access::Authority;
+use crate::api;
+use crate::api::state::{AppState, Streams};
 use crate::commands::{CommandService, Commands, EventStore, NotificationStore};
-use crate::domain::ApiKey;
 use crate::config::Settings;
+use crate::domain::ApiKey;
 use crate::memory_limit::MemoryGuard;
 use crate::projections::analytics;
 use crate::projections::engine::{self, EngineConfig};
@@ -195,12 +195,7 @@ async fn start_postgres(
         .unwrap_or_else(|| postgres::deployment_channel(pools.connector.config()));
     let fanout = match &settings.redis_url {
         Some(redis) => {
-            let fanout = Fanout::start(
-                redis,
-                channel.clone(),
-                feed,
-                shutdown.clone(),
-            )?;
+            let fanout = Fanout::start(redis, channel.clone(), feed, shutdown.clone())?;
             publisher.set_fanout(fanout.clone());
             let shown = postgres::redact(redis);
             if fanout.wait_up(Duration::from_secs(2)).await {
@@ -285,7 +280,9 @@ impl Service {
         ring.refresh()
             .await
             .context("reading the API keys from the event log")?;
-        tasks.push(tokio::spawn(ring.clone().refresh_until(shutdown_rx.clone())));
+        tasks.push(tokio::spawn(
+            ring.clone().refresh_until(shutdown_rx.clone()),
+        ));
         let keys = Arc::new(KeyAdmin {
             commands: Arc::new(Commands::new(
                 backend.key_store,
@@ -348,6 +345,7 @@ impl Service {
             keys,
             access: authority,
             rates,
+            cors_origins: access.cors_origins()?,
             log,
             inbox: backend.inbox,
             schedule: backend.schedule,
@@ -367,6 +365,8 @@ impl Service {
                 settings: StreamSettings {
                     heartbeat: settings.stream_heartbeat(),
                     send_timeout: settings.stream_send_timeout(),
+                    auth_wait: Duration::from_millis(settings.stream_auth_wait_ms),
+                    expiry_grace: Duration::from_millis(settings.stream_expiry_grace_ms),
                 },
                 closing: closing_rx,
                 fanout: backend.fanout,

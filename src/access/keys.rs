@@ -158,19 +158,18 @@ pub fn parse_setting(setting: &str) -> Result<Vec<(KeyName, Vec<Scope>, String)>
         };
         let name = KeyName::parse(name).map_err(|e| bad(format!("name {}", e.0)))?;
         let scopes = parse_scopes(scopes).map_err(|e| bad(e.0))?;
-        let digest = match secret.strip_prefix("sha256:") {
-            Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                hex.to_ascii_lowercase()
-            }
-            Some(_) => return Err(bad("a sha256 digest is 64 hex digits".into())),
-            None if secret.len() >= 32 => digest(secret),
-            None => {
-                return Err(bad(
+        let digest =
+            match secret.strip_prefix("sha256:") {
+                Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    hex.to_ascii_lowercase()
+                }
+                Some(_) => return Err(bad("a sha256 digest is 64 hex digits".into())),
+                None if secret.len() >= 32 => digest(secret),
+                None => return Err(bad(
                     "the secret is shorter than 32 characters; make one with `tidings keys create`"
                         .into(),
-                ))
-            }
-        };
+                )),
+            };
         if keys.iter().any(|(n, _, _): &(KeyName, _, _)| n == &name) {
             return Err(bad(format!("the name `{name}` is used twice")));
         }
@@ -348,8 +347,10 @@ mod tests {
     fn the_setting_takes_secrets_or_digests_and_names_what_is_wrong() {
         let secret = "tdk_0123456789abcdef0123456789abcdef";
         let hex = digest(secret);
-        let keys =
-            parse_setting(&format!("billing:send:{secret}; ops:admin,read:sha256:{hex}")).unwrap();
+        let keys = parse_setting(&format!(
+            "billing:send:{secret}; ops:admin,read:sha256:{hex}"
+        ))
+        .unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].2, hex);
         assert_eq!(keys[1].1, vec![Scope::Read, Scope::Admin]);

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod rate;
 pub mod tokens;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -126,7 +127,9 @@ impl Principal {
 /// Why a credential was not accepted: each is a 401.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("this request has no credential; send `Authorization: Bearer <API key or user token>`")]
+    #[error(
+        "this request has no credential; send `Authorization: Bearer <API key or user token>`"
+    )]
     Missing,
     #[error("the Authorization header is not `Bearer <API key or user token>`")]
     Malformed,
@@ -134,7 +137,9 @@ pub enum Refusal {
     UnknownKey,
     #[error("the API key was revoked")]
     RevokedKey,
-    #[error("user tokens are not accepted here: no TIDINGS_JWT_SECRET or TIDINGS_JWT_PUBLIC_KEY is set")]
+    #[error(
+        "user tokens are not accepted here: no TIDINGS_JWT_SECRET or TIDINGS_JWT_PUBLIC_KEY is set"
+    )]
     NoTokens,
     #[error(transparent)]
     Token(#[from] TokenRefusal),

@@ -149,7 +149,9 @@ impl Tokens {
             let probe = UserId::parse("probe").map_err(|e| anyhow::anyhow!(e.0))?;
             let (token, _) = tokens.issue(&probe, None)?;
             tokens.verify(&token).map_err(|e| {
-                anyhow::anyhow!("TIDINGS_JWT_PRIVATE_KEY does not match TIDINGS_JWT_PUBLIC_KEY: {e}")
+                anyhow::anyhow!(
+                    "TIDINGS_JWT_PRIVATE_KEY does not match TIDINGS_JWT_PUBLIC_KEY: {e}"
+                )
             })?;
         }
         Ok(Some(tokens))
@@ -166,12 +168,13 @@ impl Tokens {
 
     /// The user `token` stands for.
     pub fn verify(&self, token: &str) -> Result<UserToken, TokenRefusal> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.verify, &self.validation).map_err(
-            |e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenRefusal::Expired,
-                other => TokenRefusal::Invalid(format!("{other:?}")),
-            },
-        )?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.verify, &self.validation).map_err(|e| {
+                match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenRefusal::Expired,
+                    other => TokenRefusal::Invalid(format!("{other:?}")),
+                }
+            })?;
         let claims = data.claims;
         let user = UserId::parse(&claims.sub)
             .map_err(|e| TokenRefusal::Invalid(format!("`sub` {}", e.0)))?;
@@ -202,8 +205,8 @@ impl Tokens {
         // Encoding our own claims with a key that verified as this
         // algorithm's cannot fail but on a broken key, which `configure`
         // has ruled out.
-        let token =
-            jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key).map_err(|_| CannotSign)?;
+        let token = jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key)
+            .map_err(|_| CannotSign)?;
         let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or(expires_at);
         Ok((token, expires_at))
     }
@@ -265,7 +268,11 @@ mod tests {
             SECRET,
         );
         assert!(matches!(t.verify(&hs384), Err(TokenRefusal::Invalid(_))));
-        let no_exp = signed(serde_json::json!({"sub": "alice"}), Algorithm::HS256, SECRET);
+        let no_exp = signed(
+            serde_json::json!({"sub": "alice"}),
+            Algorithm::HS256,
+            SECRET,
+        );
         assert!(matches!(t.verify(&no_exp), Err(TokenRefusal::Invalid(_))));
         let bad_sub = signed(
             serde_json::json!({"sub": "", "exp": now + 60}),
@@ -273,7 +280,10 @@ mod tests {
             SECRET,
         );
         assert!(matches!(t.verify(&bad_sub), Err(TokenRefusal::Invalid(_))));
-        assert!(matches!(t.verify("not.a.jwt"), Err(TokenRefusal::Invalid(_))));
+        assert!(matches!(
+            t.verify("not.a.jwt"),
+            Err(TokenRefusal::Invalid(_))
+        ));
     }
 
     #[test]

@@ -131,8 +131,7 @@ fn permits(principal: &Principal, rule: &Rule, path_user: Option<&str>) -> Resul
     match principal {
         Principal::Open => Ok(()),
         Principal::Key(key) => {
-            if rule.scopes.iter().any(|s| key.has(*s)) || (rule.own_sends && key.has(Scope::Send))
-            {
+            if rule.scopes.iter().any(|s| key.has(*s)) || (rule.own_sends && key.has(Scope::Send)) {
                 return Ok(());
             }
             Err(format!(

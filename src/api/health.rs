@@ -40,6 +40,12 @@ pub struct HealthView {
     pub memory_limit_mb: Option<u64>,
     /// What this instance's timers fired since it started, and how late.
     pub timers: TimersView,
+    /// `enforced` (credentials are checked) or `open` (none is configured:
+    /// every request may do everything).
+    pub access: String,
+    /// Said while access is open.
+    #[oai(skip_serializing_if_is_none)]
+    pub access_warning: Option<String>,
 }
 
 /// Scheduled deliveries fired by this instance since it started.
@@ -176,6 +182,18 @@ impl HealthApi {
             projections: None,
             memory_used_mb: self.state.memory.used() >> 20,
             memory_limit_mb: self.state.memory.limit().map(|l| l >> 20),
+            access: if self.state.access.enforced() {
+                "enforced"
+            } else {
+                "open"
+            }
+            .to_owned(),
+            access_warning: (!self.state.access.enforced()).then(|| {
+                "ACCESS IS OPEN: no API keys and no user-token key are configured, so every \
+                 request may do everything; create a key (`tidings keys create`) before exposing \
+                 tidings"
+                    .to_owned()
+            }),
             timers: {
                 let r = self.state.timers.report();
                 TimersView {

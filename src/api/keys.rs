@@ -61,7 +61,8 @@ pub struct KeyView {
     pub source: String,
     pub created_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
-    /// When it last authenticated a request on this instance.
+    /// When it last authenticated a request (on any instance, to within a
+    /// few seconds, with PostgreSQL).
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
@@ -183,11 +184,22 @@ impl KeysApi {
     ///
     /// Every key, revoked ones too, without secrets.
     #[oai(path = "/keys", method = "get", operation_id = "listKeys")]
-    async fn list(&self) -> KeyListResponse {
+    async fn list(&self) -> Result<KeyListResponse, ApiError> {
         let keys = self.state.keys.ring.keys();
-        KeyListResponse::Ok(Json(KeyList {
-            keys: keys.iter().map(|k| KeyView::from(&**k)).collect(),
-        }))
+        // Other instances' last uses, where they are recorded.
+        let used = match &self.state.pool {
+            Some(pool) => crate::access::usage::read(pool).await?,
+            None => Default::default(),
+        };
+        let keys = keys
+            .iter()
+            .map(|k| {
+                let mut view = KeyView::from(&**k);
+                view.last_used_at = view.last_used_at.max(used.get(&k.id).copied());
+                view
+            })
+            .collect();
+        Ok(KeyListResponse::Ok(Json(KeyList { keys })))
     }
 
     /// Revoke an API key
@@ -237,7 +249,11 @@ impl KeysApi {
     /// user's notifications and their lifecycle commands, and that user's
     /// stream topics. `grants` narrows it (`read`: look and subscribe;
     /// `write`: change notifications); absent, both.
-    #[oai(path = "/users/:user/token", method = "post", operation_id = "issueUserToken")]
+    #[oai(
+        path = "/users/:user/token",
+        method = "post",
+        operation_id = "issueUserToken"
+    )]
     async fn token(
         &self,
         user: Path<Text<UserRule>>,
@@ -277,6 +293,9 @@ impl KeysApi {
         let (token, expires_at) = tokens
             .issue(&user, grants)
             .map_err(|e| ApiError::conflict("cannot-sign", "Cannot sign tokens", e.to_string()))?;
-        Ok(TokenResponse::Created(Json(IssuedToken { token, expires_at })))
+        Ok(TokenResponse::Created(Json(IssuedToken {
+            token,
+            expires_at,
+        })))
     }
 }

@@ -108,17 +108,26 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
          immutable events; the inbox is a projection of the global event log. Commands \
          answer with a `cursor`: pass it as `min_position` to a query to read your own write. \
          Errors are `application/problem+json`.\n\n\
+         **Access.** Send `Authorization: Bearer <credential>`: a server API key (`tdk_…`, \
+         scopes `send`, `read`, `admin`) or a user token (a JWT for one user: that user's \
+         inbox, notifications and topics only). Each operation says who may call it. 401 \
+         (with `WWW-Authenticate`) when the credential is missing or not valid, 403 when it \
+         lacks the right, 429 (with `Retry-After`) past its rate limit; `RateLimit-*` headers \
+         on every answer to a limited credential. With no keys and no token key configured \
+         tidings is open (loopback only) and every request may do everything.\n\n\
          **Streams.** `GET /v1/stream?topics=inbox:{user},notification:{id}&cursor={cursor}` \
          upgrades to a WebSocket of live updates (`inbox:{user}`: rows `created`, `changed`, \
          `removed` and the `counts`; `notification:{id}`: the row; `analytics`: the current \
          minute's counters (`minute`) and the health score (`health`) as they change). Every server message is JSON \
          with a `type`: `subscribed`, `update` (`cursor`, `topic`, `kind`, `data` = the row as \
          REST returns it), `resync` (fetch over REST, continue from the fresh `cursor`), \
-         `unsubscribed`, `error`. Clients may send `{\"type\":\"subscribe\",\"topics\":[...],\
-         \"cursor\":\"...\"}` and `{\"type\":\"unsubscribe\",\"topics\":[...]}`. Reconnect with \
+         `unsubscribed`, `authenticated`, `error`. Clients may send `{\"type\":\"subscribe\",\"topics\":[...],\
+         \"cursor\":\"...\"}`, `{\"type\":\"unsubscribe\",\"topics\":[...]}` and \
+         `{\"type\":\"auth\",\"token\":\"...\"}` (the credential, first, when the upgrade could \
+         not carry an Authorization header; later, a fresh token before the old one's 30 s grace ends). Reconnect with \
          the `cursor` of the last update received to get every update missed, in order, once. \
          Close codes: 1013 connection limit reached (overall or for one address), 4000 slow \
-         consumer (resync), 1008 too many messages, 1001 going away. At most 100 topics per \
+         consumer (resync), 4401 no valid credential (none within 10 s, bad, or expired), 1008 too many messages, 1001 going away. At most 100 topics per \
          connection; subscribe messages at most 5 a second (bursts of 20). The messages' JSON Schema is `openapi/stream-messages.schema.json`.",
     )
 }
@@ -169,6 +178,36 @@ pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
         .around(move |next, req| gate::with_gate(next, req, gate.clone()))
         .around(context::with_request_context)
         .around(prometheus::measured)
+        .with_if(!state.cors_origins.is_empty(), cors(&state.cors_origins))
+}
+
+/// CORS for the configured origins only: browsers holding a user token call
+/// the inbox and its commands directly. No cookies are used, so no
+/// credentials mode; the headers a client sends and reads are listed.
+fn cors(origins: &[String]) -> poem::middleware::Cors {
+    poem::middleware::Cors::new()
+        .allow_origins(origins.iter().map(String::as_str))
+        .allow_methods(["GET", "POST", "PUT", "PATCH", "DELETE"])
+        .allow_headers([
+            "authorization",
+            "content-type",
+            "idempotency-key",
+            "x-request-id",
+            "x-correlation-id",
+        ])
+        .expose_headers([
+            "location",
+            "retry-after",
+            "idempotent-replayed",
+            "ratelimit-limit",
+            "ratelimit-remaining",
+            "ratelimit-reset",
+            "ratelimit-policy",
+            "x-request-id",
+            "x-correlation-id",
+            "www-authenticate",
+        ])
+        .max_age(600)
 }
 
 /// A page size from the `limit` query parameter: `default` when absent,

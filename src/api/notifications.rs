@@ -16,14 +16,14 @@ use super::params::{ChannelRule, IdempotencyKeyRule, LogCursorRule, Notification
 use super::problem::ApiError;
 use super::views::{CreatedView, NotificationView, ReceiptView};
 use super::{wait_for, ApiTags};
-use crate::commands::{CommandMetadata, Created, Receipt};
 use crate::access::Principal;
+use crate::commands::{CommandMetadata, Created, Receipt};
 use crate::domain::{
     Channel, Notification, NotificationCommand, NotificationError, NotificationId, Scope,
     Timestamp, UserId,
 };
-use cqrs_es::Aggregate;
 use crate::AppState;
+use cqrs_es::Aggregate;
 
 #[derive(ApiResponse)]
 pub enum CreateResponse {
@@ -180,7 +180,9 @@ impl NotificationsApi {
                 // same Idempotency-Key make two notifications.
                 match ctx.principal.idempotency_scope() {
                     None => NotificationId(id_for_idempotency_key(key)),
-                    Some(scope) => NotificationId(id_for_idempotency_key(&format!("{scope}\n{key}"))),
+                    Some(scope) => {
+                        NotificationId(id_for_idempotency_key(&format!("{scope}\n{key}")))
+                    }
                 }
             }
             None => NotificationId(uuid::Uuid::now_v7()),

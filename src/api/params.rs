@@ -248,7 +248,11 @@ rule!(
 rule!(
     ScopeRule,
     "Scope",
-    words(crate::domain::Scope::ALL.iter().map(crate::domain::Scope::as_str))
+    words(
+        crate::domain::Scope::ALL
+            .iter()
+            .map(crate::domain::Scope::as_str)
+    )
 );
 rule!(
     /// An API key's name: letters, digits, `.`, `_`, `-`.

@@ -129,7 +129,10 @@ pub const RULES: &[(&str, Rule)] = &[
 
 /// The rule of `operation`, if it has one.
 pub fn rule(operation: &str) -> Option<&'static Rule> {
-    RULES.iter().find(|(id, _)| *id == operation).map(|(_, r)| r)
+    RULES
+        .iter()
+        .find(|(id, _)| *id == operation)
+        .map(|(_, r)| r)
 }
 
 /// The security scheme every protected operation names.
@@ -196,8 +199,11 @@ pub fn declare(document: &mut Value) {
             let Some(rule) = rule(&id) else { continue };
             operation["x-tidings-access"] = rule.extension();
             let described = operation["description"].as_str().unwrap_or("").to_owned();
-            operation["description"] =
-                Value::String(format!("{described}\n\n**Access:** {}.", rule.describe()).trim().to_owned());
+            operation["description"] = Value::String(
+                format!("{described}\n\n**Access:** {}.", rule.describe())
+                    .trim()
+                    .to_owned(),
+            );
             if rule.public {
                 operation["security"] = json!([]);
                 continue;
@@ -207,10 +213,11 @@ pub fn declare(document: &mut Value) {
             responses["401"] = problem(
                 "No credential, or one that is not valid (unknown or revoked key, expired or forged token). `WWW-Authenticate` says which.",
             );
-            responses["403"] = problem("The credential is valid but lacks the right to this operation or this resource.");
-            responses["429"] = problem(
-                "Past the credential's rate limit; `Retry-After` says when to try again.",
+            responses["403"] = problem(
+                "The credential is valid but lacks the right to this operation or this resource.",
             );
+            responses["429"] =
+                problem("Past the credential's rate limit; `Retry-After` says when to try again.");
         }
     }
 }

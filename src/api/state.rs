@@ -30,6 +30,8 @@ pub struct AppState {
     pub access: Arc<crate::access::Authority>,
     /// Each principal's rate limit.
     pub rates: Arc<crate::access::rate::RateLimits>,
+    /// Origins browsers may call from (CORS); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
     /// The global log, for audit and export queries.
     pub log: Arc<dyn EventLog>,
     pub inbox: Arc<dyn InboxReader>,

@@ -4,19 +4,32 @@
 //! (`?topics=inbox:alice,notification:{id}&cursor=...`) or later in a
 //! `subscribe` message. A bad topic in the query is a 422 before the upgrade;
 //! past the connection limit the socket is accepted and closed with 1013.
+//!
+//! Credentials: the upgrade's `Authorization` header where the client can
+//! set one; otherwise a first `{"type":"auth","token":"..."}` message (never
+//! the query string, which lands in logs). A user token reaches only its
+//! user's topics (`inbox:{user}`, `notification:{id}` of its notifications);
+//! `analytics` and everyone's topics take a key with `read`.
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use poem::web::websocket::{WebSocket, WebSocketConfig, WebSocketStream, WebSocketUpgraded};
 use poem::web::RemoteAddr;
+use poem::Request;
 use poem_openapi::param::Query;
 use poem_openapi::OpenApi;
 
+use super::gate::AuthLater;
 use super::params::{Text, TopicsRule};
 use super::problem::ApiError;
 use super::ApiTags;
-use crate::streams::socket::{self, parse_topics, MAX_TOPICS, MAX_TOPICS_QUERY};
+use crate::access::{Grant, Principal};
+use crate::domain::Scope;
+use crate::streams::socket::{
+    self, parse_topics, Authenticator, Credential, StreamAccess, MAX_TOPICS, MAX_TOPICS_QUERY,
+};
+use crate::streams::updates::Topic;
 use crate::AppState;
 
 /// Bytes of each socket's read and write buffers: tungstenite's 128 KiB
@@ -48,6 +61,7 @@ impl StreamApi {
     async fn stream(
         &self,
         ws: WebSocket,
+        req: &Request,
         remote: &RemoteAddr,
         /// Comma-separated topics (`inbox:alice,notification:{id}`), at most 100.
         topics: Query<Option<Text<TopicsRule>>>,
@@ -56,16 +70,125 @@ impl StreamApi {
         /// `resync` message.
         cursor: Query<Option<String>>,
     ) -> Result<WebSocketUpgraded<Upgrade>, ApiError> {
-        upgrade(&self.state, ws, remote, topics.0.map(|t| t.0), cursor.0)
+        let credential = match req.extensions().get::<Principal>() {
+            Some(principal) => Some(credential(&self.state, principal.clone())),
+            None if req.extensions().get::<AuthLater>().is_some() => None,
+            // Not through the gate (it always sets one or the other).
+            None => Some(credential(&self.state, Principal::Open)),
+        };
+        let access = StreamAccess {
+            credential,
+            authenticator: Arc::new(TokenAuthenticator {
+                state: self.state.clone(),
+            }),
+        };
+        upgrade(
+            &self.state,
+            ws,
+            remote,
+            topics.0.map(|t| t.0),
+            cursor.0,
+            access,
+        )
+        .await
     }
 }
 
-fn upgrade(
+/// A principal as a stream connection's credential.
+struct PrincipalCredential {
+    principal: Principal,
+    state: Arc<AppState>,
+}
+
+fn credential(state: &Arc<AppState>, principal: Principal) -> Arc<dyn Credential> {
+    Arc::new(PrincipalCredential {
+        principal,
+        state: state.clone(),
+    })
+}
+
+#[async_trait::async_trait]
+impl Credential for PrincipalCredential {
+    async fn refuses(&self, topics: &[String]) -> Option<String> {
+        if self.principal.has(Scope::Read) {
+            return None;
+        }
+        let Some(token) = self.principal.user() else {
+            return Some("only a key with `read` or a user token may subscribe".into());
+        };
+        for name in topics {
+            let mine = match Topic::parse(name) {
+                Ok(Topic::Inbox(user)) => user == token.user,
+                Ok(Topic::Notification(id)) => match self.state.inbox.get(id).await {
+                    Ok(Some(row)) => row
+                        .state
+                        .content
+                        .as_ref()
+                        .is_some_and(|c| c.recipient == token.user),
+                    _ => false,
+                },
+                Ok(Topic::Analytics) | Err(_) => false,
+            };
+            if !mine {
+                return Some(format!(
+                    "`{name}` is not a topic of user `{}`: a user token reaches only `inbox:{}` and the `notification:{{id}}` of its own notifications",
+                    token.user.as_str(),
+                    token.user.as_str()
+                ));
+            }
+        }
+        None
+    }
+
+    fn expires_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.principal.user().map(|t| t.expires_at)
+    }
+
+    fn who(&self) -> String {
+        self.principal.actor()
+    }
+
+    async fn admits_message(&self) -> bool {
+        self.state
+            .rates
+            .check(&self.principal)
+            .await
+            .is_none_or(|v| v.retry_after.is_none())
+    }
+}
+
+/// Checks an `auth` message's token as the gate checks a header.
+struct TokenAuthenticator {
+    state: Arc<AppState>,
+}
+
+#[async_trait::async_trait]
+impl Authenticator for TokenAuthenticator {
+    async fn authenticate(&self, token: &str) -> Result<Arc<dyn Credential>, String> {
+        let principal = self
+            .state
+            .access
+            .authenticate(Some(token))
+            .map_err(|e| e.to_string())?;
+        let may = match &principal {
+            Principal::Open => true,
+            Principal::Key(key) => key.has(Scope::Read),
+            Principal::User(token) => token.grants.contains(&Grant::Read),
+        };
+        if !may {
+            return Err("this credential may not subscribe: it takes a key with `read` or a user token with `read`".into());
+        }
+        Ok(credential(&self.state, principal))
+    }
+}
+
+async fn upgrade(
     state: &Arc<AppState>,
     ws: WebSocket,
     remote: &RemoteAddr,
     topics: Option<String>,
     cursor: Option<String>,
+    access: StreamAccess,
 ) -> Result<WebSocketUpgraded<Upgrade>, ApiError> {
     let topics = match topics.as_deref() {
         None | Some("") => vec![],
@@ -89,6 +212,13 @@ fn upgrade(
                 "query.cursor",
                 format!("`{cursor}` needs topics to resume: add `topics=`"),
             ));
+        }
+    }
+    if let Some(credential) = &access.credential {
+        if !topics.is_empty() {
+            if let Some(why) = credential.refuses(&topics).await {
+                return Err(ApiError::forbidden(why));
+            }
         }
     }
     let state = state.clone();
@@ -133,6 +263,7 @@ fn upgrade(
                 streams.settings.clone(),
                 topics,
                 cursor,
+                access,
                 streams.closing.clone(),
             )
             .await;

@@ -217,10 +217,10 @@ impl<A: Aggregate> Default for Loaded<A> {
 
 impl<A: Aggregate> Loaded<A> {
     fn of(events: Vec<EventEnvelope<A>>, command_id: Option<&str>) -> Self {
-        let mut loaded = Self::default();
-        loaded.origin = events
-            .first()
-            .and_then(|e| e.metadata.get(ACTOR).cloned());
+        let mut loaded = Self {
+            origin: events.first().and_then(|e| e.metadata.get(ACTOR).cloned()),
+            ..Self::default()
+        };
         for event in events {
             loaded.repeat |= command_id.is_some()
                 && event.metadata.get(COMMAND_ID).map(String::as_str) == command_id;

@@ -173,10 +173,7 @@ mod tests {
             vec![ApiKeyEvent::ApiKeyRevoked { revoked_at: at(5) }]
         );
         key.apply(revoked[0].clone());
-        assert_eq!(
-            key.decide(ApiKeyCommand::Revoke { at: at(9) }),
-            Ok(vec![])
-        );
+        assert_eq!(key.decide(ApiKeyCommand::Revoke { at: at(9) }), Ok(vec![]));
         assert_eq!(key.revoked_at, Some(at(5)));
     }
 

@@ -442,9 +442,7 @@ impl KeyName {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         {
-            return Err(invalid(
-                "may hold only letters, digits, `.`, `_` and `-`",
-            ));
+            return Err(invalid("may hold only letters, digits, `.`, `_` and `-`"));
         }
         Ok(Self(s.to_owned()))
     }

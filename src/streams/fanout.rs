@@ -123,7 +123,7 @@ impl Probe {
 /// tidings needs: reconnect forever (fred's default is never), and bounded
 /// waits on a node that hangs.
 pub fn redis_builder(url: &str) -> anyhow::Result<Builder> {
-        let config = Config::from_url(url)
+    let config = Config::from_url(url)
         .map_err(|e| anyhow::anyhow!("REDIS_URL `{url}` is not a Redis URL: {e}"))?;
     let mut builder = Builder::from_config(config);
     // Without a policy fred never reconnects.

@@ -2,8 +2,18 @@
 //! a cursor, then live updates; heartbeats; resync when it cannot keep up.
 //!
 //! Client messages: `{"type":"subscribe","topics":[...],"cursor":"..."}`,
-//! `{"type":"unsubscribe","topics":[...]}`. Server messages: `subscribed`,
-//! `unsubscribed`, `update`, `resync`, `error` (see openapi/stream-messages.schema.json).
+//! `{"type":"unsubscribe","topics":[...]}`, `{"type":"auth","token":"..."}`.
+//! Server messages: `subscribed`, `unsubscribed`, `authenticated`, `update`,
+//! `resync`, `error` (see openapi/stream-messages.schema.json).
+//!
+//! Credentials: a connection either arrives with one (the upgrade's
+//! `Authorization` header) or sends an `auth` message first, within
+//! `auth_wait` (10 s); until then nothing is subscribed. A credential that expires
+//! (a user token's `exp`) is warned of with an `error` of reason
+//! `token_expired`; an `auth` message with a fresh token for the same
+//! principal within `expiry_grace` (30 s) carries on, otherwise the connection
+//! closes with `CLOSE_UNAUTHORIZED` (reconnect with the last cursor: nothing
+//! is lost).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -30,12 +40,46 @@ pub const CLOSE_SLOW: u16 = 4000;
 /// Close code for "too many connections: retry later" (RFC 6455 1013).
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
+/// Close code for "no valid credential" (no `auth` in time, a bad token,
+/// an expired one not refreshed).
+pub const CLOSE_UNAUTHORIZED: u16 = 4401;
+
+/// Who a connection acts for, as the API decided: what it may read, until
+/// when, and at what rate it may send messages.
+#[async_trait::async_trait]
+pub trait Credential: Send + Sync {
+    /// Why this credential may not read one of `topics`; None: it may read all.
+    async fn refuses(&self, topics: &[String]) -> Option<String>;
+    /// When it stops being valid.
+    fn expires_at(&self) -> Option<chrono::DateTime<chrono::Utc>>;
+    /// Who it is: a refreshed credential must be the same principal.
+    fn who(&self) -> String;
+    /// Takes one message from the principal's rate allowance.
+    async fn admits_message(&self) -> bool;
+}
+
+/// Turns an `auth` message's token into a credential, or says why not.
+#[async_trait::async_trait]
+pub trait Authenticator: Send + Sync {
+    async fn authenticate(&self, token: &str) -> Result<Arc<dyn Credential>, String>;
+}
+
+/// A connection's credential (None: it must send `auth`) and how to check one.
+pub struct StreamAccess {
+    pub credential: Option<Arc<dyn Credential>>,
+    pub authenticator: Arc<dyn Authenticator>,
+}
+
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
     pub heartbeat: Duration,
     /// Longest one write to the socket may take; a client that stopped
     /// reading is dropped after it, and what it held is freed.
     pub send_timeout: Duration,
+    /// How long a connection without a credential has to send `auth`.
+    pub auth_wait: Duration,
+    /// How long after its credential expires a connection may refresh it.
+    pub expiry_grace: Duration,
 }
 
 /// Subscribe and unsubscribe messages a connection may send in a burst,
@@ -86,6 +130,9 @@ enum ClientMessage {
     Unsubscribe {
         topics: Vec<String>,
     },
+    Auth {
+        token: String,
+    },
 }
 
 /// Validates topic names; the problem in words otherwise. Linear, and a
@@ -132,6 +179,13 @@ struct Connection<'a> {
     sub: Subscription,
     /// Per topic, the id of the last update sent (or skipped as already known).
     last_sent: HashMap<String, i64>,
+    access: StreamAccess,
+    /// Topics and cursor from the query string, held until `auth`.
+    held: Option<(Vec<String>, Option<String>)>,
+    /// Whether the client has been told its credential expired.
+    warned: bool,
+    auth_wait: Duration,
+    expiry_grace: Duration,
 }
 
 /// Why a connection ended.
@@ -180,6 +234,16 @@ impl Connection<'_> {
     }
 
     async fn subscribe(&mut self, topics: Vec<String>, cursor: Option<&str>) -> Result<(), End> {
+        let Some(credential) = &self.access.credential else {
+            return self
+                .error("send {\"type\":\"auth\",\"token\":\"...\"} before subscribing")
+                .await;
+        };
+        if let Some(why) = credential.refuses(&topics).await {
+            return self
+                .send_json(json!({"type": "error", "reason": "forbidden", "topics": topics, "detail": why}))
+                .await;
+        }
         let total = self.last_sent.len()
             + topics
                 .iter()
@@ -301,6 +365,76 @@ impl Connection<'_> {
         Ok(())
     }
 
+    /// An `auth` message: the first credential, or a fresh one for the same
+    /// principal. A bad one closes the connection.
+    async fn authenticate(&mut self, token: &str) -> Result<(), End> {
+        let credential = self
+            .access
+            .authenticator
+            .authenticate(token)
+            .await
+            .map_err(|why| End::Close(CLOSE_UNAUTHORIZED, truncate(why)))?;
+        if let Some(current) = &self.access.credential {
+            if current.who() != credential.who() {
+                return self
+                    .error("a refreshed credential must be for the same principal; open another connection for another")
+                    .await;
+            }
+        }
+        let expires_at = credential.expires_at();
+        self.access.credential = Some(credential);
+        self.warned = false;
+        self.send_json(json!({"type": "authenticated", "expires_at": expires_at}))
+            .await?;
+        match self.held.take() {
+            Some((topics, cursor)) if !topics.is_empty() => {
+                self.subscribe(topics, cursor.as_deref()).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// When the credential must be acted on: the end of the wait for `auth`,
+    /// its expiry (warn), or the end of the grace after it (close).
+    fn credential_deadline(&self, opened: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let Some(credential) = &self.access.credential else {
+            return Some(opened + self.auth_wait);
+        };
+        let expires_at = credential.expires_at()?;
+        let left = (expires_at - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        let warn_at = tokio::time::Instant::now() + left;
+        Some(if self.warned {
+            warn_at + self.expiry_grace
+        } else {
+            warn_at
+        })
+    }
+
+    /// The credential's deadline came.
+    async fn credential_due(&mut self) -> Result<(), End> {
+        match &self.access.credential {
+            None => Err(End::Close(
+                CLOSE_UNAUTHORIZED,
+                format!("no auth message within {} ms", self.auth_wait.as_millis()),
+            )),
+            Some(_) if self.warned => Err(End::Close(
+                CLOSE_UNAUTHORIZED,
+                "the credential expired; reconnect with a fresh one and the last cursor".into(),
+            )),
+            Some(_) => {
+                self.warned = true;
+                self.send_json(json!({
+                    "type": "error",
+                    "reason": "token_expired",
+                    "detail": format!("the credential expired: send {{\"type\":\"auth\",\"token\":\"...\"}} with a fresh one within {} ms, or the connection closes ({CLOSE_UNAUTHORIZED})", self.expiry_grace.as_millis()),
+                }))
+                .await
+            }
+        }
+    }
+
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
         if !self.subscribes.take() {
             self.refused += 1;
@@ -316,7 +450,15 @@ impl Connection<'_> {
                 ))
                 .await;
         }
+        if let Some(credential) = &self.access.credential {
+            if !credential.admits_message().await {
+                return self
+                    .error("past this credential's rate limit; this message was ignored")
+                    .await;
+            }
+        }
         match serde_json::from_str::<ClientMessage>(text) {
+            Ok(ClientMessage::Auth { token }) => self.authenticate(&token).await,
             Ok(ClientMessage::Subscribe { topics, cursor }) => {
                 match parse_topics(topics.iter().map(String::as_str)) {
                     Ok(topics) => self.subscribe(topics, cursor.as_deref()).await,
@@ -333,7 +475,7 @@ impl Connection<'_> {
             }
             Err(e) => {
                 self.error(format!(
-                    "not a message this stream understands ({e}); send {{\"type\":\"subscribe\",\"topics\":[...]}} or {{\"type\":\"unsubscribe\",\"topics\":[...]}}"
+                    "not a message this stream understands ({e}); send {{\"type\":\"subscribe\",\"topics\":[...]}}, {{\"type\":\"unsubscribe\",\"topics\":[...]}} or {{\"type\":\"auth\",\"token\":\"...\"}}"
                 ))
                 .await
             }
@@ -341,7 +483,20 @@ impl Connection<'_> {
     }
 }
 
+/// A close reason fits in a control frame (123 bytes).
+fn truncate(mut why: String) -> String {
+    if why.len() > 120 {
+        let mut cut = 120;
+        while !why.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        why.truncate(cut);
+    }
+    why
+}
+
 /// Serves one connection until it ends.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     socket: WebSocketStream,
     router: Arc<Router>,
@@ -349,6 +504,7 @@ pub async fn serve(
     settings: StreamSettings,
     topics: Vec<String>,
     cursor: Option<String>,
+    access: StreamAccess,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (sink, mut source) = socket.split();
@@ -363,9 +519,17 @@ pub async fn serve(
         log: &*log,
         sub,
         last_sent: HashMap::new(),
+        held: None,
+        access,
+        warned: false,
+        auth_wait: settings.auth_wait,
+        expiry_grace: settings.expiry_grace,
     };
+    let opened = tokio::time::Instant::now();
     let end = async {
-        if !topics.is_empty() {
+        if conn.access.credential.is_none() {
+            conn.held = Some((topics, cursor));
+        } else if !topics.is_empty() {
             conn.subscribe(topics, cursor.as_deref()).await?;
         }
         let mut heard = Instant::now();
@@ -373,7 +537,9 @@ pub async fn serve(
         heartbeat.tick().await;
         let mut batch = Vec::with_capacity(BATCH);
         loop {
+            let deadline = conn.credential_deadline(opened);
             tokio::select! {
+                _ = sleep_until_some(deadline) => conn.credential_due().await?,
                 update = conn.sub.updates.recv() => {
                     let Some(first) = update else {
                         if conn.sub.slow.load(Ordering::Acquire) {
@@ -445,6 +611,14 @@ pub async fn serve(
             );
         }
         Err(End::Closed) | Ok(()) => {}
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

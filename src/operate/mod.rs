@@ -1,7 +1,9 @@
 //! Operator commands against DATABASE_URL while the service runs (a
 //! surface beside the HTTP one, so it answers in the API's views):
-//! `tidings replay` (rebuild a projection) and `tidings parked` (list,
-//! re-drive or skip poison events).
+//! `tidings replay` (rebuild a projection), `tidings parked` (list,
+//! re-drive or skip poison events) and `tidings keys` (`keys`).
+
+pub mod keys;
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
