@@ -357,9 +357,16 @@ mod tests {
         assert_eq!(keys[1].2, hex);
         for (bad, says) in [
             ("billing:send", "name:scopes:secret"),
-            ("bil ling:send:0123456789abcdef0123456789abcdef", "name"),
-            ("billing:write:0123456789abcdef0123456789abcdef", "`write`"),
-            ("billing:send:short", "shorter than 32"),
+            ("bil ling:send:tdk_0123456789abcdef0123456789abcdef", "name"),
+            (
+                "billing:write:tdk_0123456789abcdef0123456789abcdef",
+                "`write`",
+            ),
+            ("billing:send:tdk_short", "shorter than 32"),
+            (
+                "billing:send:0123456789abcdef0123456789abcdef",
+                "start with `tdk_`",
+            ),
             ("billing:send:sha256:abc", "64 hex digits"),
             (&format!("a:send:{secret};a:read:{secret}"), "used twice"),
         ] {

@@ -10,7 +10,7 @@ use super::values::{KeyName, Scope};
 use super::Timestamp;
 
 /// The payload version of key events.
-pub const KEY_EVENT_VERSION: &str = "1";
+pub const KEY_EVENT_VERSION: &str = "1.0";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiKeyCommand {

@@ -5,6 +5,7 @@
 #[macro_use]
 mod helpers;
 
+mod access;
 mod analytics;
 mod cli;
 mod concurrency;
@@ -18,6 +19,7 @@ mod inbox;
 mod instances;
 mod lifecycle;
 mod limits;
+mod matrix;
 mod metrics;
 mod operations;
 mod outages;

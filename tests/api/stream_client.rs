@@ -31,6 +31,11 @@ impl Subscriber {
         Self { ws }
     }
 
+    /// A connection made elsewhere (with headers of the test's own).
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Self { ws }
+    }
+
     /// Connects with a small receive buffer, so that not reading soon pushes
     /// back on the server.
     pub async fn connect_small(app: &TestApp, query: &str) -> Self {
