@@ -158,18 +158,24 @@ pub fn parse_setting(setting: &str) -> Result<Vec<(KeyName, Vec<Scope>, String)>
         };
         let name = KeyName::parse(name).map_err(|e| bad(format!("name {}", e.0)))?;
         let scopes = parse_scopes(scopes).map_err(|e| bad(e.0))?;
-        let digest =
-            match secret.strip_prefix("sha256:") {
-                Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                    hex.to_ascii_lowercase()
-                }
-                Some(_) => return Err(bad("a sha256 digest is 64 hex digits".into())),
-                None if secret.len() >= 32 => digest(secret),
-                None => return Err(bad(
+        let digest = match secret.strip_prefix("sha256:") {
+            Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                hex.to_ascii_lowercase()
+            }
+            Some(_) => return Err(bad("a sha256 digest is 64 hex digits".into())),
+            None if !secret.starts_with(SECRET_PREFIX) => {
+                return Err(bad(format!(
+                    "the secret does not start with `{SECRET_PREFIX}`; make one with `tidings keys create`"
+                )))
+            }
+            None if secret.len() < 32 => {
+                return Err(bad(
                     "the secret is shorter than 32 characters; make one with `tidings keys create`"
                         .into(),
-                )),
-            };
+                ))
+            }
+            None => digest(secret),
+        };
         if keys.iter().any(|(n, _, _): &(KeyName, _, _)| n == &name) {
             return Err(bad(format!("the name `{name}` is used twice")));
         }

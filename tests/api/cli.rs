@@ -199,3 +199,104 @@ fn an_unreachable_redis_at_start_is_said_and_not_claimed_to_carry_updates() {
         "{log}"
     );
 }
+
+#[test]
+fn keys_create_without_a_database_prints_the_secret_and_the_setting_that_holds_its_digest() {
+    let (ok, out, err) = run(tidings().args([
+        "keys",
+        "create",
+        "--name",
+        "billing",
+        "--scopes",
+        "send,read",
+    ]));
+    assert!(ok, "{err}");
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret (shown once; store it now): "))
+        .expect("the secret is printed")
+        .to_owned();
+    assert!(secret.starts_with("tdk_"));
+    let setting = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("TIDINGS_API_KEYS='"))
+        .and_then(|l| l.strip_suffix('\''))
+        .expect("the setting is printed");
+    assert!(
+        setting.starts_with("billing:send,read:sha256:"),
+        "{setting}"
+    );
+    assert!(
+        !setting.contains(&secret[4..]),
+        "the setting holds the digest, not the secret"
+    );
+    let keys = tidings::access::keys::parse_setting(setting).expect("the printed setting parses");
+    assert_eq!(keys[0].2, tidings::access::keys::digest(&secret));
+    let (ok, _, err) = run(tidings().args(["keys", "create", "--name", "b", "--scopes", "write"]));
+    assert!(!ok);
+    assert!(err.contains("`write`"), "{err}");
+    let (ok, _, err) = run(tidings().args(["keys", "list"]));
+    assert!(!ok);
+    assert!(err.contains("TIDINGS_API_KEYS"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_create_list_and_revoke_work_on_the_database_and_record_the_operator() {
+    let Some(server) = postgres_server_url() else {
+        skipped(
+            "cli::keys_create_list_and_revoke…",
+            "DATABASE_URL is not set",
+        );
+        return;
+    };
+    let db = TestDb::create(&server).await;
+    db.migrate().await;
+    let keys = |args: &[&str]| {
+        let mut cmd = tidings();
+        cmd.arg("keys")
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .env("USER", "ops-alice");
+        run(&mut cmd)
+    };
+    let (ok, out, err) = keys(&["create", "--name", "billing", "--scopes", "send"]);
+    assert!(ok, "{err}");
+    let id = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('(').and_then(|w| w.strip_suffix("),")))
+        .expect("the id is printed")
+        .to_owned();
+    assert!(out.contains("secret (shown once"));
+    let (ok, list, err) = keys(&["list"]);
+    assert!(ok, "{err}");
+    assert!(
+        list.contains(&id) && list.contains("billing") && list.contains("send"),
+        "{list}"
+    );
+    let (ok, out, err) = keys(&["revoke", "--id", &id]);
+    assert!(ok, "{err}");
+    assert!(out.contains("revoked"), "{out}");
+    let (ok, out, _) = keys(&["revoke", "--id", &id]);
+    assert!(ok);
+    assert!(out.contains("already revoked"), "{out}");
+    let (ok, _, err) = keys(&["revoke", "--id", "not-a-uuid"]);
+    assert!(!ok);
+    assert!(err.contains("not a key id"), "{err}");
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT event_type, metadata->>'actor' FROM events WHERE aggregate_type = 'ApiKey' ORDER BY sequence",
+            &[],
+        )
+        .await
+        .unwrap();
+    let recorded: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        recorded,
+        vec![
+            ("ApiKeyCreated".to_owned(), "cli:ops-alice".to_owned()),
+            ("ApiKeyRevoked".to_owned(), "cli:ops-alice".to_owned()),
+        ]
+    );
+    db.drop_database().await;
+}

@@ -123,7 +123,9 @@ fn expected(rule: &Rule, who: Who, on_notification: bool) -> Expect {
 fn holds(expect: Expect, status: u16, on_notification: bool) -> bool {
     match expect {
         Expect::Allowed => {
-            !matches!(status, 401 | 403 | 429) && !(on_notification && status == 404)
+            let refused = matches!(status, 401 | 403 | 429);
+            let hidden = on_notification && status == 404;
+            !refused && !hidden
         }
         Expect::Unauthorized => status == 401,
         Expect::Forbidden => status == 403,
