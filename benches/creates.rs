@@ -6,7 +6,12 @@
 //! the report is JSON on stdout.
 //!
 //! `cargo bench --bench creates` — knobs: BENCH_SECONDS (default 5),
-//! BENCH_CLIENTS (default "1,16,64"), BENCH_BACKENDS (default "memory,postgres").
+//! BENCH_CLIENTS (default "1,16,64"), BENCH_BACKENDS (default "memory,postgres"),
+//! BENCH_ACCESS (default "open"; a list of `open`: no credentials configured,
+//! `key`: a `send` key checked on every create with no rate limit, `limited`:
+//! the key under a rate limit too high to refuse anything, so the limiter's
+//! own cost shows). Modes run one after another for each backend and client
+//! count, so their figures are side by side.
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +56,7 @@ async fn client(
     n: usize,
     warmup_until: Instant,
     until: Instant,
+    credential: Option<&'static str>,
 ) -> ClientResult {
     let mut result = ClientResult {
         latencies: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
@@ -58,7 +64,7 @@ async fn client(
         errors: 0,
         last_cursor: Position::START,
     };
-    let mut writer = Writer::connect(addr).await;
+    let mut writer = Writer::connect(addr).await.with_bearer(credential);
     let mut i = 0u64;
     loop {
         let now = Instant::now();
@@ -97,9 +103,30 @@ async fn client(
     }
 }
 
-async fn run(backend: &str, clients: usize, seconds: u64, database_url: Option<String>) -> Value {
+/// The benchmark's `send` key.
+const KEY: &str = "tdk_bench-0123456789abcdef0123456789abcdef";
+
+async fn run(
+    backend: &str,
+    clients: usize,
+    seconds: u64,
+    database_url: Option<String>,
+    access: &str,
+) -> Value {
     let mut settings = Settings::for_tests(database_url);
     settings.db.db_pool_size = env_or("BENCH_POOL_SIZE", 8);
+    let credential = match access {
+        "open" => None,
+        "key" | "limited" => {
+            settings.access.api_keys = Some(format!("bench:send:{KEY}"));
+            if access == "limited" {
+                settings.access.rate_send = 10_000_000;
+                settings.access.rate_send_burst = 10_000_000;
+            }
+            Some(KEY)
+        }
+        other => panic!("BENCH_ACCESS: `{other}` is not open, key or limited"),
+    };
     let app = Application::build(settings).await.expect("the app builds");
     let addr = app.addr();
     let state = app.state();
@@ -110,7 +137,7 @@ async fn run(backend: &str, clients: usize, seconds: u64, database_url: Option<S
     let warmup_until = Instant::now() + Duration::from_secs(1);
     let until = warmup_until + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..clients)
-        .map(|n| tokio::spawn(client(addr, n, warmup_until, until)))
+        .map(|n| tokio::spawn(client(addr, n, warmup_until, until, credential)))
         .collect();
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let (mut ok, mut errors) = (0, 0);
@@ -142,6 +169,7 @@ async fn run(backend: &str, clients: usize, seconds: u64, database_url: Option<S
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
     json!({
         "backend": backend,
+        "access": access,
         "clients": clients,
         "seconds": seconds,
         "creates": ok,
@@ -164,6 +192,7 @@ fn main() {
         .filter_map(|c| c.parse().ok())
         .collect();
     let backends = list("BENCH_BACKENDS", "memory,postgres");
+    let modes = list("BENCH_ACCESS", "open");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -172,14 +201,16 @@ fn main() {
     runtime.block_on(async {
         for backend in &backends {
             for &n in &clients {
-                let Some(db) = database_for(backend).await else {
-                    break;
-                };
-                let url = db.as_ref().map(|(_, url)| url.clone());
-                let r = run(backend, n, seconds, url).await;
-                release(db).await;
-                eprintln!("{r}");
-                results.push(r);
+                for mode in &modes {
+                    let Some(db) = database_for(backend).await else {
+                        break;
+                    };
+                    let url = db.as_ref().map(|(_, url)| url.clone());
+                    let r = run(backend, n, seconds, url, mode).await;
+                    release(db).await;
+                    eprintln!("{r}");
+                    results.push(r);
+                }
             }
         }
     });

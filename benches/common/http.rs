@@ -6,6 +6,8 @@ use hyper_util::rt::TokioIo;
 
 pub struct Writer {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// `Bearer <credential>`, sent with every request when set.
+    authorization: Option<String>,
 }
 
 impl Writer {
@@ -16,16 +18,27 @@ impl Writer {
             .await
             .expect("handshake");
         tokio::spawn(conn);
-        Self { sender }
+        Self {
+            sender,
+            authorization: None,
+        }
+    }
+
+    /// Sends `Authorization: Bearer <credential>` from now on.
+    pub fn with_bearer(mut self, credential: Option<&str>) -> Self {
+        self.authorization = credential.map(|c| format!("Bearer {c}"));
+        self
     }
 
     /// POSTs a create; the status and body, or None when the connection failed.
     pub async fn create(&mut self, body: String) -> Option<(u16, Bytes)> {
-        let req = hyper::Request::post("/v1/notifications")
+        let mut req = hyper::Request::post("/v1/notifications")
             .header("host", "bench")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
+            .header("content-type", "application/json");
+        if let Some(auth) = &self.authorization {
+            req = req.header("authorization", auth);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).expect("request");
         let resp = self.sender.send_request(req).await.ok()?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.ok()?.to_bytes();
