@@ -120,7 +120,7 @@ async fn run(
         "key" | "limited" => {
             settings.access.api_keys = Some(format!("bench:send:{KEY}"));
             if access == "limited" {
-                settings.access.rate_send = 10_000_000;
+                settings.access.rate_send = tidings::access::rate::MAX_PER_SECOND;
                 settings.access.rate_send_burst = 10_000_000;
             }
             Some(KEY)

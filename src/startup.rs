@@ -7,21 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fred::interfaces::ClientLike;
 use poem::EndpointExt;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::access::keys::{parse_setting, KeyRing};
-use crate::access::lifecycle::KeyAdmin;
-use crate::access::rate::RateLimits;
-use crate::access::tokens::Tokens;
-use crate::access::Authority;
 use crate::api;
 use crate::api::state::{AppState, Streams};
-use crate::commands::{CommandService, Commands, EventStore, NotificationStore};
+use crate::commands::{CommandService, EventStore, NotificationStore};
 use crate::config::Settings;
 use crate::domain::ApiKey;
 use crate::memory_limit::MemoryGuard;
@@ -271,52 +265,17 @@ impl Service {
         let memory = MemoryGuard::new(settings.memory_limit_mb);
         let mut tasks = backend.tasks;
         tasks.push(memory.spawn(shutdown_rx.clone()));
-        let access = &settings.access;
-        let setting_keys = match access.api_keys.as_deref() {
-            Some(setting) => parse_setting(setting)?,
-            None => Vec::new(),
-        };
-        let ring = Arc::new(KeyRing::new(setting_keys, log.clone()));
-        ring.refresh()
-            .await
-            .context("reading the API keys from the event log")?;
-        tasks.push(tokio::spawn(
-            ring.clone().refresh_until(shutdown_rx.clone()),
-        ));
-        let keys = Arc::new(KeyAdmin {
-            commands: Arc::new(Commands::new(
-                backend.key_store,
-                (),
-                signal.clone(),
-                settings.command_attempts,
-            )),
-            ring: ring.clone(),
-        });
-        let authority = Arc::new(Authority {
-            keys: ring,
-            tokens: Tokens::configure(
-                access.jwt_secret.as_deref(),
-                access.jwt_public_key.as_deref(),
-                access.jwt_private_key.as_deref(),
-                access.token_ttl(),
-            )?,
-            allow_unauthenticated: access.allow_unauthenticated,
-        });
-        let mut rates = RateLimits::new(access.allowances());
-        if let (Some(url), Some(_)) = (&settings.redis_url, &backend.pool) {
-            let mut builder = crate::streams::fanout::redis_builder(url)?;
-            // A limiter that waits long on Redis slows every request.
-            builder.with_performance_config(|p| {
-                p.default_command_timeout = Duration::from_millis(250);
-            });
-            let client = builder.build()?;
-            client.connect();
-            // Beside the deployment's stream channel, so that deployments
-            // sharing a Redis keep apart.
-            rates = rates.shared(client, backend.channel.clone());
-        }
-        let rates = Arc::new(rates);
-        tasks.push(tokio::spawn(rates.clone().forget_idle(shutdown_rx.clone())));
+        let access = crate::access::start::start(crate::access::start::Inputs {
+            settings,
+            log: log.clone(),
+            key_store: backend.key_store,
+            signal: signal.clone(),
+            pool: backend.pool.clone(),
+            channel: backend.channel.clone(),
+            shutdown: shutdown_rx.clone(),
+        })
+        .await?;
+        tasks.extend(access.tasks);
         let mut commands = CommandService::new(backend.store, signal, settings.command_attempts);
         if backend.storage == "memory" {
             commands = commands.refusing_when_full(memory.clone());
@@ -342,10 +301,10 @@ impl Service {
         };
         let state = Arc::new(AppState {
             commands,
-            keys,
-            access: authority,
-            rates,
-            cors_origins: access.cors_origins()?,
+            keys: access.keys,
+            access: access.authority,
+            rates: access.rates,
+            cors_origins: settings.access.cors_origins()?,
             log,
             inbox: backend.inbox,
             schedule: backend.schedule,

@@ -88,7 +88,9 @@ impl Source {
     }
 }
 
-/// One key as the ring knows it.
+/// One key as the ring knows it. A setting key's id is `setting:{name}`: a
+/// new secret under the same name (a rotation of the setting) keeps what the
+/// key sent, its idempotency keys and its rate allowance.
 #[derive(Debug)]
 pub struct KeyEntry {
     pub id: String,
@@ -187,6 +189,7 @@ pub fn parse_setting(setting: &str) -> Result<Vec<(KeyName, Vec<Scope>, String)>
 #[derive(Default)]
 struct Ring {
     by_digest: HashMap<String, Arc<KeyEntry>>,
+    by_id: HashMap<String, Arc<KeyEntry>>,
     /// Every key, revoked ones too, setting keys first.
     keys: Vec<Arc<KeyEntry>>,
 }
@@ -196,6 +199,7 @@ pub struct KeyRing {
     setting: Vec<(Arc<KeyEntry>, String)>,
     log: Arc<dyn EventLog>,
     ring: RwLock<Arc<Ring>>,
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl KeyRing {
@@ -221,6 +225,7 @@ impl KeyRing {
             setting,
             log,
             ring: RwLock::default(),
+            refreshing: tokio::sync::Mutex::new(()),
         };
         ring.install(Vec::new());
         ring
@@ -254,30 +259,57 @@ impl KeyRing {
         self.current().keys.clone()
     }
 
-    /// Re-reads the keys of the log.
+    /// Re-reads the keys of the log. One refresh at a time: a read taken
+    /// before a revocation is never installed after one taken since.
     pub async fn refresh(&self) -> Result<(), StorageError> {
+        let _one = self.refreshing.lock().await;
         let events = self.log.of_type(ApiKey::TYPE, MAX_STORED_EVENTS).await?;
-        let mut stored: Vec<(String, ApiKey)> = Vec::new();
-        for event in events {
-            let decoded = match event.decode::<ApiKeyEvent>() {
-                Ok(decoded) => decoded,
-                Err(problem) => {
-                    // An unreadable key event grants nothing; the others stand.
-                    warn!(key = %event.aggregate_id, %problem, "an API key event cannot be read");
-                    continue;
-                }
+        let complete = events.len() < MAX_STORED_EVENTS;
+        let mut stored: Vec<(String, Option<ApiKey>)> = Vec::new();
+        for event in &events {
+            if stored
+                .last()
+                .is_none_or(|(id, _)| *id != event.aggregate_id)
+            {
+                stored.push((event.aggregate_id.clone(), Some(ApiKey::default())));
+            }
+            let Some((_, slot)) = stored.last_mut() else {
+                continue;
             };
-            match stored.last_mut() {
-                Some((id, key)) if *id == event.aggregate_id => key.apply(decoded),
-                _ => {
-                    let mut key = ApiKey::default();
-                    key.apply(decoded);
-                    stored.push((event.aggregate_id.clone(), key));
+            match (event.decode::<ApiKeyEvent>(), slot.as_mut()) {
+                (Ok(decoded), Some(key)) => key.apply(decoded),
+                (Ok(_), None) => {}
+                // An event of a key that cannot be read could be its
+                // revocation: the key grants nothing until it reads.
+                (Err(problem), _) => {
+                    warn!(key = %event.aggregate_id, %problem, "an API key event cannot be read; the key is refused");
+                    *slot = None;
                 }
             }
         }
-        self.install(stored);
+        if !complete {
+            // The last stream may be cut before its revocation.
+            warn!(
+                limit = MAX_STORED_EVENTS,
+                "more API key events than the ring reads; the last key read is refused"
+            );
+            stored.pop();
+        }
+        self.install(
+            stored
+                .into_iter()
+                .filter_map(|(id, key)| Some((id, key?)))
+                .collect(),
+        );
         Ok(())
+    }
+
+    /// Whether key `id` is still accepted (a stream checks its key so).
+    pub fn in_force(&self, id: &str) -> bool {
+        self.current()
+            .by_id
+            .get(id)
+            .is_some_and(|k| k.revoked_at.is_none())
     }
 
     /// Makes `stored` (with the setting's keys) the ring, keeping what the
@@ -293,6 +325,7 @@ impl KeyRing {
         let mut ring = Ring::default();
         for (entry, digest) in &self.setting {
             ring.by_digest.insert(digest.clone(), entry.clone());
+            ring.by_id.insert(entry.id.clone(), entry.clone());
             ring.keys.push(entry.clone());
         }
         for (id, key) in stored {
@@ -309,6 +342,7 @@ impl KeyRing {
             });
             // A setting key with the same secret stays the one that answers.
             ring.by_digest.entry(key.digest).or_insert(entry.clone());
+            ring.by_id.insert(entry.id.clone(), entry.clone());
             ring.keys.push(entry);
         }
         *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);

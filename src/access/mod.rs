@@ -9,6 +9,7 @@
 pub mod keys;
 pub mod lifecycle;
 pub mod rate;
+pub mod start;
 pub mod tokens;
 pub mod usage;
 
@@ -50,6 +51,9 @@ pub enum Principal {
     /// No credential is configured (the service then listens on loopback
     /// only, or was started with `--allow-unauthenticated`): every right.
     Open,
+    /// Not authenticated by the gate (what a request is until it is): no
+    /// right at all, so that anything the gate did not see fails closed.
+    Nobody,
     Key(Arc<KeyEntry>),
     User(Arc<UserToken>),
 }
@@ -59,7 +63,7 @@ impl Principal {
     /// `user:{user}`.
     pub fn actor(&self) -> String {
         match self {
-            Self::Open => "anonymous".to_owned(),
+            Self::Open | Self::Nobody => "anonymous".to_owned(),
             Self::Key(key) => format!("key:{}", key.id),
             Self::User(token) => format!("user:{}", token.user.as_str()),
         }
@@ -78,7 +82,7 @@ impl Principal {
         match self {
             Self::Open => true,
             Self::Key(key) => key.has(scope),
-            Self::User(_) => false,
+            Self::User(_) | Self::Nobody => false,
         }
     }
 
@@ -110,6 +114,7 @@ impl Principal {
                     || (key.has(Scope::Send) && origin == Some(self.actor().as_str()))
             }
             Self::User(token) => token.user == *owner,
+            Self::Nobody => false,
         }
     }
 
@@ -118,7 +123,7 @@ impl Principal {
     /// credentials existed, so a retry across an upgrade still matches.
     pub fn idempotency_scope(&self) -> Option<String> {
         match self {
-            Self::Open => None,
+            Self::Open | Self::Nobody => None,
             other => Some(other.actor()),
         }
     }

@@ -12,7 +12,7 @@
 //! everything through.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +25,8 @@ use tracing::warn;
 use super::Principal;
 use crate::domain::Scope;
 
-/// An allowance: `per_second` on average, up to `burst` at once. Zero
-/// `per_second`: unlimited.
+/// An allowance: `per_second` on average (at most `MAX_PER_SECOND`), up to
+/// `burst` at once. Zero `per_second`: unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Allowance {
     pub per_second: u32,
@@ -48,6 +48,10 @@ pub struct Verdict {
     pub per_second: u32,
 }
 
+/// The highest average rate: Redis keeps times in microseconds, so one
+/// request a microsecond.
+pub const MAX_PER_SECOND: u32 = 1_000_000;
+
 type Local = DefaultKeyedRateLimiter<String, StateInformationMiddleware>;
 
 struct Class {
@@ -58,7 +62,7 @@ struct Class {
 
 impl Class {
     fn new(name: &'static str, allowance: Allowance) -> Option<Self> {
-        let per_second = NonZeroU32::new(allowance.per_second)?;
+        let per_second = NonZeroU32::new(allowance.per_second.min(MAX_PER_SECOND))?;
         let burst = NonZeroU32::new(allowance.burst.max(1)).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_second(per_second).allow_burst(burst);
         Some(Self {
@@ -128,7 +132,13 @@ struct Shared {
     namespace: String,
     /// Whether the last call failed (logged once per outage).
     failing: AtomicBool,
+    /// Until when (ms since 1970) Redis is not asked after a failure: while
+    /// it is down, requests must not each wait out its timeout.
+    skip_until_ms: AtomicI64,
 }
+
+/// How long Redis is left alone after a failed call.
+const REDIS_BACKOFF_MS: i64 = 5_000;
 
 /// Every class's limiter.
 pub struct RateLimits {
@@ -167,13 +177,14 @@ impl RateLimits {
             script: Script::from_lua(GCRA),
             namespace,
             failing: AtomicBool::new(false),
+            skip_until_ms: AtomicI64::new(0),
         });
         self
     }
 
     fn class(&self, principal: &Principal) -> Option<&Class> {
         match principal {
-            Principal::Open => None,
+            Principal::Open | Principal::Nobody => None,
             Principal::User(_) => self.user.as_ref(),
             Principal::Key(key) => {
                 let mut best: Option<&Class> = None;
@@ -198,7 +209,12 @@ impl RateLimits {
     pub async fn check(&self, principal: &Principal) -> Option<Verdict> {
         let class = self.class(principal)?;
         let who = principal.actor();
-        if let Some(shared) = &self.shared {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        if let Some(shared) = self
+            .shared
+            .as_ref()
+            .filter(|s| s.skip_until_ms.load(Ordering::Relaxed) <= now_ms)
+        {
             match self.check_shared(shared, class, &who).await {
                 Ok(verdict) => {
                     if shared.failing.swap(false, Ordering::Relaxed) {
@@ -207,6 +223,9 @@ impl RateLimits {
                     return Some(verdict);
                 }
                 Err(e) => {
+                    shared
+                        .skip_until_ms
+                        .store(now_ms + REDIS_BACKOFF_MS, Ordering::Relaxed);
                     if !shared.failing.swap(true, Ordering::Relaxed) {
                         warn!(error = %e, "Redis does not answer; each instance limits rates on its own until it does");
                     }

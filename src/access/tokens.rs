@@ -26,6 +26,10 @@ struct Claims {
     sub: String,
     exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<i64>,
     /// What the token may do; absent: everything a user may.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,8 +50,16 @@ pub enum TokenRefusal {
 #[error("tidings holds no signing key (set TIDINGS_JWT_SECRET, or TIDINGS_JWT_PRIVATE_KEY beside the public key); sign user tokens in your backend")]
 pub struct CannotSign;
 
+/// What a token must say of where it comes from and whom it is for.
+#[derive(Debug, Clone, Default)]
+pub struct Binding {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
 /// How tokens are checked and made.
 pub struct Tokens {
+    binding: Binding,
     algorithm: Algorithm,
     verify: DecodingKey,
     sign: Option<EncodingKey>,
@@ -72,6 +84,7 @@ impl Tokens {
         public_key: Option<&str>,
         private_key: Option<&str>,
         ttl: Duration,
+        binding: Binding,
     ) -> anyhow::Result<Option<Self>> {
         let (algorithm, verify, sign) = match (secret, public_key) {
             (None, None) => {
@@ -134,9 +147,22 @@ impl Tokens {
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = 0;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        match &binding.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &binding.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         let tokens = Self {
+            binding,
             algorithm,
             verify,
             sign,
@@ -199,6 +225,8 @@ impl Tokens {
         let claims = Claims {
             sub: user.as_str().to_owned(),
             exp: expires_at.timestamp(),
+            iss: self.binding.issuer.clone(),
+            aud: self.binding.audience.clone(),
             iat: Some(now.timestamp()),
             grants,
         };
@@ -219,9 +247,15 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn tokens() -> Tokens {
-        Tokens::configure(Some(SECRET), None, None, Duration::from_secs(60))
-            .unwrap()
-            .unwrap()
+        Tokens::configure(
+            Some(SECRET),
+            None,
+            None,
+            Duration::from_secs(60),
+            Binding::default(),
+        )
+        .unwrap()
+        .unwrap()
     }
 
     fn signed(claims: serde_json::Value, alg: Algorithm, secret: &str) -> String {
@@ -288,17 +322,58 @@ mod tests {
 
     #[test]
     fn a_short_secret_or_both_kinds_of_key_are_refused_at_start() {
-        let short = Tokens::configure(Some("short"), None, None, Duration::from_secs(1));
+        let short = Tokens::configure(
+            Some("short"),
+            None,
+            None,
+            Duration::from_secs(1),
+            Binding::default(),
+        );
         assert!(short.err().unwrap().to_string().contains("at least 32"));
         let both = Tokens::configure(
             Some(SECRET),
             Some("-----BEGIN PUBLIC KEY-----"),
             None,
             Duration::from_secs(1),
+            Binding::default(),
         );
         assert!(both.err().unwrap().to_string().contains("not both"));
-        assert!(Tokens::configure(None, None, None, Duration::from_secs(1))
-            .unwrap()
-            .is_none());
+        assert!(
+            Tokens::configure(None, None, None, Duration::from_secs(1), Binding::default())
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn with_an_issuer_and_audience_set_only_tokens_that_carry_them_pass() {
+        let bound = Tokens::configure(
+            Some(SECRET),
+            None,
+            None,
+            Duration::from_secs(60),
+            Binding {
+                issuer: Some("https://app.example.com".into()),
+                audience: Some("tidings".into()),
+            },
+        )
+        .unwrap()
+        .unwrap();
+        let user = UserId::parse("alice").unwrap();
+        let (issued, _) = bound.issue(&user, None).unwrap();
+        assert_eq!(bound.verify(&issued).unwrap().user, user);
+        let exp = Utc::now().timestamp() + 60;
+        for claims in [
+            serde_json::json!({"sub": "alice", "exp": exp}),
+            serde_json::json!({"sub": "alice", "exp": exp, "iss": "https://app.example.com", "aud": "billing"}),
+            serde_json::json!({"sub": "alice", "exp": exp, "iss": "https://evil.example", "aud": "tidings"}),
+            serde_json::json!({"sub": "alice", "exp": exp, "iss": "https://app.example.com", "aud": "tidings", "nbf": exp}),
+        ] {
+            let token = signed(claims.clone(), Algorithm::HS256, SECRET);
+            assert!(
+                matches!(bound.verify(&token), Err(TokenRefusal::Invalid(_))),
+                "{claims}"
+            );
+        }
     }
 }

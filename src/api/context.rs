@@ -19,7 +19,8 @@ pub const ACTOR: &str = "x-actor";
 pub struct RequestContext {
     pub request_id: String,
     pub correlation_id: String,
-    /// Who is asking, as the gate authenticated them (`Open` until it has).
+    /// Who is asking, as the gate authenticated them (`Nobody`, with no
+    /// right, until it has).
     pub principal: Principal,
     /// `X-Actor`, from a principal allowed to act on someone's behalf.
     pub on_behalf_of: Option<String>,
@@ -41,7 +42,7 @@ pub async fn with_request_context<E: Endpoint>(
     let ctx = RequestContext {
         request_id: request_id.clone(),
         correlation_id: correlation_id.clone(),
-        principal: Principal::Open,
+        principal: Principal::Nobody,
         on_behalf_of: None,
     };
     let span = info_span!(

@@ -68,6 +68,23 @@ pub struct UnreadableView {
     pub metadata: String,
 }
 
+/// An event's metadata as its notification's recipient sees it: which
+/// command, when asked, and whether the user or the service asked. Which
+/// key sent it, on whose behalf, with which idempotency key and request ids
+/// are the service's own business.
+fn for_the_user(metadata: &serde_json::Value, user: &str) -> serde_json::Value {
+    let actor = metadata[crate::commands::metadata::ACTOR].as_str();
+    let asked_by = if actor == Some(&format!("user:{user}")) {
+        actor.unwrap_or_default().to_owned()
+    } else {
+        "service".to_owned()
+    };
+    serde_json::json!({
+        "command": metadata[crate::commands::metadata::COMMAND],
+        "actor": asked_by,
+    })
+}
+
 impl From<&LoggedEvent> for EventView {
     fn from(e: &LoggedEvent) -> Self {
         // Every backend shows the current shape (PostgreSQL's reader upcast
@@ -221,11 +238,16 @@ impl EventsApi {
             return Err(ApiError::not_found(format!("no notification {id} exists")));
         }
         let more = events.len() > limit;
-        let events: Vec<EventView> = events
+        let mut events: Vec<EventView> = events
             .iter()
             .take(limit)
             .map(|e| EventView::from(&**e))
             .collect();
+        if let Some(token) = ctx.principal.user() {
+            for event in &mut events {
+                event.metadata = for_the_user(&event.metadata, token.user.as_str());
+            }
+        }
         let next_after = more.then(|| events.last().map_or(after, |e| e.sequence));
         Ok(AuditResponse::Ok(Json(AuditPage { events, next_after })))
     }

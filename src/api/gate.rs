@@ -16,7 +16,7 @@ use poem::{Endpoint, IntoResponse, Request, Response};
 use serde_json::Value;
 
 use super::context::{RequestContext, ACTOR};
-use super::problem::{problem_response, Problem};
+use super::problem::{problem_response, ApiError, Problem};
 use super::rules::{self, Rule};
 use crate::access::rate::{RateLimits, Verdict};
 use crate::access::{bearer, Authority, Principal, Refusal};
@@ -35,6 +35,8 @@ struct Route {
     method: Method,
     segments: Vec<String>,
     operation: String,
+    /// Its rule, looked up once.
+    rule: Option<&'static Rule>,
     /// Where `{user}` sits in the path, if it does.
     user_at: Option<usize>,
 }
@@ -63,6 +65,7 @@ impl Gate {
                     method,
                     segments: segments.clone(),
                     operation: id.to_owned(),
+                    rule: rules::rule(id),
                     user_at,
                 });
             }
@@ -86,9 +89,12 @@ impl Gate {
             .find(|r| {
                 r.method == method
                     && r.segments.len() == segments.len()
-                    && r.segments.iter().zip(&segments).all(|(r, s)| {
-                        (r.starts_with('{') && r.ends_with('}') && !s.is_empty()) || r == s
-                    })
+                    // A parameter matches an empty segment too: the router
+                    // may route one, and what it routes must be gated.
+                    && r.segments
+                        .iter()
+                        .zip(&segments)
+                        .all(|(r, s)| (r.starts_with('{') && r.ends_with('}')) || r == s)
             })
             .map(|r| (r, segments))
     }
@@ -116,20 +122,20 @@ fn unauthorized(refusal: &Refusal) -> Response {
     resp
 }
 
-pub fn forbidden(detail: impl Into<String>) -> Response {
-    problem_response(Problem::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        "Forbidden",
-        detail,
-    ))
+fn forbidden(detail: impl Into<String>) -> Response {
+    ApiError::forbidden(detail).into_response()
 }
 
 /// Whether `principal` may call an operation under `rule`; the 403 detail
 /// otherwise. `path_user`: the `{user}` of the path, decoded.
-fn permits(principal: &Principal, rule: &Rule, path_user: Option<&str>) -> Result<(), String> {
+pub(crate) fn permits(
+    principal: &Principal,
+    rule: &Rule,
+    path_user: Option<&str>,
+) -> Result<(), String> {
     match principal {
         Principal::Open => Ok(()),
+        Principal::Nobody => Err("no credential was checked".into()),
         Principal::Key(key) => {
             if rule.scopes.iter().any(|s| key.has(*s)) || (rule.own_sends && key.has(Scope::Send)) {
                 return Ok(());
@@ -211,12 +217,15 @@ pub async fn with_gate<E: Endpoint>(
         // Not an operation: the route tree answers 404 or 405.
         return next.call(req).await.map(IntoResponse::into_response);
     };
-    let Some(rule) = rules::rule(&route.operation) else {
+    let Some(rule) = route.rule else {
         if gate.authority.enforced() {
             return Ok(forbidden(format!(
                 "`{}` has no access rule, so nobody may call it",
                 route.operation
             )));
+        }
+        if let Some(ctx) = req.extensions_mut().get_mut::<RequestContext>() {
+            ctx.principal = Principal::Open;
         }
         req.extensions_mut().insert(Principal::Open);
         return next.call(req).await.map(IntoResponse::into_response);

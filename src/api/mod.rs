@@ -164,6 +164,9 @@ pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
         .around(move |next, req| spec::with_allow(next, req, methods.clone()))
         .data(json::BodyLimit(body_limit))
         .catch_all_error(problem::problem_from_error)
+        .around(move |next, req| limits::with_limits(next, req, limits.clone()))
+        .around(move |next, req| gate::with_gate(next, req, gate.clone()))
+        // Around the gate too: a panic anywhere below answers 500.
         .with(CatchPanic::new().with_handler(|_| {
             tracing::error!("a request handler panicked");
             problem::problem_response(Problem::new(
@@ -174,8 +177,6 @@ pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
             ))
             .into_response()
         }))
-        .around(move |next, req| limits::with_limits(next, req, limits.clone()))
-        .around(move |next, req| gate::with_gate(next, req, gate.clone()))
         .around(context::with_request_context)
         .around(prometheus::measured)
         .with_if(!state.cors_origins.is_empty(), cors(&state.cors_origins))

@@ -20,15 +20,15 @@ use poem::Request;
 use poem_openapi::param::Query;
 use poem_openapi::OpenApi;
 
-use super::gate::AuthLater;
+use super::gate::{permits, AuthLater, STREAM};
 use super::params::{Text, TopicsRule};
 use super::problem::ApiError;
+use super::rules;
 use super::ApiTags;
-use crate::access::{Grant, Principal};
+use crate::access::Principal;
 use crate::domain::Scope;
-use crate::streams::socket::{
-    self, parse_topics, Authenticator, Credential, StreamAccess, MAX_TOPICS, MAX_TOPICS_QUERY,
-};
+use crate::streams::credential::{Authenticator, Credential, StreamAccess};
+use crate::streams::socket::{self, parse_topics, MAX_TOPICS, MAX_TOPICS_QUERY};
 use crate::streams::updates::Topic;
 use crate::AppState;
 
@@ -73,8 +73,12 @@ impl StreamApi {
         let credential = match req.extensions().get::<Principal>() {
             Some(principal) => Some(credential(&self.state, principal.clone())),
             None if req.extensions().get::<AuthLater>().is_some() => None,
-            // Not through the gate (it always sets one or the other).
-            None => Some(credential(&self.state, Principal::Open)),
+            // The gate sets one or the other; without either, fail closed.
+            None => {
+                return Err(ApiError::forbidden(
+                    "no credential was checked for this stream",
+                ))
+            }
         };
         let access = StreamAccess {
             credential,
@@ -148,6 +152,15 @@ impl Credential for PrincipalCredential {
         self.principal.actor()
     }
 
+    fn holds(&self) -> bool {
+        match &self.principal {
+            // Open until the deployment starts checking credentials.
+            Principal::Open => !self.state.access.enforced(),
+            Principal::Key(key) => self.state.access.keys.in_force(&key.id),
+            Principal::User(_) | Principal::Nobody => true,
+        }
+    }
+
     async fn admits_message(&self) -> bool {
         self.state
             .rates
@@ -170,14 +183,8 @@ impl Authenticator for TokenAuthenticator {
             .access
             .authenticate(Some(token))
             .map_err(|e| e.to_string())?;
-        let may = match &principal {
-            Principal::Open => true,
-            Principal::Key(key) => key.has(Scope::Read),
-            Principal::User(token) => token.grants.contains(&Grant::Read),
-        };
-        if !may {
-            return Err("this credential may not subscribe: it takes a key with `read` or a user token with `read`".into());
-        }
+        let rule = rules::rule(STREAM).ok_or("the stream has no access rule")?;
+        permits(&principal, rule, None)?;
         Ok(credential(&self.state, principal))
     }
 }

@@ -15,9 +15,11 @@
 //! - [`router`]: routes each update to the bounded queues of the connections
 //!   subscribed to its topic; a queue that is full marks its connection slow.
 //! - [`socket`]: one WebSocket connection: subscribe, replay, live, heartbeat.
+//! - [`credential`]: what a connection acts as, as the API decided.
 //! - [`fanout`]: Redis pub/sub between instances (fred).
 
 pub mod addresses;
+pub mod credential;
 pub mod fanout;
 pub mod feed;
 pub mod router;

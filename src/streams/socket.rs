@@ -27,6 +27,9 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::debug;
 
+use super::credential::{StreamAccess, RECHECK};
+
+mod auth;
 use super::router::{Router, Subscription};
 use super::updates::{cursor_string, parse_cursor, StreamUpdate, Topic, UpdateLog};
 use crate::storage::error_chain;
@@ -43,32 +46,6 @@ pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// Close code for "no valid credential" (no `auth` in time, a bad token,
 /// an expired one not refreshed).
 pub const CLOSE_UNAUTHORIZED: u16 = 4401;
-
-/// Who a connection acts for, as the API decided: what it may read, until
-/// when, and at what rate it may send messages.
-#[async_trait::async_trait]
-pub trait Credential: Send + Sync {
-    /// Why this credential may not read one of `topics`; None: it may read all.
-    async fn refuses(&self, topics: &[String]) -> Option<String>;
-    /// When it stops being valid.
-    fn expires_at(&self) -> Option<chrono::DateTime<chrono::Utc>>;
-    /// Who it is: a refreshed credential must be the same principal.
-    fn who(&self) -> String;
-    /// Takes one message from the principal's rate allowance.
-    async fn admits_message(&self) -> bool;
-}
-
-/// Turns an `auth` message's token into a credential, or says why not.
-#[async_trait::async_trait]
-pub trait Authenticator: Send + Sync {
-    async fn authenticate(&self, token: &str) -> Result<Arc<dyn Credential>, String>;
-}
-
-/// A connection's credential (None: it must send `auth`) and how to check one.
-pub struct StreamAccess {
-    pub credential: Option<Arc<dyn Credential>>,
-    pub authenticator: Arc<dyn Authenticator>,
-}
 
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
@@ -182,8 +159,9 @@ struct Connection<'a> {
     access: StreamAccess,
     /// Topics and cursor from the query string, held until `auth`.
     held: Option<(Vec<String>, Option<String>)>,
-    /// Whether the client has been told its credential expired.
-    warned: bool,
+    /// Set once the client has been told its credential expired: when the
+    /// connection closes unless a fresh one comes first.
+    close_at: Option<tokio::time::Instant>,
     auth_wait: Duration,
     expiry_grace: Duration,
 }
@@ -365,76 +343,6 @@ impl Connection<'_> {
         Ok(())
     }
 
-    /// An `auth` message: the first credential, or a fresh one for the same
-    /// principal. A bad one closes the connection.
-    async fn authenticate(&mut self, token: &str) -> Result<(), End> {
-        let credential = self
-            .access
-            .authenticator
-            .authenticate(token)
-            .await
-            .map_err(|why| End::Close(CLOSE_UNAUTHORIZED, truncate(why)))?;
-        if let Some(current) = &self.access.credential {
-            if current.who() != credential.who() {
-                return self
-                    .error("a refreshed credential must be for the same principal; open another connection for another")
-                    .await;
-            }
-        }
-        let expires_at = credential.expires_at();
-        self.access.credential = Some(credential);
-        self.warned = false;
-        self.send_json(json!({"type": "authenticated", "expires_at": expires_at}))
-            .await?;
-        match self.held.take() {
-            Some((topics, cursor)) if !topics.is_empty() => {
-                self.subscribe(topics, cursor.as_deref()).await
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// When the credential must be acted on: the end of the wait for `auth`,
-    /// its expiry (warn), or the end of the grace after it (close).
-    fn credential_deadline(&self, opened: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        let Some(credential) = &self.access.credential else {
-            return Some(opened + self.auth_wait);
-        };
-        let expires_at = credential.expires_at()?;
-        let left = (expires_at - chrono::Utc::now())
-            .to_std()
-            .unwrap_or_default();
-        let warn_at = tokio::time::Instant::now() + left;
-        Some(if self.warned {
-            warn_at + self.expiry_grace
-        } else {
-            warn_at
-        })
-    }
-
-    /// The credential's deadline came.
-    async fn credential_due(&mut self) -> Result<(), End> {
-        match &self.access.credential {
-            None => Err(End::Close(
-                CLOSE_UNAUTHORIZED,
-                format!("no auth message within {} ms", self.auth_wait.as_millis()),
-            )),
-            Some(_) if self.warned => Err(End::Close(
-                CLOSE_UNAUTHORIZED,
-                "the credential expired; reconnect with a fresh one and the last cursor".into(),
-            )),
-            Some(_) => {
-                self.warned = true;
-                self.send_json(json!({
-                    "type": "error",
-                    "reason": "token_expired",
-                    "detail": format!("the credential expired: send {{\"type\":\"auth\",\"token\":\"...\"}} with a fresh one within {} ms, or the connection closes ({CLOSE_UNAUTHORIZED})", self.expiry_grace.as_millis()),
-                }))
-                .await
-            }
-        }
-    }
-
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
         if !self.subscribes.take() {
             self.refused += 1;
@@ -450,14 +358,20 @@ impl Connection<'_> {
                 ))
                 .await;
         }
-        if let Some(credential) = &self.access.credential {
+        let message = serde_json::from_str::<ClientMessage>(text);
+        // A refresh is never refused for the rate: refusing it would close
+        // a connection that did everything right.
+        if let (Some(credential), false) = (
+            &self.access.credential,
+            matches!(message, Ok(ClientMessage::Auth { .. })),
+        ) {
             if !credential.admits_message().await {
                 return self
                     .error("past this credential's rate limit; this message was ignored")
                     .await;
             }
         }
-        match serde_json::from_str::<ClientMessage>(text) {
+        match message {
             Ok(ClientMessage::Auth { token }) => self.authenticate(&token).await,
             Ok(ClientMessage::Subscribe { topics, cursor }) => {
                 match parse_topics(topics.iter().map(String::as_str)) {
@@ -481,18 +395,6 @@ impl Connection<'_> {
             }
         }
     }
-}
-
-/// A close reason fits in a control frame (123 bytes).
-fn truncate(mut why: String) -> String {
-    if why.len() > 120 {
-        let mut cut = 120;
-        while !why.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        why.truncate(cut);
-    }
-    why
 }
 
 /// Serves one connection until it ends.
@@ -521,7 +423,7 @@ pub async fn serve(
         last_sent: HashMap::new(),
         held: None,
         access,
-        warned: false,
+        close_at: None,
         auth_wait: settings.auth_wait,
         expiry_grace: settings.expiry_grace,
     };
@@ -536,10 +438,20 @@ pub async fn serve(
         let mut heartbeat = tokio::time::interval(settings.heartbeat);
         heartbeat.tick().await;
         let mut batch = Vec::with_capacity(BATCH);
+        let mut recheck = tokio::time::interval(RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = conn.credential_deadline(opened);
             tokio::select! {
                 _ = sleep_until_some(deadline) => conn.credential_due().await?,
+                _ = recheck.tick() => {
+                    if conn.access.credential.as_ref().is_some_and(|c| !c.holds()) {
+                        return Err(End::Close(
+                            CLOSE_UNAUTHORIZED,
+                            "the credential no longer holds (revoked, or credentials are now enforced)".into(),
+                        ));
+                    }
+                }
                 update = conn.sub.updates.recv() => {
                     let Some(first) = update else {
                         if conn.sub.slow.load(Ordering::Acquire) {

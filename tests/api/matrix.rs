@@ -379,7 +379,10 @@ async fn a_stream_authenticated_in_band_reaches_only_its_users_topics_and_closes
 ) {
     let app = TestApp::start(crate::helpers::Backend::Memory, None, |db| {
         let mut s = secured(db);
+        // Pings (and so loop turns) far more often than the grace: the
+        // close must come when the grace ends, not be pushed back by them.
         s.stream_expiry_grace_ms = 500;
+        s.stream_heartbeat_ms = 100;
         s
     })
     .await;
@@ -437,6 +440,56 @@ async fn a_stream_authenticated_in_band_reaches_only_its_users_topics_and_closes
     match sub.frame().await {
         Frame::Closed(Some((code, _))) => assert_eq!(code, 4401),
         other => panic!("{other:?}"),
+    }
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opened_with_a_key_is_closed_once_the_key_is_revoked() {
+    let app = TestApp::start(crate::helpers::Backend::Memory, None, secured).await;
+    let resp = call(
+        &app,
+        "POST",
+        "/v1/keys",
+        Some(ADMIN),
+        Some(&json!({"name": "dashboard", "scopes": ["read"]})),
+    )
+    .await;
+    let made: Value = resp.json().await.unwrap();
+    let (id, secret) = (
+        made["id"].as_str().unwrap(),
+        made["secret"].as_str().unwrap(),
+    );
+    let mut request = format!("ws://{}/v1/stream?topics=analytics", app.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut sub = crate::stream_client::Subscriber::from_stream(ws);
+    assert_eq!(
+        sub.expect("subscribed").await["topics"],
+        json!(["analytics"])
+    );
+    let resp = call(
+        &app,
+        "POST",
+        &format!("/v1/keys/{id}/revoke"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    loop {
+        match sub.frame().await {
+            Frame::Closed(Some((code, _))) => {
+                assert_eq!(code, 4401);
+                break;
+            }
+            Frame::Json(m) => assert_eq!(m["type"], "update", "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
     app.cleanup().await;
 }
