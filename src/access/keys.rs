@@ -62,12 +62,32 @@ impl NewSecret {
     }
 }
 
-/// Hex SHA-256 of a secret.
+/// Hex SHA-256 of a secret, as stored.
 pub fn digest(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    use std::fmt::Write;
+    let mut hex = String::with_capacity(64);
+    for b in raw_digest(secret) {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
+}
+
+/// The SHA-256 of a secret, as the ring looks it up (no hex on the
+/// request path).
+fn raw_digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// A stored hex digest as bytes; None when it is not 64 hex digits.
+fn from_hex(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Where a key came from.
@@ -117,9 +137,13 @@ impl KeyEntry {
         }
     }
 
+    /// Records a use; at most once a second, so that the clients sharing
+    /// a key do not all write one cache line on every request.
     fn touch(&self) {
-        self.last_used_ms
-            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        let now = Utc::now().timestamp_millis();
+        if now - self.last_used_ms.load(Ordering::Relaxed) >= 1_000 {
+            self.last_used_ms.store(now, Ordering::Relaxed);
+        }
     }
 }
 
@@ -188,7 +212,7 @@ pub fn parse_setting(setting: &str) -> Result<Vec<(KeyName, Vec<Scope>, String)>
 
 #[derive(Default)]
 struct Ring {
-    by_digest: HashMap<String, Arc<KeyEntry>>,
+    by_digest: HashMap<[u8; 32], Arc<KeyEntry>>,
     by_id: HashMap<String, Arc<KeyEntry>>,
     /// Every key, revoked ones too, setting keys first.
     keys: Vec<Arc<KeyEntry>>,
@@ -237,16 +261,17 @@ impl KeyRing {
 
     /// The key `secret` names, if it is one and not revoked.
     pub fn authenticate(&self, secret: &str) -> Result<Arc<KeyEntry>, KeyRefusal> {
-        let ring = self.current();
-        let entry = ring
-            .by_digest
-            .get(&digest(secret))
-            .ok_or(KeyRefusal::Unknown)?;
+        let digest = raw_digest(secret);
+        let entry = {
+            let ring = self.ring.read().unwrap_or_else(|p| p.into_inner());
+            ring.by_digest.get(&digest).cloned()
+        }
+        .ok_or(KeyRefusal::Unknown)?;
         if entry.revoked_at.is_some() {
             return Err(KeyRefusal::Revoked);
         }
         entry.touch();
-        Ok(entry.clone())
+        Ok(entry)
     }
 
     /// Whether any key exists or ever did: with none, the service is open.
@@ -324,7 +349,9 @@ impl KeyRing {
         };
         let mut ring = Ring::default();
         for (entry, digest) in &self.setting {
-            ring.by_digest.insert(digest.clone(), entry.clone());
+            if let Some(digest) = from_hex(digest) {
+                ring.by_digest.insert(digest, entry.clone());
+            }
             ring.by_id.insert(entry.id.clone(), entry.clone());
             ring.keys.push(entry.clone());
         }
@@ -341,7 +368,10 @@ impl KeyRing {
                 source: Source::Store,
             });
             // A setting key with the same secret stays the one that answers.
-            ring.by_digest.entry(key.digest).or_insert(entry.clone());
+            // A digest that does not read grants nothing.
+            if let Some(digest) = from_hex(&key.digest) {
+                ring.by_digest.entry(digest).or_insert(entry.clone());
+            }
             ring.by_id.insert(entry.id.clone(), entry.clone());
             ring.keys.push(entry);
         }
