@@ -14,7 +14,7 @@ use tracing::instrument;
 use super::context::RequestContext;
 use super::json::StrictJson;
 use super::notifications::metadata;
-use super::params::{KeyIdRule, KeyNameRule, ScopeRule, Text, UserRule};
+use super::params::{GrantsRule, KeyIdRule, KeyNameRule, ScopeRule, Text, UserRule};
 use super::problem::ApiError;
 use super::ApiTags;
 use crate::access::keys::{KeyEntry, Source};
@@ -59,10 +59,14 @@ pub struct KeyView {
     pub prefix: String,
     /// `store` (created by a command) or `setting` (TIDINGS_API_KEYS).
     pub source: String,
+    /// Null for the setting's keys.
+    #[oai(nullable)]
     pub created_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub revoked_at: Option<DateTime<Utc>>,
     /// When it last authenticated a request (on any instance, to within a
-    /// few seconds, with PostgreSQL).
+    /// few seconds, with PostgreSQL); null: never.
+    #[oai(nullable)]
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
@@ -163,6 +167,16 @@ impl KeysApi {
             .iter()
             .map(|s| Scope::parse(s.as_str()).map_err(|e| ApiError::invalid("scopes", e.0)))
             .collect::<Result<Vec<_>, _>>()?;
+        if !(1..=Scope::ALL.len()).contains(&body.0.scopes.len()) {
+            return Err(ApiError::invalid(
+                "scopes",
+                format!(
+                    "{} given; list 1 to {} of send, read, admin",
+                    body.0.scopes.len(),
+                    Scope::ALL.len()
+                ),
+            ));
+        }
         scopes.sort();
         scopes.dedup();
         let created = self
@@ -258,7 +272,7 @@ impl KeysApi {
         &self,
         user: Path<Text<UserRule>>,
         /// Comma-separated grants (`read`, `write`); absent: both.
-        grants: Query<Option<String>>,
+        grants: Query<Option<Text<GrantsRule>>>,
     ) -> Result<TokenResponse, ApiError> {
         let user =
             UserId::parse(user.0.as_str()).map_err(|e| ApiError::invalid("path.user", e.0))?;
@@ -273,7 +287,7 @@ impl KeysApi {
             None => None,
             Some(list) => {
                 let mut parsed = Vec::new();
-                for g in list.split(',') {
+                for g in list.as_str().split(',') {
                     parsed.push(match g.trim() {
                         "read" => Grant::Read,
                         "write" => Grant::Write,

@@ -255,6 +255,10 @@ rule!(
     )
 );
 rule!(
+    /// A user token's grants: `read`, `write`, comma-separated.
+    GrantsRule, "Grants", pattern(r"^(read|write)(,(read|write))*$")
+);
+rule!(
     /// An API key's name: letters, digits, `.`, `_`, `-`.
     KeyNameRule, "KeyName", pattern(r"^[A-Za-z0-9._-]{1,64}$")
 );

@@ -122,6 +122,24 @@ async fn a_key_made_over_http_works_at_once_lists_without_its_secret_and_is_refu
     let secret = created["secret"].as_str().unwrap().to_owned();
     let id = created["id"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("tdk_"));
+    for bad in [
+        json!({"name": "none", "scopes": []}),
+        json!({"name": "many", "scopes": ["send", "send", "read", "admin"]}),
+        json!({"name": "bad name", "scopes": ["send"]}),
+        json!({"name": "x", "scopes": ["write"]}),
+    ] {
+        let resp = call(app, "POST", "/v1/keys", Some(ADMIN), Some(&bad)).await;
+        assert_eq!(resp.status(), 422, "{bad}");
+    }
+    let resp = call(
+        app,
+        "POST",
+        "/v1/users/alice/token?grants=",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 422, "an empty grant list says nothing");
     assert_eq!(created["scopes"], json!(["send"]));
     create_as(app, &secret, "alice").await;
 
