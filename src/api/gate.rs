@@ -87,14 +87,9 @@ impl Gate {
         self.routes
             .iter()
             .find(|r| {
-                r.method == method
-                    && r.segments.len() == segments.len()
-                    // A parameter matches an empty segment too: the router
-                    // may route one, and what it routes must be gated.
-                    && r.segments
-                        .iter()
-                        .zip(&segments)
-                        .all(|(r, s)| (r.starts_with('{') && r.ends_with('}')) || r == s)
+                // A parameter matches an empty segment too: the router may
+                // route one, and what it routes must be gated.
+                r.method == method && super::spec::template_matches(&r.segments, &segments, true)
             })
             .map(|r| (r, segments))
     }

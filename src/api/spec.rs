@@ -205,14 +205,18 @@ impl Methods {
         let segments: Vec<&str> = path.split('/').collect();
         self.routes
             .iter()
-            .find(|(route, _)| {
-                route.len() == segments.len()
-                    && route.iter().zip(&segments).all(|(r, s)| {
-                        (r.starts_with('{') && r.ends_with('}') && !s.is_empty()) || r == s
-                    })
-            })
+            .find(|(route, _)| template_matches(route, &segments, false))
             .map(|(_, methods)| methods.iter().cloned().collect::<Vec<_>>().join(", "))
     }
+}
+
+/// Whether a path, split at `/`, is one of a template's (`{name}`
+/// segments match anything; an empty one only when `empty_matches`).
+pub fn template_matches(template: &[String], segments: &[&str], empty_matches: bool) -> bool {
+    template.len() == segments.len()
+        && template.iter().zip(segments).all(|(t, s)| {
+            (t.starts_with('{') && t.ends_with('}') && (empty_matches || !s.is_empty())) || t == s
+        })
 }
 
 /// Adds `Allow` to a 405 (RFC 9110 requires it): the methods the path takes.
