@@ -27,12 +27,6 @@ use crate::storage::{AppendSignal, Position, StorageError};
 /// Where notifications' events are loaded from and appended to.
 pub type NotificationStore = EventStore<Notification>;
 
-impl Named for NotificationCommand {
-    fn name(&self) -> &'static str {
-        NotificationCommand::name(self)
-    }
-}
-
 impl From<NotificationError> for CommandError {
     fn from(err: NotificationError) -> Self {
         Self::Rejected(err)

@@ -1,11 +1,14 @@
-//! The pure core: value types, the notification aggregate's commands, events,
-//! errors and rules. No IO, no async runtime, no clock reads: time arrives
-//! inside each command, so every rule here is a plain function to test.
+//! The pure core: value types, the aggregates' commands, events, errors and
+//! rules (notifications, API keys, recipients). No IO, no async runtime, no
+//! clock reads: time arrives inside each command, so every rule here is a
+//! plain function to test.
 
 pub mod api_key;
 pub mod command;
+pub mod contact;
 pub mod event;
 pub mod notification;
+pub mod recipient;
 pub mod values;
 
 pub use command::{NewNotification, NotificationCommand};
