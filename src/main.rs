@@ -2,10 +2,6 @@
 //! replay, parked, export-openapi. Each command takes the flags it uses and
 //! no others (`tidings migrate --help` lists only the database's).
 
-// The route tree's middleware nest deeply; the layout of its future takes
-// more than the default 128 query levels.
-#![recursion_limit = "256"]
-
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;

@@ -26,8 +26,9 @@ pub mod views;
 
 use std::sync::Arc;
 
+use poem::endpoint::BoxEndpoint;
 use poem::middleware::CatchPanic;
-use poem::{Endpoint, EndpointExt, IntoResponse, Route};
+use poem::{EndpointExt, IntoResponse, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
 use self::problem::{ApiError, Problem};
@@ -146,8 +147,10 @@ pub fn document_text(state: Arc<AppState>) -> String {
     serde_json::to_string_pretty(&document(&api)).unwrap_or_default()
 }
 
-/// The whole app: API, docs, spec, middleware.
-pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
+/// The whole app: API, docs, spec, middleware. Boxed twice on the way out:
+/// the middleware nest so deeply that, unboxed, the layout of the request
+/// future takes the compiler past its query depth.
+pub fn routes(state: Arc<AppState>, body_limit: usize) -> BoxEndpoint<'static, Response> {
     let limits = state.request_limits.clone();
     let published = spec::Published::default();
     let api = openapi(state.clone(), published.clone());
@@ -177,9 +180,13 @@ pub fn routes(state: Arc<AppState>, body_limit: usize) -> impl Endpoint {
             ))
             .into_response()
         }))
+        .map_to_response()
+        .boxed()
         .around(context::with_request_context)
         .around(prometheus::measured)
         .with_if(!state.cors_origins.is_empty(), cors(&state.cors_origins))
+        .map_to_response()
+        .boxed()
 }
 
 /// CORS for the configured origins only: browsers holding a user token call
