@@ -94,14 +94,6 @@ impl Principal {
         }
     }
 
-    /// The key, when the principal is one.
-    pub fn key(&self) -> Option<&KeyEntry> {
-        match self {
-            Self::Key(key) => Some(key),
-            _ => None,
-        }
-    }
-
     /// Whether the principal may touch one resource of `owner`'s, started by
     /// `origin` (the actor recorded on its first event): `Open`, a key
     /// holding `everything` (if any scope gives that), a `send` key on what

@@ -183,15 +183,6 @@ impl Tokens {
         Ok(Some(tokens))
     }
 
-    pub fn algorithm(&self) -> &'static str {
-        match self.algorithm {
-            Algorithm::HS256 => "HS256",
-            Algorithm::RS256 => "RS256",
-            Algorithm::EdDSA => "EdDSA",
-            _ => "ES256",
-        }
-    }
-
     /// The user `token` stands for.
     pub fn verify(&self, token: &str) -> Result<UserToken, TokenRefusal> {
         let data =
