@@ -15,9 +15,10 @@ use tracing::{info, warn};
 
 use crate::api;
 use crate::api::state::{AppState, Streams};
-use crate::commands::{CommandService, EventStore, NotificationStore};
+use crate::commands::{CommandService, Commands, EventStores};
 use crate::config::Settings;
-use crate::domain::ApiKey;
+use crate::domain::recipient::Recipient;
+use crate::domain::{ApiKey, Notification};
 use crate::memory_limit::MemoryGuard;
 use crate::projections::analytics;
 use crate::projections::engine::{self, EngineConfig};
@@ -51,8 +52,8 @@ pub struct Service {
 /// and their tasks.
 struct BackendParts {
     log: Arc<dyn EventLog>,
-    store: NotificationStore,
-    key_store: EventStore<ApiKey>,
+    /// Every aggregate's event store.
+    stores: EventStores,
     inbox: Arc<dyn InboxReader>,
     schedule: Arc<dyn RowReader<Due>>,
     analytics: Arc<dyn RowReader<analytics::Row>>,
@@ -127,8 +128,7 @@ async fn start_memory(
     }
     BackendParts {
         log,
-        key_store: EventStore::memory(events.clone()),
-        store: NotificationStore::memory(events),
+        stores: EventStores::Memory(events),
         inbox: models.inbox,
         schedule: models.schedule,
         analytics: models.analytics,
@@ -231,8 +231,7 @@ async fn start_postgres(
     }
     Ok(BackendParts {
         log,
-        store: NotificationStore::postgres(&pools),
-        key_store: EventStore::postgres(&pools),
+        stores: EventStores::Postgres(Box::new(pools.clone())),
         inbox: models.inbox,
         schedule: models.schedule,
         analytics: models.analytics,
@@ -268,7 +267,7 @@ impl Service {
         let access = crate::access::start::start(crate::access::start::Inputs {
             settings,
             log: log.clone(),
-            key_store: backend.key_store,
+            key_store: backend.stores.of::<ApiKey>(),
             signal: signal.clone(),
             pool: backend.pool.clone(),
             channel: backend.channel.clone(),
@@ -276,11 +275,24 @@ impl Service {
         })
         .await?;
         tasks.extend(access.tasks);
-        let mut commands = CommandService::new(backend.store, signal, settings.command_attempts);
+        let mut commands = CommandService::new(
+            backend.stores.of::<Notification>(),
+            signal.clone(),
+            settings.command_attempts,
+        );
         if backend.storage == "memory" {
             commands = commands.refusing_when_full(memory.clone());
         }
         let commands = Arc::new(commands);
+        let mut recipients = Commands::new(
+            backend.stores.of::<Recipient>(),
+            (),
+            signal.clone(),
+            settings.command_attempts,
+        );
+        if backend.storage == "memory" {
+            recipients = recipients.refusing_when_full(memory.clone());
+        }
         let projections = Projections::new(backend.running)?;
         let timer_stats = Arc::new(TimerStats::default());
         tasks.push(dispatch::spawn(
@@ -301,6 +313,7 @@ impl Service {
         };
         let state = Arc::new(AppState {
             commands,
+            recipients: Arc::new(recipients),
             keys: access.keys,
             access: access.authority,
             rates: access.rates,

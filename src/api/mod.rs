@@ -18,6 +18,7 @@ pub mod parked;
 pub mod problem;
 pub mod projections;
 pub mod prometheus;
+pub mod recipients;
 pub mod rules;
 pub mod spec;
 pub mod state;
@@ -48,6 +49,8 @@ pub enum ApiTags {
     Streams,
     /// Counts, rates and latencies per time bucket; the health score.
     Analytics,
+    /// Recipients: profiles, preferences.
+    Recipients,
     /// Server API keys and user tokens.
     Access,
     /// Health checks.
@@ -57,6 +60,7 @@ pub enum ApiTags {
 pub type Apis = (
     notifications::NotificationsApi,
     inbox::InboxApi,
+    recipients::RecipientsApi,
     analytics::AnalyticsApi,
     events::EventsApi,
     projections::ProjectionsApi,
@@ -75,6 +79,9 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
                 state: state.clone(),
             },
             inbox::InboxApi {
+                state: state.clone(),
+            },
+            recipients::RecipientsApi {
                 state: state.clone(),
             },
             analytics::AnalyticsApi {

@@ -308,6 +308,53 @@ rule!(
     }
 );
 rule!(
+    /// How a recipient is addressed: 1–200 characters, one line, not only
+    /// white space.
+    DisplayNameRule, "DisplayName", MetaSchema {
+        max_length: Some(crate::domain::contact::DISPLAY_NAME_MAX_CHARS),
+        pattern: Some(format!(
+            r"^[^{CONTROL}]*[^{CONTROL}\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^{CONTROL}]*$"
+        )),
+        ..string()
+    }
+);
+rule!(
+    /// An IANA time zone from the tz database (`Europe/Berlin`, `UTC`).
+    TimeZoneRule, "TimeZone", pattern(r"^[A-Za-z0-9/_+-]{1,64}$")
+);
+rule!(
+    /// A language tag (`de`, `pt-BR`, `zh-Hant-TW`).
+    LocaleRule, "Locale", pattern(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8}){0,4}$")
+);
+rule!(
+    /// A tenant: lowercase letters, digits and `. _ - :`, 1–64 of them.
+    TenantRule, "Tenant", pattern(r"^[a-z0-9._:-]{1,64}$")
+);
+rule!(
+    /// An email address: `local@domain.tld`, at most 254 characters.
+    EmailRule, "Email", MetaSchema {
+        max_length: Some(254),
+        pattern: Some(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$".to_owned()),
+        ..string()
+    }
+);
+rule!(
+    /// A phone number in E.164 (`+4915112345678`).
+    PhoneRule, "Phone", pattern(r"^\+[1-9][0-9]{6,14}$")
+);
+rule!(
+    /// A device's push token: 1–4096 visible ASCII characters.
+    PushTokenRule, "PushToken", pattern(r"^[!-~]{1,4096}$")
+);
+rule!(
+    /// An http(s) URL with a host, at most 2048 characters.
+    WebhookUrlRule, "WebhookUrl", MetaSchema {
+        max_length: Some(2048),
+        pattern: Some(r"^https?://[^\s/?#]+([/?#]\S*)?$".to_owned()),
+        ..string()
+    }
+);
+rule!(
     /// An Idempotency-Key: 1–255 visible ASCII characters.
     IdempotencyKeyRule, "IdempotencyKey", pattern(r"^[!-~]{1,255}$")
 );

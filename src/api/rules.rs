@@ -66,6 +66,15 @@ const SENDER_ONLY: Rule = Rule {
     user: None,
 };
 
+/// Describing a recipient: the backend that sends to them, or the user
+/// (not their tenant: the handler refuses that field to a user token).
+const DESCRIBE_RECIPIENT: Rule = Rule {
+    public: false,
+    scopes: &[Scope::Send, Scope::Admin],
+    own_sends: false,
+    user: Some(Grant::Write),
+};
+
 /// Every operation's rule, by operation id.
 pub const RULES: &[(&str, Rule)] = &[
     ("live", PUBLIC),
@@ -112,6 +121,17 @@ pub const RULES: &[(&str, Rule)] = &[
             user: Some(Grant::Read),
         },
     ),
+    (
+        "getRecipient",
+        Rule {
+            public: false,
+            scopes: &[Scope::Read, Scope::Send],
+            own_sends: false,
+            user: Some(Grant::Read),
+        },
+    ),
+    ("replaceRecipient", DESCRIBE_RECIPIENT),
+    ("patchRecipient", DESCRIBE_RECIPIENT),
     ("getAnalytics", keys(&[Scope::Read])),
     ("getHealthScore", keys(&[Scope::Read])),
     ("events", ADMIN),

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 
-use crate::commands::CommandService;
+use crate::commands::{CommandService, Commands};
+use crate::domain::recipient::Recipient;
 use crate::memory_limit::MemoryGuard;
 use crate::projections::inbox::InboxReader;
 use crate::projections::rebuild::Rebuilds;
@@ -24,6 +25,8 @@ use crate::streams::updates::UpdateLog;
 /// What request handlers share.
 pub struct AppState {
     pub commands: Arc<CommandService>,
+    /// Recipients' profiles and preferences.
+    pub recipients: Arc<Commands<Recipient>>,
     /// Creating and revoking API keys, and the ring of those in force.
     pub keys: Arc<crate::access::lifecycle::KeyAdmin>,
     /// What credentials are accepted.

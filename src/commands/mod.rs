@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod metadata;
 pub mod runner;
+pub mod stores;
 
 use std::sync::Arc;
 
@@ -12,8 +13,9 @@ use tracing::instrument;
 
 pub use metadata::CommandMetadata;
 pub use runner::{
-    BatchReceipt, CommandError, Commands, Decided, EventStore, Guard, Named, Target, BATCH,
+    BatchReceipt, CommandError, Commands, Current, Decided, EventStore, Guard, Named, Target, BATCH,
 };
+pub use stores::EventStores;
 
 use self::runner::Appender;
 use crate::domain::{

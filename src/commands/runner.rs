@@ -193,6 +193,18 @@ pub struct Decided<A> {
     pub changed: bool,
 }
 
+/// An aggregate as its events leave it, read without a command.
+#[derive(Debug, Clone)]
+pub struct Current<A> {
+    pub state: A,
+    /// Its last event's sequence (0: no events, the default).
+    pub version: u64,
+    /// Its last event's global position (the start: none).
+    pub position: Position,
+    /// When its last event was recorded.
+    pub recorded_at: Option<Timestamp>,
+}
+
 /// An aggregate as its history leaves it.
 struct Loaded<A> {
     aggregate: A,
@@ -277,6 +289,13 @@ where
             max_attempts: max_attempts.max(1),
             memory: None,
         }
+    }
+
+    /// Refuses to append while `memory` is at its limit (the memory
+    /// store). Before the commands are shared.
+    pub fn refusing_when_full(mut self, memory: Arc<MemoryGuard>) -> Self {
+        self.memory = Some(memory);
+        self
     }
 
     pub(super) fn check_room(&self) -> Result<(), CommandError<A::Error>> {
@@ -406,6 +425,48 @@ where
             aggregate: A::TYPE,
             attempts: self.max_attempts,
         })
+    }
+
+    /// Aggregate `aggregate_id` as its events leave it, without a command:
+    /// all of them, or (`until`) those at or before a position and recorded
+    /// no later than a time (time travel). A stream that does not exist is
+    /// the aggregate's default, at version 0.
+    pub async fn current(
+        &self,
+        aggregate_id: &str,
+        until: Option<(Position, Timestamp)>,
+    ) -> Result<Current<A>, CommandError<A::Error>> {
+        const PAGE: usize = 1000;
+        let mut current = Current {
+            state: A::default(),
+            version: 0,
+            position: Position::START,
+            recorded_at: None,
+        };
+        loop {
+            let page = self
+                .store
+                .log
+                .stream(A::TYPE, aggregate_id, current.version as i64, PAGE)
+                .await?;
+            for event in &page {
+                if let Some((position, recorded_by)) = until {
+                    if event.position > position || event.recorded_at > recorded_by {
+                        return Ok(current);
+                    }
+                }
+                let payload = event.decode::<A::Event>().map_err(|reason| {
+                    CommandError::Unreadable(Box::new(UnreadableEvent::of(event, reason)))
+                })?;
+                current.state.apply(payload);
+                current.version = event.sequence.max(0) as u64;
+                current.position = event.position;
+                current.recorded_at = Some(event.recorded_at);
+            }
+            if page.len() < PAGE {
+                return Ok(current);
+            }
+        }
     }
 
     /// The global position of event `sequence` of `aggregate_id`.

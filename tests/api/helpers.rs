@@ -359,6 +359,19 @@ impl TestApp {
         json
     }
 
+    /// Sends `method` to `path` with a JSON body (or none): the status and
+    /// the JSON answer (null when the body is not JSON).
+    pub async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let resp = request.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// GETs a path expecting 200 and JSON.
     pub async fn get_json(&self, path: &str) -> Value {
         let resp = self.get(path).await;

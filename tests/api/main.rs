@@ -31,6 +31,7 @@ mod reactions;
 mod read_all;
 mod rebuild;
 mod rebuild_equivalence;
+mod recipients;
 mod redis_cluster;
 mod restart;
 mod scheduled;

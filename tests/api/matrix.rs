@@ -192,6 +192,8 @@ fn body_of(operation: &str) -> Option<Value> {
         "createNotification" => Some(notification_for("alice", "matrix")),
         "deliver" => Some(json!({"channel": "email"})),
         "createKey" => Some(json!({"name": "made-in-matrix", "scopes": ["read"]})),
+        "replaceRecipient" => Some(json!({"display_name": "Alice", "locale": "en"})),
+        "patchRecipient" => Some(json!({"time_zone": "Europe/Berlin"})),
         _ => None,
     }
 }
