@@ -17,7 +17,10 @@ use crate::api;
 use crate::api::state::{AppState, Streams};
 use crate::commands::{CommandService, Commands, EventStores};
 use crate::config::Settings;
+use crate::commands::audience::AudienceReader;
+use crate::domain::category::CategoryConfig;
 use crate::domain::recipient::Recipient;
+use crate::domain::tenant::Tenant;
 use crate::domain::{ApiKey, Notification};
 use crate::memory_limit::MemoryGuard;
 use crate::projections::analytics;
@@ -275,24 +278,43 @@ impl Service {
         })
         .await?;
         tasks.extend(access.tasks);
+        // Every aggregate's commands, refusing new events at the memory limit
+        // in memory mode.
+        let limit = (backend.storage == "memory").then(|| memory.clone());
+        fn commands_of<A>(
+            stores: &EventStores,
+            signal: &AppendSignal,
+            attempts: u32,
+            limit: &Option<Arc<MemoryGuard>>,
+        ) -> Arc<Commands<A>>
+        where
+            A: cqrs_es::Aggregate<Services = ()>,
+            A::Command: crate::commands::Named,
+        {
+            let commands = Commands::new(stores.of::<A>(), (), signal.clone(), attempts);
+            Arc::new(match limit {
+                Some(m) => commands.refusing_when_full(m.clone()),
+                None => commands,
+            })
+        }
+        let attempts = settings.command_attempts;
+        let stores = &backend.stores;
+        let audience = Arc::new(AudienceReader {
+            recipients: commands_of::<Recipient>(stores, &signal, attempts, &limit),
+            categories: commands_of::<CategoryConfig>(stores, &signal, attempts, &limit),
+            tenants: commands_of::<Tenant>(stores, &signal, attempts, &limit),
+            log: log.clone(),
+        });
         let mut commands = CommandService::new(
             backend.stores.of::<Notification>(),
+            audience.clone(),
             signal.clone(),
             settings.command_attempts,
         );
-        if backend.storage == "memory" {
-            commands = commands.refusing_when_full(memory.clone());
+        if let Some(m) = &limit {
+            commands = commands.refusing_when_full(m.clone());
         }
         let commands = Arc::new(commands);
-        let mut recipients = Commands::new(
-            backend.stores.of::<Recipient>(),
-            (),
-            signal.clone(),
-            settings.command_attempts,
-        );
-        if backend.storage == "memory" {
-            recipients = recipients.refusing_when_full(memory.clone());
-        }
         let projections = Projections::new(backend.running)?;
         let timer_stats = Arc::new(TimerStats::default());
         tasks.push(dispatch::spawn(
@@ -313,7 +335,7 @@ impl Service {
         };
         let state = Arc::new(AppState {
             commands,
-            recipients: Arc::new(recipients),
+            audience,
             keys: access.keys,
             access: access.authority,
             rates: access.rates,

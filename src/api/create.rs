@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::params::{
-    BodyRule, CategoryRule, ChannelRule, GroupKeyRule, JsonObject, PriorityRule, Text, TimeRule,
-    TitleRule, UserRule,
+    BodyRule, CategoryRule, ChannelRule, GroupKeyRule, JsonObject, PriorityRule, TenantRule, Text,
+    TimeRule, TitleRule, UserRule,
 };
 use super::problem::{ApiError, FieldProblem};
+use crate::domain::contact::TenantId;
 use crate::domain::{
     parse_data, Body, Category, Channel, Data, DataProblem, GroupKey, NewNotification, Priority,
     Title, UserId,
@@ -54,6 +55,12 @@ pub struct CreateNotificationRequest {
     #[serde(default)]
     #[oai(nullable)]
     pub deliver_at: Option<Text<TimeRule>>,
+    /// The tenant it is sent for: its preference defaults apply (absent:
+    /// the recipient profile's tenant), and the inbox and analytics filter
+    /// by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(nullable)]
+    pub tenant: Option<Text<TenantRule>>,
 }
 
 impl Example for CreateNotificationRequest {
@@ -70,6 +77,7 @@ impl Example for CreateNotificationRequest {
             channels: Some(vec![Text::new("in_app")]),
             group_key: Some(Text::new("post-42")),
             deliver_at: None,
+            tenant: None,
         }
     }
 }
@@ -163,8 +171,13 @@ impl CreateNotificationRequest {
                 }
             },
         };
+        let tenant = match &self.tenant {
+            None => Some(None),
+            Some(t) => field(e, "tenant", TenantId::parse(t.as_str())).map(Some),
+        };
         match (
             recipient, category, title, body, data, priority, channels, group_key, deliver_at,
+            tenant,
         ) {
             (
                 Some(recipient),
@@ -176,6 +189,7 @@ impl CreateNotificationRequest {
                 Some(channels),
                 Some(group_key),
                 Some(deliver_at),
+                Some(tenant),
             ) if errors.is_empty() => Ok(NewNotification {
                 recipient,
                 category,
@@ -186,6 +200,7 @@ impl CreateNotificationRequest {
                 channels,
                 group_key,
                 deliver_at,
+                tenant,
             }),
             _ => Err(ApiError::invalid_fields(errors)),
         }

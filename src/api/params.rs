@@ -274,7 +274,7 @@ rule!(
 rule!(
     /// A notification's lifecycle.
     LifecycleRule, "Lifecycle",
-    words(["pending", "scheduled", "delivered", "cancelled", "deleted"])
+    words(["pending", "scheduled", "delivered", "suppressed", "cancelled", "deleted"])
 );
 rule!(
     /// The projections.

@@ -229,11 +229,20 @@ impl From<NotificationError> for ApiError {
             | E::AlreadyDelivered
             | E::ChannelNotRequested(_)
             | E::ChannelAlreadyDelivered(_)
-            | E::NotYetDue { .. } => Self::conflict(
+            | E::NotYetDue { .. }
+            | E::Suppressed => Self::conflict(
                 "illegal-transition",
                 "Not allowed in the current state",
                 detail,
             ),
+            E::ChannelSuppressed { .. } => {
+                Self::conflict("channel-suppressed", "Channel suppressed", detail)
+            }
+            E::HeldUntil { .. } => Self::conflict("held", "Held by quiet hours", detail),
+            E::AudienceUnavailable(_) => {
+                error!(error = %detail, "a create could not read the recipient's preferences");
+                Self::unavailable("the recipient's preferences could not be read; retry shortly")
+            }
         }
     }
 }

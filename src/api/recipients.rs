@@ -369,6 +369,7 @@ impl RecipientsApi {
     ) -> Result<ProfileResponse, ApiError> {
         let decided = self
             .state
+            .audience
             .recipients
             .execute(user.as_str(), command, &metadata(ctx), false)
             .await?;
@@ -398,6 +399,7 @@ impl RecipientsApi {
         let user = parse_user(user.0.as_str())?;
         let current = self
             .state
+            .audience
             .recipients
             .current(user.as_str(), None)
             .await

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 
-use crate::commands::{CommandService, Commands};
-use crate::domain::recipient::Recipient;
+use crate::commands::audience::AudienceReader;
+use crate::commands::CommandService;
 use crate::memory_limit::MemoryGuard;
 use crate::projections::inbox::InboxReader;
 use crate::projections::rebuild::Rebuilds;
@@ -25,8 +25,9 @@ use crate::streams::updates::UpdateLog;
 /// What request handlers share.
 pub struct AppState {
     pub commands: Arc<CommandService>,
-    /// Recipients' profiles and preferences.
-    pub recipients: Arc<Commands<Recipient>>,
+    /// Recipients' profiles and preferences, tenants' defaults, category
+    /// settings.
+    pub audience: Arc<AudienceReader>,
     /// Creating and revoking API keys, and the ring of those in force.
     pub keys: Arc<crate::access::lifecycle::KeyAdmin>,
     /// What credentials are accepted.

@@ -48,7 +48,8 @@ pub struct NotificationView {
     /// RFC 3339 UTC; set when the notification was scheduled.
     #[oai(nullable)]
     pub deliver_at: Option<String>,
-    /// `pending` (awaiting a channel), `scheduled`, `delivered`, `cancelled` or `deleted`.
+    /// `pending` (awaiting a channel), `scheduled`, `delivered`, `suppressed` (every
+    /// channel was; see `explain`), `cancelled` or `deleted`.
     pub lifecycle: Text<LifecycleRule>,
     pub status: Text<ReadStatusRule>,
     pub seen: bool,

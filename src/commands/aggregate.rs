@@ -1,11 +1,19 @@
 //! The aggregates as cqrs-es sees them: thin adapters over the pure rules in
-//! `domain` (`notification`, `api_key`, `recipient`). Each decides every
+//! `domain` (`notification`, `api_key`, `recipient`, `category`, `tenant`). Each decides every
 //! event first, so a refused command writes nothing to the sink.
+
+use std::sync::Arc;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 
+use super::audience::AudienceLookup;
 use crate::domain::api_key::KEY_EVENT_VERSION;
+use crate::domain::preferences::Audience;
+use crate::domain::category::{
+    CategoryCommand, CategoryConfig, CategoryError, CategoryEvent, CATEGORY_EVENT_VERSION,
+};
+use crate::domain::tenant::{Tenant, TenantCommand, TenantError, TenantEvent, TENANT_EVENT_VERSION};
 use crate::domain::recipient::{
     Recipient, RecipientCommand, RecipientError, RecipientEvent, RECIPIENT_EVENT_VERSION,
 };
@@ -59,14 +67,55 @@ macro_rules! pure_aggregate {
     };
 }
 
-pure_aggregate!(
-    Notification,
-    "Notification",
-    NotificationCommand,
-    NotificationEvent,
-    NotificationError,
-    EVENT_VERSION
-);
+impl DomainEvent for NotificationEvent {
+    fn event_type(&self) -> String {
+        NotificationEvent::event_type(self).to_owned()
+    }
+    fn event_version(&self) -> String {
+        EVENT_VERSION.to_owned()
+    }
+}
+
+/// A notification consults its audience (preferences, category settings,
+/// the profile) when it is created, through the service it is handed; its
+/// other commands need nothing but its own state.
+impl Aggregate for Notification {
+    const TYPE: &'static str = "Notification";
+    type Command = NotificationCommand;
+    type Event = NotificationEvent;
+    type Error = NotificationError;
+    type Services = Arc<dyn AudienceLookup>;
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        let audience = match &command {
+            // A create on an id that exists is refused before any lookup.
+            NotificationCommand::Create { content, .. } if self.id.is_none() => services
+                .audience(content)
+                .await
+                .map_err(|e| NotificationError::AudienceUnavailable(e.to_string()))?,
+            _ => Audience::default(),
+        };
+        for event in self.decide_for(command, &audience)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        Notification::apply(self, event);
+    }
+}
+
+impl super::Named for NotificationCommand {
+    fn name(&self) -> &'static str {
+        NotificationCommand::name(self)
+    }
+}
 pure_aggregate!(
     ApiKey,
     "ApiKey",
@@ -82,4 +131,20 @@ pure_aggregate!(
     RecipientEvent,
     RecipientError,
     RECIPIENT_EVENT_VERSION
+);
+pure_aggregate!(
+    CategoryConfig,
+    "Category",
+    CategoryCommand,
+    CategoryEvent,
+    CategoryError,
+    CATEGORY_EVENT_VERSION
+);
+pure_aggregate!(
+    Tenant,
+    "Tenant",
+    TenantCommand,
+    TenantEvent,
+    TenantError,
+    TENANT_EVENT_VERSION
 );

@@ -3,6 +3,7 @@
 //! generic runner (`runner`) that every aggregate uses.
 
 pub mod aggregate;
+pub mod audience;
 pub mod metadata;
 pub mod runner;
 pub mod stores;
@@ -17,6 +18,7 @@ pub use runner::{
 };
 pub use stores::EventStores;
 
+use self::audience::AudienceLookup;
 use self::runner::Appender;
 use crate::domain::{
     NewNotification, Notification, NotificationCommand, NotificationError, NotificationId,
@@ -73,9 +75,16 @@ impl CommandService {
         }
     }
 
-    pub fn new(store: NotificationStore, signal: AppendSignal, max_attempts: u32) -> Self {
+    /// `audience`: what a create consults (preferences, category settings,
+    /// the recipient's profile).
+    pub fn new(
+        store: NotificationStore,
+        audience: Arc<dyn AudienceLookup>,
+        signal: AppendSignal,
+        max_attempts: u32,
+    ) -> Self {
         Self {
-            commands: Arc::new(Commands::new(store, (), signal, max_attempts)),
+            commands: Arc::new(Commands::new(store, audience, signal, max_attempts)),
         }
     }
 

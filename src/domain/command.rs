@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{Body, Category, Channel, GroupKey, NotificationId, Priority, Title, UserId};
+use super::contact::TenantId;
+use super::values::{
+    Body, Category, Channel, FailureReason, GroupKey, NotificationId, Priority, Title, UserId,
+};
 use super::{Data, Timestamp};
 
 /// Everything a sender says about a new notification, already validated.
@@ -19,6 +22,9 @@ pub struct NewNotification {
     pub channels: Vec<Channel>,
     pub group_key: Option<GroupKey>,
     pub deliver_at: Option<Timestamp>,
+    /// The tenant whose defaults apply (absent: the profile's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
 }
 
 /// Commands are imperative; each carries the time it is executed at.
@@ -31,6 +37,12 @@ pub enum NotificationCommand {
     },
     Deliver {
         channel: Channel,
+        at: Timestamp,
+    },
+    /// A channel worker could not deliver it.
+    FailDelivery {
+        channel: Channel,
+        reason: FailureReason,
         at: Timestamp,
     },
     MarkSeen {
@@ -65,6 +77,7 @@ impl NotificationCommand {
         match self {
             Self::Create { .. } => "Create",
             Self::Deliver { .. } => "Deliver",
+            Self::FailDelivery { .. } => "FailDelivery",
             Self::MarkSeen { .. } => "MarkSeen",
             Self::MarkRead { .. } => "MarkRead",
             Self::MarkUnread { .. } => "MarkUnread",
@@ -78,7 +91,9 @@ impl NotificationCommand {
 
     pub fn at(&self) -> Timestamp {
         match self {
-            Self::Create { at, .. } | Self::Deliver { at, .. } => *at,
+            Self::Create { at, .. } | Self::Deliver { at, .. } | Self::FailDelivery { at, .. } => {
+                *at
+            }
             Self::MarkSeen { at }
             | Self::MarkRead { at }
             | Self::MarkUnread { at }

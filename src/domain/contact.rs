@@ -276,7 +276,7 @@ impl From<TimeZone> for String {
 pub const MAX_PUSH_TOKENS: usize = 10;
 
 /// Where each channel reaches the recipient; absent: that channel has no
-/// address (a later issue records that as a suppression).
+/// address (a send then records the channel as suppressed).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Addresses {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -287,6 +287,20 @@ pub struct Addresses {
     pub push_tokens: Vec<PushToken>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<WebhookUrl>,
+}
+
+impl Addresses {
+    /// Whether `channel` has somewhere to go (in-app always does).
+    pub fn reach(&self, channel: crate::domain::Channel) -> bool {
+        use crate::domain::Channel;
+        match channel {
+            Channel::InApp => true,
+            Channel::Email => self.email.is_some(),
+            Channel::Sms => self.phone.is_some(),
+            Channel::Push => !self.push_tokens.is_empty(),
+            Channel::Chat => self.webhook_url.is_some(),
+        }
+    }
 }
 
 /// Push tokens without repeats, in the order given, at most `MAX_PUSH_TOKENS`.

@@ -3,7 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{Body, Category, Channel, GroupKey, NotificationId, Priority, Title, UserId};
+use super::contact::TenantId;
+use super::preferences::{Level, SuppressionRule};
+use super::values::{
+    Body, Category, Channel, FailureReason, GroupKey, NotificationId, Priority, Title, UserId,
+};
 use super::{Data, Timestamp};
 
 /// Events are facts, in the past tense. Version "1.0" for all of them so far.
@@ -21,6 +25,9 @@ pub enum NotificationEvent {
         group_key: Option<GroupKey>,
         deliver_at: Option<Timestamp>,
         created_at: Timestamp,
+        /// Absent in events from before tenants.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<TenantId>,
     },
     NotificationScheduled {
         deliver_at: Timestamp,
@@ -29,6 +36,24 @@ pub enum NotificationEvent {
     NotificationDelivered {
         channel: Channel,
         delivered_at: Timestamp,
+    },
+    /// A channel asked for is not delivered (`quiet_hours`: not before
+    /// `until`), and what decided it: whose setting (`level`) at which
+    /// version.
+    ChannelSuppressed {
+        channel: Channel,
+        rule: SuppressionRule,
+        level: Level,
+        version: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<Timestamp>,
+        suppressed_at: Timestamp,
+    },
+    /// A channel worker reported that delivery failed.
+    DeliveryFailed {
+        channel: Channel,
+        reason: FailureReason,
+        failed_at: Timestamp,
     },
     NotificationSeen {
         seen_at: Timestamp,
@@ -64,6 +89,8 @@ impl NotificationEvent {
             Self::NotificationCreated { .. } => "NotificationCreated",
             Self::NotificationScheduled { .. } => "NotificationScheduled",
             Self::NotificationDelivered { .. } => "NotificationDelivered",
+            Self::ChannelSuppressed { .. } => "ChannelSuppressed",
+            Self::DeliveryFailed { .. } => "DeliveryFailed",
             Self::NotificationSeen { .. } => "NotificationSeen",
             Self::NotificationRead { .. } => "NotificationRead",
             Self::NotificationUnread { .. } => "NotificationUnread",
@@ -85,6 +112,10 @@ impl NotificationEvent {
             | Self::NotificationDelivered {
                 delivered_at: t, ..
             }
+            | Self::ChannelSuppressed {
+                suppressed_at: t, ..
+            }
+            | Self::DeliveryFailed { failed_at: t, .. }
             | Self::NotificationSeen { seen_at: t }
             | Self::NotificationRead { read_at: t }
             | Self::NotificationUnread { unread_at: t }

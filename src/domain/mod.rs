@@ -4,11 +4,14 @@
 //! plain function to test.
 
 pub mod api_key;
+pub mod category;
 pub mod command;
 pub mod contact;
 pub mod event;
 pub mod notification;
+pub mod preferences;
 pub mod recipient;
+pub mod tenant;
 pub mod values;
 
 pub use command::{NewNotification, NotificationCommand};
@@ -21,7 +24,8 @@ pub type Timestamp = chrono::DateTime<chrono::Utc>;
 pub type Data = serde_json::Map<String, serde_json::Value>;
 pub use api_key::{ApiKey, ApiKeyCommand, ApiKeyError, ApiKeyEvent};
 pub use values::{
-    parse_data, parse_scopes, Body, Category, Channel, DataProblem, GroupKey, InvalidValue,
+    parse_data, parse_scopes, Body, Category, Channel, DataProblem, FailureReason, GroupKey,
+    InvalidValue,
     KeyName, NotificationId, Priority, Scope, Title, UserId,
 };
 pub use values::{BODY_MAX_CHARS, GROUP_KEY_MAX_CHARS, TITLE_MAX_CHARS};

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{NewNotification, NotificationCommand};
 use super::event::NotificationEvent;
-use super::values::{Channel, NotificationId};
+use super::preferences::{Audience, Level, SuppressionRule};
+use super::values::{Channel, FailureReason, NotificationId};
 use super::Timestamp;
 
 /// Why a command was refused. Nothing is recorded when one is returned.
@@ -38,6 +39,19 @@ pub enum NotificationError {
     ChannelAlreadyDelivered(Channel),
     #[error("the notification is scheduled for {deliver_at}; it cannot be delivered before then")]
     NotYetDue { deliver_at: Timestamp },
+    #[error("the `{channel}` channel was suppressed ({rule}); see the notification's explain")]
+    ChannelSuppressed {
+        channel: Channel,
+        rule: &'static str,
+    },
+    #[error("the `{channel}` channel is held by the recipient's quiet hours until {until}")]
+    HeldUntil { channel: Channel, until: Timestamp },
+    #[error("every channel was suppressed; there is nothing to deliver or cancel")]
+    Suppressed,
+    /// The preferences a create consults could not be read (an outage, an
+    /// unreadable event): nothing is recorded, the create can be retried.
+    #[error("the recipient's preferences could not be read ({0}); retry shortly")]
+    AudienceUnavailable(String),
 }
 
 /// Where a notification is in its life.
@@ -53,6 +67,9 @@ pub enum Lifecycle {
     Scheduled,
     /// Delivered on at least one channel.
     Delivered,
+    /// Every channel asked for was suppressed (nothing is held for later):
+    /// recorded, never delivered.
+    Suppressed,
     Cancelled,
     Deleted,
 }
@@ -64,6 +81,7 @@ impl Lifecycle {
             Self::Pending => "pending",
             Self::Scheduled => "scheduled",
             Self::Delivered => "delivered",
+            Self::Suppressed => "suppressed",
             Self::Cancelled => "cancelled",
             Self::Deleted => "deleted",
         }
@@ -74,6 +92,32 @@ impl std::fmt::Display for Lifecycle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// A channel not delivered, and why (as its `ChannelSuppressed` said).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressedChannel {
+    pub rule: SuppressionRule,
+    pub level: Level,
+    pub version: u64,
+    /// Quiet hours: held until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    pub at: Timestamp,
+}
+
+impl SuppressedChannel {
+    /// Held for later rather than dropped.
+    pub fn is_hold(&self) -> bool {
+        self.rule == SuppressionRule::QuietHours
+    }
+}
+
+/// A failed delivery on one channel: the latest reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub reason: FailureReason,
+    pub at: Timestamp,
 }
 
 /// The state of one notification, folded from its events. It is both the
@@ -93,6 +137,12 @@ pub struct Notification {
     pub archived_at: Option<Timestamp>,
     pub cancelled_at: Option<Timestamp>,
     pub deleted_at: Option<Timestamp>,
+    /// Channels suppressed or held at creation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub suppressed: BTreeMap<Channel, SuppressedChannel>,
+    /// Channels whose worker reported a failure (and none delivered since).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failures: BTreeMap<Channel, Failure>,
     /// Time of the last event, the floor for the next one.
     pub last_event_at: Option<Timestamp>,
 }
@@ -112,12 +162,23 @@ impl Notification {
         self.lifecycle == Lifecycle::Delivered && self.deliveries.contains_key(&Channel::InApp)
     }
 
-    /// Decide what a command means for this notification. Pure: the state is
-    /// not touched; `Ok(vec![])` means "already so" (marking a read notification
-    /// read changes nothing and is not an error).
+    /// `decide_for` a recipient nobody described, with no preferences and
+    /// no category settings: every channel asked for is used.
     pub fn decide(
         &self,
         command: NotificationCommand,
+    ) -> Result<Vec<NotificationEvent>, NotificationError> {
+        self.decide_for(command, &Audience::default())
+    }
+
+    /// Decide what a command means for this notification. Pure: the state is
+    /// not touched; `Ok(vec![])` means "already so" (marking a read notification
+    /// read changes nothing and is not an error). A create consults
+    /// `audience` (preferences, category, quiet hours, addresses).
+    pub fn decide_for(
+        &self,
+        command: NotificationCommand,
+        audience: &Audience,
     ) -> Result<Vec<NotificationEvent>, NotificationError> {
         use NotificationCommand as C;
         use NotificationEvent as E;
@@ -132,7 +193,7 @@ impl Notification {
             if self.lifecycle != Lifecycle::Absent {
                 return Err(NotificationError::AlreadyExists);
             }
-            return Self::decide_create(id, *content, at);
+            return Self::decide_create(id, *content, at, audience);
         }
 
         match (self.lifecycle, &command) {
@@ -151,9 +212,20 @@ impl Notification {
                     Ok(vec![E::NotificationCancelled { cancelled_at: at }])
                 }
                 Lifecycle::Cancelled => Ok(vec![]),
+                Lifecycle::Suppressed => Err(NotificationError::Suppressed),
                 _ => Err(NotificationError::AlreadyDelivered),
             },
             C::Deliver { channel, .. } => self.decide_deliver(channel, at),
+            C::FailDelivery {
+                channel, reason, ..
+            } => {
+                self.deliverable(channel, at)?;
+                Ok(vec![E::DeliveryFailed {
+                    channel,
+                    reason,
+                    failed_at: at,
+                }])
+            }
             C::MarkSeen { .. } => {
                 self.require_delivered()?;
                 Ok(self.seen_if_needed(at))
@@ -208,6 +280,7 @@ impl Notification {
         id: NotificationId,
         content: NewNotification,
         now: Timestamp,
+        audience: &Audience,
     ) -> Result<Vec<NotificationEvent>, NotificationError> {
         use NotificationEvent as E;
         let NewNotification {
@@ -220,8 +293,16 @@ impl Notification {
             channels,
             group_key,
             deliver_at,
+            tenant,
         } = content;
-        let in_app = channels.contains(&Channel::InApp);
+        // A deliver_at that has come already is "now": the creation records
+        // what was asked, and delivery follows at once.
+        let later = deliver_at.filter(|d| *d > now);
+        let due = later.unwrap_or(now);
+        let routes: Vec<_> = channels
+            .iter()
+            .map(|c| (*c, audience.route(&category, *c, priority, due)))
+            .collect();
         let mut events = vec![E::NotificationCreated {
             id,
             recipient,
@@ -234,28 +315,39 @@ impl Notification {
             group_key,
             deliver_at,
             created_at: now,
+            tenant,
         }];
-        // A deliver_at that has come already is "now": the creation records
-        // what was asked, and delivery follows at once.
-        match deliver_at {
-            Some(deliver_at) if deliver_at > now => events.push(E::NotificationScheduled {
+        if let Some(deliver_at) = later {
+            events.push(E::NotificationScheduled {
                 deliver_at,
                 scheduled_at: now,
-            }),
-            _ if in_app => events.push(E::NotificationDelivered {
-                channel: Channel::InApp,
-                delivered_at: now,
-            }),
-            _ => {}
+            });
+        }
+        for (channel, route) in routes {
+            match route {
+                Some(s) => events.push(E::ChannelSuppressed {
+                    channel,
+                    rule: s.rule,
+                    level: s.level,
+                    version: s.version,
+                    until: s.until,
+                    suppressed_at: now,
+                }),
+                None if channel == Channel::InApp && later.is_none() => {
+                    events.push(E::NotificationDelivered {
+                        channel: Channel::InApp,
+                        delivered_at: now,
+                    })
+                }
+                // The other channels' workers deliver and report back.
+                None => {}
+            }
         }
         Ok(events)
     }
 
-    fn decide_deliver(
-        &self,
-        channel: Channel,
-        at: Timestamp,
-    ) -> Result<Vec<NotificationEvent>, NotificationError> {
+    /// Whether `channel` may be delivered (or reported failed) at `at`.
+    fn deliverable(&self, channel: Channel, at: Timestamp) -> Result<(), NotificationError> {
         if self.lifecycle == Lifecycle::Cancelled {
             return Err(NotificationError::Cancelled);
         }
@@ -271,6 +363,25 @@ impl Notification {
                 return Err(NotificationError::NotYetDue { deliver_at });
             }
         }
+        match self.suppressed.get(&channel) {
+            Some(s) if s.is_hold() => match s.until {
+                Some(until) if at < until => Err(NotificationError::HeldUntil { channel, until }),
+                _ => Ok(()),
+            },
+            Some(s) => Err(NotificationError::ChannelSuppressed {
+                channel,
+                rule: s.rule.as_str(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn decide_deliver(
+        &self,
+        channel: Channel,
+        at: Timestamp,
+    ) -> Result<Vec<NotificationEvent>, NotificationError> {
+        self.deliverable(channel, at)?;
         Ok(vec![NotificationEvent::NotificationDelivered {
             channel,
             delivered_at: at,
@@ -311,6 +422,7 @@ impl Notification {
                 group_key,
                 deliver_at,
                 created_at,
+                tenant,
             } => {
                 self.lifecycle = Lifecycle::Pending;
                 self.id = Some(id);
@@ -325,6 +437,7 @@ impl Notification {
                     channels,
                     group_key,
                     deliver_at,
+                    tenant,
                 });
             }
             E::NotificationScheduled { .. } => self.lifecycle = Lifecycle::Scheduled,
@@ -335,6 +448,47 @@ impl Notification {
                 self.lifecycle = Lifecycle::Delivered;
                 self.delivered_at.get_or_insert(delivered_at);
                 self.deliveries.insert(channel, delivered_at);
+                self.failures.remove(&channel);
+            }
+            E::ChannelSuppressed {
+                channel,
+                rule,
+                level,
+                version,
+                until,
+                suppressed_at,
+            } => {
+                self.suppressed.insert(
+                    channel,
+                    SuppressedChannel {
+                        rule,
+                        level,
+                        version,
+                        until,
+                        at: suppressed_at,
+                    },
+                );
+                let channels = self.content.as_ref().map(|c| c.channels.as_slice());
+                let all_dropped = channels.is_some_and(|cs| {
+                    cs.iter()
+                        .all(|c| self.suppressed.get(c).is_some_and(|s| !s.is_hold()))
+                });
+                if all_dropped && self.deliveries.is_empty() {
+                    self.lifecycle = Lifecycle::Suppressed;
+                }
+            }
+            E::DeliveryFailed {
+                channel,
+                reason,
+                failed_at,
+            } => {
+                self.failures.insert(
+                    channel,
+                    Failure {
+                        reason,
+                        at: failed_at,
+                    },
+                );
             }
             E::NotificationSeen { seen_at } => self.seen_at = Some(seen_at),
             E::NotificationRead { read_at } => self.read_at = Some(read_at),

@@ -34,6 +34,7 @@ fn content(channels: &[Channel], deliver_at: Option<Timestamp>) -> NewNotificati
         channels: channels.to_vec(),
         group_key: Some(GroupKey::parse("post-42").expect("a valid group key")),
         deliver_at,
+        tenant: None,
     }
 }
 
@@ -60,6 +61,7 @@ fn created(channels: &[Channel], deliver_at: Option<Timestamp>, at: Timestamp) -
         group_key: c.group_key,
         deliver_at: c.deliver_at,
         created_at: at,
+        tenant: None,
     }
 }
 

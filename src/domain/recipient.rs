@@ -7,6 +7,10 @@
 //! fields it names. Either records the profile as it is after the change,
 //! so each event answers "what did we know of her then" on its own; a
 //! change that changes nothing records nothing.
+//!
+//! Preferences (`preferences`) live in the same stream, as whole sets too:
+//! each `RecipientPreferencesChanged` holds them as they are after it, and
+//! their version is what a suppression names.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +18,7 @@ use super::contact::{
     push_tokens, Addresses, DisplayName, Email, Locale, Phone, PushToken, TenantId, TimeZone,
     WebhookUrl,
 };
+use super::preferences::Preferences;
 use super::values::InvalidValue;
 use super::Timestamp;
 
@@ -101,6 +106,7 @@ impl ProfilePatch {
 pub enum RecipientCommand {
     Replace { profile: Profile, at: Timestamp },
     Patch { patch: ProfilePatch, at: Timestamp },
+    SetPreferences { preferences: Preferences, at: Timestamp },
 }
 
 impl RecipientCommand {
@@ -108,6 +114,7 @@ impl RecipientCommand {
         match self {
             Self::Replace { .. } => "ReplaceProfile",
             Self::Patch { .. } => "PatchProfile",
+            Self::SetPreferences { .. } => "SetPreferences",
         }
     }
 }
@@ -119,12 +126,18 @@ pub enum RecipientEvent {
         profile: Profile,
         changed_at: Timestamp,
     },
+    /// The preferences as they are after the change.
+    RecipientPreferencesChanged {
+        preferences: Preferences,
+        changed_at: Timestamp,
+    },
 }
 
 impl RecipientEvent {
     pub fn event_type(&self) -> &'static str {
         match self {
             Self::RecipientProfileChanged { .. } => "RecipientProfileChanged",
+            Self::RecipientPreferencesChanged { .. } => "RecipientPreferencesChanged",
         }
     }
 }
@@ -144,11 +157,25 @@ pub struct Recipient {
     /// How many changes the profile has had (0: the default profile).
     pub version: u64,
     pub changed_at: Option<Timestamp>,
+    pub preferences: Preferences,
+    /// How many changes the preferences have had (0: none set).
+    pub preferences_version: u64,
+    pub preferences_changed_at: Option<Timestamp>,
 }
 
 impl Recipient {
     pub fn decide(&self, command: RecipientCommand) -> Result<Vec<RecipientEvent>, RecipientError> {
         let (profile, at) = match command {
+            RecipientCommand::SetPreferences { preferences, at } => {
+                if preferences == self.preferences {
+                    return Ok(vec![]);
+                }
+                let last = self.changed_at.max(self.preferences_changed_at);
+                return Ok(vec![RecipientEvent::RecipientPreferencesChanged {
+                    preferences,
+                    changed_at: last.map_or(at, |last| at.max(last)),
+                }]);
+            }
             RecipientCommand::Replace { profile, at } => (profile, at),
             RecipientCommand::Patch { patch, at } => (
                 patch
@@ -161,7 +188,8 @@ impl Recipient {
             return Ok(vec![]);
         }
         // Never before the last change, whatever the clocks say.
-        let changed_at = self.changed_at.map_or(at, |last| at.max(last));
+        let last = self.changed_at.max(self.preferences_changed_at);
+        let changed_at = last.map_or(at, |last| at.max(last));
         Ok(vec![RecipientEvent::RecipientProfileChanged {
             profile,
             changed_at,
@@ -177,6 +205,14 @@ impl Recipient {
                 self.profile = profile;
                 self.version += 1;
                 self.changed_at = Some(changed_at);
+            }
+            RecipientEvent::RecipientPreferencesChanged {
+                preferences,
+                changed_at,
+            } => {
+                self.preferences = preferences;
+                self.preferences_version += 1;
+                self.preferences_changed_at = Some(changed_at);
             }
         }
     }
@@ -241,7 +277,10 @@ mod tests {
         let RecipientEvent::RecipientProfileChanged {
             profile,
             changed_at,
-        } = &events[0];
+        } = &events[0]
+        else {
+            panic!("{events:?}")
+        };
         assert_eq!(*changed_at, at(5));
         assert_eq!(profile.locale, None);
         assert_eq!(profile.display_name, berlin_alice().display_name);
@@ -305,6 +344,32 @@ mod tests {
             at: at(0),
         });
         assert!(matches!(refused, Err(RecipientError::Invalid(m)) if m.contains("at most 10")));
+    }
+
+    #[test]
+    fn preferences_are_versioned_apart_from_the_profile_and_unchanged_ones_record_nothing() {
+        let prefs: Preferences =
+            serde_json::from_value(serde_json::json!({"channels": {"email": false}})).unwrap();
+        let r = given(vec![
+            RecipientCommand::Replace {
+                profile: berlin_alice(),
+                at: at(0),
+            },
+            RecipientCommand::SetPreferences {
+                preferences: prefs.clone(),
+                at: at(1),
+            },
+        ]);
+        assert_eq!((r.version, r.preferences_version), (1, 1));
+        assert_eq!(r.preferences, prefs);
+        assert_eq!(r.profile, berlin_alice(), "the profile stays");
+        assert_eq!(
+            r.decide(RecipientCommand::SetPreferences {
+                preferences: prefs,
+                at: at(2)
+            }),
+            Ok(vec![])
+        );
     }
 
     #[test]

@@ -209,6 +209,32 @@ impl GroupKey {
     }
 }
 
+/// The longest delivery failure reason accepted, in characters.
+pub const FAILURE_REASON_MAX_CHARS: usize = 500;
+
+/// Why a channel worker could not deliver (`mailbox full`): 1–500
+/// characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FailureReason(String);
+
+impl FailureReason {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        if s.trim().is_empty() || s.chars().count() > FAILURE_REASON_MAX_CHARS {
+            return Err(invalid(format!(
+                "must be 1 to {FAILURE_REASON_MAX_CHARS} characters long, not only white space"
+            )));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(invalid("must be one line without control characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Where in `data` a refused value is (`data.items[2].name`), and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataProblem {

@@ -3,7 +3,8 @@
 //! notification's id) appears when the notification is created for later
 //! and is settled when it is delivered, cancelled or deleted, so a restart
 //! finds every pending delivery in the outbox and a cancel that lands first
-//! wins.
+//! wins. An in-app delivery held by the recipient's quiet hours is owed the
+//! same way, at the time they end; one suppressed for good is owed nothing.
 
 use cqrs_es::Aggregate;
 
@@ -45,6 +46,7 @@ impl Reactor for ScheduledDelivery {
                 event.event_type.as_str(),
                 "NotificationCreated"
                     | "NotificationDelivered"
+                    | "ChannelSuppressed"
                     | "NotificationCancelled"
                     | "NotificationDeleted"
             )
@@ -76,6 +78,20 @@ impl Reactor for ScheduledDelivery {
                 }))
             }
             NotificationEvent::NotificationCreated { .. } => Some(Change::Immediate),
+            NotificationEvent::ChannelSuppressed {
+                channel: Channel::InApp,
+                until: Some(until),
+                ..
+            } => Some(Change::Scheduled(Pending {
+                aggregate_id: event.aggregate_id.clone(),
+                due_at: until,
+                urgent: false,
+                order: Channel::InApp,
+            })),
+            NotificationEvent::ChannelSuppressed {
+                channel: Channel::InApp,
+                ..
+            } => Some(Change::Gone),
             NotificationEvent::NotificationDelivered {
                 channel: Channel::InApp,
                 ..

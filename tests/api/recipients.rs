@@ -6,12 +6,22 @@ use serde_json::{json, Value};
 use crate::access::{call, token, SEND};
 use crate::helpers::TestApp;
 
-/// The recipient events in the log, oldest first.
-async fn recipient_events(app: &TestApp) -> Vec<Value> {
-    let page = app
-        .get_json("/v1/events?type=RecipientProfileChanged&limit=1000")
-        .await;
-    page["events"].as_array().unwrap().clone()
+/// The recipient events in the log, oldest first, once there are
+/// `expected` of them (the global log shows an event once no earlier
+/// transaction can still commit, a moment after its command answered);
+/// what there is after 5 s otherwise.
+async fn recipient_events(app: &TestApp, expected: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let page = app
+            .get_json("/v1/events?type=RecipientProfileChanged&limit=1000")
+            .await;
+        let events = page["events"].as_array().unwrap().clone();
+        if events.len() >= expected || std::time::Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 on_both_backends!(
@@ -120,7 +130,7 @@ async fn a_replace_sets_the_whole_profile_and_a_patch_only_what_it_names(app: &T
     assert_eq!(replaced["version"], 5);
 
     // Each change is one event holding the profile as it was after it.
-    let events = recipient_events(app).await;
+    let events = recipient_events(app, 5).await;
     assert_eq!(events.len(), 5);
     let second = &events[1]["data"]["profile"];
     assert_eq!(second["time_zone"], "America/New_York");
@@ -145,7 +155,7 @@ async fn a_change_that_changes_nothing_records_nothing(app: &TestApp) {
     assert_eq!(same["changed"], false);
     let (_, empty) = app.send("PATCH", "/v1/users/bob", Some(&json!({}))).await;
     assert_eq!(empty["changed"], false);
-    assert_eq!(recipient_events(app).await.len(), 1);
+    assert_eq!(recipient_events(app, 1).await.len(), 1);
 }
 
 async fn refused_profiles_name_every_bad_field_and_store_nothing(app: &TestApp) {

@@ -254,6 +254,7 @@ mod tests {
             },
             group_key: None,
             deliver_at: scheduled.then(|| Utc::now() + Duration::days(1)),
+            tenant: None,
         }
     }
 
@@ -302,6 +303,7 @@ mod tests {
                 let events = MemoryEventStore::new(signal.clone());
                 let service = CommandService::new(
                     NotificationStore::memory(events.clone()),
+                    Arc::new(crate::commands::audience::Everyone),
                     signal,
                     3,
                 );

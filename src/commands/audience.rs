@@ -1,0 +1,227 @@
+//! What a send consults and what `GET .../preferences` resolves: the
+//! recipient (profile and preferences), the tenant's defaults and the
+//! category settings, read from their own streams (never from a read model
+//! that could lag: an opt-out counts from the moment it is answered).
+//!
+//! A send reads one recipient, one category and at most one tenant. The
+//! resolution itself is the domain's (`domain::preferences`).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::runner::{CommandError, Commands, Current};
+use crate::domain::category::CategoryConfig;
+use crate::domain::contact::TenantId;
+use crate::domain::preferences::{Audience, CategorySettings, Resolver, Versioned};
+use crate::domain::recipient::Recipient;
+use crate::domain::tenant::Tenant;
+use crate::domain::{Category, NewNotification, Timestamp, UserId};
+use crate::storage::{EventLog, Position};
+
+/// A read that failed: an outage, an unreadable event, a backend fault.
+pub type ReadError = CommandError<Infallible>;
+
+fn erased<E: std::error::Error>(err: CommandError<E>) -> ReadError {
+    match err {
+        CommandError::Rejected(e) => {
+            CommandError::Internal(format!("a read was refused: {e}").into())
+        }
+        CommandError::Conflict {
+            aggregate,
+            attempts,
+        } => CommandError::Conflict {
+            aggregate,
+            attempts,
+        },
+        CommandError::IdempotencyMismatch(k) => CommandError::IdempotencyMismatch(k),
+        CommandError::Unreadable(u) => CommandError::Unreadable(u),
+        CommandError::Full { used_mb, limit_mb } => CommandError::Full { used_mb, limit_mb },
+        CommandError::Unavailable(c) => CommandError::Unavailable(c),
+        CommandError::Internal(c) => CommandError::Internal(c),
+    }
+}
+
+/// The most category events read to list the configured categories.
+const CATEGORY_EVENTS_MAX: usize = 100_000;
+
+/// Everything one user's preferences resolve against, as read.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub recipient: Current<Recipient>,
+    /// The tenant whose defaults apply, when there is one.
+    pub tenant: Option<(TenantId, Current<Tenant>)>,
+    /// The settings of the categories read, with their versions.
+    pub categories: BTreeMap<Category, (CategorySettings, u64)>,
+}
+
+impl Snapshot {
+    pub fn resolver(&self) -> Resolver<'_> {
+        let recipient = &self.recipient.state;
+        Resolver {
+            user: Versioned {
+                value: &recipient.preferences,
+                version: recipient.preferences_version,
+            },
+            tenant: self.tenant.as_ref().map(|(_, t)| Versioned {
+                value: &t.state.defaults,
+                version: t.state.version,
+            }),
+            categories: &self.categories,
+        }
+    }
+
+    /// The latest position of everything read.
+    pub fn position(&self) -> Position {
+        let tenant = self.tenant.as_ref().map(|(_, t)| t.position);
+        self.recipient.position.max(tenant.unwrap_or(Position::START))
+    }
+}
+
+/// Reads recipients, tenants and categories.
+pub struct AudienceReader {
+    pub recipients: Arc<Commands<Recipient>>,
+    pub categories: Arc<Commands<CategoryConfig>>,
+    pub tenants: Arc<Commands<Tenant>>,
+    pub log: Arc<dyn EventLog>,
+}
+
+impl AudienceReader {
+    /// `user` as of `until` (None: now), with the tenant's defaults (the
+    /// given tenant, else the profile's) and every category configured by
+    /// then.
+    pub async fn user(
+        &self,
+        user: &UserId,
+        tenant: Option<&TenantId>,
+        until: Option<(Position, Timestamp)>,
+    ) -> Result<Snapshot, ReadError> {
+        let recipient = self
+            .recipients
+            .current(user.as_str(), until)
+            .await
+            .map_err(erased)?;
+        let tenant = self.tenant(&recipient, tenant, until).await?;
+        let categories = self.configured(until).await?;
+        Ok(Snapshot {
+            recipient,
+            tenant,
+            categories,
+        })
+    }
+
+    /// What a send to `user` in `category` consults, now.
+    pub async fn for_send(
+        &self,
+        user: &UserId,
+        category: &Category,
+        tenant: Option<&TenantId>,
+    ) -> Result<Snapshot, ReadError> {
+        let (recipient, settings) = tokio::join!(
+            self.recipients.current(user.as_str(), None),
+            self.categories.current(category.as_str(), None),
+        );
+        let recipient = recipient.map_err(erased)?;
+        let settings = settings.map_err(erased)?;
+        let tenant = self.tenant(&recipient, tenant, None).await?;
+        let mut categories = BTreeMap::new();
+        if let Some(s) = settings.state.settings {
+            categories.insert(category.clone(), (s, settings.state.version));
+        }
+        Ok(Snapshot {
+            recipient,
+            tenant,
+            categories,
+        })
+    }
+
+    async fn tenant(
+        &self,
+        recipient: &Current<Recipient>,
+        tenant: Option<&TenantId>,
+        until: Option<(Position, Timestamp)>,
+    ) -> Result<Option<(TenantId, Current<Tenant>)>, ReadError> {
+        let Some(id) = tenant.or(recipient.state.profile.tenant.as_ref()) else {
+            return Ok(None);
+        };
+        let current = self
+            .tenants
+            .current(id.as_str(), until)
+            .await
+            .map_err(erased)?;
+        Ok(Some((id.clone(), current)))
+    }
+
+    /// Every category configured by `until`, with its settings then.
+    pub async fn configured(
+        &self,
+        until: Option<(Position, Timestamp)>,
+    ) -> Result<BTreeMap<Category, (CategorySettings, u64)>, ReadError> {
+        use cqrs_es::Aggregate as _;
+        let events = self
+            .log
+            .of_type(CategoryConfig::TYPE, CATEGORY_EVENTS_MAX)
+            .await?;
+        let mut folded: BTreeMap<String, CategoryConfig> = BTreeMap::new();
+        for event in events {
+            if let Some((position, recorded_by)) = until {
+                if event.position > position || event.recorded_at > recorded_by {
+                    continue;
+                }
+            }
+            // A category event this release cannot read leaves that
+            // category unconfigured here; a send to it reads its stream
+            // and says why.
+            if let Ok(e) = event.decode() {
+                folded.entry(event.aggregate_id.clone()).or_default().apply(e);
+            }
+        }
+        Ok(folded
+            .into_iter()
+            .filter_map(|(name, c)| {
+                let category = Category::parse(&name).ok()?;
+                Some((category, (c.settings?, c.version)))
+            })
+            .collect())
+    }
+}
+
+/// The domain service the notification aggregate consults when it is
+/// created: the audience of the new notification.
+#[async_trait]
+pub trait AudienceLookup: Send + Sync {
+    async fn audience(&self, content: &NewNotification) -> Result<Audience, ReadError>;
+}
+
+#[async_trait]
+impl AudienceLookup for AudienceReader {
+    async fn audience(&self, content: &NewNotification) -> Result<Audience, ReadError> {
+        let snapshot = self
+            .for_send(&content.recipient, &content.category, content.tenant.as_ref())
+            .await?;
+        let recipient = snapshot.recipient.state;
+        Ok(Audience {
+            profile: (recipient.version > 0).then_some((recipient.profile, recipient.version)),
+            preferences: recipient.preferences,
+            preferences_version: recipient.preferences_version,
+            tenant: snapshot
+                .tenant
+                .map(|(_, t)| (t.state.defaults, t.state.version)),
+            category: snapshot.categories.into_iter().next().map(|(_, s)| s),
+        })
+    }
+}
+
+/// No preferences anywhere: every channel on (tests of other parts, and
+/// tools that replay without a recipient store).
+pub struct Everyone;
+
+#[async_trait]
+impl AudienceLookup for Everyone {
+    async fn audience(&self, _: &NewNotification) -> Result<Audience, ReadError> {
+        Ok(Audience::default())
+    }
+}
+
