@@ -15,9 +15,9 @@ use tracing::{info, warn};
 
 use crate::api;
 use crate::api::state::{AppState, Streams};
+use crate::commands::audience::AudienceReader;
 use crate::commands::{CommandService, Commands, EventStores};
 use crate::config::Settings;
-use crate::commands::audience::AudienceReader;
 use crate::domain::category::CategoryConfig;
 use crate::domain::recipient::Recipient;
 use crate::domain::tenant::Tenant;

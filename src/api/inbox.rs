@@ -36,7 +36,7 @@ pub enum ReadAllResponse {
 }
 
 /// `as_of` as (last position included, latest recording time included).
-fn parse_as_of(raw: &str) -> Result<(Position, chrono::DateTime<chrono::Utc>), ApiError> {
+pub fn parse_as_of(raw: &str) -> Result<(Position, chrono::DateTime<chrono::Utc>), ApiError> {
     let far = Position::new(i64::MAX, i64::MAX);
     if let Ok(position) = Position::parse_cursor(raw) {
         return Ok((position, chrono::DateTime::<chrono::Utc>::MAX_UTC));

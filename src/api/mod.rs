@@ -15,6 +15,7 @@ pub mod limits;
 pub mod notifications;
 pub mod params;
 pub mod parked;
+pub mod preferences;
 pub mod problem;
 pub mod projections;
 pub mod prometheus;
@@ -61,6 +62,7 @@ pub type Apis = (
     notifications::NotificationsApi,
     inbox::InboxApi,
     recipients::RecipientsApi,
+    preferences::PreferencesApi,
     analytics::AnalyticsApi,
     events::EventsApi,
     projections::ProjectionsApi,
@@ -82,6 +84,9 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
                 state: state.clone(),
             },
             recipients::RecipientsApi {
+                state: state.clone(),
+            },
+            preferences::PreferencesApi {
                 state: state.clone(),
             },
             analytics::AnalyticsApi {

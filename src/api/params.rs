@@ -355,6 +355,14 @@ rule!(
     }
 );
 rule!(
+    /// A time of day, `HH:MM` (24-hour).
+    LocalTimeRule, "LocalTime", pattern(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+);
+rule!(
+    /// Which level decided a preference cell.
+    LevelRule, "PreferenceLevel", words(["critical", "user", "tenant", "category", "default"])
+);
+rule!(
     /// An Idempotency-Key: 1–255 visible ASCII characters.
     IdempotencyKeyRule, "IdempotencyKey", pattern(r"^[!-~]{1,255}$")
 );

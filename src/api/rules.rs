@@ -42,6 +42,9 @@ const PUBLIC: Rule = Rule {
 
 const ADMIN: Rule = keys(&[Scope::Admin]);
 
+/// Any server key: settings every backend reads (categories, tenants).
+const ANY_KEY: Rule = keys(&[Scope::Read, Scope::Send, Scope::Admin]);
+
 /// Reading one notification: `read` keys, the key that sent it, its recipient.
 const SEE_NOTIFICATION: Rule = Rule {
     public: false,
@@ -132,6 +135,21 @@ pub const RULES: &[(&str, Rule)] = &[
     ),
     ("replaceRecipient", DESCRIBE_RECIPIENT),
     ("patchRecipient", DESCRIBE_RECIPIENT),
+    (
+        "getPreferences",
+        Rule {
+            public: false,
+            scopes: &[Scope::Read, Scope::Send],
+            own_sends: false,
+            user: Some(Grant::Read),
+        },
+    ),
+    ("setPreferences", DESCRIBE_RECIPIENT),
+    ("listCategories", ANY_KEY),
+    ("getCategory", ANY_KEY),
+    ("configureCategory", ADMIN),
+    ("getTenantDefaults", ANY_KEY),
+    ("setTenantDefaults", keys(&[Scope::Send, Scope::Admin])),
     ("getAnalytics", keys(&[Scope::Read])),
     ("getHealthScore", keys(&[Scope::Read])),
     ("events", ADMIN),

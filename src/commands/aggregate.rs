@@ -9,13 +9,15 @@ use cqrs_es::{Aggregate, DomainEvent};
 
 use super::audience::AudienceLookup;
 use crate::domain::api_key::KEY_EVENT_VERSION;
-use crate::domain::preferences::Audience;
 use crate::domain::category::{
     CategoryCommand, CategoryConfig, CategoryError, CategoryEvent, CATEGORY_EVENT_VERSION,
 };
-use crate::domain::tenant::{Tenant, TenantCommand, TenantError, TenantEvent, TENANT_EVENT_VERSION};
+use crate::domain::preferences::Audience;
 use crate::domain::recipient::{
     Recipient, RecipientCommand, RecipientError, RecipientEvent, RECIPIENT_EVENT_VERSION,
+};
+use crate::domain::tenant::{
+    Tenant, TenantCommand, TenantError, TenantEvent, TENANT_EVENT_VERSION,
 };
 use crate::domain::{
     ApiKey, ApiKeyCommand, ApiKeyError, ApiKeyEvent, Notification, NotificationCommand,

@@ -76,7 +76,9 @@ impl Snapshot {
     /// The latest position of everything read.
     pub fn position(&self) -> Position {
         let tenant = self.tenant.as_ref().map(|(_, t)| t.position);
-        self.recipient.position.max(tenant.unwrap_or(Position::START))
+        self.recipient
+            .position
+            .max(tenant.unwrap_or(Position::START))
     }
 }
 
@@ -175,7 +177,10 @@ impl AudienceReader {
             // category unconfigured here; a send to it reads its stream
             // and says why.
             if let Ok(e) = event.decode() {
-                folded.entry(event.aggregate_id.clone()).or_default().apply(e);
+                folded
+                    .entry(event.aggregate_id.clone())
+                    .or_default()
+                    .apply(e);
             }
         }
         Ok(folded
@@ -199,7 +204,11 @@ pub trait AudienceLookup: Send + Sync {
 impl AudienceLookup for AudienceReader {
     async fn audience(&self, content: &NewNotification) -> Result<Audience, ReadError> {
         let snapshot = self
-            .for_send(&content.recipient, &content.category, content.tenant.as_ref())
+            .for_send(
+                &content.recipient,
+                &content.category,
+                content.tenant.as_ref(),
+            )
             .await?;
         let recipient = snapshot.recipient.state;
         Ok(Audience {
@@ -224,4 +233,3 @@ impl AudienceLookup for Everyone {
         Ok(Audience::default())
     }
 }
-

@@ -25,7 +25,6 @@ pub type Data = serde_json::Map<String, serde_json::Value>;
 pub use api_key::{ApiKey, ApiKeyCommand, ApiKeyError, ApiKeyEvent};
 pub use values::{
     parse_data, parse_scopes, Body, Category, Channel, DataProblem, FailureReason, GroupKey,
-    InvalidValue,
-    KeyName, NotificationId, Priority, Scope, Title, UserId,
+    InvalidValue, KeyName, NotificationId, Priority, Scope, Title, UserId,
 };
 pub use values::{BODY_MAX_CHARS, GROUP_KEY_MAX_CHARS, TITLE_MAX_CHARS};

@@ -51,10 +51,11 @@ pub struct Preferences {
 }
 
 impl Preferences {
-    /// What this level says of one cell, if anything.
-    fn says(&self, category: &Category, channel: Channel) -> Option<bool> {
-        self.categories
-            .get(category)
+    /// What this level says of one cell (None for the category: one it
+    /// does not name), if anything.
+    fn says(&self, category: Option<&Category>, channel: Channel) -> Option<bool> {
+        category
+            .and_then(|c| self.categories.get(c))
             .and_then(|c| c.channels.get(&channel))
             .or_else(|| self.channels.get(&channel))
             .copied()
@@ -82,7 +83,11 @@ pub struct LocalTime(NaiveTime);
 
 impl LocalTime {
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
-        let bad = || InvalidValue(format!("`{s}` is not a time of day; write `HH:MM` (`22:00`)"));
+        let bad = || {
+            InvalidValue(format!(
+                "`{s}` is not a time of day; write `HH:MM` (`22:00`)"
+            ))
+        };
         if s.len() != 5 {
             return Err(bad());
         }
@@ -221,7 +226,13 @@ pub struct Resolver<'a> {
 
 impl Resolver<'_> {
     pub fn decide(&self, category: &Category, channel: Channel) -> Decision {
-        let settings = self.categories.get(category);
+        self.decide_in(Some(category), channel)
+    }
+
+    /// `decide`; for a category nobody named (not configured, in no
+    /// preferences) when `category` is None.
+    pub fn decide_in(&self, category: Option<&Category>, channel: Channel) -> Decision {
+        let settings = category.and_then(|c| self.categories.get(c));
         if let Some((_, version)) = settings.filter(|(s, _)| s.critical) {
             return Decision {
                 enabled: true,
@@ -262,7 +273,9 @@ impl Resolver<'_> {
     /// Whether `category` is critical (no preference mutes it, quiet hours
     /// neither).
     pub fn is_critical(&self, category: &Category) -> bool {
-        self.categories.get(category).is_some_and(|(s, _)| s.critical)
+        self.categories
+            .get(category)
+            .is_some_and(|(s, _)| s.critical)
     }
 }
 
@@ -347,13 +360,10 @@ impl Audience {
                 value: &self.preferences,
                 version: self.preferences_version,
             },
-            tenant: self
-                .tenant
-                .as_ref()
-                .map(|(value, version)| Versioned {
-                    value,
-                    version: *version,
-                }),
+            tenant: self.tenant.as_ref().map(|(value, version)| Versioned {
+                value,
+                version: *version,
+            }),
             categories: &categories,
         };
         let decision = resolver.decide(category, channel);

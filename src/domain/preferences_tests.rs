@@ -11,7 +11,11 @@ fn at(s: &str) -> Timestamp {
 }
 
 fn quiet(start: &str, end: &str) -> QuietHours {
-    QuietHours::new(LocalTime::parse(start).unwrap(), LocalTime::parse(end).unwrap()).unwrap()
+    QuietHours::new(
+        LocalTime::parse(start).unwrap(),
+        LocalTime::parse(end).unwrap(),
+    )
+    .unwrap()
 }
 
 fn berlin() -> TimeZone {
@@ -62,7 +66,10 @@ fn resolve(given: &Given, cat: &str, channel: Channel) -> (bool, Level) {
         Level::Category | Level::Critical => 7,
         Level::Default => 0,
     };
-    assert_eq!(decision.version, expected_version, "the deciding level's version");
+    assert_eq!(
+        decision.version, expected_version,
+        "the deciding level's version"
+    );
     (decision.enabled, decision.level)
 }
 
@@ -72,76 +79,165 @@ fn preference_resolution_follows_user_then_tenant_then_category_default() {
     let nobody = serde_json::json!({});
     let marketing_defaults: &[Channel] = &[InApp, Email];
     // (case, given, category, channel, expected)
-    let cases: Vec<(&str, Given, &str, Channel, (bool, Level))> = vec![
+    type Case = (&'static str, Given, &'static str, Channel, (bool, Level));
+    let cases: Vec<Case> = vec![
         (
             "nothing configured: on by default",
-            Given { user: nobody.clone(), tenant: None, categories: vec![] },
-            "comment", Sms, (true, Level::Default),
+            Given {
+                user: nobody.clone(),
+                tenant: None,
+                categories: vec![],
+            },
+            "comment",
+            Sms,
+            (true, Level::Default),
         ),
         (
             "a channel outside the category's defaults is off",
-            Given { user: nobody.clone(), tenant: None, categories: vec![("marketing", marketing_defaults, false)] },
-            "marketing", Sms, (false, Level::Category),
+            Given {
+                user: nobody.clone(),
+                tenant: None,
+                categories: vec![("marketing", marketing_defaults, false)],
+            },
+            "marketing",
+            Sms,
+            (false, Level::Category),
         ),
         (
             "a channel inside the category's defaults is on",
-            Given { user: nobody.clone(), tenant: None, categories: vec![("marketing", marketing_defaults, false)] },
-            "marketing", Email, (true, Level::Category),
+            Given {
+                user: nobody.clone(),
+                tenant: None,
+                categories: vec![("marketing", marketing_defaults, false)],
+            },
+            "marketing",
+            Email,
+            (true, Level::Category),
         ),
         (
             "the user's opt-out beats the category default",
-            Given { user: serde_json::json!({"channels": {"email": false}}), tenant: None, categories: vec![("marketing", marketing_defaults, false)] },
-            "marketing", Email, (false, Level::User),
+            Given {
+                user: serde_json::json!({"channels": {"email": false}}),
+                tenant: None,
+                categories: vec![("marketing", marketing_defaults, false)],
+            },
+            "marketing",
+            Email,
+            (false, Level::User),
         ),
         (
             "the user's opt-in beats the category default",
-            Given { user: serde_json::json!({"categories": {"marketing": {"channels": {"sms": true}}}}), tenant: None, categories: vec![("marketing", marketing_defaults, false)] },
-            "marketing", Sms, (true, Level::User),
+            Given {
+                user: serde_json::json!({"categories": {"marketing": {"channels": {"sms": true}}}}),
+                tenant: None,
+                categories: vec![("marketing", marketing_defaults, false)],
+            },
+            "marketing",
+            Sms,
+            (true, Level::User),
         ),
         (
             "the user's per-category choice beats the user's per-channel one",
-            Given { user: serde_json::json!({"channels": {"email": false}, "categories": {"billing": {"channels": {"email": true}}}}), tenant: None, categories: vec![] },
-            "billing", Email, (true, Level::User),
+            Given {
+                user: serde_json::json!({"channels": {"email": false}, "categories": {"billing": {"channels": {"email": true}}}}),
+                tenant: None,
+                categories: vec![],
+            },
+            "billing",
+            Email,
+            (true, Level::User),
         ),
         (
             "the user's per-channel choice holds in the other categories",
-            Given { user: serde_json::json!({"channels": {"email": false}, "categories": {"billing": {"channels": {"email": true}}}}), tenant: None, categories: vec![] },
-            "comment", Email, (false, Level::User),
+            Given {
+                user: serde_json::json!({"channels": {"email": false}, "categories": {"billing": {"channels": {"email": true}}}}),
+                tenant: None,
+                categories: vec![],
+            },
+            "comment",
+            Email,
+            (false, Level::User),
         ),
         (
             "the tenant's default beats the category default",
-            Given { user: nobody.clone(), tenant: Some(serde_json::json!({"categories": {"marketing": {"channels": {"email": false}}}})), categories: vec![("marketing", marketing_defaults, false)] },
-            "marketing", Email, (false, Level::Tenant),
+            Given {
+                user: nobody.clone(),
+                tenant: Some(
+                    serde_json::json!({"categories": {"marketing": {"channels": {"email": false}}}}),
+                ),
+                categories: vec![("marketing", marketing_defaults, false)],
+            },
+            "marketing",
+            Email,
+            (false, Level::Tenant),
         ),
         (
             "the tenant overrides a category default on",
-            Given { user: nobody.clone(), tenant: Some(serde_json::json!({"channels": {"sms": true}})), categories: vec![("marketing", marketing_defaults, false)] },
-            "marketing", Sms, (true, Level::Tenant),
+            Given {
+                user: nobody.clone(),
+                tenant: Some(serde_json::json!({"channels": {"sms": true}})),
+                categories: vec![("marketing", marketing_defaults, false)],
+            },
+            "marketing",
+            Sms,
+            (true, Level::Tenant),
         ),
         (
             "the user beats the tenant",
-            Given { user: serde_json::json!({"channels": {"push": true}}), tenant: Some(serde_json::json!({"channels": {"push": false}})), categories: vec![] },
-            "comment", Push, (true, Level::User),
+            Given {
+                user: serde_json::json!({"channels": {"push": true}}),
+                tenant: Some(serde_json::json!({"channels": {"push": false}})),
+                categories: vec![],
+            },
+            "comment",
+            Push,
+            (true, Level::User),
         ),
         (
             "the user's channel-wide choice beats the tenant's per-category one",
-            Given { user: serde_json::json!({"channels": {"email": true}}), tenant: Some(serde_json::json!({"categories": {"marketing": {"channels": {"email": false}}}})), categories: vec![] },
-            "marketing", Email, (true, Level::User),
+            Given {
+                user: serde_json::json!({"channels": {"email": true}}),
+                tenant: Some(
+                    serde_json::json!({"categories": {"marketing": {"channels": {"email": false}}}}),
+                ),
+                categories: vec![],
+            },
+            "marketing",
+            Email,
+            (true, Level::User),
         ),
         (
             "a critical category cannot be muted by the user",
-            Given { user: serde_json::json!({"channels": {"email": false}, "categories": {"security": {"channels": {"email": false}}}}), tenant: None, categories: vec![("security", &[InApp], true)] },
-            "security", Email, (true, Level::Critical),
+            Given {
+                user: serde_json::json!({"channels": {"email": false}, "categories": {"security": {"channels": {"email": false}}}}),
+                tenant: None,
+                categories: vec![("security", &[InApp], true)],
+            },
+            "security",
+            Email,
+            (true, Level::Critical),
         ),
         (
             "a critical category cannot be muted by the tenant",
-            Given { user: nobody.clone(), tenant: Some(serde_json::json!({"channels": {"in_app": false}})), categories: vec![("security", &[InApp], true)] },
-            "security", InApp, (true, Level::Critical),
+            Given {
+                user: nobody.clone(),
+                tenant: Some(serde_json::json!({"channels": {"in_app": false}})),
+                categories: vec![("security", &[InApp], true)],
+            },
+            "security",
+            InApp,
+            (true, Level::Critical),
         ),
         (
             "an unconfigured category is not critical: the opt-out works",
-            Given { user: serde_json::json!({"categories": {"security": {"channels": {"in_app": false}}}}), tenant: None, categories: vec![] },
-            "security", InApp, (false, Level::User),
+            Given {
+                user: serde_json::json!({"categories": {"security": {"channels": {"in_app": false}}}}),
+                tenant: None,
+                categories: vec![],
+            },
+            "security",
+            InApp,
+            (false, Level::User),
         ),
     ];
     for (case, given, cat, channel, expected) in cases {
@@ -167,13 +263,19 @@ fn quiet_hours_across_midnight_hold_until_they_end_in_the_users_time_zone() {
     // The same instant, another zone: 23:30 in Berlin is 17:30 in New York.
     let new_york = TimeZone::parse("America/New_York").unwrap();
     assert_eq!(night.until(at("2026-01-10T22:30:00Z"), new_york), None);
-    assert_eq!(night.until(at("2026-01-10T22:30:00Z"), TimeZone::UTC), Some(at("2026-01-11T07:00:00Z")));
+    assert_eq!(
+        night.until(at("2026-01-10T22:30:00Z"), TimeZone::UTC),
+        Some(at("2026-01-11T07:00:00Z"))
+    );
 }
 
 #[test]
 fn quiet_hours_within_a_day_hold_only_inside_them() {
     let lunch = quiet("12:00", "13:30");
-    assert_eq!(lunch.until(at("2026-06-01T12:15:00Z"), TimeZone::UTC), Some(at("2026-06-01T13:30:00Z")));
+    assert_eq!(
+        lunch.until(at("2026-06-01T12:15:00Z"), TimeZone::UTC),
+        Some(at("2026-06-01T13:30:00Z"))
+    );
     assert_eq!(lunch.until(at("2026-06-01T13:30:00Z"), TimeZone::UTC), None);
     assert_eq!(lunch.until(at("2026-06-01T11:59:00Z"), TimeZone::UTC), None);
 }
@@ -183,24 +285,41 @@ fn quiet_hours_end_at_the_local_wall_time_across_a_dst_change() {
     let night = quiet("22:00", "07:00");
     // 2026-03-29: Berlin moves from UTC+1 to UTC+2 at 02:00. 23:00 on the
     // 28th (CET) is held until 07:00 CEST, 05:00 UTC, not 06:00.
-    assert_eq!(night.until(at("2026-03-28T22:00:00Z"), berlin()), Some(at("2026-03-29T05:00:00Z")));
+    assert_eq!(
+        night.until(at("2026-03-28T22:00:00Z"), berlin()),
+        Some(at("2026-03-29T05:00:00Z"))
+    );
     // 2026-10-25: back to UTC+1 at 03:00. 07:00 CET is 06:00 UTC.
-    assert_eq!(night.until(at("2026-10-24T21:00:00Z"), berlin()), Some(at("2026-10-25T06:00:00Z")));
+    assert_eq!(
+        night.until(at("2026-10-24T21:00:00Z"), berlin()),
+        Some(at("2026-10-25T06:00:00Z"))
+    );
 }
 
 #[test]
-fn quiet_hours_ending_in_a_skipped_hour_end_when_the_clocks_land_and_in_a_repeated_hour_at_its_first() {
+fn quiet_hours_ending_in_a_skipped_hour_end_when_the_clocks_land_and_in_a_repeated_hour_at_its_first(
+) {
     let short = quiet("22:00", "02:30");
     // 02:30 does not exist in Berlin on 2026-03-29: the clocks go from
     // 02:00 CET to 03:00 CEST, which is 01:00 UTC.
-    assert_eq!(short.until(at("2026-03-28T22:00:00Z"), berlin()), Some(at("2026-03-29T01:00:00Z")));
+    assert_eq!(
+        short.until(at("2026-03-28T22:00:00Z"), berlin()),
+        Some(at("2026-03-29T01:00:00Z"))
+    );
     // 02:30 happens twice on 2026-10-25: first in CEST (00:30 UTC).
-    assert_eq!(short.until(at("2026-10-24T21:00:00Z"), berlin()), Some(at("2026-10-25T00:30:00Z")));
+    assert_eq!(
+        short.until(at("2026-10-24T21:00:00Z"), berlin()),
+        Some(at("2026-10-25T00:30:00Z"))
+    );
 }
 
 #[test]
 fn quiet_hours_need_a_span_and_times_of_day_are_hh_mm() {
-    assert!(QuietHours::new(LocalTime::parse("22:00").unwrap(), LocalTime::parse("22:00").unwrap()).is_err());
+    assert!(QuietHours::new(
+        LocalTime::parse("22:00").unwrap(),
+        LocalTime::parse("22:00").unwrap()
+    )
+    .is_err());
     for bad in ["24:00", "7:00", "07:60", "07:00:00", "", "noon", "07-00"] {
         assert!(LocalTime::parse(bad).is_err(), "{bad}");
     }

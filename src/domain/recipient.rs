@@ -104,9 +104,18 @@ impl ProfilePatch {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecipientCommand {
-    Replace { profile: Profile, at: Timestamp },
-    Patch { patch: ProfilePatch, at: Timestamp },
-    SetPreferences { preferences: Preferences, at: Timestamp },
+    Replace {
+        profile: Profile,
+        at: Timestamp,
+    },
+    Patch {
+        patch: ProfilePatch,
+        at: Timestamp,
+    },
+    SetPreferences {
+        preferences: Preferences,
+        at: Timestamp,
+    },
 }
 
 impl RecipientCommand {

@@ -12,7 +12,10 @@ pub const TENANT_EVENT_VERSION: &str = "1.0";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TenantCommand {
     /// Quiet hours are each user's own: `defaults.quiet_hours` is None.
-    SetDefaults { defaults: Preferences, at: Timestamp },
+    SetDefaults {
+        defaults: Preferences,
+        at: Timestamp,
+    },
 }
 
 impl TenantCommand {

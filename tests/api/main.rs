@@ -25,6 +25,7 @@ mod metrics;
 mod operations;
 mod outages;
 mod parked;
+mod preferences;
 mod privilege;
 mod rate_limits;
 mod reactions;

@@ -194,6 +194,9 @@ fn body_of(operation: &str) -> Option<Value> {
         "createKey" => Some(json!({"name": "made-in-matrix", "scopes": ["read"]})),
         "replaceRecipient" => Some(json!({"display_name": "Alice", "locale": "en"})),
         "patchRecipient" => Some(json!({"time_zone": "Europe/Berlin"})),
+        "setPreferences" => Some(json!({"channels": {"email": false}})),
+        "configureCategory" => Some(json!({"default_channels": ["in_app"], "critical": false})),
+        "setTenantDefaults" => Some(json!({"channels": {"sms": false}})),
         _ => None,
     }
 }
@@ -239,6 +242,8 @@ async fn every_operation_answers_every_principal_as_its_rule_says(app: &TestApp)
                 let mut path = template
                     .replace("{user}", "alice")
                     .replace("{name}", "inbox")
+                    .replace("{category}", "comment")
+                    .replace("{tenant}", "acme")
                     .replace("{cursor}", "00000000000000010000000000000001");
                 if on_notification {
                     let (made, cursor) = create_with_cursor(app, SEND, "alice").await;

@@ -1,0 +1,796 @@
+//! Preferences and the settings they resolve against:
+//! `GET|PUT /v1/users/{user}/preferences` (the user's choices, and the
+//! resolved matrix with the level that decided each cell, `?as_of=` a past
+//! time), `GET|PUT /v1/categories/{category}` (default channels, critical),
+//! `GET|PUT /v1/tenants/{tenant}/preferences` (a tenant's defaults).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::{Deserialize, Serialize};
+use tracing::instrument;
+
+use super::context::RequestContext;
+use super::inbox::parse_as_of;
+use super::json::StrictJson;
+use super::notifications::metadata;
+use super::params::{
+    AsOfRule, CategoryRule, ChannelRule, LevelRule, LocalTimeRule, TenantRule, Text, UserRule,
+};
+use super::problem::{ApiError, FieldProblem};
+use super::views::rfc3339;
+use super::ApiTags;
+use crate::commands::audience::Snapshot;
+use crate::commands::Current;
+use crate::domain::category::{CategoryCommand, CategoryConfig, CategoryError};
+use crate::domain::contact::TenantId;
+use crate::domain::preferences::{
+    CategoryChoice, CategorySettings, LocalTime, Preferences, QuietHours, Switches,
+};
+use crate::domain::recipient::RecipientCommand;
+use crate::domain::tenant::{Tenant, TenantCommand, TenantError};
+use crate::domain::{Category, Channel, Timestamp, UserId};
+use crate::storage::Position;
+use crate::AppState;
+
+/// The most categories one set of preferences names.
+pub const MAX_CATEGORIES: usize = 100;
+
+/// On (`true`) or off (`false`) per channel; a channel absent (or `null`)
+/// is left to the next level.
+#[derive(Object, Deserialize, Serialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "ChannelSwitches")]
+pub struct SwitchesBody {
+    #[serde(default)]
+    #[oai(nullable)]
+    pub in_app: Option<bool>,
+    #[serde(default)]
+    #[oai(nullable)]
+    pub email: Option<bool>,
+    #[serde(default)]
+    #[oai(nullable)]
+    pub sms: Option<bool>,
+    #[serde(default)]
+    #[oai(nullable)]
+    pub push: Option<bool>,
+    #[serde(default)]
+    #[oai(nullable)]
+    pub chat: Option<bool>,
+}
+
+impl SwitchesBody {
+    fn switches(&self) -> Switches {
+        [
+            (Channel::InApp, self.in_app),
+            (Channel::Email, self.email),
+            (Channel::Sms, self.sms),
+            (Channel::Push, self.push),
+            (Channel::Chat, self.chat),
+        ]
+        .into_iter()
+        .filter_map(|(c, on)| on.map(|on| (c, on)))
+        .collect()
+    }
+}
+
+/// One category's choices.
+#[derive(Object, Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "CategoryChoice")]
+pub struct CategoryChoiceBody {
+    #[serde(default)]
+    #[oai(nullable)]
+    pub channels: Option<SwitchesBody>,
+}
+
+/// Quiet hours in the user's time zone (the profile's; UTC without one),
+/// across midnight when `end` comes first.
+#[derive(Object, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "QuietHours")]
+pub struct QuietHoursBody {
+    pub start: Text<LocalTimeRule>,
+    pub end: Text<LocalTimeRule>,
+}
+
+/// A user's preferences, whole: what is absent is left to the next level.
+#[derive(Object, Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "PreferencesReplace")]
+pub struct PreferencesBody {
+    /// For every category.
+    #[serde(default)]
+    #[oai(nullable)]
+    pub channels: Option<SwitchesBody>,
+    /// Per category (at most 100), beating `channels`.
+    #[serde(default)]
+    #[oai(nullable, validator(max_properties = 100))]
+    pub categories: Option<BTreeMap<String, CategoryChoiceBody>>,
+    /// Holds non-urgent in-app and push deliveries until they end.
+    #[serde(default)]
+    #[oai(nullable)]
+    pub quiet_hours: Option<QuietHoursBody>,
+}
+
+/// A tenant's defaults, whole (quiet hours are each user's own).
+#[derive(Object, Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "TenantDefaultsReplace")]
+pub struct TenantDefaultsBody {
+    #[serde(default)]
+    #[oai(nullable)]
+    pub channels: Option<SwitchesBody>,
+    /// Per category (at most 100).
+    #[serde(default)]
+    #[oai(nullable, validator(max_properties = 100))]
+    pub categories: Option<BTreeMap<String, CategoryChoiceBody>>,
+}
+
+/// A category's settings.
+#[derive(Object, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "CategorySettings")]
+pub struct CategoryBody {
+    /// The channels on unless a preference turns them off (`[]`: only
+    /// those a preference turns on).
+    #[oai(validator(max_items = 5))]
+    pub default_channels: Vec<Text<ChannelRule>>,
+    /// No preference (nor quiet hours) can mute it: password resets,
+    /// security alerts.
+    pub critical: bool,
+}
+
+fn parse_categories(
+    raw: Option<&BTreeMap<String, CategoryChoiceBody>>,
+    errors: &mut Vec<FieldProblem>,
+) -> BTreeMap<Category, CategoryChoice> {
+    let Some(raw) = raw else {
+        return BTreeMap::new();
+    };
+    if raw.len() > MAX_CATEGORIES {
+        errors.push(FieldProblem {
+            field: "categories".into(),
+            message: format!("{} categories; at most {MAX_CATEGORIES}", raw.len()),
+        });
+        return BTreeMap::new();
+    }
+    raw.iter()
+        .filter_map(|(name, choice)| match Category::parse(name) {
+            Ok(category) => Some((
+                category,
+                CategoryChoice {
+                    channels: choice
+                        .channels
+                        .as_ref()
+                        .map(SwitchesBody::switches)
+                        .unwrap_or_default(),
+                },
+            )),
+            Err(e) => {
+                errors.push(FieldProblem {
+                    field: format!("categories.{name}"),
+                    message: format!("is not a category: {}", e.0),
+                });
+                None
+            }
+        })
+        // A category with nothing chosen says nothing: not kept.
+        .filter(|(_, choice)| !choice.channels.is_empty())
+        .collect()
+}
+
+fn done<T>(errors: Vec<FieldProblem>, value: T) -> Result<T, ApiError> {
+    if errors.is_empty() {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid_fields(errors))
+    }
+}
+
+impl PreferencesBody {
+    fn parse(&self) -> Result<Preferences, ApiError> {
+        let mut errors = Vec::new();
+        let categories = parse_categories(self.categories.as_ref(), &mut errors);
+        let quiet_hours = self.quiet_hours.as_ref().and_then(|q| {
+            let mut time = |field: &str, raw: &str| match LocalTime::parse(raw) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    errors.push(FieldProblem {
+                        field: format!("quiet_hours.{field}"),
+                        message: e.0,
+                    });
+                    None
+                }
+            };
+            let (start, end) = (time("start", q.start.as_str()), time("end", q.end.as_str()));
+            match QuietHours::new(start?, end?) {
+                Ok(q) => Some(q),
+                Err(e) => {
+                    errors.push(FieldProblem {
+                        field: "quiet_hours".into(),
+                        message: e.0,
+                    });
+                    None
+                }
+            }
+        });
+        let preferences = Preferences {
+            channels: self
+                .channels
+                .as_ref()
+                .map(SwitchesBody::switches)
+                .unwrap_or_default(),
+            categories,
+            quiet_hours,
+        };
+        done(errors, preferences)
+    }
+}
+
+impl TenantDefaultsBody {
+    fn parse(&self) -> Result<Preferences, ApiError> {
+        let mut errors = Vec::new();
+        let categories = parse_categories(self.categories.as_ref(), &mut errors);
+        let defaults = Preferences {
+            channels: self
+                .channels
+                .as_ref()
+                .map(SwitchesBody::switches)
+                .unwrap_or_default(),
+            categories,
+            quiet_hours: None,
+        };
+        done(errors, defaults)
+    }
+}
+
+/// One category's choices, as answered.
+#[derive(Object, Debug)]
+#[oai(rename = "CategoryChoiceView")]
+pub struct CategoryChoiceView {
+    pub channels: BTreeMap<String, bool>,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "QuietHoursView")]
+pub struct QuietHoursView {
+    pub start: String,
+    pub end: String,
+}
+
+/// One resolved cell.
+#[derive(Object, Debug)]
+pub struct Cell {
+    pub enabled: bool,
+    /// `critical`, `user`, `tenant`, `category` or `default`.
+    pub level: Text<LevelRule>,
+    /// That level's version (the user's preferences, the tenant's
+    /// defaults, the category's settings; 0 for the default).
+    pub version: u64,
+}
+
+fn switches_view(switches: &Switches) -> BTreeMap<String, bool> {
+    switches
+        .iter()
+        .map(|(c, on)| (c.as_str().to_owned(), *on))
+        .collect()
+}
+
+fn categories_view(prefs: &Preferences) -> BTreeMap<String, CategoryChoiceView> {
+    prefs
+        .categories
+        .iter()
+        .map(|(c, choice)| {
+            (
+                c.as_str().to_owned(),
+                CategoryChoiceView {
+                    channels: switches_view(&choice.channels),
+                },
+            )
+        })
+        .collect()
+}
+
+/// A user's preferences: their choices, and the matrix they resolve to.
+#[derive(Object, Debug)]
+#[oai(rename = "Preferences")]
+pub struct PreferencesView {
+    pub user: String,
+    /// The user's choices for every category.
+    pub channels: BTreeMap<String, bool>,
+    /// The user's choices per category.
+    pub categories: BTreeMap<String, CategoryChoiceView>,
+    #[oai(nullable)]
+    pub quiet_hours: Option<QuietHoursView>,
+    /// The time zone quiet hours are read in (the profile's).
+    pub time_zone: String,
+    /// The tenant whose defaults were resolved against (`?tenant=`, else
+    /// the profile's).
+    #[oai(nullable)]
+    pub tenant: Option<String>,
+    /// How many changes the preferences have had (0: none set).
+    pub version: u64,
+    #[oai(nullable)]
+    pub updated_at: Option<String>,
+    /// Per category (each configured one, each the user or the tenant
+    /// names, and `*` for every other) and channel: on or off, and which
+    /// level decided.
+    pub resolved: BTreeMap<String, BTreeMap<String, Cell>>,
+    /// The log position of the latest change read of the user and the
+    /// tenant.
+    pub cursor: String,
+    /// Set when answering `?as_of=`.
+    #[oai(skip_serializing_if_is_none)]
+    pub as_of: Option<String>,
+    /// On a `PUT`: false when it changed nothing.
+    #[oai(skip_serializing_if_is_none)]
+    pub changed: Option<bool>,
+}
+
+impl PreferencesView {
+    fn of(user: &UserId, snapshot: &Snapshot) -> Self {
+        let recipient = &snapshot.recipient.state;
+        let prefs = &recipient.preferences;
+        let resolver = snapshot.resolver();
+        let mut rows: Vec<(String, Option<Category>)> = Vec::new();
+        let mut named: std::collections::BTreeSet<&Category> = snapshot.categories.keys().collect();
+        named.extend(prefs.categories());
+        if let Some((_, t)) = &snapshot.tenant {
+            named.extend(t.state.defaults.categories());
+        }
+        rows.extend(
+            named
+                .into_iter()
+                .map(|c| (c.as_str().to_owned(), Some(c.clone()))),
+        );
+        // `*`: any category nobody named (no category is called that).
+        rows.push(("*".to_owned(), None));
+        let resolved = rows
+            .into_iter()
+            .map(|(name, category)| {
+                let cells = Channel::ALL
+                    .iter()
+                    .map(|channel| {
+                        let d = resolver.decide_in(category.as_ref(), *channel);
+                        (
+                            channel.as_str().to_owned(),
+                            Cell {
+                                enabled: d.enabled,
+                                level: Text::new(d.level.as_str()),
+                                version: d.version,
+                            },
+                        )
+                    })
+                    .collect();
+                (name, cells)
+            })
+            .collect();
+        Self {
+            user: user.as_str().to_owned(),
+            channels: switches_view(&prefs.channels),
+            categories: categories_view(prefs),
+            quiet_hours: prefs.quiet_hours.map(|q| QuietHoursView {
+                start: q.start.to_string(),
+                end: q.end.to_string(),
+            }),
+            time_zone: recipient.profile.time_zone().name().to_owned(),
+            tenant: snapshot.tenant.as_ref().map(|(t, _)| t.to_string()),
+            version: recipient.preferences_version,
+            updated_at: recipient.preferences_changed_at.map(rfc3339),
+            resolved,
+            cursor: snapshot.position().to_cursor(),
+            as_of: None,
+            changed: None,
+        }
+    }
+}
+
+/// A category's settings, as answered.
+#[derive(Object, Debug)]
+#[oai(rename = "Category")]
+pub struct CategoryView {
+    pub category: String,
+    pub default_channels: Vec<Text<ChannelRule>>,
+    pub critical: bool,
+    /// False: nobody configured it (every channel, not critical).
+    pub configured: bool,
+    pub version: u64,
+    #[oai(nullable)]
+    pub updated_at: Option<String>,
+    pub cursor: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub changed: Option<bool>,
+}
+
+impl CategoryView {
+    fn of(category: &Category, current: &Current<CategoryConfig>, changed: Option<bool>) -> Self {
+        let settings = current.state.settings.as_ref();
+        let default_channels = match settings {
+            Some(s) => s.default_channels.iter().copied().collect(),
+            None => Channel::ALL.to_vec(),
+        };
+        Self {
+            category: category.as_str().to_owned(),
+            default_channels: default_channels
+                .iter()
+                .map(|c: &Channel| Text::new(c.as_str()))
+                .collect(),
+            critical: settings.is_some_and(|s| s.critical),
+            configured: settings.is_some(),
+            version: current.state.version,
+            updated_at: current.state.configured_at.map(rfc3339),
+            cursor: current.position.to_cursor(),
+            changed,
+        }
+    }
+}
+
+#[derive(Object, Debug)]
+pub struct CategoryList {
+    /// Every configured category, by name.
+    pub items: Vec<CategoryView>,
+}
+
+/// A tenant's defaults.
+#[derive(Object, Debug)]
+#[oai(rename = "TenantDefaults")]
+pub struct TenantDefaultsView {
+    pub tenant: String,
+    pub channels: BTreeMap<String, bool>,
+    pub categories: BTreeMap<String, CategoryChoiceView>,
+    pub version: u64,
+    #[oai(nullable)]
+    pub updated_at: Option<String>,
+    pub cursor: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub changed: Option<bool>,
+}
+
+impl TenantDefaultsView {
+    fn of(tenant: &TenantId, current: &Current<Tenant>, changed: Option<bool>) -> Self {
+        Self {
+            tenant: tenant.to_string(),
+            channels: switches_view(&current.state.defaults.channels),
+            categories: categories_view(&current.state.defaults),
+            version: current.state.version,
+            updated_at: current.state.changed_at.map(rfc3339),
+            cursor: current.position.to_cursor(),
+            changed,
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum PreferencesResponse {
+    #[oai(status = 200)]
+    Ok(Json<PreferencesView>),
+}
+
+#[derive(ApiResponse)]
+pub enum CategoryResponse {
+    #[oai(status = 200)]
+    Ok(Json<CategoryView>),
+}
+
+#[derive(ApiResponse)]
+pub enum CategoryListResponse {
+    #[oai(status = 200)]
+    Ok(Json<CategoryList>),
+}
+
+#[derive(ApiResponse)]
+pub enum TenantDefaultsResponse {
+    #[oai(status = 200)]
+    Ok(Json<TenantDefaultsView>),
+}
+
+impl From<CategoryError> for ApiError {
+    fn from(err: CategoryError) -> Self {
+        match err {}
+    }
+}
+
+impl From<TenantError> for ApiError {
+    fn from(err: TenantError) -> Self {
+        match err {}
+    }
+}
+
+impl From<std::convert::Infallible> for ApiError {
+    fn from(err: std::convert::Infallible) -> Self {
+        match err {}
+    }
+}
+
+fn parse_user(raw: &str) -> Result<UserId, ApiError> {
+    UserId::parse(raw).map_err(|e| ApiError::invalid("path.user", e.0))
+}
+
+fn parse_category(raw: &str) -> Result<Category, ApiError> {
+    Category::parse(raw).map_err(|e| ApiError::invalid("path.category", e.0))
+}
+
+fn parse_tenant(field: &str, raw: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(raw).map_err(|e| ApiError::invalid(field, e.0))
+}
+
+pub struct PreferencesApi {
+    pub state: Arc<AppState>,
+}
+
+impl PreferencesApi {
+    async fn snapshot(
+        &self,
+        user: &UserId,
+        tenant: Option<&TenantId>,
+        until: Option<(Position, Timestamp)>,
+    ) -> Result<Snapshot, ApiError> {
+        Ok(self.state.audience.user(user, tenant, until).await?)
+    }
+}
+
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Recipients")]
+impl PreferencesApi {
+    /// A user's preferences, resolved
+    ///
+    /// The user's choices, and per category and channel whether it is on
+    /// and which level decided: `critical` (the category cannot be muted),
+    /// `user`, `tenant` (the tenant's defaults), `category` (its default
+    /// channels) or `default` (on). `as_of` (an RFC 3339 time or a cursor)
+    /// answers them as they were then, from the log.
+    #[oai(
+        path = "/users/:user/preferences",
+        method = "get",
+        operation_id = "getPreferences"
+    )]
+    async fn get(
+        &self,
+        user: Path<Text<UserRule>>,
+        /// Resolve against this tenant's defaults (absent: the profile's tenant).
+        tenant: Query<Option<Text<TenantRule>>>,
+        /// An RFC 3339 time or a log cursor.
+        as_of: Query<Option<Text<AsOfRule>>>,
+    ) -> Result<PreferencesResponse, ApiError> {
+        let user = parse_user(user.0.as_str())?;
+        let tenant = match &tenant.0 {
+            Some(t) => Some(parse_tenant("query.tenant", t.as_str())?),
+            None => None,
+        };
+        let until = match &as_of.0 {
+            Some(raw) => Some(parse_as_of(raw.as_str())?),
+            None => None,
+        };
+        let snapshot = self.snapshot(&user, tenant.as_ref(), until).await?;
+        let mut view = PreferencesView::of(&user, &snapshot);
+        view.as_of = as_of.0.map(|a| a.0);
+        Ok(PreferencesResponse::Ok(Json(view)))
+    }
+
+    /// Set a user's preferences
+    ///
+    /// The whole set: what is absent is left to the tenant's defaults and
+    /// the category's. Recorded as one `RecipientPreferencesChanged` event
+    /// holding the set; a set that changes nothing records nothing.
+    #[oai(
+        path = "/users/:user/preferences",
+        method = "put",
+        operation_id = "setPreferences"
+    )]
+    #[instrument(skip_all)]
+    async fn set(
+        &self,
+        ctx: Data<&RequestContext>,
+        user: Path<Text<UserRule>>,
+        body: StrictJson<PreferencesBody>,
+    ) -> Result<PreferencesResponse, ApiError> {
+        let user = parse_user(user.0.as_str())?;
+        let preferences = body.0.parse()?;
+        let decided = self
+            .state
+            .audience
+            .recipients
+            .execute(
+                user.as_str(),
+                |at| RecipientCommand::SetPreferences {
+                    preferences: preferences.clone(),
+                    at,
+                },
+                &metadata(&ctx),
+                false,
+            )
+            .await?;
+        // The answer resolves what was just written: read up to it.
+        let snapshot = self
+            .snapshot(&user, None, Some((decided.position, Timestamp::MAX_UTC)))
+            .await?;
+        let mut view = PreferencesView::of(&user, &snapshot);
+        view.changed = Some(decided.changed);
+        Ok(PreferencesResponse::Ok(Json(view)))
+    }
+
+    /// Every configured category
+    #[oai(path = "/categories", method = "get", operation_id = "listCategories")]
+    async fn list_categories(&self) -> Result<CategoryListResponse, ApiError> {
+        let configured = self.state.audience.configured(None).await?;
+        let mut items = Vec::with_capacity(configured.len());
+        for category in configured.keys() {
+            let current = self
+                .state
+                .audience
+                .categories
+                .current(category.as_str(), None)
+                .await?;
+            items.push(CategoryView::of(category, &current, None));
+        }
+        Ok(CategoryListResponse::Ok(Json(CategoryList { items })))
+    }
+
+    /// A category's settings
+    ///
+    /// A category nobody configured uses every channel and is not critical.
+    #[oai(
+        path = "/categories/:category",
+        method = "get",
+        operation_id = "getCategory"
+    )]
+    async fn get_category(
+        &self,
+        category: Path<Text<CategoryRule>>,
+    ) -> Result<CategoryResponse, ApiError> {
+        let category = parse_category(category.0.as_str())?;
+        let current = self
+            .state
+            .audience
+            .categories
+            .current(category.as_str(), None)
+            .await?;
+        Ok(CategoryResponse::Ok(Json(CategoryView::of(
+            &category, &current, None,
+        ))))
+    }
+
+    /// Configure a category
+    ///
+    /// Its default channels (on unless a preference turns them off) and
+    /// whether it is critical (no preference, nor quiet hours, can mute
+    /// it). Sends from then on resolve against it; each change is a
+    /// versioned `CategoryConfigured` event.
+    #[oai(
+        path = "/categories/:category",
+        method = "put",
+        operation_id = "configureCategory"
+    )]
+    #[instrument(skip_all)]
+    async fn configure_category(
+        &self,
+        ctx: Data<&RequestContext>,
+        category: Path<Text<CategoryRule>>,
+        body: StrictJson<CategoryBody>,
+    ) -> Result<CategoryResponse, ApiError> {
+        let category = parse_category(category.0.as_str())?;
+        let mut errors = Vec::new();
+        let mut channels = std::collections::BTreeSet::new();
+        for (i, raw) in body.0.default_channels.iter().enumerate() {
+            match Channel::parse(raw.as_str()) {
+                Ok(c) => {
+                    channels.insert(c);
+                }
+                Err(e) => errors.push(FieldProblem {
+                    field: format!("default_channels[{i}]"),
+                    message: e.0,
+                }),
+            }
+        }
+        if body.0.default_channels.len() > Channel::ALL.len() {
+            errors.push(FieldProblem {
+                field: "default_channels".into(),
+                message: format!("at most {} channels", Channel::ALL.len()),
+            });
+        }
+        let settings = done(
+            errors,
+            CategorySettings {
+                default_channels: channels,
+                critical: body.0.critical,
+            },
+        )?;
+        let decided = self
+            .state
+            .audience
+            .categories
+            .execute(
+                category.as_str(),
+                |at| CategoryCommand::Configure {
+                    settings: settings.clone(),
+                    at,
+                },
+                &metadata(&ctx),
+                false,
+            )
+            .await?;
+        let current = Current {
+            version: decided.state.version,
+            position: decided.position,
+            recorded_at: decided.state.configured_at,
+            state: decided.state,
+        };
+        Ok(CategoryResponse::Ok(Json(CategoryView::of(
+            &category,
+            &current,
+            Some(decided.changed),
+        ))))
+    }
+
+    /// A tenant's preference defaults
+    #[oai(
+        path = "/tenants/:tenant/preferences",
+        method = "get",
+        operation_id = "getTenantDefaults"
+    )]
+    async fn get_tenant(
+        &self,
+        tenant: Path<Text<TenantRule>>,
+    ) -> Result<TenantDefaultsResponse, ApiError> {
+        let tenant = parse_tenant("path.tenant", tenant.0.as_str())?;
+        let current = self
+            .state
+            .audience
+            .tenants
+            .current(tenant.as_str(), None)
+            .await?;
+        Ok(TenantDefaultsResponse::Ok(Json(TenantDefaultsView::of(
+            &tenant, &current, None,
+        ))))
+    }
+
+    /// Set a tenant's preference defaults
+    ///
+    /// What the tenant's users get unless they choose otherwise (they beat
+    /// the category defaults; the users' own choices beat them). The whole
+    /// set; each change is a versioned `TenantDefaultsChanged` event.
+    #[oai(
+        path = "/tenants/:tenant/preferences",
+        method = "put",
+        operation_id = "setTenantDefaults"
+    )]
+    #[instrument(skip_all)]
+    async fn set_tenant(
+        &self,
+        ctx: Data<&RequestContext>,
+        tenant: Path<Text<TenantRule>>,
+        body: StrictJson<TenantDefaultsBody>,
+    ) -> Result<TenantDefaultsResponse, ApiError> {
+        let tenant = parse_tenant("path.tenant", tenant.0.as_str())?;
+        let defaults = body.0.parse()?;
+        let decided = self
+            .state
+            .audience
+            .tenants
+            .execute(
+                tenant.as_str(),
+                |at| TenantCommand::SetDefaults {
+                    defaults: defaults.clone(),
+                    at,
+                },
+                &metadata(&ctx),
+                false,
+            )
+            .await?;
+        let current = Current {
+            version: decided.state.version,
+            position: decided.position,
+            recorded_at: decided.state.changed_at,
+            state: decided.state,
+        };
+        Ok(TenantDefaultsResponse::Ok(Json(TenantDefaultsView::of(
+            &tenant,
+            &current,
+            Some(decided.changed),
+        ))))
+    }
+}
