@@ -42,6 +42,13 @@ pub struct CountsView {
     pub archived: u64,
     pub deleted: u64,
     pub cancelled: u64,
+    /// Not delivered by decision: a preference, a category default, a
+    /// missing address (never counted as failed).
+    pub suppressed: u64,
+    /// Held by quiet hours, delivered when they end.
+    pub held: u64,
+    /// Reported failed by a channel worker.
+    pub failed: u64,
 }
 
 impl From<&Counts> for CountsView {
@@ -55,6 +62,9 @@ impl From<&Counts> for CountsView {
             archived: c.archived,
             deleted: c.deleted,
             cancelled: c.cancelled,
+            suppressed: c.suppressed,
+            held: c.held,
+            failed: c.failed,
         }
     }
 }
@@ -62,7 +72,7 @@ impl From<&Counts> for CountsView {
 /// Ratios of the counts; null where the divisor is 0.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct RatesView {
-    /// delivered / created.
+    /// delivered / (created − suppressed).
     #[oai(nullable)]
     pub delivery: Option<f64>,
     /// seen / in-app deliveries.

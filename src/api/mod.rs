@@ -6,6 +6,7 @@ pub mod analytics;
 pub mod context;
 pub mod create;
 pub mod events;
+pub mod explain;
 pub mod gate;
 pub mod health;
 pub mod inbox;
@@ -60,6 +61,7 @@ pub enum ApiTags {
 
 pub type Apis = (
     notifications::NotificationsApi,
+    explain::ExplainApi,
     inbox::InboxApi,
     recipients::RecipientsApi,
     preferences::PreferencesApi,
@@ -78,6 +80,9 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
     OpenApiService::new(
         (
             notifications::NotificationsApi {
+                state: state.clone(),
+            },
+            explain::ExplainApi {
                 state: state.clone(),
             },
             inbox::InboxApi {

@@ -12,15 +12,17 @@ use tracing::instrument;
 use super::context::RequestContext;
 use super::create::{id_for_idempotency_key, parse_idempotency_key, CreateNotificationRequest};
 use super::json::StrictJson;
-use super::params::{ChannelRule, IdempotencyKeyRule, LogCursorRule, NotificationIdRule, Text};
+use super::params::{
+    ChannelRule, FailureReasonRule, IdempotencyKeyRule, LogCursorRule, NotificationIdRule, Text,
+};
 use super::problem::ApiError;
 use super::views::{CreatedView, NotificationView, ReceiptView};
 use super::{wait_for, ApiTags};
 use crate::access::Principal;
 use crate::commands::{CommandMetadata, Created, Receipt};
 use crate::domain::{
-    Channel, Notification, NotificationCommand, NotificationError, NotificationEvent,
-    NotificationId, Scope, Timestamp, UserId,
+    Channel, FailureReason, Notification, NotificationCommand, NotificationError,
+    NotificationEvent, NotificationId, Scope, Timestamp, UserId,
 };
 use crate::AppState;
 use cqrs_es::Aggregate;
@@ -59,6 +61,16 @@ pub enum NotificationResponse {
 pub struct DeliverRequest {
     /// One of the notification's channels.
     pub channel: Text<ChannelRule>,
+}
+
+/// A channel reporting that it could not deliver the notification.
+#[derive(Object, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct FailureRequest {
+    /// One of the notification's channels.
+    pub channel: Text<ChannelRule>,
+    /// Why (`mailbox full`): 1–500 characters, one line.
+    pub reason: Text<FailureReasonRule>,
 }
 
 pub struct NotificationsApi {
@@ -384,6 +396,37 @@ impl NotificationsApi {
         self.command(id.0.as_str(), &ctx, |at| NotificationCommand::Deliver {
             channel,
             at,
+        })
+        .await
+    }
+
+    /// Record a failed delivery
+    ///
+    /// For channel workers: delivery on `channel` failed, and why. The
+    /// channel stays deliverable (a retry that works records the delivery);
+    /// `explain` and analytics tell failures from suppressions.
+    #[oai(
+        path = "/notifications/:id/fail",
+        method = "post",
+        operation_id = "failDelivery"
+    )]
+    async fn fail(
+        &self,
+        ctx: Data<&RequestContext>,
+        id: Path<Text<NotificationIdRule>>,
+        body: StrictJson<FailureRequest>,
+    ) -> Result<ReceiptResponse, ApiError> {
+        let channel =
+            Channel::parse(body.0.channel.as_str()).map_err(|e| ApiError::invalid("channel", e.0));
+        let reason = FailureReason::parse(body.0.reason.as_str())
+            .map_err(|e| ApiError::invalid("reason", e.0));
+        let (channel, reason) = (channel?, reason?);
+        self.command(id.0.as_str(), &ctx, |at| {
+            NotificationCommand::FailDelivery {
+                channel,
+                reason: reason.clone(),
+                at,
+            }
         })
         .await
     }

@@ -363,6 +363,20 @@ rule!(
     LevelRule, "PreferenceLevel", words(["critical", "user", "tenant", "category", "default"])
 );
 rule!(
+    /// Why a delivery failed: 1–500 characters, one line, not only white space.
+    FailureReasonRule, "FailureReason", MetaSchema {
+        max_length: Some(crate::domain::values::FAILURE_REASON_MAX_CHARS),
+        pattern: Some(format!(
+            r"^[^{CONTROL}]*[^{CONTROL}\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^{CONTROL}]*$"
+        )),
+        ..string()
+    }
+);
+rule!(
+    /// What became of a channel.
+    OutcomeRule, "ChannelOutcome", words(["delivered", "suppressed", "pending", "failed"])
+);
+rule!(
     /// An Idempotency-Key: 1–255 visible ASCII characters.
     IdempotencyKeyRule, "IdempotencyKey", pattern(r"^[!-~]{1,255}$")
 );

@@ -89,6 +89,8 @@ pub const RULES: &[(&str, Rule)] = &[
     ("getNotification", SEE_NOTIFICATION),
     ("notificationEvents", SEE_NOTIFICATION),
     ("deliver", SENDER_ONLY),
+    ("failDelivery", SENDER_ONLY),
+    ("explain", SEE_NOTIFICATION),
     ("cancel", SENDER_ONLY),
     ("markRead", CHANGE_NOTIFICATION),
     ("markUnread", CHANGE_NOTIFICATION),

@@ -18,7 +18,7 @@ fn at(t: chrono::DateTime<Utc>) -> String {
 
 /// The last five minutes to a minute from now, merged (robust to a minute
 /// boundary falling inside the test).
-async fn recent(app: &TestApp, filter: &str, cursor: &str) -> Value {
+pub async fn recent(app: &TestApp, filter: &str, cursor: &str) -> Value {
     let now = Utc::now();
     let from = at(now - chrono::Duration::minutes(5));
     let to = at(now + chrono::Duration::minutes(1));
@@ -77,7 +77,8 @@ async fn counts_follow_the_documented_rules(app: &TestApp) {
     assert_eq!(
         all["counts"],
         json!({"created": 4, "delivered": 3, "seen": 2, "read": 2, "clicked": 1,
-               "archived": 1, "deleted": 1, "cancelled": 1}),
+               "archived": 1, "deleted": 1, "cancelled": 1,
+               "suppressed": 0, "held": 0, "failed": 0}),
         "two channels count twice, a read again once, a click reads, a scheduled one \
          counts until cancelled: {all}"
     );

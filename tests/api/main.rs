@@ -40,6 +40,7 @@ mod spec;
 mod stream_client;
 mod stream_limits;
 mod streams;
+mod suppression;
 mod tls;
 mod tokens;
 mod unreadable;

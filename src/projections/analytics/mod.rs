@@ -6,7 +6,10 @@
 //!
 //! Counting rules:
 //! - created, cancelled and deleted count once under each channel of the
-//!   notification; delivered under the channel delivered;
+//!   notification; delivered under the channel delivered; suppressed
+//!   (preference, category default, missing address), held (quiet hours)
+//!   and failed (a worker's report) under their channel, apart: a
+//!   suppression is a decision, not a failure;
 //! - seen, read, clicked and archived count under `in_app` (the inbox is
 //!   where they happen), each once per notification however often it is
 //!   marked unread and read again;
@@ -28,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use self::latency::Latency;
 use super::store::{Fold, Rows};
+use crate::domain::preferences::SuppressionRule;
 use crate::domain::{Category, Channel, Notification, NotificationEvent, Timestamp, EVENT_VERSION};
 use crate::storage::LoggedEvent;
 use cqrs_es::Aggregate;
@@ -114,6 +118,16 @@ pub struct Counts {
     pub archived: u64,
     pub deleted: u64,
     pub cancelled: u64,
+    /// Channels not delivered because of a preference, a category default
+    /// or a missing address (absent from rows written before them).
+    #[serde(default)]
+    pub suppressed: u64,
+    /// Channels held by quiet hours (delivered when they end).
+    #[serde(default)]
+    pub held: u64,
+    /// Failures reported by channel workers.
+    #[serde(default)]
+    pub failed: u64,
 }
 
 impl Counts {
@@ -126,6 +140,14 @@ impl Counts {
         self.archived += other.archived;
         self.deleted += other.deleted;
         self.cancelled += other.cancelled;
+        self.suppressed += other.suppressed;
+        self.held += other.held;
+        self.failed += other.failed;
+    }
+
+    /// Channel sends that were to be delivered: created, less suppressed.
+    pub fn deliverable(&self) -> u64 {
+        self.created.saturating_sub(self.suppressed)
     }
 }
 
@@ -347,6 +369,21 @@ impl Fold for Analytics {
                 count(rows, at, &cat, &[Channel::InApp], |c| {
                     c.counts.archived += 1
                 });
+            }
+            NotificationEvent::ChannelSuppressed { channel, rule, .. } => {
+                let held = rule == SuppressionRule::QuietHours;
+                count(rows, at, &cat, &[channel], |c| {
+                    if held {
+                        c.counts.held += 1;
+                    } else {
+                        c.counts.suppressed += 1;
+                    }
+                });
+                return Ok(());
+            }
+            NotificationEvent::DeliveryFailed { channel, .. } => {
+                count(rows, at, &cat, &[channel], |c| c.counts.failed += 1);
+                return Ok(());
             }
             NotificationEvent::NotificationCancelled { .. } => {
                 count(rows, at, &cat, &n.channels, |c| c.counts.cancelled += 1);

@@ -39,7 +39,7 @@ pub struct Totals {
 /// Ratios of the counts (None where the divisor is 0).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Rates {
-    /// delivered / created.
+    /// delivered / (created − suppressed): what was to be delivered.
     pub delivery: Option<f64>,
     /// seen, read, clicked / in-app deliveries.
     pub seen: Option<f64>,
@@ -73,7 +73,7 @@ impl Totals {
     pub fn rates(&self) -> Rates {
         let c = &self.counts;
         Rates {
-            delivery: ratio(c.delivered, c.created),
+            delivery: ratio(c.delivered, c.deliverable()),
             seen: ratio(c.seen, self.in_app_delivered),
             read: ratio(c.read, self.in_app_delivered),
             click: ratio(c.clicked, self.in_app_delivered),
