@@ -125,6 +125,61 @@ fn describe(err: &serde_json::Error, field: &str) -> String {
     }
 }
 
+/// serde reads a struct from a JSON array too, field by field in order
+/// (`[null, true]`): a nested object of a strict body is read as an object
+/// only. For `#[serde(deserialize_with = ...)]` on fields holding structs.
+pub mod object {
+    use serde::de::{Deserialize, DeserializeOwned, Deserializer, Error};
+    use serde_json::{Map, Value};
+
+    fn from_map<T: DeserializeOwned, E: Error>(map: Map<String, Value>) -> Result<T, E> {
+        T::deserialize(Value::Object(map)).map_err(E::custom)
+    }
+
+    /// A required object.
+    pub fn required<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<T, D::Error> {
+        from_map(Map::deserialize(d)?)
+    }
+
+    /// An object or null.
+    pub fn optional<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        Option::<Map<String, Value>>::deserialize(d)?
+            .map(from_map)
+            .transpose()
+    }
+
+    /// An object, null, or absent (with `#[serde(default)]`).
+    pub fn maybe<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+        d: D,
+    ) -> Result<poem_openapi::types::MaybeUndefined<T>, D::Error> {
+        use poem_openapi::types::MaybeUndefined;
+        Ok(match Option::<Map<String, Value>>::deserialize(d)? {
+            None => MaybeUndefined::Null,
+            Some(map) => MaybeUndefined::Value(from_map(map)?),
+        })
+    }
+
+    /// A map (or null) whose values are objects.
+    pub fn map_of<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+        d: D,
+    ) -> Result<Option<std::collections::BTreeMap<String, T>>, D::Error> {
+        let Some(map) = Option::<Map<String, Value>>::deserialize(d)? else {
+            return Ok(None);
+        };
+        map.into_iter()
+            .map(|(k, v)| match v {
+                Value::Object(m) => from_map(m).map(|t| (k, t)),
+                other => Err(D::Error::custom(format!(
+                    "`{k}` must be an object, not {other}"
+                ))),
+            })
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+}
+
 impl<'a, T: Type + DeserializeOwned> ApiExtractor<'a> for StrictJson<T> {
     const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
     type ParamType = ();

@@ -16,7 +16,7 @@ use tracing::instrument;
 
 use super::context::RequestContext;
 use super::inbox::parse_as_of;
-use super::json::StrictJson;
+use super::json::{object, StrictJson};
 use super::notifications::metadata;
 use super::params::{
     AsOfRule, CategoryRule, ChannelRule, LevelRule, LocalTimeRule, TenantRule, Text, UserRule,
@@ -83,7 +83,7 @@ impl SwitchesBody {
 #[serde(deny_unknown_fields)]
 #[oai(rename = "CategoryChoice")]
 pub struct CategoryChoiceBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::optional")]
     #[oai(nullable)]
     pub channels: Option<SwitchesBody>,
 }
@@ -104,15 +104,15 @@ pub struct QuietHoursBody {
 #[oai(rename = "PreferencesReplace")]
 pub struct PreferencesBody {
     /// For every category.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::optional")]
     #[oai(nullable)]
     pub channels: Option<SwitchesBody>,
     /// Per category (at most 100), beating `channels`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::map_of")]
     #[oai(nullable, validator(max_properties = 100))]
     pub categories: Option<BTreeMap<String, CategoryChoiceBody>>,
     /// Holds non-urgent in-app and push deliveries until they end.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::optional")]
     #[oai(nullable)]
     pub quiet_hours: Option<QuietHoursBody>,
 }
@@ -122,11 +122,11 @@ pub struct PreferencesBody {
 #[serde(deny_unknown_fields)]
 #[oai(rename = "TenantDefaultsReplace")]
 pub struct TenantDefaultsBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::optional")]
     #[oai(nullable)]
     pub channels: Option<SwitchesBody>,
     /// Per category (at most 100).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::map_of")]
     #[oai(nullable, validator(max_properties = 100))]
     pub categories: Option<BTreeMap<String, CategoryChoiceBody>>,
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tracing::instrument;
 
 use super::context::RequestContext;
-use super::json::StrictJson;
+use super::json::{object, StrictJson};
 use super::notifications::metadata;
 use super::params::{
     DisplayNameRule, EmailRule, LocaleRule, PhoneRule, PushTokenRule, TenantRule, Text,
@@ -77,7 +77,7 @@ pub struct ProfileBody {
     #[serde(default)]
     #[oai(nullable)]
     pub tenant: Option<Text<TenantRule>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::optional")]
     #[oai(nullable)]
     pub addresses: Option<AddressesBody>,
 }
@@ -122,7 +122,7 @@ pub struct ProfilePatchBody {
     #[oai(nullable)]
     pub tenant: MaybeUndefined<Text<TenantRule>>,
     /// `null` removes every address.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object::maybe")]
     #[oai(nullable)]
     pub addresses: MaybeUndefined<AddressesPatchBody>,
 }

@@ -87,8 +87,8 @@ pub fn complete(document: Value) -> Value {
     document
 }
 
-/// Request bodies are parsed with unknown fields refused (`StrictJson`):
-/// their schemas say so.
+/// Request bodies are parsed with unknown fields refused (`StrictJson`),
+/// the objects inside them too: their schemas say so.
 fn close_request_bodies(document: &mut Value) {
     let mut bodies = BTreeSet::new();
     walk(&mut document["paths"], &mut |v| {
@@ -97,9 +97,28 @@ fn close_request_bodies(document: &mut Value) {
             bodies.insert(r.trim_start_matches("#/components/schemas/").to_owned());
         }
     });
+    // And every schema a body's schema refers to, at any depth.
+    let mut pending: Vec<String> = bodies.iter().cloned().collect();
+    while let Some(name) = pending.pop() {
+        let mut inner = Vec::new();
+        if let Some(schema) = document["components"]["schemas"].get_mut(&name) {
+            walk(schema, &mut |v| {
+                if let Some(r) = v["$ref"].as_str() {
+                    inner.push(r.trim_start_matches("#/components/schemas/").to_owned());
+                }
+            });
+        }
+        for name in inner {
+            if bodies.insert(name.clone()) {
+                pending.push(name);
+            }
+        }
+    }
     for name in bodies {
         if let Some(schema) = document["components"]["schemas"].get_mut(&name) {
-            schema["additionalProperties"] = Value::Bool(false);
+            if schema.get("properties").is_some() {
+                schema["additionalProperties"] = Value::Bool(false);
+            }
         }
     }
 }

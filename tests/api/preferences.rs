@@ -224,6 +224,15 @@ async fn refused_preferences_name_the_field_and_store_nothing(app: &TestApp) {
         ),
         (json!({"quiet_hours": {"start": "22:00"}}), 400, None),
         (json!({"mute_everything": true}), 400, None),
+        // serde would read a struct from an array, field by field.
+        (json!({"channels": [null, null]}), 400, None),
+        (json!({"channels": [false]}), 400, None),
+        (
+            json!({"categories": {"marketing": [{"email": false}]}}),
+            400,
+            None,
+        ),
+        (json!({"quiet_hours": ["22:00", "07:00"]}), 400, None),
     ];
     for (body, expected, field) in cases {
         let (status, problem) = app

@@ -188,6 +188,7 @@ async fn refused_profiles_name_every_bad_field_and_store_nothing(app: &TestApp) 
         (json!({"display_name": 17}), 400, vec![]),
         (json!({"nickname": "c"}), 400, vec![]),
         (json!({"addresses": {"fax": "+4930123456"}}), 400, vec![]),
+        (json!({"addresses": ["carol@example.com"]}), 400, vec![]),
     ];
     for method in ["PUT", "PATCH"] {
         for (body, expected, fields) in &cases {
