@@ -20,7 +20,9 @@ use crate::commands::{CommandService, Commands, EventStores};
 use crate::config::Settings;
 use crate::domain::category::CategoryConfig;
 use crate::domain::recipient::Recipient;
+use crate::domain::send::Broadcast;
 use crate::domain::tenant::Tenant;
+use crate::domain::topic::Membership;
 use crate::domain::{ApiKey, Notification};
 use crate::memory_limit::MemoryGuard;
 use crate::projections::analytics;
@@ -30,8 +32,11 @@ use crate::projections::leader::{self, Election};
 use crate::projections::registry::{Projections, ReadModels, Registered, Running, NAMES};
 use crate::projections::store::postgres::Publisher;
 use crate::projections::store::RowReader;
+use crate::projections::topics;
 use crate::reactors::dispatch::{self, Dispatcher, TimerSettings, TimerStats};
+use crate::reactors::fanout::{self, FanOut, FanOutWorker};
 use crate::reactors::scheduled::{self, Due, ScheduledDelivery};
+use crate::reactors::Pending;
 use crate::storage::memory::MemoryEventStore;
 use crate::storage::postgres::{self, PgEventLog};
 use crate::storage::{AppendSignal, EventLog};
@@ -59,6 +64,9 @@ struct BackendParts {
     stores: EventStores,
     inbox: Arc<dyn InboxReader>,
     schedule: Arc<dyn RowReader<Due>>,
+    topics: Arc<dyn RowReader<crate::projections::topics::Row>>,
+    sends: Arc<dyn RowReader<crate::projections::sends::Row>>,
+    fan_out_pages: Arc<dyn RowReader<Pending<u64>>>,
     analytics: Arc<dyn RowReader<analytics::Row>>,
     /// Publishes updates no projection page carries.
     announce: Arc<dyn Announce>,
@@ -134,6 +142,9 @@ async fn start_memory(
         stores: EventStores::Memory(events),
         inbox: models.inbox,
         schedule: models.schedule,
+        topics: models.topics,
+        sends: models.sends,
+        fan_out_pages: models.fanout,
         analytics: models.analytics,
         announce: Arc::new(MemoryAnnounce {
             log: updates.clone(),
@@ -237,6 +248,9 @@ async fn start_postgres(
         stores: EventStores::Postgres(Box::new(pools.clone())),
         inbox: models.inbox,
         schedule: models.schedule,
+        topics: models.topics,
+        sends: models.sends,
+        fan_out_pages: models.fanout,
         analytics: models.analytics,
         announce: publisher,
         running,
@@ -328,6 +342,37 @@ impl Service {
             },
             shutdown_rx.clone(),
         ));
+        let memberships = commands_of::<Membership>(stores, &signal, attempts, &limit);
+        let fan_out_worker = Arc::new(FanOutWorker {
+            notifications: commands.runner(),
+            audience: audience.clone(),
+            members: backend.topics.clone(),
+            topics: projections.get(topics::NAME)?.projector.clone(),
+            log: log.clone(),
+            wait: settings.read_wait(),
+        });
+        let mut sends = Commands::<Broadcast>::new(
+            backend.stores.of::<Broadcast>(),
+            fan_out_worker,
+            signal.clone(),
+            attempts,
+        );
+        if let Some(m) = &limit {
+            sends = sends.refusing_when_full(m.clone());
+        }
+        let sends = Arc::new(sends);
+        tasks.push(dispatch::spawn(
+            Dispatcher {
+                reactor: Arc::new(FanOut),
+                outbox: backend.fan_out_pages.clone(),
+                projector: projections.get(fanout::NAME)?.projector.clone(),
+                commands: sends.clone(),
+                settings: TimerSettings::default(),
+                // Fan-out pages are not timers: their lateness is not the timers'.
+                stats: Arc::new(TimerStats::default()),
+            },
+            shutdown_rx.clone(),
+        ));
         let max_connections = settings.stream_max_connections as usize;
         let health = api::analytics::HealthSettings {
             targets: settings.health.targets()?,
@@ -343,6 +388,10 @@ impl Service {
             log,
             inbox: backend.inbox,
             schedule: backend.schedule,
+            sends,
+            memberships,
+            topics: backend.topics,
+            send_rows: backend.sends,
             analytics: backend.analytics,
             health,
             projections,

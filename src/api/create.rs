@@ -10,22 +10,46 @@ use sha2::{Digest, Sha256};
 
 use super::params::{
     BodyRule, CategoryRule, ChannelRule, GroupKeyRule, JsonObject, PriorityRule, TenantRule, Text,
-    TimeRule, TitleRule, UserRule,
+    TimeRule, TitleRule, TopicRule, UserRule,
 };
 use super::problem::{ApiError, FieldProblem};
 use crate::domain::contact::TenantId;
+use crate::domain::send::{SendContent, SendTarget, MAX_RECIPIENTS};
+use crate::domain::topic::TopicName;
 use crate::domain::{
-    parse_data, Body, Category, Channel, Data, DataProblem, GroupKey, NewNotification, Priority,
-    Title, UserId,
+    parse_data, Body, Category, Channel, Data, DataProblem, GroupKey, Priority, Title, UserId,
 };
 
-/// A new notification. Only `recipient`, `category`, `title` and `body` are required.
+/// A new notification. Required: `category`, `title`, `body`, and exactly one
+/// of `recipient`, `recipients` (up to 1,000) and `topic`.
 #[derive(Object, Deserialize, Serialize, Debug, Clone)]
 #[oai(example)]
 #[serde(deny_unknown_fields)]
 pub struct CreateNotificationRequest {
     /// The user it is for: letters, digits and `. _ - @ +`, up to 128 characters.
-    pub recipient: Text<UserRule>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub recipient: Option<Text<UserRule>>,
+    /// Users it is for, instead of `recipient`: 1–1,000 (repeats count
+    /// once). Answered 202 with a `send_id`; each gets a notification.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[oai(validator(min_items = 1, max_items = 1000))]
+    pub recipients: Option<Vec<Text<UserRule>>>,
+    /// A topic, instead of `recipient`: every subscriber gets a
+    /// notification. Answered 202 with a `send_id`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub topic: Option<Text<TopicRule>>,
     /// Lowercase letters, digits and `. _ - :`, up to 64 characters (`comment`, `billing.invoice`).
     pub category: Text<CategoryRule>,
     /// 1–200 characters, one line, not only white space.
@@ -66,7 +90,9 @@ pub struct CreateNotificationRequest {
 impl Example for CreateNotificationRequest {
     fn example() -> Self {
         Self {
-            recipient: Text::new("alice"),
+            recipient: Some(Text::new("alice")),
+            recipients: None,
+            topic: None,
             category: Text::new("comment"),
             title: Text::new("New reply"),
             body: Text::new("Bob replied to your post"),
@@ -97,12 +123,68 @@ fn field<T>(
         .ok()
 }
 
+/// A field that may be absent but not null: who a create is for is named
+/// once, so the schema can say "exactly one of" (`oneOf` of `required`).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// Who a create is for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Addressee {
+    One(UserId),
+    Many(SendTarget),
+}
+
 impl CreateNotificationRequest {
-    /// Validates every field, reporting all problems at once.
-    pub fn validate(&self) -> Result<NewNotification, ApiError> {
+    /// Who it is for: exactly one of `recipient`, `recipients`, `topic`.
+    fn addressee(&self, e: &mut Vec<FieldProblem>) -> Option<Addressee> {
+        match (&self.recipient, &self.recipients, &self.topic) {
+            (Some(r), None, None) => {
+                field(e, "recipient", UserId::parse(r.as_str())).map(Addressee::One)
+            }
+            (None, Some(list), None) => {
+                if list.is_empty() || list.len() > MAX_RECIPIENTS {
+                    e.push(FieldProblem {
+                        field: "recipients".into(),
+                        message: format!("{} given; list 1 to {MAX_RECIPIENTS}", list.len()),
+                    });
+                    return None;
+                }
+                let mut users: Vec<UserId> = Vec::with_capacity(list.len());
+                let mut ok = true;
+                let mut seen = std::collections::HashSet::new();
+                for (i, raw) in list.iter().enumerate() {
+                    match field(e, &format!("recipients[{i}]"), UserId::parse(raw.as_str())) {
+                        Some(u) if seen.insert(u.as_str().to_owned()) => users.push(u),
+                        Some(_) => {}
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(Addressee::Many(SendTarget::Recipients(users)))
+            }
+            (None, None, Some(t)) => field(e, "topic", TopicName::parse(t.as_str()))
+                .map(|t| Addressee::Many(SendTarget::Topic(t))),
+            _ => {
+                e.push(FieldProblem {
+                    field: "recipient".into(),
+                    message: "name exactly one of `recipient`, `recipients` and `topic`".into(),
+                });
+                None
+            }
+        }
+    }
+
+    /// Validates every field, reporting all problems at once: who it is
+    /// for, and what each of them gets.
+    pub fn validate(&self) -> Result<(Addressee, SendContent), ApiError> {
         let mut errors = Vec::new();
         let e = &mut errors;
-        let recipient = field(e, "recipient", UserId::parse(self.recipient.as_str()));
+        let recipient = self.addressee(e);
         let category = field(e, "category", Category::parse(self.category.as_str()));
         let title = field(e, "title", Title::parse(self.title.as_str()));
         let body = field(e, "body", Body::parse(self.body.as_str()));
@@ -190,18 +272,20 @@ impl CreateNotificationRequest {
                 Some(group_key),
                 Some(deliver_at),
                 Some(tenant),
-            ) if errors.is_empty() => Ok(NewNotification {
+            ) if errors.is_empty() => Ok((
                 recipient,
-                category,
-                title,
-                body,
-                data,
-                priority,
-                channels,
-                group_key,
-                deliver_at,
-                tenant,
-            }),
+                SendContent {
+                    category,
+                    title,
+                    body,
+                    data,
+                    priority,
+                    channels,
+                    group_key,
+                    deliver_at,
+                    tenant,
+                },
+            )),
             _ => Err(ApiError::invalid_fields(errors)),
         }
     }

@@ -25,6 +25,7 @@ pub mod rules;
 pub mod spec;
 pub mod state;
 pub mod stream;
+pub mod topics;
 pub mod views;
 
 use std::sync::Arc;
@@ -65,6 +66,7 @@ pub type Apis = (
     inbox::InboxApi,
     recipients::RecipientsApi,
     preferences::PreferencesApi,
+    topics::TopicsApi,
     analytics::AnalyticsApi,
     events::EventsApi,
     projections::ProjectionsApi,
@@ -92,6 +94,9 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
                 state: state.clone(),
             },
             preferences::PreferencesApi {
+                state: state.clone(),
+            },
+            topics::TopicsApi {
                 state: state.clone(),
             },
             analytics::AnalyticsApi {

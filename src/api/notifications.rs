@@ -10,7 +10,9 @@ use serde::Deserialize;
 use tracing::instrument;
 
 use super::context::RequestContext;
-use super::create::{id_for_idempotency_key, parse_idempotency_key, CreateNotificationRequest};
+use super::create::{
+    id_for_idempotency_key, parse_idempotency_key, Addressee, CreateNotificationRequest,
+};
 use super::json::StrictJson;
 use super::params::{
     ChannelRule, FailureReasonRule, IdempotencyKeyRule, LogCursorRule, NotificationIdRule, Text,
@@ -19,11 +21,14 @@ use super::problem::ApiError;
 use super::views::{CreatedView, NotificationView, ReceiptView};
 use super::{wait_for, ApiTags};
 use crate::access::Principal;
-use crate::commands::{CommandMetadata, Created, Receipt};
+use crate::commands::{CommandError, CommandMetadata, Created, Receipt};
+use crate::domain::send::{SendCommand, SendContent, SendError, SendTarget};
 use crate::domain::{
     Channel, FailureReason, Notification, NotificationCommand, NotificationError,
     NotificationEvent, NotificationId, Scope, Timestamp, UserId,
 };
+use crate::projections::store::Keyed;
+use crate::projections::topics;
 use crate::AppState;
 use cqrs_es::Aggregate;
 
@@ -40,6 +45,37 @@ pub enum CreateResponse {
         #[oai(header = "Idempotent-Replayed")]
         Option<bool>,
     ),
+    /// A send to `recipients` or a `topic`: recorded; its notifications
+    /// are being created, a page at a time (`GET /v1/sends/{id}`).
+    #[oai(status = 202)]
+    Accepted(
+        Json<SendAccepted>,
+        /// Where the send's progress can be read.
+        #[oai(header = "Location")]
+        String,
+        /// `true` when this answer repeats an earlier send with the same Idempotency-Key.
+        #[oai(header = "Idempotent-Replayed")]
+        Option<bool>,
+    ),
+}
+
+/// A send to many, accepted.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct SendAccepted {
+    pub send_id: String,
+    /// Position of the send's request.
+    pub cursor: String,
+}
+
+impl From<SendError> for ApiError {
+    fn from(err: SendError) -> Self {
+        let detail = err.to_string();
+        match err {
+            SendError::AlreadyExists => Self::conflict("already-exists", "Already exists", detail),
+            SendError::NotFound => Self::not_found(detail),
+            SendError::Unavailable(_) => Self::unavailable(detail),
+        }
+    }
 }
 
 #[derive(ApiResponse)]
@@ -137,6 +173,70 @@ fn receipt_view(receipt: Receipt) -> Result<ReceiptResponse, ApiError> {
 }
 
 impl NotificationsApi {
+    /// Records a send to many; the fan-out creates its notifications.
+    async fn send(
+        &self,
+        id: uuid::Uuid,
+        content: SendContent,
+        target: SendTarget,
+        meta: &CommandMetadata,
+    ) -> Result<CreateResponse, ApiError> {
+        let expected = match &target {
+            SendTarget::Recipients(list) => list.len() as u64,
+            SendTarget::Topic(topic) => {
+                match self.state.topics.get(&topics::count_key(topic)).await? {
+                    Some(Keyed {
+                        row: topics::Row::Count { subscribers },
+                        ..
+                    }) => subscribers,
+                    _ => 0,
+                }
+            }
+        };
+        let id = id.to_string();
+        let result = self
+            .state
+            .sends
+            .execute(
+                &id,
+                |at| SendCommand::Request {
+                    id: id.clone(),
+                    content: Box::new(content.clone()),
+                    target: target.clone(),
+                    expected,
+                    at,
+                },
+                meta,
+                meta.idempotency.is_none(),
+            )
+            .await;
+        let (position, replayed) = match (result, &meta.idempotency) {
+            (Ok(decided), _) => (decided.position, None),
+            (Err(CommandError::Rejected(SendError::AlreadyExists)), Some((key, hash))) => {
+                let first = self.state.log.stream("Send", &id, 0, 1).await?;
+                let first = first.first().ok_or_else(|| {
+                    ApiError::internal(&std::io::Error::other("a send exists without events"))
+                })?;
+                let get = |k: &str| first.metadata[k].as_str();
+                if get(crate::commands::metadata::IDEMPOTENCY_KEY) != Some(key)
+                    || get(crate::commands::metadata::REQUEST_HASH) != Some(hash)
+                {
+                    return Err(CommandError::<SendError>::IdempotencyMismatch(key.clone()).into());
+                }
+                (first.position, Some(true))
+            }
+            (Err(e), _) => return Err(e.into()),
+        };
+        Ok(CreateResponse::Accepted(
+            Json(SendAccepted {
+                send_id: id.clone(),
+                cursor: position.to_cursor(),
+            }),
+            format!("/v1/sends/{id}"),
+            replayed,
+        ))
+    }
+
     async fn command(
         &self,
         id: &str,
@@ -183,23 +283,27 @@ impl NotificationsApi {
         body: StrictJson<CreateNotificationRequest>,
     ) -> Result<CreateResponse, ApiError> {
         let request = body.0;
-        let content = request.validate()?;
+        let (addressee, content) = request.validate()?;
         let mut meta = metadata(&ctx);
-        let id = match idempotency_key.0.as_ref().map(Text::as_str) {
+        let uuid = match idempotency_key.0.as_ref().map(Text::as_str) {
             Some(key) => {
                 let key = parse_idempotency_key(key)?;
                 meta.idempotency = Some((key.to_owned(), request.fingerprint()));
                 // Scoped to the principal: two keys (or users) sending the
                 // same Idempotency-Key make two notifications.
                 match ctx.principal.idempotency_scope() {
-                    None => NotificationId(id_for_idempotency_key(key)),
-                    Some(scope) => {
-                        NotificationId(id_for_idempotency_key(&format!("{scope}\n{key}")))
-                    }
+                    None => id_for_idempotency_key(key),
+                    Some(scope) => id_for_idempotency_key(&format!("{scope}\n{key}")),
                 }
             }
-            None => NotificationId(uuid::Uuid::now_v7()),
+            None => uuid::Uuid::now_v7(),
         };
+        let user = match addressee {
+            Addressee::One(user) => user,
+            Addressee::Many(target) => return self.send(uuid, content, target, &meta).await,
+        };
+        let content = content.for_recipient(user);
+        let id = NotificationId(uuid);
         let (id, position, replayed) = match self.state.commands.create(id, content, &meta).await? {
             Created::New(receipt) => (receipt.id, receipt.position, None),
             Created::Replayed { id, position } => (id, position, Some(true)),

@@ -377,6 +377,10 @@ rule!(
     OutcomeRule, "ChannelOutcome", words(["delivered", "suppressed", "pending", "failed"])
 );
 rule!(
+    /// A topic: letters, digits and `. _ - :`, 1–128 of them.
+    TopicRule, "Topic", pattern(r"^[A-Za-z0-9._:-]{1,128}$")
+);
+rule!(
     /// An Idempotency-Key: 1–255 visible ASCII characters.
     IdempotencyKeyRule, "IdempotencyKey", pattern(r"^[!-~]{1,255}$")
 );

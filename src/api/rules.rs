@@ -152,6 +152,34 @@ pub const RULES: &[(&str, Rule)] = &[
     ("configureCategory", ADMIN),
     ("getTenantDefaults", ANY_KEY),
     ("setTenantDefaults", keys(&[Scope::Send, Scope::Admin])),
+    (
+        "subscribe",
+        Rule {
+            public: false,
+            scopes: &[Scope::Send, Scope::Admin],
+            own_sends: false,
+            user: Some(Grant::Write),
+        },
+    ),
+    (
+        "unsubscribe",
+        Rule {
+            public: false,
+            scopes: &[Scope::Send, Scope::Admin],
+            own_sends: false,
+            user: Some(Grant::Write),
+        },
+    ),
+    ("listSubscribers", ANY_KEY),
+    (
+        "getSend",
+        Rule {
+            public: false,
+            scopes: &[Scope::Read],
+            own_sends: true,
+            user: None,
+        },
+    ),
     ("getAnalytics", keys(&[Scope::Read])),
     ("getHealthScore", keys(&[Scope::Read])),
     ("events", ADMIN),

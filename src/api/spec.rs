@@ -83,6 +83,14 @@ const NOTIFICATION_OPERATIONS: &[&str] = &[
 pub fn complete(document: Value) -> Value {
     let mut document = with_links(document);
     close_request_bodies(&mut document);
+    // Exactly one of the three names who a create is for.
+    if let Some(create) = document["components"]["schemas"].get_mut("CreateNotificationRequest") {
+        create["oneOf"] = serde_json::json!([
+            {"required": ["recipient"]},
+            {"required": ["recipients"]},
+            {"required": ["topic"]},
+        ]);
+    }
     walk(&mut document, &mut null_in_nullable_enums);
     document
 }

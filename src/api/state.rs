@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 
 use crate::commands::audience::AudienceReader;
-use crate::commands::CommandService;
+use crate::commands::{CommandService, Commands};
+use crate::domain::send::Broadcast;
+use crate::domain::topic::Membership;
 use crate::memory_limit::MemoryGuard;
 use crate::projections::inbox::InboxReader;
 use crate::projections::rebuild::Rebuilds;
@@ -41,6 +43,14 @@ pub struct AppState {
     pub inbox: Arc<dyn InboxReader>,
     /// Deliveries waiting for their time.
     pub schedule: Arc<dyn RowReader<Due>>,
+    /// Sends to many (their requests; the fan-out runs their pages).
+    pub sends: Arc<Commands<Broadcast>>,
+    /// Topic subscriptions.
+    pub memberships: Arc<Commands<Membership>>,
+    /// Topics' subscribers and counts.
+    pub topics: Arc<dyn RowReader<crate::projections::topics::Row>>,
+    /// How far each send has got.
+    pub send_rows: Arc<dyn RowReader<crate::projections::sends::Row>>,
     /// Counters and latencies per bucket.
     pub analytics: Arc<dyn RowReader<crate::projections::analytics::Row>>,
     /// The health score's window, targets and weights.

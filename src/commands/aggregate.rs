@@ -16,8 +16,12 @@ use crate::domain::preferences::Audience;
 use crate::domain::recipient::{
     Recipient, RecipientCommand, RecipientError, RecipientEvent, RECIPIENT_EVENT_VERSION,
 };
+use crate::domain::send::{Broadcast, Page, SendCommand, SendError, SendEvent, SEND_EVENT_VERSION};
 use crate::domain::tenant::{
     Tenant, TenantCommand, TenantError, TenantEvent, TENANT_EVENT_VERSION,
+};
+use crate::domain::topic::{
+    Membership, MembershipCommand, MembershipError, MembershipEvent, TOPIC_EVENT_VERSION,
 };
 use crate::domain::{
     ApiKey, ApiKeyCommand, ApiKeyError, ApiKeyEvent, Notification, NotificationCommand,
@@ -96,6 +100,10 @@ impl Aggregate for Notification {
     ) -> Result<(), Self::Error> {
         let audience = match &command {
             // A create on an id that exists is refused before any lookup.
+            NotificationCommand::Create {
+                audience: Some(read),
+                ..
+            } => (**read).clone(),
             NotificationCommand::Create { content, .. } if self.id.is_none() => services
                 .audience(content)
                 .await
@@ -110,6 +118,65 @@ impl Aggregate for Notification {
 
     fn apply(&mut self, event: Self::Event) {
         Notification::apply(self, event);
+    }
+}
+
+/// Fans out one page of a send: lists its next recipients, creates their
+/// notifications (ids derived from the send and the recipient), and says
+/// what it did. The domain service a send is handed.
+#[async_trait::async_trait]
+pub trait PageFanner: std::marker::Send + Sync {
+    async fn fan_out(&self, send: &Broadcast, page: u64) -> Result<Page, String>;
+}
+
+impl DomainEvent for SendEvent {
+    fn event_type(&self) -> String {
+        SendEvent::event_type(self).to_owned()
+    }
+    fn event_version(&self) -> String {
+        SEND_EVENT_VERSION.to_owned()
+    }
+}
+
+/// A send fans out a page through the service it is handed, then records
+/// the page; its other commands are its own rules.
+impl Aggregate for Broadcast {
+    const TYPE: &'static str = "Send";
+    type Command = SendCommand;
+    type Event = SendEvent;
+    type Error = SendError;
+    type Services = Arc<dyn PageFanner>;
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        let command = match command {
+            SendCommand::FanOut { page, at } if self.wants(page) => SendCommand::RecordPage {
+                page: services
+                    .fan_out(self, page)
+                    .await
+                    .map_err(SendError::Unavailable)?,
+                at,
+            },
+            other => other,
+        };
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        Broadcast::apply(self, event);
+    }
+}
+
+impl super::Named for SendCommand {
+    fn name(&self) -> &'static str {
+        SendCommand::name(self)
     }
 }
 
@@ -149,4 +216,12 @@ pure_aggregate!(
     TenantEvent,
     TenantError,
     TENANT_EVENT_VERSION
+);
+pure_aggregate!(
+    Membership,
+    "TopicMembership",
+    MembershipCommand,
+    MembershipEvent,
+    MembershipError,
+    TOPIC_EVENT_VERSION
 );

@@ -6,7 +6,7 @@
 //! A send reads one recipient, one category and at most one tenant. The
 //! resolution itself is the domain's (`domain::preferences`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -15,10 +15,11 @@ use async_trait::async_trait;
 use super::runner::{CommandError, Commands, Current};
 use crate::domain::category::CategoryConfig;
 use crate::domain::contact::TenantId;
-use crate::domain::preferences::{Audience, CategorySettings, Resolver, Versioned};
+use crate::domain::preferences::{Audience, CategorySettings, Preferences, Resolver, Versioned};
 use crate::domain::recipient::Recipient;
 use crate::domain::tenant::Tenant;
 use crate::domain::{Category, NewNotification, Timestamp, UserId};
+use crate::storage::repository::UnreadableEvent;
 use crate::storage::{EventLog, Position};
 
 /// A read that failed: an outage, an unreadable event, a backend fault.
@@ -193,6 +194,80 @@ impl AudienceReader {
     }
 }
 
+fn audience_of(
+    recipient: Recipient,
+    tenant: Option<(Preferences, u64)>,
+    category: Option<(CategorySettings, u64)>,
+) -> Audience {
+    Audience {
+        profile: (recipient.version > 0).then_some((recipient.profile, recipient.version)),
+        preferences: recipient.preferences,
+        preferences_version: recipient.preferences_version,
+        tenant,
+        category,
+    }
+}
+
+impl AudienceReader {
+    /// What a send in `category` consults for each of `users`, in a few
+    /// reads: every recipient's stream in one, the category's, and each
+    /// tenant's once.
+    pub async fn for_many(
+        &self,
+        users: &[UserId],
+        category: &Category,
+        tenant: Option<&TenantId>,
+    ) -> Result<Vec<Audience>, ReadError> {
+        use cqrs_es::Aggregate as _;
+        let ids: Vec<String> = users.iter().map(|u| u.as_str().to_owned()).collect();
+        let events = self.log.streams(Recipient::TYPE, &ids).await?;
+        let mut recipients: HashMap<String, Recipient> = HashMap::new();
+        for event in events {
+            let payload = event.decode().map_err(|reason| {
+                CommandError::Unreadable(Box::new(UnreadableEvent::of(&event, reason)))
+            })?;
+            recipients
+                .entry(event.aggregate_id.clone())
+                .or_default()
+                .apply(payload);
+        }
+        let settings = self
+            .categories
+            .current(category.as_str(), None)
+            .await
+            .map_err(erased)?;
+        let category_settings = settings.state.settings.map(|s| (s, settings.state.version));
+        let mut tenants: HashMap<TenantId, Option<(Preferences, u64)>> = HashMap::new();
+        let mut audiences = Vec::with_capacity(users.len());
+        for user in users {
+            let recipient = recipients.remove(user.as_str()).unwrap_or_default();
+            let tenant_id = tenant.or(recipient.profile.tenant.as_ref()).cloned();
+            let tenant_defaults = match tenant_id {
+                None => None,
+                Some(id) => match tenants.get(&id) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let t = self
+                            .tenants
+                            .current(id.as_str(), None)
+                            .await
+                            .map_err(erased)?;
+                        let defaults = Some((t.state.defaults, t.state.version));
+                        tenants.insert(id, defaults.clone());
+                        defaults
+                    }
+                },
+            };
+            audiences.push(audience_of(
+                recipient,
+                tenant_defaults,
+                category_settings.clone(),
+            ));
+        }
+        Ok(audiences)
+    }
+}
+
 /// The domain service the notification aggregate consults when it is
 /// created: the audience of the new notification.
 #[async_trait]
@@ -210,16 +285,13 @@ impl AudienceLookup for AudienceReader {
                 content.tenant.as_ref(),
             )
             .await?;
-        let recipient = snapshot.recipient.state;
-        Ok(Audience {
-            profile: (recipient.version > 0).then_some((recipient.profile, recipient.version)),
-            preferences: recipient.preferences,
-            preferences_version: recipient.preferences_version,
-            tenant: snapshot
+        Ok(audience_of(
+            snapshot.recipient.state,
+            snapshot
                 .tenant
                 .map(|(_, t)| (t.state.defaults, t.state.version)),
-            category: snapshot.categories.into_iter().next().map(|(_, s)| s),
-        })
+            snapshot.categories.into_iter().next().map(|(_, s)| s),
+        ))
     }
 }
 

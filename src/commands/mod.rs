@@ -170,6 +170,7 @@ impl CommandService {
                 |at| NotificationCommand::Create {
                     id,
                     content: Box::new(content.clone()),
+                    audience: None,
                     at,
                 },
                 meta,

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::contact::TenantId;
+use super::preferences::Audience;
 use super::values::{
     Body, Category, Channel, FailureReason, GroupKey, NotificationId, Priority, Title, UserId,
 };
@@ -33,6 +34,9 @@ pub enum NotificationCommand {
     Create {
         id: NotificationId,
         content: Box<NewNotification>,
+        /// The audience, when the sender read it already (a fan-out reads a
+        /// page's in a few reads); None: the aggregate's service reads it.
+        audience: Option<Box<Audience>>,
         at: Timestamp,
     },
     Deliver {

@@ -11,7 +11,9 @@ pub mod event;
 pub mod notification;
 pub mod preferences;
 pub mod recipient;
+pub mod send;
 pub mod tenant;
+pub mod topic;
 pub mod values;
 
 pub use command::{NewNotification, NotificationCommand};

@@ -43,6 +43,7 @@ fn create(channels: &[Channel], deliver_at: Option<Timestamp>, at: Timestamp) ->
     C::Create {
         id: ID,
         content,
+        audience: None,
         at,
     }
 }
@@ -477,6 +478,7 @@ fn arb_create() -> impl Strategy<Value = C> {
         C::Create {
             id: NotificationId(uuid::Uuid::from_u128(id)),
             content,
+            audience: None,
             at,
         }
     })

@@ -167,11 +167,7 @@ mod tests {
             user: user.clone(),
             at: t,
         };
-        let unsubscribe = MembershipCommand::Unsubscribe {
-            topic,
-            user,
-            at: t,
-        };
+        let unsubscribe = MembershipCommand::Unsubscribe { topic, user, at: t };
         let mut m = Membership::default();
         assert_eq!(m.decide(unsubscribe.clone()), Ok(vec![]));
         for e in m.decide(subscribe.clone()).unwrap() {

@@ -9,7 +9,9 @@ pub mod leader;
 pub mod parked;
 pub mod rebuild;
 pub mod registry;
+pub mod sends;
 pub mod store;
+pub mod topics;
 
 use async_trait::async_trait;
 

@@ -16,19 +16,29 @@ use super::inbox::postgres::PostgresInbox;
 use super::inbox::{self, InboxReader, RowView};
 use super::parked::Parking;
 use super::rebuild::{RebuildTuning, Rebuildable};
+use super::sends::{self, Sends};
 use super::store::memory::{MemoryRows, MemoryStore};
 use super::store::postgres::{PgModel, PgStore, Publisher};
 use super::store::postgres_rows::PgRows;
 use super::store::RowReader;
+use super::topics::{self, Topics};
 use super::Projection;
+use crate::reactors::fanout::{self, FanOut};
 use crate::reactors::scheduled::{self as schedule, Due, ScheduledDelivery};
-use crate::reactors::Outbox;
+use crate::reactors::{Outbox, Pending};
 use crate::storage::postgres::PgConnector;
 use crate::streams::feed::Feed;
 use crate::streams::updates::MemoryUpdateLog;
 
 /// Every projection's name, in the order they are listed.
-pub const NAMES: [&str; 3] = [inbox::NAME, schedule::NAME, analytics::NAME];
+pub const NAMES: [&str; 6] = [
+    inbox::NAME,
+    schedule::NAME,
+    analytics::NAME,
+    topics::NAME,
+    sends::NAME,
+    fanout::NAME,
+];
 
 /// One projection, as the engine and the operations see it.
 #[derive(Clone)]
@@ -77,6 +87,12 @@ pub struct ReadModels {
     pub inbox: Arc<dyn InboxReader>,
     pub schedule: Arc<dyn RowReader<Due>>,
     pub analytics: Arc<dyn RowReader<analytics::Row>>,
+    /// Topics' subscribers.
+    pub topics: Arc<dyn RowReader<topics::Row>>,
+    /// Sends to many, and how far each has got.
+    pub sends: Arc<dyn RowReader<sends::Row>>,
+    /// The pages of sends still to fan out.
+    pub fanout: Arc<dyn RowReader<Pending<u64>>>,
     /// Each read model as a projection (the inbox first).
     pub registered: Vec<Registered>,
 }
@@ -91,17 +107,26 @@ impl ReadModels {
             updates.clone(),
         ));
         schedule.set_feed(feed.clone());
-        let analytics = Arc::new(MemoryStore::new(MemoryRows(Analytics), updates));
+        let analytics = Arc::new(MemoryStore::new(MemoryRows(Analytics), updates.clone()));
         analytics.set_feed(feed.clone());
+        let topics = Arc::new(MemoryStore::new(MemoryRows(Topics), updates.clone()));
+        let sends = Arc::new(MemoryStore::new(MemoryRows(Sends), updates.clone()));
+        let fanout = Arc::new(MemoryStore::new(MemoryRows(Outbox(FanOut)), updates));
         Self {
             registered: tuned([
                 Registered::of(&inbox),
                 Registered::of(&schedule),
                 Registered::of(&analytics),
+                Registered::of(&topics),
+                Registered::of(&sends),
+                Registered::of(&fanout),
             ]),
             inbox,
             schedule,
             analytics,
+            topics,
+            sends,
+            fanout,
         }
     }
 
@@ -125,6 +150,9 @@ impl ReadModels {
             connector.clone(),
         ));
         let analytics = Arc::new(PgRows::new(Analytics, pool.clone(), connector.clone()));
+        let topics = Arc::new(PgRows::new(Topics, pool.clone(), connector.clone()));
+        let sends = Arc::new(PgRows::new(Sends, pool.clone(), connector.clone()));
+        let fanout = Arc::new(PgRows::new(Outbox(FanOut), pool.clone(), connector.clone()));
         let stored = PgStored {
             pool: projecting,
             connector,
@@ -135,10 +163,16 @@ impl ReadModels {
                 stored.of(&inbox),
                 stored.of(&schedule),
                 stored.of(&analytics),
+                stored.of(&topics),
+                stored.of(&sends),
+                stored.of(&fanout),
             ]),
             inbox,
             schedule,
             analytics,
+            topics,
+            sends,
+            fanout,
         }
     }
 

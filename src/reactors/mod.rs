@@ -22,6 +22,7 @@
 //! are reactions due later.
 
 pub mod dispatch;
+pub mod fanout;
 pub mod scheduled;
 
 use std::fmt::Debug;

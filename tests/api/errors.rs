@@ -226,7 +226,12 @@ fn bad_creates() -> Vec<BadCreate> {
         // The wrong set of fields.
         BadCreate::malformed("an unknown field", with("titel", json!("typo")).to_string()),
         BadCreate::malformed("a missing title", without("title").to_string()),
-        BadCreate::malformed("a missing recipient", without("recipient").to_string()),
+        // Who it is for is one of three fields: naming none is a refused value.
+        BadCreate::invalid("a missing recipient", &without("recipient"), "recipient"),
+        BadCreate::malformed(
+            "a null recipient",
+            with("recipient", Value::Null).to_string(),
+        ),
         BadCreate::malformed("an empty object", "{}"),
         BadCreate::malformed(
             "a duplicated field",

@@ -11,6 +11,7 @@ mod cli;
 mod concurrency;
 mod errors;
 mod events;
+mod fanout;
 mod global_log;
 mod health;
 mod hostile;

@@ -236,7 +236,9 @@ async fn every_operation_answers_every_principal_as_its_rule_says(app: &TestApp)
             if id == "stream" {
                 continue; // a WebSocket: `streams_answer_every_principal_as_the_rule_says`
             }
-            let on_notification = template.starts_with("/v1/notifications/{id}");
+            // What a send key sees only of its own: a notification, a send.
+            let on_notification = template.starts_with("/v1/notifications/{id}")
+                || template.starts_with("/v1/sends/{id}");
             for who in EVERYONE {
                 // A fresh resource per cell: one cell's delete or revoke
                 // never changes what another finds.
@@ -245,8 +247,18 @@ async fn every_operation_answers_every_principal_as_its_rule_says(app: &TestApp)
                     .replace("{name}", "inbox")
                     .replace("{category}", "comment")
                     .replace("{tenant}", "acme")
+                    .replace("{topic}", "news")
                     .replace("{cursor}", "00000000000000010000000000000001");
-                if on_notification {
+                if template.starts_with("/v1/sends/") {
+                    let mut body = notification_for("alice", "matrix");
+                    body.as_object_mut().unwrap().remove("recipient");
+                    body["recipients"] = json!(["alice"]);
+                    let resp =
+                        call(app, "POST", "/v1/notifications", Some(SEND), Some(&body)).await;
+                    let made: Value = resp.json().await.unwrap();
+                    path = path.replace("{id}", made["send_id"].as_str().unwrap());
+                    path = format!("{path}?min_position={}", made["cursor"].as_str().unwrap());
+                } else if on_notification {
                     let (made, cursor) = create_with_cursor(app, SEND, "alice").await;
                     path = path.replace("{id}", &made);
                     if id == "getNotification" {

@@ -66,11 +66,34 @@ where
         command: impl Fn(usize, Timestamp) -> A::Command,
         meta: &CommandMetadata,
     ) -> Result<BatchReceipt, CommandError<A::Error>> {
+        self.in_batches(targets, command, meta, false).await
+    }
+
+    /// `execute_many`, on targets that need not exist yet: a target without
+    /// a stream is decided from the aggregate's default (a create with an
+    /// id its sender derived). One that appeared meanwhile conflicts the
+    /// batch, which is decided again and finds it.
+    pub async fn create_many(
+        &self,
+        targets: &[Target],
+        command: impl Fn(usize, Timestamp) -> A::Command,
+        meta: &CommandMetadata,
+    ) -> Result<BatchReceipt, CommandError<A::Error>> {
+        self.in_batches(targets, command, meta, true).await
+    }
+
+    async fn in_batches(
+        &self,
+        targets: &[Target],
+        command: impl Fn(usize, Timestamp) -> A::Command,
+        meta: &CommandMetadata,
+        absent_too: bool,
+    ) -> Result<BatchReceipt, CommandError<A::Error>> {
         let mut receipt = BatchReceipt::NOTHING;
         for (n, chunk) in targets.chunks(BATCH).enumerate() {
             let offset = n * BATCH;
             let done = self
-                .batch(chunk, &|i, at| command(offset + i, at), meta)
+                .batch(chunk, &|i, at| command(offset + i, at), meta, absent_too)
                 .await?;
             receipt.add(done);
         }
@@ -82,6 +105,7 @@ where
         targets: &[Target],
         command: &impl Fn(usize, Timestamp) -> A::Command,
         meta: &CommandMetadata,
+        absent_too: bool,
     ) -> Result<BatchReceipt, CommandError<A::Error>> {
         // Each aggregate once per statement: a second target on the same
         // aggregate runs after it, on its own (`one_by_one`).
@@ -116,6 +140,25 @@ where
                 };
                 *changed.entry(name).or_default() += 1;
                 events.extend(decided);
+            }
+            if absent_too {
+                let found: HashSet<usize> = present.iter().copied().collect();
+                let mut absent: Vec<usize> = index
+                    .values()
+                    .copied()
+                    .filter(|i| !found.contains(i))
+                    .collect();
+                absent.sort_unstable();
+                for i in absent {
+                    present.push(i);
+                    let cmd = command(i, at);
+                    let name = cmd.name();
+                    let Some(decided) = self.decide_on(&[], &targets[i], cmd, meta).await? else {
+                        continue;
+                    };
+                    *changed.entry(name).or_default() += 1;
+                    events.extend(decided);
+                }
             }
             if events.is_empty() {
                 done = true;
