@@ -173,6 +173,8 @@ pub struct AnalyticsView {
     pub category: Option<String>,
     #[oai(nullable)]
     pub channel: Option<Text<ChannelRule>>,
+    #[oai(nullable)]
+    pub tenant: Option<String>,
     /// Every bucket from the one holding `from` to the last starting before
     /// `to`, oldest first, empty ones included.
     pub buckets: Vec<BucketView>,
@@ -269,11 +271,13 @@ impl AnalyticsApi {
     /// Per UTC minute, hour or day: how many notifications were created,
     /// delivered, seen, read, clicked, archived, deleted and cancelled, the
     /// rates, and latency percentiles merged from the buckets' histograms;
-    /// narrowed to one category and/or channel. Created, cancelled and
-    /// deleted count under each channel of a notification, delivered under
-    /// the channel delivered, seen/read/clicked/archived under `in_app`
-    /// (once per notification). At most 1,440 buckets per request.
+    /// narrowed to one category, channel and/or tenant. Created, cancelled
+    /// and deleted count under each channel of a notification, delivered
+    /// under the channel delivered, seen/read/clicked/archived under `in_app`
+    /// (once per notification), suppressed, held and failed under theirs.
+    /// At most 1,440 buckets per request.
     #[oai(path = "/analytics", method = "get", operation_id = "getAnalytics")]
+    #[allow(clippy::too_many_arguments)]
     async fn analytics(
         &self,
         /// RFC 3339: the bucket holding it is the first (default: 24 buckets before `to`).
@@ -286,6 +290,8 @@ impl AnalyticsApi {
         category: Query<Option<Text<CategoryRule>>>,
         /// Only this channel.
         channel: Query<Option<Text<ChannelRule>>>,
+        /// Only the notifications sent for this tenant.
+        tenant: Query<Option<Text<super::params::TenantRule>>>,
         /// A command's `cursor`: answer only once analytics includes that command.
         min_position: Query<Option<Text<LogCursorRule>>>,
     ) -> Result<AnalyticsResponse, ApiError> {
@@ -311,6 +317,12 @@ impl AnalyticsApi {
                 .map(|c| Channel::parse(c.as_str()))
                 .transpose()
                 .map_err(|e| ApiError::invalid("query.channel", e.0))?,
+            tenant: tenant
+                .0
+                .as_ref()
+                .map(|t| crate::domain::contact::TenantId::parse(t.as_str()))
+                .transpose()
+                .map_err(|e| ApiError::invalid("query.tenant", e.0))?,
         };
         let width = g.millis();
         let to = parse_time("query.to", to.0.as_ref())?
@@ -366,6 +378,7 @@ impl AnalyticsApi {
             bucket: Text::new(g.as_str()),
             category: filter.category.map(|c| c.as_str().to_owned()),
             channel: filter.channel.map(|c| Text::new(c.as_str())),
+            tenant: filter.tenant.map(|t| t.to_string()),
             total: BucketView::of(first, first + count * width, &total),
             buckets,
         })))

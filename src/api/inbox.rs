@@ -11,11 +11,13 @@ use tracing::instrument;
 use super::context::RequestContext;
 use super::notifications::metadata;
 use super::params::{
-    AsOfRule, CategoryRule, InboxLimitRule, Int, LogCursorRule, ReadStatusRule, Text, UserRule,
+    AsOfRule, CategoryRule, InboxLimitRule, Int, LogCursorRule, ReadStatusRule, TenantRule, Text,
+    UserRule,
 };
 use super::problem::ApiError;
 use super::views::{InboxPageView, NotificationView, ReadAllView};
 use super::{wait_for, ApiTags};
+use crate::domain::contact::TenantId;
 use crate::domain::{Category, NotificationCommand, UserId};
 use crate::projections::inbox::{page_from_history, InboxQuery, ReadFilter};
 use crate::storage::Position;
@@ -74,6 +76,8 @@ impl InboxApi {
         status: Query<Option<Text<ReadStatusRule>>>,
         /// Only this category.
         category: Query<Option<Text<CategoryRule>>>,
+        /// Only those sent for this tenant.
+        tenant: Query<Option<Text<TenantRule>>>,
         /// `true`: only archived notifications; absent or `false`: the inbox proper.
         archived: Query<Option<bool>>,
         /// The `next_cursor` of the previous page.
@@ -104,6 +108,12 @@ impl InboxApi {
             .map(|c| Category::parse(c.as_str()))
             .transpose()
             .map_err(|e| ApiError::invalid("query.category", e.0))?;
+        let tenant = tenant
+            .0
+            .as_ref()
+            .map(|t| TenantId::parse(t.as_str()))
+            .transpose()
+            .map_err(|e| ApiError::invalid("query.tenant", e.0))?;
         let limit = super::page_limit(limit.0.map(|l| l.0), DEFAULT_LIMIT, MAX_LIMIT)?;
         let before = cursor
             .0
@@ -121,6 +131,7 @@ impl InboxApi {
             recipient,
             status,
             category,
+            tenant,
             archived: archived.0.unwrap_or(false),
             before,
             limit,

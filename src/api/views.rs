@@ -45,6 +45,9 @@ pub struct NotificationView {
     pub channels: Vec<Text<ChannelRule>>,
     #[oai(nullable)]
     pub group_key: Option<String>,
+    /// The tenant it was sent for.
+    #[oai(nullable)]
+    pub tenant: Option<String>,
     /// RFC 3339 UTC; set when the notification was scheduled.
     #[oai(nullable)]
     pub deliver_at: Option<String>,
@@ -95,6 +98,7 @@ impl NotificationView {
                 .map(|c| Text::new(c.as_str()))
                 .collect(),
             group_key: content.group_key.as_ref().map(|g| g.as_str().to_owned()),
+            tenant: content.tenant.as_ref().map(|t| t.to_string()),
             deliver_at: ts(content.deliver_at),
             lifecycle: Text::new(state.lifecycle.as_str()),
             status: Text::new(if state.is_read() { "read" } else { "unread" }),

@@ -42,6 +42,7 @@ mod stream_client;
 mod stream_limits;
 mod streams;
 mod suppression;
+mod tenants;
 mod tls;
 mod tokens;
 mod unreadable;

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use self::latency::Latency;
 use super::store::{Fold, Rows};
+use crate::domain::contact::TenantId;
 use crate::domain::preferences::SuppressionRule;
 use crate::domain::{Category, Channel, Notification, NotificationEvent, Timestamp, EVENT_VERSION};
 use crate::storage::LoggedEvent;
@@ -151,11 +152,14 @@ impl Counts {
     }
 }
 
-/// One category on one channel in one bucket.
+/// One category on one channel (for one tenant, or none) in one bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
     pub category: Category,
     pub channel: Channel,
+    /// Absent from cells written before tenants, and for sends without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
     pub counts: Counts,
     /// Due → delivered, ms.
     pub delivery: Latency,
@@ -170,6 +174,8 @@ pub struct Cell {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tracked {
     pub category: Category,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
     pub channels: Vec<Channel>,
     /// When it was due: its `deliver_at`, or its creation (ms).
     pub due: i64,
@@ -220,6 +226,8 @@ struct Creation {
     channels: Vec<Channel>,
     deliver_at: Option<Timestamp>,
     created_at: Timestamp,
+    #[serde(default)]
+    tenant: Option<TenantId>,
 }
 
 fn tracked_key(aggregate_id: &str) -> String {
@@ -256,12 +264,14 @@ impl Fold for Analytics {
                     channels,
                     deliver_at,
                     created_at,
+                    tenant,
                     ..
                 } => What::Created(Creation {
                     category,
                     channels,
                     deliver_at,
                     created_at,
+                    tenant,
                 }),
                 then => What::Then(then),
             }
@@ -303,10 +313,13 @@ impl Fold for Analytics {
                 channels,
                 deliver_at,
                 created_at,
+                tenant,
             }) => {
                 let due = deliver_at.map_or(created_at, |d| d.max(created_at));
-                count(rows, at, &category, &channels, |c| c.counts.created += 1);
+                let dims = (&category, tenant.as_ref());
+                count(rows, at, dims, &channels, |c| c.counts.created += 1);
                 let tracked = Tracked {
+                    tenant: tenant.clone(),
                     category,
                     channels,
                     due: due.timestamp_millis(),
@@ -328,11 +341,12 @@ impl Fold for Analytics {
             ));
         };
         let since = |from: Option<i64>| from.map(|t| (at - t).max(0) as u64);
-        let cat = n.category.clone();
+        let (category, tenant) = (n.category.clone(), n.tenant.clone());
+        let cat = (&category, tenant.as_ref());
         match then {
             NotificationEvent::NotificationDelivered { channel, .. } => {
                 let late = (at - n.due).max(0) as u64;
-                count(rows, at, &cat, &[channel], |c| {
+                count(rows, at, cat, &[channel], |c| {
                     c.counts.delivered += 1;
                     c.delivery.record(late);
                 });
@@ -343,7 +357,7 @@ impl Fold for Analytics {
             NotificationEvent::NotificationSeen { .. } if !n.seen => {
                 n.seen = true;
                 let took = since(n.in_app_delivered);
-                count(rows, at, &cat, &[Channel::InApp], |c| {
+                count(rows, at, cat, &[Channel::InApp], |c| {
                     c.counts.seen += 1;
                     if let Some(ms) = took {
                         c.seen.record(ms);
@@ -353,7 +367,7 @@ impl Fold for Analytics {
             NotificationEvent::NotificationRead { .. } if !n.read => {
                 n.read = true;
                 let took = since(n.in_app_delivered);
-                count(rows, at, &cat, &[Channel::InApp], |c| {
+                count(rows, at, cat, &[Channel::InApp], |c| {
                     c.counts.read += 1;
                     if let Some(ms) = took {
                         c.read.record(ms);
@@ -362,17 +376,15 @@ impl Fold for Analytics {
             }
             NotificationEvent::NotificationClicked { .. } if !n.clicked => {
                 n.clicked = true;
-                count(rows, at, &cat, &[Channel::InApp], |c| c.counts.clicked += 1);
+                count(rows, at, cat, &[Channel::InApp], |c| c.counts.clicked += 1);
             }
             NotificationEvent::NotificationArchived { .. } if !n.archived => {
                 n.archived = true;
-                count(rows, at, &cat, &[Channel::InApp], |c| {
-                    c.counts.archived += 1
-                });
+                count(rows, at, cat, &[Channel::InApp], |c| c.counts.archived += 1);
             }
             NotificationEvent::ChannelSuppressed { channel, rule, .. } => {
                 let held = rule == SuppressionRule::QuietHours;
-                count(rows, at, &cat, &[channel], |c| {
+                count(rows, at, cat, &[channel], |c| {
                     if held {
                         c.counts.held += 1;
                     } else {
@@ -382,14 +394,14 @@ impl Fold for Analytics {
                 return Ok(());
             }
             NotificationEvent::DeliveryFailed { channel, .. } => {
-                count(rows, at, &cat, &[channel], |c| c.counts.failed += 1);
+                count(rows, at, cat, &[channel], |c| c.counts.failed += 1);
                 return Ok(());
             }
             NotificationEvent::NotificationCancelled { .. } => {
-                count(rows, at, &cat, &n.channels, |c| c.counts.cancelled += 1);
+                count(rows, at, cat, &n.channels, |c| c.counts.cancelled += 1);
             }
             NotificationEvent::NotificationDeleted { .. } => {
-                count(rows, at, &cat, &n.channels, |c| c.counts.deleted += 1);
+                count(rows, at, cat, &n.channels, |c| c.counts.deleted += 1);
                 // Nothing follows a deletion: the notification's row goes.
                 rows.remove(&key);
                 return Ok(());
@@ -415,7 +427,7 @@ fn minute_json(key: &str, row: &Row) -> Option<String> {
 fn count(
     rows: &mut Rows<Row>,
     at: i64,
-    category: &Category,
+    (category, tenant): (&Category, Option<&TenantId>),
     channels: &[Channel],
     change: impl Fn(&mut Cell),
 ) {
@@ -427,15 +439,15 @@ fn count(
             _ => Vec::new(),
         };
         for channel in channels {
-            let at = match cells
-                .iter()
-                .position(|c| &c.category == category && c.channel == *channel)
-            {
+            let at = match cells.iter().position(|c| {
+                &c.category == category && c.channel == *channel && c.tenant.as_ref() == tenant
+            }) {
                 Some(i) => i,
                 None => {
                     cells.push(Cell {
                         category: category.clone(),
                         channel: *channel,
+                        tenant: tenant.cloned(),
                         counts: Counts::default(),
                         delivery: Latency::default(),
                         seen: Latency::default(),

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::latency::Latency;
 use super::{Cell, Counts, Granularity, Row};
+use crate::domain::contact::TenantId;
 use crate::domain::{Category, Channel, Timestamp};
 use crate::projections::store::RowReader;
 use crate::storage::StorageError;
@@ -16,12 +17,17 @@ use crate::storage::StorageError;
 pub struct Filter {
     pub category: Option<Category>,
     pub channel: Option<Channel>,
+    pub tenant: Option<TenantId>,
 }
 
 impl Filter {
     fn admits(&self, cell: &Cell) -> bool {
         self.category.as_ref().is_none_or(|c| *c == cell.category)
             && self.channel.is_none_or(|c| c == cell.channel)
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| Some(t) == cell.tenant.as_ref())
     }
 }
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use super::fold::{fold_events, ids_in, Held, Refusal};
 use super::{
     counts_update, cut_page, page_updates, remember, InboxPage, InboxQuery, InboxReader, InboxRow,
-    PageUpdates, ReadFilter, RowView, NAME,
+    PageUpdates, RowView, NAME,
 };
 use crate::domain::{NotificationId, UserId};
 use crate::projections::store::memory::{MemoryModel, MemoryStore};
@@ -185,17 +185,7 @@ impl InboxState {
             .range((std::ops::Bound::Unbounded, upper))
             .rev()
             .filter_map(|(_, id)| self.rows.get(id))
-            .filter(|r| r.state.is_archived() == q.archived)
-            .filter(|r| match q.status {
-                Some(ReadFilter::Read) => r.state.is_read(),
-                Some(ReadFilter::Unread) => !r.state.is_read(),
-                None => true,
-            })
-            .filter(|r| {
-                q.category
-                    .as_ref()
-                    .is_none_or(|c| r.state.content.as_ref().is_some_and(|n| &n.category == c))
-            })
+            .filter(|r| q.matches(r))
             .take(q.limit + 1)
             .cloned()
             .collect();

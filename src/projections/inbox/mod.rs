@@ -19,6 +19,7 @@ use async_trait::async_trait;
 pub use fold::{fold_events, ids_in};
 pub use updates::{counts_update, page_updates, remember, PageUpdates, RowView};
 
+use crate::domain::contact::TenantId;
 use crate::domain::{Category, Notification, NotificationId, UserId};
 use crate::storage::{Position, SharedEvent, StorageError};
 
@@ -51,11 +52,36 @@ pub struct InboxQuery {
     pub recipient: UserId,
     pub status: Option<ReadFilter>,
     pub category: Option<Category>,
+    /// Only the notifications sent for this tenant.
+    pub tenant: Option<TenantId>,
     /// false: the inbox proper; true: only archived notifications.
     pub archived: bool,
     /// Continue after this inbox position (from a previous page's `next`).
     pub before: Option<Position>,
     pub limit: usize,
+}
+
+impl InboxQuery {
+    /// Whether `row` passes the filters on its state (archived, status,
+    /// category, tenant); the recipient and the page bounds are the
+    /// reader's.
+    pub fn matches(&self, row: &InboxRow) -> bool {
+        let content = row.state.content.as_ref();
+        row.state.is_archived() == self.archived
+            && match self.status {
+                Some(ReadFilter::Read) => row.state.is_read(),
+                Some(ReadFilter::Unread) => !row.state.is_read(),
+                None => true,
+            }
+            && self
+                .category
+                .as_ref()
+                .is_none_or(|c| content.is_some_and(|n| &n.category == c))
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| content.is_some_and(|n| n.tenant.as_ref() == Some(t)))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -110,15 +136,7 @@ pub fn page_from_history(
         unseen += u64::from(!row.state.is_seen());
     }
     inbox.retain(|r| {
-        r.state.is_archived() == q.archived
-            && match q.status {
-                Some(ReadFilter::Read) => r.state.is_read(),
-                Some(ReadFilter::Unread) => !r.state.is_read(),
-                None => true,
-            }
-            && q.category
-                .as_ref()
-                .is_none_or(|c| r.state.content.as_ref().is_some_and(|n| &n.category == c))
+        q.matches(r)
             && q.before
                 .is_none_or(|b| r.inbox_position.is_some_and(|p| p < b))
     });

@@ -41,6 +41,16 @@ impl InboxReader for PostgresInbox {
             params.push(category);
             sql.push_str(&format!(" AND category = ${}", params.len()));
         }
+        // The tenant is in the stored state only: within one recipient's
+        // rows (by the recipient index) that is a filter, not a scan.
+        let tenant = q.tenant.as_ref().map(|t| t.as_str());
+        if let Some(tenant) = &tenant {
+            params.push(tenant);
+            sql.push_str(&format!(
+                " AND state->'content'->>'tenant' = ${}",
+                params.len()
+            ));
+        }
         sql.push_str(" ORDER BY inbox_tx DESC, inbox_seq DESC LIMIT $3");
         let items = client
             .query(&sql, &params)
