@@ -216,7 +216,8 @@ async fn run(backend: &str, subscribers: usize, kill_after: u64, db: Option<&str
         .await
         .query_one(
             "SELECT count(*) AS n, count(DISTINCT payload->'NotificationCreated'->>'recipient') AS distinct_recipients \
-             FROM events WHERE aggregate_type = 'Notification' AND metadata->>'causation_id' = $1",
+             FROM events WHERE aggregate_type = 'Notification' AND event_type = 'NotificationCreated' \
+               AND metadata->>'causation_id' = $1",
             &[&format!("send:{id}")],
         )
         .await
