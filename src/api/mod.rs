@@ -3,6 +3,7 @@
 //! origin leave as `application/problem+json`.
 
 pub mod analytics;
+pub mod bulk;
 pub mod context;
 pub mod create;
 pub mod events;
@@ -64,6 +65,7 @@ pub type Apis = (
     notifications::NotificationsApi,
     explain::ExplainApi,
     inbox::InboxApi,
+    bulk::BulkApi,
     recipients::RecipientsApi,
     preferences::PreferencesApi,
     topics::TopicsApi,
@@ -88,6 +90,9 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
                 state: state.clone(),
             },
             inbox::InboxApi {
+                state: state.clone(),
+            },
+            bulk::BulkApi {
                 state: state.clone(),
             },
             recipients::RecipientsApi {

@@ -158,6 +158,7 @@ pub fn metadata(ctx: &RequestContext) -> CommandMetadata {
         on_behalf_of: ctx.on_behalf_of.clone(),
         idempotency: None,
         command_id: None,
+        bulk: None,
     }
 }
 

@@ -381,6 +381,10 @@ rule!(
     TopicRule, "Topic", pattern(r"^[A-Za-z0-9._:-]{1,128}$")
 );
 rule!(
+    /// What a bulk operation does.
+    BulkActionRule, "BulkAction", words(["seen", "read", "archive", "delete"])
+);
+rule!(
     /// An Idempotency-Key: 1–255 visible ASCII characters.
     IdempotencyKeyRule, "IdempotencyKey", pattern(r"^[!-~]{1,255}$")
 );

@@ -109,6 +109,15 @@ pub const RULES: &[(&str, Rule)] = &[
         },
     ),
     (
+        "bulkInbox",
+        Rule {
+            public: false,
+            scopes: &[],
+            own_sends: false,
+            user: Some(Grant::Write),
+        },
+    ),
+    (
         "readAll",
         Rule {
             public: false,

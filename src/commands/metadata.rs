@@ -26,6 +26,10 @@ pub struct CommandMetadata {
     /// aggregate records a command id once, so sending it again changes
     /// nothing. None: each command gets a new one.
     pub command_id: Option<String>,
+    /// Part of one operation over many notifications, appended in batches:
+    /// `more` on every batch but the last, `last` on it. The inbox
+    /// announces the counts once, with the last.
+    pub bulk: Option<&'static str>,
 }
 
 pub const REQUEST_ID: &str = "request_id";
@@ -38,6 +42,10 @@ pub const COMMAND: &str = "command";
 pub const COMMAND_ID: &str = "command_id";
 pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
 pub const REQUEST_HASH: &str = "request_hash";
+pub const BULK: &str = "bulk";
+/// `BULK` on every batch of an operation but its last.
+pub const BULK_MORE: &str = "more";
+pub const BULK_LAST: &str = "last";
 
 impl CommandMetadata {
     /// The map cqrs-es stores with each event of one command.
@@ -61,6 +69,9 @@ impl CommandMetadata {
         if let Some((key, hash)) = &self.idempotency {
             map.insert(IDEMPOTENCY_KEY.to_owned(), key.clone());
             map.insert(REQUEST_HASH.to_owned(), hash.clone());
+        }
+        if let Some(bulk) = self.bulk {
+            map.insert(BULK.to_owned(), bulk.to_owned());
         }
         map
     }

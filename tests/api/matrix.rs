@@ -191,6 +191,7 @@ fn body_of(operation: &str) -> Option<Value> {
     match operation {
         "createNotification" => Some(notification_for("alice", "matrix")),
         "deliver" => Some(json!({"channel": "email"})),
+        "bulkInbox" => Some(json!({"action": "seen"})),
         "failDelivery" => Some(json!({"channel": "email", "reason": "bounced"})),
         "createKey" => Some(json!({"name": "made-in-matrix", "scopes": ["read"]})),
         "replaceRecipient" => Some(json!({"display_name": "Alice", "locale": "en"})),

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use super::fold::{fold_events, ids_in, Held, Refusal};
 use super::{
-    counts_update, cut_page, page_updates, remember, InboxPage, InboxQuery, InboxReader, InboxRow,
-    PageUpdates, RowView, NAME,
+    counts_update, cut_page, deferred, page_updates, remember, InboxPage, InboxQuery, InboxReader,
+    InboxRow, PageUpdates, RowView, Selection, NAME,
 };
 use crate::domain::{NotificationId, UserId};
 use crate::projections::store::memory::{MemoryModel, MemoryStore};
@@ -73,7 +73,7 @@ impl MemoryModel for MemoryInbox {
             .collect();
         let before = remember(&rows);
         let refused = fold_events(&mut rows, events, held, skipped);
-        let updates = page_updates(&before, &rows, page_end, &self.view);
+        let updates = page_updates(&before, &rows, page_end, &self.view, &deferred(events));
         (
             InboxChanges {
                 rows,
@@ -164,6 +164,21 @@ impl InboxReader for MemoryStore<MemoryInbox> {
 
     async fn unread_ids(&self, recipient: &UserId) -> Result<Vec<NotificationId>, StorageError> {
         Ok(self.with(|state| state.unread_ids(recipient)))
+    }
+
+    async fn select(&self, selection: &Selection) -> Result<Vec<InboxRow>, StorageError> {
+        Ok(self.with(|state| {
+            let Some(index) = state.by_recipient.get(&selection.recipient) else {
+                return Vec::new();
+            };
+            index
+                .values()
+                .filter_map(|id| state.rows.get(id))
+                .filter(|r| selection.matches(r))
+                .take(selection.limit + 1)
+                .cloned()
+                .collect()
+        }))
     }
 }
 

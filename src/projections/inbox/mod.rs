@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use async_trait::async_trait;
 
 pub use fold::{fold_events, ids_in};
-pub use updates::{counts_update, page_updates, remember, PageUpdates, RowView};
+pub use updates::{counts_update, deferred, page_updates, remember, PageUpdates, RowView};
 
 use crate::domain::contact::TenantId;
 use crate::domain::{Category, Notification, NotificationId, UserId};
@@ -84,6 +84,44 @@ impl InboxQuery {
     }
 }
 
+/// Which of a recipient's inbox notifications (archived ones too) a bulk
+/// operation acts on.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub recipient: UserId,
+    pub status: Option<ReadFilter>,
+    pub category: Option<Category>,
+    pub tenant: Option<TenantId>,
+    /// Created before this time.
+    pub created_before: Option<crate::domain::Timestamp>,
+    /// At most this many (the reader answers one more when there are more).
+    pub limit: usize,
+}
+
+impl Selection {
+    pub fn matches(&self, row: &InboxRow) -> bool {
+        let content = row.state.content.as_ref();
+        row.in_inbox()
+            && content.is_some_and(|c| c.recipient == self.recipient)
+            && match self.status {
+                Some(ReadFilter::Read) => row.state.is_read(),
+                Some(ReadFilter::Unread) => !row.state.is_read(),
+                None => true,
+            }
+            && self
+                .category
+                .as_ref()
+                .is_none_or(|c| content.is_some_and(|n| &n.category == c))
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| content.is_some_and(|n| n.tenant.as_ref() == Some(t)))
+            && self
+                .created_before
+                .is_none_or(|b| row.state.created_at.is_some_and(|c| c < b))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct InboxPage {
     pub items: Vec<InboxRow>,
@@ -101,6 +139,8 @@ pub trait InboxReader: Send + Sync {
     async fn get(&self, id: NotificationId) -> Result<Option<InboxRow>, StorageError>;
     /// Every unread notification in the recipient's inbox, archived ones too.
     async fn unread_ids(&self, recipient: &UserId) -> Result<Vec<NotificationId>, StorageError>;
+    /// The inbox rows `selection` names, oldest first, at most its limit + 1.
+    async fn select(&self, selection: &Selection) -> Result<Vec<InboxRow>, StorageError>;
 }
 
 /// Cuts a fetched run of `limit + 1` rows into a page and its continuation.

@@ -14,7 +14,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::fold::{fold_events, ids_in, Held, Refusal};
-use super::{counts_update, page_updates, remember, InboxRow, PageUpdates, RowView, NAME};
+use super::{
+    counts_update, deferred, page_updates, remember, InboxRow, PageUpdates, RowView, NAME,
+};
 use crate::domain::{Notification, NotificationId};
 use crate::projections::rebuild::RebuildTuning;
 use crate::projections::store::postgres::{self as store, Live, PgModel};
@@ -137,7 +139,8 @@ pub(crate) async fn write_page(
     let mut rows = load_rows(tx, table, &ids).await?;
     let before = announce.map(|view| (remember(&rows), view));
     let refused = fold_events(&mut rows, events, held, skipped);
-    let updates = before.map(|(before, view)| page_updates(&before, &rows, page_end, view));
+    let updates = before
+        .map(|(before, view)| page_updates(&before, &rows, page_end, view, &deferred(events)));
     store_rows(tx, table, &rows).await?;
     Ok((updates, refused))
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio_postgres::types::ToSql;
 
 use super::postgres::{to_row, PostgresInbox, ROW_COLUMNS};
-use super::{cut_page, InboxPage, InboxQuery, InboxReader, InboxRow, ReadFilter};
+use super::{cut_page, InboxPage, InboxQuery, InboxReader, InboxRow, ReadFilter, Selection};
 use crate::domain::{NotificationId, UserId};
 use crate::storage::StorageError;
 
@@ -84,6 +84,45 @@ impl InboxReader for PostgresInbox {
             .as_ref()
             .map(to_row)
             .transpose()
+    }
+
+    async fn select(&self, s: &Selection) -> Result<Vec<InboxRow>, StorageError> {
+        let client = self.pool.get().await?;
+        let recipient = s.recipient.as_str();
+        let limit = s.limit as i64 + 1;
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&recipient, &limit];
+        let mut sql =
+            format!("SELECT {ROW_COLUMNS} FROM inbox_live WHERE recipient = $1 AND in_inbox");
+        let read = s.status.map(|s| s == ReadFilter::Read);
+        if let Some(read) = &read {
+            params.push(read);
+            sql.push_str(&format!(" AND read = ${}", params.len()));
+        }
+        let category = s.category.as_ref().map(|c| c.as_str());
+        if let Some(category) = &category {
+            params.push(category);
+            sql.push_str(&format!(" AND category = ${}", params.len()));
+        }
+        let tenant = s.tenant.as_ref().map(|t| t.as_str());
+        if let Some(tenant) = &tenant {
+            params.push(tenant);
+            sql.push_str(&format!(
+                " AND state->'content'->>'tenant' = ${}",
+                params.len()
+            ));
+        }
+        if let Some(before) = &s.created_before {
+            params.push(before);
+            sql.push_str(&format!(
+                " AND (state->>'created_at')::timestamptz < ${}",
+                params.len()
+            ));
+        }
+        sql.push_str(" ORDER BY inbox_tx, inbox_seq LIMIT $2");
+        let rows = client.query(&sql, &params).await?;
+        let rows = rows.iter().map(to_row).collect::<Result<Vec<_>, _>>()?;
+        // The stored state decides, as in memory (and the recipient's rows only).
+        Ok(rows.into_iter().filter(|r| s.matches(r)).collect())
     }
 
     async fn unread_ids(&self, recipient: &UserId) -> Result<Vec<NotificationId>, StorageError> {

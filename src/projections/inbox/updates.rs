@@ -1,12 +1,13 @@
 //! The stream updates a page of inbox changes causes: what WebSocket
 //! subscribers of `notification:{id}` and `inbox:{user}` receive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::InboxRow;
+use crate::commands::metadata::{BULK, BULK_MORE};
 use crate::domain::{NotificationId, UserId};
-use crate::storage::Position;
+use crate::storage::{Position, SharedEvent};
 use crate::streams::updates::{NewUpdate, Topic};
 
 /// The stream updates one page causes: per changed notification one update on
@@ -56,12 +57,37 @@ pub fn remember(
         .collect()
 }
 
-/// Compares each row before and after the page.
+/// The notifications whose every event in `events` is part of a bulk
+/// operation's batch before its last: their inbox counts wait for the last
+/// batch, so the operation announces them once.
+pub fn deferred(events: &[SharedEvent]) -> HashSet<NotificationId> {
+    let mut deferred = HashSet::new();
+    let mut announced = HashSet::new();
+    for event in events {
+        let Ok(uuid) = uuid::Uuid::parse_str(&event.aggregate_id) else {
+            continue;
+        };
+        let id = NotificationId(uuid);
+        if event.metadata.get(BULK).and_then(|v| v.as_str()) == Some(BULK_MORE) {
+            if !announced.contains(&id) {
+                deferred.insert(id);
+            }
+        } else {
+            deferred.remove(&id);
+            announced.insert(id);
+        }
+    }
+    deferred
+}
+
+/// Compares each row before and after the page. The counts of a recipient
+/// whose only changes are `deferred` are not announced with this page.
 pub fn page_updates(
     before: &HashMap<NotificationId, Option<Before>>,
     after: &HashMap<NotificationId, Option<InboxRow>>,
     page_end: Position,
     view: &RowView,
+    deferred: &HashSet<NotificationId>,
 ) -> PageUpdates {
     let mut rows = Vec::new();
     let mut touched: Vec<UserId> = Vec::new();
@@ -117,7 +143,7 @@ pub fn page_updates(
             },
             position,
         });
-        if seen_recipients.insert(recipient.clone()) {
+        if !deferred.contains(id) && seen_recipients.insert(recipient.clone()) {
             touched.push(recipient);
         }
     }
