@@ -15,7 +15,7 @@ const CASES: u32 = 512;
 /// A JSON tree rendered by hand, so a body can hold what serde_json would
 /// never write: numbers beyond a double, lone surrogates, any nesting.
 #[derive(Debug, Clone)]
-enum J {
+pub enum J {
     Null,
     Bool(bool),
     /// Number text as sent.
@@ -30,7 +30,7 @@ enum J {
 }
 
 impl J {
-    fn render(&self, out: &mut String) {
+    pub fn render(&self, out: &mut String) {
         match self {
             J::Null => out.push_str("null"),
             J::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -112,7 +112,7 @@ fn text(max: usize) -> impl Strategy<Value = String> {
     ]
 }
 
-fn leaf() -> impl Strategy<Value = J> {
+pub fn leaf() -> impl Strategy<Value = J> {
     prop_oneof![
         2 => Just(J::Null),
         2 => any::<bool>().prop_map(J::Bool),
@@ -123,7 +123,7 @@ fn leaf() -> impl Strategy<Value = J> {
     ]
 }
 
-fn tree() -> impl Strategy<Value = J> {
+pub fn tree() -> impl Strategy<Value = J> {
     leaf().prop_recursive(6, 200, 12, |inner| {
         prop_oneof![
             4 => proptest::collection::vec(inner.clone(), 0..12).prop_map(J::Arr),

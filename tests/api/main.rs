@@ -17,6 +17,7 @@ mod global_log;
 mod health;
 mod hostile;
 mod hostile_credentials;
+mod hostile_recipients;
 mod idempotency;
 mod inbox;
 mod instances;
