@@ -229,23 +229,29 @@ impl BulkApi {
             .collect();
         let mut meta = metadata(&ctx);
         meta.causation_id = Some(ctx.request_id.clone());
-        let mut changed = 0;
-        let mut position = self.state.projections.inbox().projector.checkpoint();
-        let batches = ids.len().div_ceil(BATCH);
-        for (n, batch) in ids.chunks(BATCH).enumerate() {
-            meta.bulk = Some(if n + 1 == batches {
-                BULK_LAST
-            } else {
-                BULK_MORE
-            });
-            let done = self
-                .state
-                .commands
-                .execute_many(batch, |at| action.command(at), &meta)
-                .await?;
-            changed += done.changed;
-            position = position.max(done.position);
-        }
+        // On a task of its own: a client that goes away mid-operation does
+        // not leave it half done, with its counts never announced.
+        let state = self.state.clone();
+        let run = tokio::spawn(async move {
+            let mut changed = 0;
+            let mut position = state.projections.inbox().projector.checkpoint();
+            let batches = ids.len().div_ceil(BATCH);
+            for (n, batch) in ids.chunks(BATCH).enumerate() {
+                meta.bulk = Some(if n + 1 == batches {
+                    BULK_LAST
+                } else {
+                    BULK_MORE
+                });
+                let done = state
+                    .commands
+                    .execute_many(batch, |at| action.command(at), &meta)
+                    .await?;
+                changed += done.changed;
+                position = position.max(done.position);
+            }
+            Ok::<_, crate::commands::CommandError>((changed, position))
+        });
+        let (changed, position) = run.await.map_err(|e| ApiError::internal(&e))??;
         Ok(BulkResponse::Ok(Json(BulkView {
             matched: rows.len() as u64,
             changed,

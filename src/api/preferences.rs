@@ -24,6 +24,7 @@ use super::params::{
 use super::problem::{ApiError, FieldProblem};
 use super::views::rfc3339;
 use super::ApiTags;
+use crate::access::Principal;
 use crate::commands::audience::Snapshot;
 use crate::commands::Current;
 use crate::domain::category::{CategoryCommand, CategoryConfig, CategoryError};
@@ -550,6 +551,7 @@ impl PreferencesApi {
     )]
     async fn get(
         &self,
+        ctx: Data<&RequestContext>,
         user: Path<Text<UserRule>>,
         /// Resolve against this tenant's defaults (absent: the profile's tenant).
         tenant: Query<Option<Text<TenantRule>>>,
@@ -566,6 +568,14 @@ impl PreferencesApi {
             None => None,
         };
         let snapshot = self.snapshot(&user, tenant.as_ref(), until).await?;
+        // A user sees their own tenant's defaults, not another tenant's.
+        if let (Principal::User(_), Some(asked)) = (&ctx.principal, &tenant) {
+            if snapshot.recipient.state.profile.tenant.as_ref() != Some(asked) {
+                return Err(ApiError::forbidden(
+                    "a user token may resolve against its own tenant only; leave `tenant` out",
+                ));
+            }
+        }
         let mut view = PreferencesView::of(&user, &snapshot);
         view.as_of = as_of.0.map(|a| a.0);
         Ok(PreferencesResponse::Ok(Json(view)))
@@ -604,10 +614,8 @@ impl PreferencesApi {
                 false,
             )
             .await?;
-        // The answer resolves what was just written: read up to it.
-        let snapshot = self
-            .snapshot(&user, None, Some((decided.position, Timestamp::MAX_UTC)))
-            .await?;
+        // The streams are read directly: the answer includes the write.
+        let snapshot = self.snapshot(&user, None, None).await?;
         let mut view = PreferencesView::of(&user, &snapshot);
         view.changed = Some(decided.changed);
         Ok(PreferencesResponse::Ok(Json(view)))

@@ -429,8 +429,11 @@ impl RecipientsApi {
         let user = parse_user(user.0.as_str())?;
         tenant_is_the_services(&ctx.principal, body.0.tenant.is_some())?;
         let profile = body.0.parse()?;
+        // A user's replace keeps the tenant the backend assigned.
+        let keep_tenant = matches!(ctx.principal, Principal::User(_));
         self.run(&user, &ctx, |at| RecipientCommand::Replace {
             profile: profile.clone(),
+            keep_tenant,
             at,
         })
         .await

@@ -161,15 +161,9 @@ pub const RULES: &[(&str, Rule)] = &[
     ("configureCategory", ADMIN),
     ("getTenantDefaults", ANY_KEY),
     ("setTenantDefaults", keys(&[Scope::Send, Scope::Admin])),
-    (
-        "subscribe",
-        Rule {
-            public: false,
-            scopes: &[Scope::Send, Scope::Admin],
-            own_sends: false,
-            user: Some(Grant::Write),
-        },
-    ),
+    // Who is in a topic is the service's to decide; leaving one is the
+    // user's right.
+    ("subscribe", keys(&[Scope::Send, Scope::Admin])),
     (
         "unsubscribe",
         Rule {

@@ -63,6 +63,10 @@ pub struct SendView {
     /// Recipients whose every channel was suppressed (each notification is
     /// still recorded; its `explain` says why).
     pub suppressed: u64,
+    /// Recipients passed over because their preferences could not be read
+    /// (an event this release cannot read; logged, see the poison-event
+    /// runbook).
+    pub skipped: u64,
     /// `fanning_out` or `done`.
     pub status: String,
     #[oai(nullable)]
@@ -323,6 +327,7 @@ impl TopicsApi {
             total: row.total,
             created: row.created,
             suppressed: row.suppressed,
+            skipped: row.skipped,
             status: if row.done { "done" } else { "fanning_out" }.to_owned(),
             topic: row.topic,
             pages: row.pages,

@@ -211,25 +211,32 @@ fn audience_of(
 impl AudienceReader {
     /// What a send in `category` consults for each of `users`, in a few
     /// reads: every recipient's stream in one, the category's, and each
-    /// tenant's once.
+    /// tenant's once. None for a recipient whose history holds an event
+    /// this release cannot read (logged): the others go on.
     pub async fn for_many(
         &self,
         users: &[UserId],
         category: &Category,
         tenant: Option<&TenantId>,
-    ) -> Result<Vec<Audience>, ReadError> {
+    ) -> Result<Vec<Option<Audience>>, ReadError> {
         use cqrs_es::Aggregate as _;
         let ids: Vec<String> = users.iter().map(|u| u.as_str().to_owned()).collect();
         let events = self.log.streams(Recipient::TYPE, &ids).await?;
         let mut recipients: HashMap<String, Recipient> = HashMap::new();
+        let mut unreadable: std::collections::HashSet<String> = Default::default();
         for event in events {
-            let payload = event.decode().map_err(|reason| {
-                CommandError::Unreadable(Box::new(UnreadableEvent::of(&event, reason)))
-            })?;
-            recipients
-                .entry(event.aggregate_id.clone())
-                .or_default()
-                .apply(payload);
+            match event.decode() {
+                Ok(payload) => recipients
+                    .entry(event.aggregate_id.clone())
+                    .or_default()
+                    .apply(payload),
+                Err(reason) => {
+                    if unreadable.insert(event.aggregate_id.clone()) {
+                        let unreadable = UnreadableEvent::of(&event, reason);
+                        tracing::warn!(%unreadable, "a recipient's preferences cannot be read; the send passes them over");
+                    }
+                }
+            }
         }
         let settings = self
             .categories
@@ -240,6 +247,10 @@ impl AudienceReader {
         let mut tenants: HashMap<TenantId, Option<(Preferences, u64)>> = HashMap::new();
         let mut audiences = Vec::with_capacity(users.len());
         for user in users {
+            if unreadable.contains(user.as_str()) {
+                audiences.push(None);
+                continue;
+            }
             let recipient = recipients.remove(user.as_str()).unwrap_or_default();
             let tenant_id = tenant.or(recipient.profile.tenant.as_ref()).cloned();
             let tenant_defaults = match tenant_id {
@@ -258,11 +269,11 @@ impl AudienceReader {
                     }
                 },
             };
-            audiences.push(audience_of(
+            audiences.push(Some(audience_of(
                 recipient,
                 tenant_defaults,
                 category_settings.clone(),
-            ));
+            )));
         }
         Ok(audiences)
     }

@@ -106,6 +106,9 @@ impl ProfilePatch {
 pub enum RecipientCommand {
     Replace {
         profile: Profile,
+        /// Keep the tenant as it is (a user describing themselves: the
+        /// tenant is the service's to assign).
+        keep_tenant: bool,
         at: Timestamp,
     },
     Patch {
@@ -185,7 +188,16 @@ impl Recipient {
                     changed_at: last.map_or(at, |last| at.max(last)),
                 }]);
             }
-            RecipientCommand::Replace { profile, at } => (profile, at),
+            RecipientCommand::Replace {
+                mut profile,
+                keep_tenant,
+                at,
+            } => {
+                if keep_tenant {
+                    profile.tenant = self.profile.tenant.clone();
+                }
+                (profile, at)
+            }
             RecipientCommand::Patch { patch, at } => (
                 patch
                     .apply_to(self.profile.clone())
@@ -271,6 +283,7 @@ mod tests {
     fn a_patch_changes_what_it_names_clears_nulls_and_keeps_the_rest() {
         let r = given(vec![RecipientCommand::Replace {
             profile: berlin_alice(),
+            keep_tenant: false,
             at: at(0),
         }]);
         let events = r
@@ -304,11 +317,13 @@ mod tests {
     fn a_change_that_changes_nothing_records_nothing() {
         let r = given(vec![RecipientCommand::Replace {
             profile: berlin_alice(),
+            keep_tenant: false,
             at: at(0),
         }]);
         assert_eq!(
             r.decide(RecipientCommand::Replace {
                 profile: berlin_alice(),
+                keep_tenant: false,
                 at: at(1)
             }),
             Ok(vec![])
@@ -328,10 +343,12 @@ mod tests {
         let r = given(vec![
             RecipientCommand::Replace {
                 profile: berlin_alice(),
+                keep_tenant: false,
                 at: at(10),
             },
             RecipientCommand::Replace {
                 profile: Profile::default(),
+                keep_tenant: false,
                 at: at(3),
             },
         ]);
@@ -362,6 +379,7 @@ mod tests {
         let r = given(vec![
             RecipientCommand::Replace {
                 profile: berlin_alice(),
+                keep_tenant: false,
                 at: at(0),
             },
             RecipientCommand::SetPreferences {

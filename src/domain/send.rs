@@ -109,6 +109,9 @@ pub struct Page {
     pub created: u64,
     /// Recipients whose every channel was suppressed (still recorded).
     pub suppressed: u64,
+    /// Recipients passed over: their preferences could not be read.
+    #[serde(default)]
+    pub skipped: u64,
     /// No recipient is left.
     pub done: bool,
 }
@@ -323,6 +326,7 @@ mod tests {
             through: Some(UserId::parse(&format!("u{n}")).unwrap()),
             created: 10,
             suppressed: 2,
+            skipped: 0,
             done,
         }
     }

@@ -19,6 +19,9 @@ pub struct Row {
     pub total: u64,
     pub created: u64,
     pub suppressed: u64,
+    /// Passed over: their preferences could not be read.
+    #[serde(default)]
+    pub skipped: u64,
     pub pages: u64,
     pub done: bool,
     pub requested_at: Timestamp,
@@ -72,6 +75,7 @@ impl Fold for Sends {
                     total: expected,
                     created: 0,
                     suppressed: 0,
+                    skipped: 0,
                     pages: 0,
                     done: false,
                     requested_at,
@@ -89,10 +93,11 @@ impl Fold for Sends {
                 row.pages = page.page + 1;
                 row.created += page.created;
                 row.suppressed += page.suppressed;
+                row.skipped += page.skipped;
                 if page.done {
                     row.done = true;
                     row.done_at = Some(fanned_out_at);
-                    row.total = row.created + row.suppressed;
+                    row.total = row.created + row.suppressed + row.skipped;
                 }
                 let sort = row.requested_at.timestamp_millis();
                 rows.put(key, sort, row);

@@ -208,13 +208,32 @@ impl FanOutWorker {
 #[async_trait]
 impl PageFanner for FanOutWorker {
     async fn fan_out(&self, send: &Broadcast, page: u64) -> Result<Page, String> {
+        let done = self.page(send, page).await;
+        if let Err(error) = &done {
+            tracing::warn!(send = %send.id, page, error, "a fan-out page failed; it is fired again");
+        }
+        done
+    }
+}
+
+impl FanOutWorker {
+    async fn page(&self, send: &Broadcast, page: u64) -> Result<Page, String> {
         let content = send.content.as_ref().ok_or("the send has no content")?;
-        let (recipients, done) = self.recipients(send, page).await?;
-        let audiences = self
+        let (listed, done) = self.recipients(send, page).await?;
+        let read = self
             .audience
-            .for_many(&recipients, &content.category, content.tenant.as_ref())
+            .for_many(&listed, &content.category, content.tenant.as_ref())
             .await
             .map_err(|e| error_chain(&e))?;
+        // A recipient whose preferences cannot be read is passed over (and
+        // logged), not sent to against them, and not a stop for the others.
+        let skipped = read.iter().filter(|a| a.is_none()).count() as u64;
+        let (recipients, audiences): (Vec<UserId>, Vec<_>) = listed
+            .iter()
+            .cloned()
+            .zip(read)
+            .filter_map(|(u, a)| a.map(|a| (u, a)))
+            .unzip();
         let ids: Vec<_> = recipients
             .iter()
             .map(|u| notification_id(&send.id, u))
@@ -253,9 +272,10 @@ impl PageFanner for FanOutWorker {
             .map_err(|e| error_chain(&e))?;
         Ok(Page {
             page,
-            through: recipients.last().cloned().or_else(|| send.through.clone()),
+            through: listed.last().cloned().or_else(|| send.through.clone()),
             created: recipients.len() as u64 - suppressed,
             suppressed,
+            skipped,
             done,
         })
     }

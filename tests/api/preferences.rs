@@ -75,6 +75,13 @@ async fn category_settings_and_tenant_defaults_take_their_places_in_the_resoluti
         json!({"default_channels": ["in_app"], "critical": false}),
     )
     .await;
+    // A set that changes nothing still answers the whole resolution.
+    let (status, fresh) = app
+        .send("PUT", "/v1/users/newbie/preferences", Some(&json!({})))
+        .await;
+    assert_eq!(status, 200, "{fresh}");
+    assert_eq!(fresh["changed"], false);
+    assert_eq!(cell(&fresh, "marketing", "sms"), (false, "category".into()));
     let unconfigured = app.get_json("/v1/categories/comment").await;
     assert_eq!(unconfigured["configured"], false);
     assert_eq!(unconfigured["critical"], false);

@@ -270,4 +270,63 @@ pub async fn a_user_describes_themselves_but_not_their_tenant(app: &TestApp) {
     assert_eq!(profile["tenant"], "acme");
     assert_eq!(profile["display_name"], "Dana");
     assert_eq!(profile["version"], 2);
+    // Her own replace keeps the tenant the backend assigned.
+    let resp = call(
+        app,
+        "PUT",
+        "/v1/users/dana",
+        Some(&dana),
+        Some(&json!({"display_name": "Dana D."})),
+    )
+    .await;
+    let profile: Value = resp.json().await.unwrap();
+    assert_eq!(profile["tenant"], "acme", "{profile}");
+    assert_eq!(profile["display_name"], "Dana D.");
+    // She resolves her preferences against her own tenant only.
+    let own = call(
+        app,
+        "GET",
+        "/v1/users/dana/preferences?tenant=acme",
+        Some(&dana),
+        None,
+    )
+    .await;
+    assert_eq!(own.status(), 200);
+    let other = call(
+        app,
+        "GET",
+        "/v1/users/dana/preferences?tenant=initech",
+        Some(&dana),
+        None,
+    )
+    .await;
+    assert_eq!(other.status(), 403);
+    // Topics: the service subscribes her; leaving is hers.
+    let join = call(
+        app,
+        "PUT",
+        "/v1/topics/team-ops/subscribers/dana",
+        Some(&dana),
+        None,
+    )
+    .await;
+    assert_eq!(join.status(), 403);
+    let join = call(
+        app,
+        "PUT",
+        "/v1/topics/team-ops/subscribers/dana",
+        Some(SEND),
+        None,
+    )
+    .await;
+    assert_eq!(join.status(), 200);
+    let leave = call(
+        app,
+        "DELETE",
+        "/v1/topics/team-ops/subscribers/dana",
+        Some(&dana),
+        None,
+    )
+    .await;
+    assert_eq!(leave.status(), 200);
 }

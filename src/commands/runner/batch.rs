@@ -258,12 +258,12 @@ where
         }
         let name = command.name();
         let sink = EventSink::default();
-        if loaded
+        if let Err(refused) = loaded
             .aggregate
             .handle(command, &self.services, &sink)
             .await
-            .is_err()
         {
+            tracing::debug!(aggregate = %target.aggregate_id, %refused, "refused in a batch; passed over");
             return Ok(None);
         }
         let events = sink.collect().await;
