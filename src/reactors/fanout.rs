@@ -154,28 +154,34 @@ impl FanOutWorker {
                     }
                 }
                 let sort = topics::sort_of(topic);
-                let after = send
+                let prefix = format!("{}/", topic.as_str());
+                let mut after = send
                     .through
                     .as_ref()
                     .map(|u| (sort, membership_id(topic, u)));
-                let rows = self
-                    .members
-                    .range(sort, sort + 1, after, PAGE)
-                    .await
-                    .map_err(|e| error_chain(&e))?;
-                let exhausted = rows.len() < PAGE;
-                // Another topic whose name hashes alike shares the range:
-                // its rows are told apart by their keys.
-                let prefix = format!("{}/", topic.as_str());
-                let users = rows
-                    .into_iter()
-                    .filter(|k| k.key.starts_with(&prefix))
-                    .filter_map(|k| match k.row {
-                        TopicRow::Member { user, .. } => Some(user),
-                        TopicRow::Count { .. } => None,
-                    })
-                    .collect();
-                Ok((users, exhausted))
+                // Another topic whose name hashes alike shares the range: its
+                // rows are told apart by their keys, and read past until this
+                // topic's come (or the range ends).
+                loop {
+                    let rows = self
+                        .members
+                        .range(sort, sort + 1, after.clone(), PAGE)
+                        .await
+                        .map_err(|e| error_chain(&e))?;
+                    let exhausted = rows.len() < PAGE;
+                    after = rows.last().map(|k| (k.sort, k.key.clone()));
+                    let users: Vec<UserId> = rows
+                        .into_iter()
+                        .filter(|k| k.key.starts_with(&prefix))
+                        .filter_map(|k| match k.row {
+                            TopicRow::Member { user, .. } => Some(user),
+                            TopicRow::Count { .. } => None,
+                        })
+                        .collect();
+                    if !users.is_empty() || exhausted {
+                        return Ok((users, exhausted));
+                    }
+                }
             }
         }
     }
