@@ -4,6 +4,7 @@
 
 pub mod analytics;
 pub mod bulk;
+pub mod categories;
 pub mod context;
 pub mod create;
 pub mod events;
@@ -26,6 +27,7 @@ pub mod rules;
 pub mod spec;
 pub mod state;
 pub mod stream;
+pub mod tenants;
 pub mod topics;
 pub mod views;
 
@@ -61,14 +63,22 @@ pub enum ApiTags {
     Operations,
 }
 
+/// The recipient side: profiles, preferences, categories, tenants, topics
+/// (a tuple of its own: poem-openapi's tuples stop at sixteen).
+pub type RecipientApis = (
+    recipients::RecipientsApi,
+    preferences::PreferencesApi,
+    categories::CategoriesApi,
+    tenants::TenantsApi,
+    topics::TopicsApi,
+);
+
 pub type Apis = (
     notifications::NotificationsApi,
     explain::ExplainApi,
     inbox::InboxApi,
     bulk::BulkApi,
-    recipients::RecipientsApi,
-    preferences::PreferencesApi,
-    topics::TopicsApi,
+    RecipientApis,
     analytics::AnalyticsApi,
     events::EventsApi,
     projections::ProjectionsApi,
@@ -95,15 +105,23 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
             bulk::BulkApi {
                 state: state.clone(),
             },
-            recipients::RecipientsApi {
-                state: state.clone(),
-            },
-            preferences::PreferencesApi {
-                state: state.clone(),
-            },
-            topics::TopicsApi {
-                state: state.clone(),
-            },
+            (
+                recipients::RecipientsApi {
+                    state: state.clone(),
+                },
+                preferences::PreferencesApi {
+                    state: state.clone(),
+                },
+                categories::CategoriesApi {
+                    state: state.clone(),
+                },
+                tenants::TenantsApi {
+                    state: state.clone(),
+                },
+                topics::TopicsApi {
+                    state: state.clone(),
+                },
+            ),
             analytics::AnalyticsApi {
                 state: state.clone(),
             },

@@ -18,22 +18,15 @@ use super::context::RequestContext;
 use super::inbox::parse_as_of;
 use super::json::{object, StrictJson};
 use super::notifications::metadata;
-use super::params::{
-    AsOfRule, CategoryRule, ChannelRule, LevelRule, LocalTimeRule, TenantRule, Text, UserRule,
-};
+use super::params::{AsOfRule, LevelRule, LocalTimeRule, TenantRule, Text, UserRule};
 use super::problem::{ApiError, FieldProblem};
 use super::views::rfc3339;
 use super::ApiTags;
 use crate::access::Principal;
 use crate::commands::audience::Snapshot;
-use crate::commands::Current;
-use crate::domain::category::{CategoryCommand, CategoryConfig, CategoryError};
 use crate::domain::contact::TenantId;
-use crate::domain::preferences::{
-    CategoryChoice, CategorySettings, LocalTime, Preferences, QuietHours, Switches,
-};
+use crate::domain::preferences::{CategoryChoice, LocalTime, Preferences, QuietHours, Switches};
 use crate::domain::recipient::RecipientCommand;
-use crate::domain::tenant::{Tenant, TenantCommand, TenantError};
 use crate::domain::{Category, Channel, Timestamp, UserId};
 use crate::storage::Position;
 use crate::AppState;
@@ -65,7 +58,7 @@ pub struct SwitchesBody {
 }
 
 impl SwitchesBody {
-    fn switches(&self) -> Switches {
+    pub(super) fn switches(&self) -> Switches {
         [
             (Channel::InApp, self.in_app),
             (Channel::Email, self.email),
@@ -118,35 +111,7 @@ pub struct PreferencesBody {
     pub quiet_hours: Option<QuietHoursBody>,
 }
 
-/// A tenant's defaults, whole (quiet hours are each user's own).
-#[derive(Object, Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-#[oai(rename = "TenantDefaultsReplace")]
-pub struct TenantDefaultsBody {
-    #[serde(default, deserialize_with = "object::optional")]
-    #[oai(nullable)]
-    pub channels: Option<SwitchesBody>,
-    /// Per category (at most 100).
-    #[serde(default, deserialize_with = "object::map_of")]
-    #[oai(nullable, validator(max_properties = 100))]
-    pub categories: Option<BTreeMap<String, CategoryChoiceBody>>,
-}
-
-/// A category's settings.
-#[derive(Object, Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-#[oai(rename = "CategorySettings")]
-pub struct CategoryBody {
-    /// The channels on unless a preference turns them off (`[]`: only
-    /// those a preference turns on).
-    #[oai(validator(max_items = 5))]
-    pub default_channels: Vec<Text<ChannelRule>>,
-    /// No preference (nor quiet hours) can mute it: password resets,
-    /// security alerts.
-    pub critical: bool,
-}
-
-fn parse_categories(
+pub(super) fn parse_categories(
     raw: Option<&BTreeMap<String, CategoryChoiceBody>>,
     errors: &mut Vec<FieldProblem>,
 ) -> BTreeMap<Category, CategoryChoice> {
@@ -185,7 +150,7 @@ fn parse_categories(
         .collect()
 }
 
-fn done<T>(errors: Vec<FieldProblem>, value: T) -> Result<T, ApiError> {
+pub(super) fn done<T>(errors: Vec<FieldProblem>, value: T) -> Result<T, ApiError> {
     if errors.is_empty() {
         Ok(value)
     } else {
@@ -233,23 +198,6 @@ impl PreferencesBody {
     }
 }
 
-impl TenantDefaultsBody {
-    fn parse(&self) -> Result<Preferences, ApiError> {
-        let mut errors = Vec::new();
-        let categories = parse_categories(self.categories.as_ref(), &mut errors);
-        let defaults = Preferences {
-            channels: self
-                .channels
-                .as_ref()
-                .map(SwitchesBody::switches)
-                .unwrap_or_default(),
-            categories,
-            quiet_hours: None,
-        };
-        done(errors, defaults)
-    }
-}
-
 /// One category's choices, as answered.
 #[derive(Object, Debug)]
 #[oai(rename = "CategoryChoiceView")]
@@ -275,14 +223,14 @@ pub struct Cell {
     pub version: u64,
 }
 
-fn switches_view(switches: &Switches) -> BTreeMap<String, bool> {
+pub(super) fn switches_view(switches: &Switches) -> BTreeMap<String, bool> {
     switches
         .iter()
         .map(|(c, on)| (c.as_str().to_owned(), *on))
         .collect()
 }
 
-fn categories_view(prefs: &Preferences) -> BTreeMap<String, CategoryChoiceView> {
+pub(super) fn categories_view(prefs: &Preferences) -> BTreeMap<String, CategoryChoiceView> {
     prefs
         .categories
         .iter()
@@ -391,115 +339,10 @@ impl PreferencesView {
     }
 }
 
-/// A category's settings, as answered.
-#[derive(Object, Debug)]
-#[oai(rename = "Category")]
-pub struct CategoryView {
-    pub category: String,
-    pub default_channels: Vec<Text<ChannelRule>>,
-    pub critical: bool,
-    /// False: nobody configured it (every channel, not critical).
-    pub configured: bool,
-    pub version: u64,
-    #[oai(nullable)]
-    pub updated_at: Option<String>,
-    pub cursor: String,
-    #[oai(skip_serializing_if_is_none)]
-    pub changed: Option<bool>,
-}
-
-impl CategoryView {
-    fn of(category: &Category, current: &Current<CategoryConfig>, changed: Option<bool>) -> Self {
-        let settings = current.state.settings.as_ref();
-        let default_channels = match settings {
-            Some(s) => s.default_channels.iter().copied().collect(),
-            None => Channel::ALL.to_vec(),
-        };
-        Self {
-            category: category.as_str().to_owned(),
-            default_channels: default_channels
-                .iter()
-                .map(|c: &Channel| Text::new(c.as_str()))
-                .collect(),
-            critical: settings.is_some_and(|s| s.critical),
-            configured: settings.is_some(),
-            version: current.state.version,
-            updated_at: current.state.configured_at.map(rfc3339),
-            cursor: current.position.to_cursor(),
-            changed,
-        }
-    }
-}
-
-#[derive(Object, Debug)]
-pub struct CategoryList {
-    /// Every configured category, by name.
-    pub items: Vec<CategoryView>,
-}
-
-/// A tenant's defaults.
-#[derive(Object, Debug)]
-#[oai(rename = "TenantDefaults")]
-pub struct TenantDefaultsView {
-    pub tenant: String,
-    pub channels: BTreeMap<String, bool>,
-    pub categories: BTreeMap<String, CategoryChoiceView>,
-    pub version: u64,
-    #[oai(nullable)]
-    pub updated_at: Option<String>,
-    pub cursor: String,
-    #[oai(skip_serializing_if_is_none)]
-    pub changed: Option<bool>,
-}
-
-impl TenantDefaultsView {
-    fn of(tenant: &TenantId, current: &Current<Tenant>, changed: Option<bool>) -> Self {
-        Self {
-            tenant: tenant.to_string(),
-            channels: switches_view(&current.state.defaults.channels),
-            categories: categories_view(&current.state.defaults),
-            version: current.state.version,
-            updated_at: current.state.changed_at.map(rfc3339),
-            cursor: current.position.to_cursor(),
-            changed,
-        }
-    }
-}
-
 #[derive(ApiResponse)]
 pub enum PreferencesResponse {
     #[oai(status = 200)]
     Ok(Json<PreferencesView>),
-}
-
-#[derive(ApiResponse)]
-pub enum CategoryResponse {
-    #[oai(status = 200)]
-    Ok(Json<CategoryView>),
-}
-
-#[derive(ApiResponse)]
-pub enum CategoryListResponse {
-    #[oai(status = 200)]
-    Ok(Json<CategoryList>),
-}
-
-#[derive(ApiResponse)]
-pub enum TenantDefaultsResponse {
-    #[oai(status = 200)]
-    Ok(Json<TenantDefaultsView>),
-}
-
-impl From<CategoryError> for ApiError {
-    fn from(err: CategoryError) -> Self {
-        match err {}
-    }
-}
-
-impl From<TenantError> for ApiError {
-    fn from(err: TenantError) -> Self {
-        match err {}
-    }
 }
 
 impl From<std::convert::Infallible> for ApiError {
@@ -512,11 +355,7 @@ fn parse_user(raw: &str) -> Result<UserId, ApiError> {
     UserId::parse(raw).map_err(|e| ApiError::invalid("path.user", e.0))
 }
 
-fn parse_category(raw: &str) -> Result<Category, ApiError> {
-    Category::parse(raw).map_err(|e| ApiError::invalid("path.category", e.0))
-}
-
-fn parse_tenant(field: &str, raw: &str) -> Result<TenantId, ApiError> {
+pub(super) fn parse_tenant(field: &str, raw: &str) -> Result<TenantId, ApiError> {
     TenantId::parse(raw).map_err(|e| ApiError::invalid(field, e.0))
 }
 
@@ -619,186 +458,5 @@ impl PreferencesApi {
         let mut view = PreferencesView::of(&user, &snapshot);
         view.changed = Some(decided.changed);
         Ok(PreferencesResponse::Ok(Json(view)))
-    }
-
-    /// Every configured category
-    #[oai(path = "/categories", method = "get", operation_id = "listCategories")]
-    async fn list_categories(&self) -> Result<CategoryListResponse, ApiError> {
-        let configured = self.state.audience.configured(None).await?;
-        let mut items = Vec::with_capacity(configured.len());
-        for category in configured.keys() {
-            let current = self
-                .state
-                .audience
-                .categories
-                .current(category.as_str(), None)
-                .await?;
-            items.push(CategoryView::of(category, &current, None));
-        }
-        Ok(CategoryListResponse::Ok(Json(CategoryList { items })))
-    }
-
-    /// A category's settings
-    ///
-    /// A category nobody configured uses every channel and is not critical.
-    #[oai(
-        path = "/categories/:category",
-        method = "get",
-        operation_id = "getCategory"
-    )]
-    async fn get_category(
-        &self,
-        category: Path<Text<CategoryRule>>,
-    ) -> Result<CategoryResponse, ApiError> {
-        let category = parse_category(category.0.as_str())?;
-        let current = self
-            .state
-            .audience
-            .categories
-            .current(category.as_str(), None)
-            .await?;
-        Ok(CategoryResponse::Ok(Json(CategoryView::of(
-            &category, &current, None,
-        ))))
-    }
-
-    /// Configure a category
-    ///
-    /// Its default channels (on unless a preference turns them off) and
-    /// whether it is critical (no preference, nor quiet hours, can mute
-    /// it). Sends from then on resolve against it; each change is a
-    /// versioned `CategoryConfigured` event.
-    #[oai(
-        path = "/categories/:category",
-        method = "put",
-        operation_id = "configureCategory"
-    )]
-    #[instrument(skip_all)]
-    async fn configure_category(
-        &self,
-        ctx: Data<&RequestContext>,
-        category: Path<Text<CategoryRule>>,
-        body: StrictJson<CategoryBody>,
-    ) -> Result<CategoryResponse, ApiError> {
-        let category = parse_category(category.0.as_str())?;
-        let mut errors = Vec::new();
-        let mut channels = std::collections::BTreeSet::new();
-        for (i, raw) in body.0.default_channels.iter().enumerate() {
-            match Channel::parse(raw.as_str()) {
-                Ok(c) => {
-                    channels.insert(c);
-                }
-                Err(e) => errors.push(FieldProblem {
-                    field: format!("default_channels[{i}]"),
-                    message: e.0,
-                }),
-            }
-        }
-        if body.0.default_channels.len() > Channel::ALL.len() {
-            errors.push(FieldProblem {
-                field: "default_channels".into(),
-                message: format!("at most {} channels", Channel::ALL.len()),
-            });
-        }
-        let settings = done(
-            errors,
-            CategorySettings {
-                default_channels: channels,
-                critical: body.0.critical,
-            },
-        )?;
-        let decided = self
-            .state
-            .audience
-            .categories
-            .execute(
-                category.as_str(),
-                |at| CategoryCommand::Configure {
-                    settings: settings.clone(),
-                    at,
-                },
-                &metadata(&ctx),
-                false,
-            )
-            .await?;
-        let current = Current {
-            version: decided.state.version,
-            position: decided.position,
-            recorded_at: decided.state.configured_at,
-            state: decided.state,
-        };
-        Ok(CategoryResponse::Ok(Json(CategoryView::of(
-            &category,
-            &current,
-            Some(decided.changed),
-        ))))
-    }
-
-    /// A tenant's preference defaults
-    #[oai(
-        path = "/tenants/:tenant/preferences",
-        method = "get",
-        operation_id = "getTenantDefaults"
-    )]
-    async fn get_tenant(
-        &self,
-        tenant: Path<Text<TenantRule>>,
-    ) -> Result<TenantDefaultsResponse, ApiError> {
-        let tenant = parse_tenant("path.tenant", tenant.0.as_str())?;
-        let current = self
-            .state
-            .audience
-            .tenants
-            .current(tenant.as_str(), None)
-            .await?;
-        Ok(TenantDefaultsResponse::Ok(Json(TenantDefaultsView::of(
-            &tenant, &current, None,
-        ))))
-    }
-
-    /// Set a tenant's preference defaults
-    ///
-    /// What the tenant's users get unless they choose otherwise (they beat
-    /// the category defaults; the users' own choices beat them). The whole
-    /// set; each change is a versioned `TenantDefaultsChanged` event.
-    #[oai(
-        path = "/tenants/:tenant/preferences",
-        method = "put",
-        operation_id = "setTenantDefaults"
-    )]
-    #[instrument(skip_all)]
-    async fn set_tenant(
-        &self,
-        ctx: Data<&RequestContext>,
-        tenant: Path<Text<TenantRule>>,
-        body: StrictJson<TenantDefaultsBody>,
-    ) -> Result<TenantDefaultsResponse, ApiError> {
-        let tenant = parse_tenant("path.tenant", tenant.0.as_str())?;
-        let defaults = body.0.parse()?;
-        let decided = self
-            .state
-            .audience
-            .tenants
-            .execute(
-                tenant.as_str(),
-                |at| TenantCommand::SetDefaults {
-                    defaults: defaults.clone(),
-                    at,
-                },
-                &metadata(&ctx),
-                false,
-            )
-            .await?;
-        let current = Current {
-            version: decided.state.version,
-            position: decided.position,
-            recorded_at: decided.state.changed_at,
-            state: decided.state,
-        };
-        Ok(TenantDefaultsResponse::Ok(Json(TenantDefaultsView::of(
-            &tenant,
-            &current,
-            Some(decided.changed),
-        ))))
     }
 }
