@@ -18,10 +18,10 @@ use super::preferences::done;
 use super::problem::{ApiError, FieldProblem};
 use super::views::rfc3339;
 use super::ApiTags;
-use crate::commands::Current;
 use crate::domain::category::{CategoryCommand, CategoryConfig, CategoryError};
 use crate::domain::preferences::CategorySettings;
 use crate::domain::{Category, Channel};
+use crate::storage::Position;
 use crate::AppState;
 
 /// A category's settings.
@@ -56,8 +56,13 @@ pub struct CategoryView {
 }
 
 impl CategoryView {
-    fn of(category: &Category, current: &Current<CategoryConfig>, changed: Option<bool>) -> Self {
-        let settings = current.state.settings.as_ref();
+    fn of(
+        category: &Category,
+        state: &CategoryConfig,
+        position: Position,
+        changed: Option<bool>,
+    ) -> Self {
+        let settings = state.settings.as_ref();
         let default_channels = match settings {
             Some(s) => s.default_channels.iter().copied().collect(),
             None => Channel::ALL.to_vec(),
@@ -70,9 +75,9 @@ impl CategoryView {
                 .collect(),
             critical: settings.is_some_and(|s| s.critical),
             configured: settings.is_some(),
-            version: current.state.version,
-            updated_at: current.state.configured_at.map(rfc3339),
-            cursor: current.position.to_cursor(),
+            version: state.version,
+            updated_at: state.configured_at.map(rfc3339),
+            cursor: position.to_cursor(),
             changed,
         }
     }
@@ -124,7 +129,12 @@ impl CategoriesApi {
                 .categories
                 .current(category.as_str(), None)
                 .await?;
-            items.push(CategoryView::of(category, &current, None));
+            items.push(CategoryView::of(
+                category,
+                &current.state,
+                current.position,
+                None,
+            ));
         }
         Ok(CategoryListResponse::Ok(Json(CategoryList { items })))
     }
@@ -149,7 +159,10 @@ impl CategoriesApi {
             .current(category.as_str(), None)
             .await?;
         Ok(CategoryResponse::Ok(Json(CategoryView::of(
-            &category, &current, None,
+            &category,
+            &current.state,
+            current.position,
+            None,
         ))))
     }
 
@@ -212,15 +225,10 @@ impl CategoriesApi {
                 false,
             )
             .await?;
-        let current = Current {
-            version: decided.state.version,
-            position: decided.position,
-            recorded_at: decided.state.configured_at,
-            state: decided.state,
-        };
         Ok(CategoryResponse::Ok(Json(CategoryView::of(
             &category,
-            &current,
+            &decided.state,
+            decided.position,
             Some(decided.changed),
         ))))
     }

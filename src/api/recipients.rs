@@ -24,7 +24,6 @@ use super::problem::{ApiError, FieldProblem};
 use super::views::rfc3339;
 use super::ApiTags;
 use crate::access::Principal;
-use crate::commands::Current;
 use crate::domain::contact::{
     push_tokens, Addresses, DisplayName, Email, Locale, Phone, PushToken, TenantId, TimeZone,
     WebhookUrl, MAX_PUSH_TOKENS,
@@ -33,6 +32,7 @@ use crate::domain::recipient::{
     Change, Profile, ProfilePatch, Recipient, RecipientCommand, RecipientError,
 };
 use crate::domain::{InvalidValue, UserId};
+use crate::storage::Position;
 use crate::AppState;
 
 /// Where a recipient is reached; each absent one is a channel without an
@@ -169,8 +169,8 @@ pub struct ProfileView {
 }
 
 impl ProfileView {
-    fn of(user: &UserId, current: &Current<Recipient>, changed: Option<bool>) -> Self {
-        let profile = &current.state.profile;
+    fn of(user: &UserId, state: &Recipient, position: Position, changed: Option<bool>) -> Self {
+        let profile = &state.profile;
         let addresses = &profile.addresses;
         Self {
             user: user.as_str().to_owned(),
@@ -188,9 +188,9 @@ impl ProfileView {
                     .collect(),
                 webhook_url: addresses.webhook_url.as_ref().map(|v| v.to_string()),
             },
-            version: current.state.version,
-            updated_at: current.state.changed_at.map(rfc3339),
-            cursor: current.position.to_cursor(),
+            version: state.version,
+            updated_at: state.changed_at.map(rfc3339),
+            cursor: position.to_cursor(),
             changed,
         }
     }
@@ -374,15 +374,10 @@ impl RecipientsApi {
             .execute(user.as_str(), command, &metadata(ctx), false)
             .await?;
         // The position of the last change, which a no-op does not move.
-        let current = Current {
-            version: decided.state.version,
-            position: decided.position,
-            recorded_at: decided.state.changed_at,
-            state: decided.state,
-        };
         Ok(ProfileResponse::Ok(Json(ProfileView::of(
             user,
-            &current,
+            &decided.state,
+            decided.position,
             Some(decided.changed),
         ))))
     }
@@ -405,7 +400,10 @@ impl RecipientsApi {
             .await
             .map_err(ApiError::from)?;
         Ok(ProfileResponse::Ok(Json(ProfileView::of(
-            &user, &current, None,
+            &user,
+            &current.state,
+            current.position,
+            None,
         ))))
     }
 

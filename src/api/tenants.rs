@@ -22,10 +22,10 @@ use super::preferences::{
 use super::problem::ApiError;
 use super::views::rfc3339;
 use super::ApiTags;
-use crate::commands::Current;
 use crate::domain::contact::TenantId;
 use crate::domain::preferences::Preferences;
 use crate::domain::tenant::{Tenant, TenantCommand, TenantError};
+use crate::storage::Position;
 use crate::AppState;
 
 /// A tenant's defaults, whole (quiet hours are each user's own).
@@ -75,14 +75,14 @@ pub struct TenantDefaultsView {
 }
 
 impl TenantDefaultsView {
-    fn of(tenant: &TenantId, current: &Current<Tenant>, changed: Option<bool>) -> Self {
+    fn of(tenant: &TenantId, state: &Tenant, position: Position, changed: Option<bool>) -> Self {
         Self {
             tenant: tenant.to_string(),
-            channels: switches_view(&current.state.defaults.channels),
-            categories: categories_view(&current.state.defaults),
-            version: current.state.version,
-            updated_at: current.state.changed_at.map(rfc3339),
-            cursor: current.position.to_cursor(),
+            channels: switches_view(&state.defaults.channels),
+            categories: categories_view(&state.defaults),
+            version: state.version,
+            updated_at: state.changed_at.map(rfc3339),
+            cursor: position.to_cursor(),
             changed,
         }
     }
@@ -124,7 +124,10 @@ impl TenantsApi {
             .current(tenant.as_str(), None)
             .await?;
         Ok(TenantDefaultsResponse::Ok(Json(TenantDefaultsView::of(
-            &tenant, &current, None,
+            &tenant,
+            &current.state,
+            current.position,
+            None,
         ))))
     }
 
@@ -161,15 +164,10 @@ impl TenantsApi {
                 false,
             )
             .await?;
-        let current = Current {
-            version: decided.state.version,
-            position: decided.position,
-            recorded_at: decided.state.changed_at,
-            state: decided.state,
-        };
         Ok(TenantDefaultsResponse::Ok(Json(TenantDefaultsView::of(
             &tenant,
-            &current,
+            &decided.state,
+            decided.position,
             Some(decided.changed),
         ))))
     }

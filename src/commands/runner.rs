@@ -201,8 +201,6 @@ pub struct Current<A> {
     pub version: u64,
     /// Its last event's global position (the start: none).
     pub position: Position,
-    /// When its last event was recorded.
-    pub recorded_at: Option<Timestamp>,
 }
 
 /// An aggregate as its history leaves it.
@@ -441,7 +439,6 @@ where
             state: A::default(),
             version: 0,
             position: Position::START,
-            recorded_at: None,
         };
         loop {
             let page = self
@@ -461,7 +458,6 @@ where
                 current.state.apply(payload);
                 current.version = event.sequence.max(0) as u64;
                 current.position = event.position;
-                current.recorded_at = Some(event.recorded_at);
             }
             if page.len() < PAGE {
                 return Ok(current);
