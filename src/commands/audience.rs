@@ -12,14 +12,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::latest;
 use super::runner::{CommandError, Commands, Current};
 use crate::domain::category::CategoryConfig;
 use crate::domain::contact::TenantId;
 use crate::domain::preferences::{Audience, CategorySettings, Preferences, Resolver, Versioned};
 use crate::domain::recipient::Recipient;
+use crate::domain::superseding::Superseding;
 use crate::domain::tenant::Tenant;
 use crate::domain::{Category, NewNotification, Timestamp, UserId};
-use crate::storage::repository::UnreadableEvent;
 use crate::storage::{EventLog, Position};
 
 /// A read that failed: an outage, an unreadable event, a backend fault.
@@ -101,11 +102,14 @@ impl AudienceReader {
         tenant: Option<&TenantId>,
         until: Option<(Position, Timestamp)>,
     ) -> Result<Snapshot, ReadError> {
-        let recipient = self
-            .recipients
-            .current(user.as_str(), until)
-            .await
-            .map_err(erased)?;
+        let recipient = match until {
+            None => self.now::<Recipient>(user.as_str()).await?,
+            Some(_) => self
+                .recipients
+                .current(user.as_str(), until)
+                .await
+                .map_err(erased)?,
+        };
         let tenant = self.tenant(&recipient, tenant, until).await?;
         let categories = self.configured(until).await?;
         Ok(Snapshot {
@@ -113,6 +117,22 @@ impl AudienceReader {
             tenant,
             categories,
         })
+    }
+
+    /// The state of one stream now, from its last events.
+    async fn now<A>(&self, id: &str) -> Result<Current<A>, ReadError>
+    where
+        A: cqrs_es::Aggregate + Superseding<Event = <A as cqrs_es::Aggregate>::Event>,
+    {
+        let id = id.to_owned();
+        let mut states = latest::states::<A>(&*self.log, std::slice::from_ref(&id)).await?;
+        match states.remove(&id) {
+            Some(Ok(current)) => Ok(current),
+            Some(Err(unreadable)) => Err(CommandError::Unreadable(unreadable)),
+            None => Err(CommandError::Internal(
+                format!("the read of {} `{id}` answered nothing", A::TYPE).into(),
+            )),
+        }
     }
 
     /// What a send to `user` in `category` consults, now.
@@ -123,11 +143,10 @@ impl AudienceReader {
         tenant: Option<&TenantId>,
     ) -> Result<Snapshot, ReadError> {
         let (recipient, settings) = tokio::join!(
-            self.recipients.current(user.as_str(), None),
-            self.categories.current(category.as_str(), None),
+            self.now::<Recipient>(user.as_str()),
+            self.now::<CategoryConfig>(category.as_str()),
         );
-        let recipient = recipient.map_err(erased)?;
-        let settings = settings.map_err(erased)?;
+        let (recipient, settings) = (recipient?, settings?);
         let tenant = self.tenant(&recipient, tenant, None).await?;
         let mut categories = BTreeMap::new();
         if let Some(s) = settings.state.settings {
@@ -149,11 +168,14 @@ impl AudienceReader {
         let Some(id) = tenant.or(recipient.state.profile.tenant.as_ref()) else {
             return Ok(None);
         };
-        let current = self
-            .tenants
-            .current(id.as_str(), until)
-            .await
-            .map_err(erased)?;
+        let current = match until {
+            None => self.now::<Tenant>(id.as_str()).await?,
+            Some(_) => self
+                .tenants
+                .current(id.as_str(), until)
+                .await
+                .map_err(erased)?,
+        };
         Ok(Some((id.clone(), current)))
     }
 
@@ -162,21 +184,28 @@ impl AudienceReader {
         &self,
         until: Option<(Position, Timestamp)>,
     ) -> Result<BTreeMap<Category, (CategorySettings, u64)>, ReadError> {
+        let Some(until) = until else {
+            // A category event this release cannot read leaves that
+            // category unconfigured here; a send to it reads its stream
+            // and says why.
+            let states = latest::every::<CategoryConfig>(&*self.log, CATEGORY_EVENTS_MAX).await?;
+            return Ok(configured(
+                states
+                    .into_iter()
+                    .filter_map(|(name, read)| Some((name, read.ok()?.state))),
+            ));
+        };
         use cqrs_es::Aggregate as _;
         let events = self
             .log
             .of_type(CategoryConfig::TYPE, CATEGORY_EVENTS_MAX)
             .await?;
+        let (position, recorded_by) = until;
         let mut folded: BTreeMap<String, CategoryConfig> = BTreeMap::new();
         for event in events {
-            if let Some((position, recorded_by)) = until {
-                if event.position > position || event.recorded_at > recorded_by {
-                    continue;
-                }
+            if event.position > position || event.recorded_at > recorded_by {
+                continue;
             }
-            // A category event this release cannot read leaves that
-            // category unconfigured here; a send to it reads its stream
-            // and says why.
             if let Ok(e) = event.decode() {
                 folded
                     .entry(event.aggregate_id.clone())
@@ -184,14 +213,21 @@ impl AudienceReader {
                     .apply(e);
             }
         }
-        Ok(folded
-            .into_iter()
-            .filter_map(|(name, c)| {
-                let category = Category::parse(&name).ok()?;
-                Some((category, (c.settings?, c.version)))
-            })
-            .collect())
+        Ok(configured(folded))
     }
+}
+
+/// The categories among `states` that have settings.
+fn configured(
+    states: impl IntoIterator<Item = (String, CategoryConfig)>,
+) -> BTreeMap<Category, (CategorySettings, u64)> {
+    states
+        .into_iter()
+        .filter_map(|(name, c)| {
+            let category = Category::parse(&name).ok()?;
+            Some((category, (c.settings?, c.version)))
+        })
+        .collect()
 }
 
 fn audience_of(
@@ -219,50 +255,32 @@ impl AudienceReader {
         category: &Category,
         tenant: Option<&TenantId>,
     ) -> Result<Vec<Option<Audience>>, ReadError> {
-        use cqrs_es::Aggregate as _;
         let ids: Vec<String> = users.iter().map(|u| u.as_str().to_owned()).collect();
-        let events = self.log.streams(Recipient::TYPE, &ids).await?;
-        let mut recipients: HashMap<String, Recipient> = HashMap::new();
-        let mut unreadable: std::collections::HashSet<String> = Default::default();
-        for event in events {
-            match event.decode() {
-                Ok(payload) => recipients
-                    .entry(event.aggregate_id.clone())
-                    .or_default()
-                    .apply(payload),
-                Err(reason) => {
-                    if unreadable.insert(event.aggregate_id.clone()) {
-                        let unreadable = UnreadableEvent::of(&event, reason);
-                        tracing::warn!(%unreadable, "a recipient's preferences cannot be read; the send passes them over");
-                    }
-                }
-            }
-        }
-        let settings = self
-            .categories
-            .current(category.as_str(), None)
-            .await
-            .map_err(erased)?;
+        let (recipients, settings) = tokio::join!(
+            latest::states::<Recipient>(&*self.log, &ids),
+            self.now::<CategoryConfig>(category.as_str()),
+        );
+        let (recipients, settings) = (recipients?, settings?);
         let category_settings = settings.state.settings.map(|s| (s, settings.state.version));
         let mut tenants: HashMap<TenantId, Option<(Preferences, u64)>> = HashMap::new();
         let mut audiences = Vec::with_capacity(users.len());
         for user in users {
-            if unreadable.contains(user.as_str()) {
-                audiences.push(None);
-                continue;
-            }
-            let recipient = recipients.remove(user.as_str()).unwrap_or_default();
+            let recipient = match recipients.get(user.as_str()) {
+                Some(Ok(current)) => current.state.clone(),
+                Some(Err(unreadable)) => {
+                    tracing::warn!(%unreadable, "a recipient's preferences cannot be read; the send passes them over");
+                    audiences.push(None);
+                    continue;
+                }
+                None => Recipient::default(),
+            };
             let tenant_id = tenant.or(recipient.profile.tenant.as_ref()).cloned();
             let tenant_defaults = match tenant_id {
                 None => None,
                 Some(id) => match tenants.get(&id) {
                     Some(known) => known.clone(),
                     None => {
-                        let t = self
-                            .tenants
-                            .current(id.as_str(), None)
-                            .await
-                            .map_err(erased)?;
+                        let t = self.now::<Tenant>(id.as_str()).await?;
                         let defaults = Some((t.state.defaults, t.state.version));
                         tenants.insert(id, defaults.clone());
                         defaults

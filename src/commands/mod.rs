@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod audience;
+pub mod latest;
 pub mod metadata;
 pub mod runner;
 pub mod stores;

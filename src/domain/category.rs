@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::preferences::CategorySettings;
+use super::superseding::Superseding;
 use super::Timestamp;
 
 pub const CATEGORY_EVENT_VERSION: &str = "1.0";
@@ -32,6 +33,10 @@ pub enum CategoryEvent {
     CategoryConfigured {
         settings: CategorySettings,
         configured_at: Timestamp,
+        /// Which change of the settings this is (from 1). Absent from
+        /// events recorded before it was: their count is folded instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u64>,
     },
 }
 
@@ -65,6 +70,7 @@ impl CategoryConfig {
         Ok(vec![CategoryEvent::CategoryConfigured {
             settings,
             configured_at: self.configured_at.map_or(at, |last| at.max(last)),
+            version: Some(self.version + 1),
         }])
     }
 
@@ -72,10 +78,20 @@ impl CategoryConfig {
         let CategoryEvent::CategoryConfigured {
             settings,
             configured_at,
+            version,
         } = event;
         self.settings = Some(settings);
-        self.version += 1;
+        self.version = version.unwrap_or(self.version + 1);
         self.configured_at = Some(configured_at);
+    }
+}
+
+impl Superseding for CategoryConfig {
+    type Event = CategoryEvent;
+    const EVENT_TYPES: &'static [&'static str] = &["CategoryConfigured"];
+    fn numbered(event: &CategoryEvent) -> bool {
+        let CategoryEvent::CategoryConfigured { version, .. } = event;
+        version.is_some()
     }
 }
 

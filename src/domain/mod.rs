@@ -12,6 +12,7 @@ pub mod notification;
 pub mod preferences;
 pub mod recipient;
 pub mod send;
+pub mod superseding;
 pub mod tenant;
 pub mod topic;
 pub mod values;

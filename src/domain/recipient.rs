@@ -19,6 +19,7 @@ use super::contact::{
     WebhookUrl,
 };
 use super::preferences::Preferences;
+use super::superseding::Superseding;
 use super::values::InvalidValue;
 use super::Timestamp;
 
@@ -137,11 +138,18 @@ pub enum RecipientEvent {
     RecipientProfileChanged {
         profile: Profile,
         changed_at: Timestamp,
+        /// Which change of the profile this is (from 1). Absent from
+        /// events recorded before it was: their count is folded instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u64>,
     },
     /// The preferences as they are after the change.
     RecipientPreferencesChanged {
         preferences: Preferences,
         changed_at: Timestamp,
+        /// Which change of the preferences this is (from 1); see above.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u64>,
     },
 }
 
@@ -186,6 +194,7 @@ impl Recipient {
                 return Ok(vec![RecipientEvent::RecipientPreferencesChanged {
                     preferences,
                     changed_at: last.map_or(at, |last| at.max(last)),
+                    version: Some(self.preferences_version + 1),
                 }]);
             }
             RecipientCommand::Replace {
@@ -214,6 +223,7 @@ impl Recipient {
         Ok(vec![RecipientEvent::RecipientProfileChanged {
             profile,
             changed_at,
+            version: Some(self.version + 1),
         }])
     }
 
@@ -222,19 +232,33 @@ impl Recipient {
             RecipientEvent::RecipientProfileChanged {
                 profile,
                 changed_at,
+                version,
             } => {
                 self.profile = profile;
-                self.version += 1;
+                self.version = version.unwrap_or(self.version + 1);
                 self.changed_at = Some(changed_at);
             }
             RecipientEvent::RecipientPreferencesChanged {
                 preferences,
                 changed_at,
+                version,
             } => {
                 self.preferences = preferences;
-                self.preferences_version += 1;
+                self.preferences_version = version.unwrap_or(self.preferences_version + 1);
                 self.preferences_changed_at = Some(changed_at);
             }
+        }
+    }
+}
+
+impl Superseding for Recipient {
+    type Event = RecipientEvent;
+    const EVENT_TYPES: &'static [&'static str] =
+        &["RecipientProfileChanged", "RecipientPreferencesChanged"];
+    fn numbered(event: &RecipientEvent) -> bool {
+        match event {
+            RecipientEvent::RecipientProfileChanged { version, .. }
+            | RecipientEvent::RecipientPreferencesChanged { version, .. } => version.is_some(),
         }
     }
 }
@@ -299,11 +323,13 @@ mod tests {
         let RecipientEvent::RecipientProfileChanged {
             profile,
             changed_at,
+            version,
         } = &events[0]
         else {
             panic!("{events:?}")
         };
         assert_eq!(*changed_at, at(5));
+        assert_eq!(*version, Some(2), "the profile's second change");
         assert_eq!(profile.locale, None);
         assert_eq!(profile.display_name, berlin_alice().display_name);
         assert_eq!(profile.addresses.email, berlin_alice().addresses.email);
@@ -404,6 +430,7 @@ mod tests {
         let event = RecipientEvent::RecipientProfileChanged {
             profile: berlin_alice(),
             changed_at: at(0),
+            version: Some(1),
         };
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::preferences::Preferences;
+use super::superseding::Superseding;
 use super::Timestamp;
 
 pub const TENANT_EVENT_VERSION: &str = "1.0";
@@ -32,6 +33,10 @@ pub enum TenantEvent {
     TenantDefaultsChanged {
         defaults: Preferences,
         changed_at: Timestamp,
+        /// Which change of the defaults this is (from 1). Absent from
+        /// events recorded before it was: their count is folded instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u64>,
     },
 }
 
@@ -63,6 +68,7 @@ impl Tenant {
         Ok(vec![TenantEvent::TenantDefaultsChanged {
             defaults,
             changed_at: self.changed_at.map_or(at, |last| at.max(last)),
+            version: Some(self.version + 1),
         }])
     }
 
@@ -70,9 +76,19 @@ impl Tenant {
         let TenantEvent::TenantDefaultsChanged {
             defaults,
             changed_at,
+            version,
         } = event;
         self.defaults = defaults;
-        self.version += 1;
+        self.version = version.unwrap_or(self.version + 1);
         self.changed_at = Some(changed_at);
+    }
+}
+
+impl Superseding for Tenant {
+    type Event = TenantEvent;
+    const EVENT_TYPES: &'static [&'static str] = &["TenantDefaultsChanged"];
+    fn numbered(event: &TenantEvent) -> bool {
+        let TenantEvent::TenantDefaultsChanged { version, .. } = event;
+        version.is_some()
     }
 }

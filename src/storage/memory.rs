@@ -49,6 +49,25 @@ impl Log {
         }
     }
 
+    /// The last event of each of `types` in `indexes` (a stream), in
+    /// sequence order.
+    fn latest_in(&self, indexes: &[usize], types: &[&str]) -> Vec<SharedEvent> {
+        let mut found: Vec<SharedEvent> = Vec::with_capacity(types.len());
+        for &i in indexes.iter().rev() {
+            let event = self.get(i);
+            if types.contains(&event.event_type.as_str())
+                && !found.iter().any(|f| f.event_type == event.event_type)
+            {
+                found.push(event.clone());
+                if found.len() == types.len() {
+                    break;
+                }
+            }
+        }
+        found.reverse();
+        found
+    }
+
     fn stream(&self, aggregate_type: &str, aggregate_id: &str) -> &[usize] {
         self.streams
             .get(&(aggregate_type.to_owned(), aggregate_id.to_owned()))
@@ -255,6 +274,32 @@ impl EventLog for MemoryEventStore {
             .flat_map(|id| log.stream(aggregate_type, id))
             .map(|&i| log.get(i).clone())
             .collect())
+    }
+
+    async fn latest(
+        &self,
+        aggregate_type: &str,
+        aggregate_ids: Option<&[String]>,
+        event_types: &[&str],
+        limit: usize,
+    ) -> Result<Vec<SharedEvent>, StorageError> {
+        super::refuse_latest(aggregate_type)?;
+        let log = self.read();
+        Ok(match aggregate_ids {
+            Some(ids) => ids
+                .iter()
+                .flat_map(|id| log.latest_in(log.stream(aggregate_type, id), event_types))
+                .collect(),
+            None => {
+                let from = (aggregate_type.to_owned(), String::new());
+                log.streams
+                    .range(from..)
+                    .take_while(|((t, _), _)| t == aggregate_type)
+                    .flat_map(|(_, indexes)| log.latest_in(indexes, event_types))
+                    .take(limit)
+                    .collect()
+            }
+        })
     }
 
     async fn of_type(

@@ -115,6 +115,21 @@ pub trait EventLog: Send + Sync {
         aggregate_ids: &[String],
     ) -> Result<Vec<SharedEvent>, StorageError>;
 
+    /// The last event of each of `event_types` in each stream of
+    /// `aggregate_type`: the streams `aggregate_ids`, or every stream when
+    /// None (at most `limit` events then); stream after stream, each in
+    /// sequence order. What a state its last events make whole
+    /// (`domain::superseding`) is read from, in a few events per stream.
+    /// Not for notification streams (`NOT_LATEST`), which the index behind
+    /// it leaves out: asking for them is refused.
+    async fn latest(
+        &self,
+        aggregate_type: &str,
+        aggregate_ids: Option<&[String]>,
+        event_types: &[&str],
+        limit: usize,
+    ) -> Result<Vec<SharedEvent>, StorageError>;
+
     /// Every event of every stream of `aggregate_type`, stream after stream
     /// (each in sequence order), at most `limit`: for aggregates that are
     /// few and read whole (API keys).
@@ -134,6 +149,18 @@ pub trait EventLog: Send + Sync {
 
     /// A cheap round trip proving the store answers.
     async fn ping(&self) -> Result<(), StorageError>;
+}
+
+/// The aggregate type `EventLog::latest` refuses (migrations/0012).
+pub const NOT_LATEST: &str = "Notification";
+
+fn refuse_latest(aggregate_type: &str) -> Result<(), StorageError> {
+    if aggregate_type == NOT_LATEST {
+        return Err(StorageError::Backend(
+            format!("{NOT_LATEST} streams are not read by their last events").into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Tells projectors in this process that events were appended. A counter in a

@@ -103,13 +103,26 @@ impl TestDb {
     /// Appends one event to notification `id`'s stream in this database, as
     /// another writer would (a newer release, say), bypassing the commands.
     pub async fn append_raw(&self, id: &str, sequence: i64, event_type: &str, payload: Value) {
+        self.append_raw_to("Notification", id, sequence, event_type, payload)
+            .await
+    }
+
+    /// The same, to a stream of any aggregate type.
+    pub async fn append_raw_to(
+        &self,
+        aggregate_type: &str,
+        id: &str,
+        sequence: i64,
+        event_type: &str,
+        payload: Value,
+    ) {
         self.client()
             .await
             .execute(
                 "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
                                      event_version, payload, metadata)
-                 VALUES ('Notification', $1, $2, $3, '1.0', $4, '{}')",
-                &[&id, &sequence, &event_type, &payload],
+                 VALUES ($1, $2, $3, $4, '1.0', $5, '{}')",
+                &[&aggregate_type, &id, &sequence, &event_type, &payload],
             )
             .await
             .expect("the raw event is appended");
@@ -284,8 +297,24 @@ impl TestApp {
     /// Appends one event to notification `id`'s stream directly, as another
     /// writer would (a newer release, say), bypassing the commands.
     pub async fn append_raw(&self, id: &str, sequence: i64, event_type: &str, payload: Value) {
+        self.append_raw_to("Notification", id, sequence, event_type, payload)
+            .await
+    }
+
+    /// The same, to a stream of any aggregate type.
+    pub async fn append_raw_to(
+        &self,
+        aggregate_type: &str,
+        id: &str,
+        sequence: i64,
+        event_type: &str,
+        payload: Value,
+    ) {
         match &self.db {
-            Some(db) => db.append_raw(id, sequence, event_type, payload).await,
+            Some(db) => {
+                db.append_raw_to(aggregate_type, id, sequence, event_type, payload)
+                    .await
+            }
             None => {
                 let events = self
                     .state
@@ -296,7 +325,7 @@ impl TestApp {
                     .append(vec![cqrs_es::persist::SerializedEvent::new(
                         id.to_owned(),
                         sequence as usize,
-                        "Notification".into(),
+                        aggregate_type.into(),
                         event_type.into(),
                         "1.0".into(),
                         payload,

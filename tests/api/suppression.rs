@@ -50,7 +50,173 @@ on_both_backends!(
     failures_and_deliveries_reported_by_workers_are_told_apart_from_suppressions,
     quiet_hours_hold_in_app_and_push_until_they_end_and_urgent_passes,
     analytics_count_suppressed_channels_apart_from_failed_ones,
+    a_recipient_changed_many_times_is_read_from_its_last_changes,
+    a_recipient_recorded_before_changes_were_numbered_reads_as_its_whole_history,
 );
+
+/// (rule, level, version) of each suppressed channel of notification `id`.
+async fn rules(app: &TestApp, id: &str) -> Vec<(String, String, String, u64)> {
+    suppressions(app, id)
+        .await
+        .iter()
+        .map(|s| {
+            (
+                s["channel"].as_str().unwrap().to_owned(),
+                s["rule"].as_str().unwrap().to_owned(),
+                s["level"].as_str().unwrap().to_owned(),
+                s["version"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn suppressed(
+    channel: &str,
+    rule: &str,
+    level: &str,
+    version: u64,
+) -> (String, String, String, u64) {
+    (channel.into(), rule.into(), level.into(), version)
+}
+
+async fn a_recipient_changed_many_times_is_read_from_its_last_changes(app: &TestApp) {
+    let patch = |i: usize| json!({"display_name": format!("Ann {i}")});
+    for i in 1..=60 {
+        let (status, a) = app.send("PATCH", "/v1/users/ann", Some(&patch(i))).await;
+        assert_eq!(status, 200, "{a}");
+    }
+    put(
+        app,
+        "/v1/users/ann/preferences",
+        json!({"channels": {"email": false}}),
+    )
+    .await;
+    for i in 61..=120 {
+        let (status, a) = app.send("PATCH", "/v1/users/ann", Some(&patch(i))).await;
+        assert_eq!(status, 200, "{a}");
+    }
+    for i in 0..6 {
+        let channels = if i % 2 == 0 {
+            json!(["in_app"])
+        } else {
+            json!(["in_app", "sms"])
+        };
+        put(
+            app,
+            "/v1/categories/news",
+            json!({"default_channels": channels, "critical": false}),
+        )
+        .await;
+        put(
+            app,
+            "/v1/tenants/acme/preferences",
+            json!({"channels": {"push": i % 2 == 0}}),
+        )
+        .await;
+    }
+    let profile = app.get_json("/v1/users/ann").await;
+    assert_eq!(
+        (
+            profile["version"].as_u64(),
+            profile["display_name"].as_str()
+        ),
+        (Some(120), Some("Ann 120")),
+        "{profile}"
+    );
+    let prefs = app.get_json("/v1/users/ann/preferences?tenant=acme").await;
+    assert_eq!(prefs["version"], 1, "{prefs}");
+    assert_eq!(prefs["resolved"]["news"]["sms"]["version"], 6, "{prefs}");
+    assert_eq!(
+        prefs["resolved"]["news"]["push"]["level"], "tenant",
+        "{prefs}"
+    );
+
+    // One recipient: the create reads its last changes.
+    let (id, _) = app
+        .create(&json!({
+            "recipient": "ann", "category": "news", "title": "t", "body": "b",
+            "channels": ["in_app", "email", "sms", "push"], "tenant": "acme"
+        }))
+        .await;
+    assert_eq!(
+        rules(app, &id).await,
+        [
+            suppressed("email", "opt_out", "user", 1),
+            suppressed("sms", "missing_address", "user", 120),
+            suppressed("push", "opt_out", "tenant", 6),
+        ]
+    );
+}
+
+async fn a_recipient_recorded_before_changes_were_numbered_reads_as_its_whole_history(
+    app: &TestApp,
+) {
+    let at = "2026-01-01T00:00:00Z";
+    for (sequence, event, body) in [
+        (
+            1,
+            "RecipientProfileChanged",
+            json!({"profile": {"display_name": "Old"}, "changed_at": at}),
+        ),
+        (
+            2,
+            "RecipientPreferencesChanged",
+            json!({"preferences": {"channels": {"email": false}}, "changed_at": at}),
+        ),
+        (
+            3,
+            "RecipientProfileChanged",
+            json!({"profile": {"display_name": "Old 2"}, "changed_at": at}),
+        ),
+    ] {
+        app.append_raw_to("Recipient", "old", sequence, event, json!({ event: body }))
+            .await;
+    }
+    let profile = app.get_json("/v1/users/old").await;
+    assert_eq!(
+        (
+            profile["version"].as_u64(),
+            profile["display_name"].as_str()
+        ),
+        (Some(2), Some("Old 2")),
+        "{profile}"
+    );
+    assert_eq!(
+        app.get_json("/v1/users/old/preferences").await["version"],
+        1
+    );
+    let body = json!({
+        "recipient": "old", "category": "news", "title": "t", "body": "b",
+        "channels": ["in_app", "email", "sms"]
+    });
+    let (first, _) = app.create(&body).await;
+    assert_eq!(
+        rules(app, &first).await,
+        [
+            suppressed("email", "opt_out", "user", 1),
+            suppressed("sms", "missing_address", "user", 2),
+        ]
+    );
+    // A numbered change after them: counted on from the fold.
+    put(
+        app,
+        "/v1/users/old/preferences",
+        json!({"channels": {"email": false, "sms": false}}),
+    )
+    .await;
+    assert_eq!(
+        app.get_json("/v1/users/old/preferences").await["version"],
+        2
+    );
+    let (second, _) = app.create(&body).await;
+    assert_eq!(
+        rules(app, &second).await,
+        [
+            suppressed("email", "opt_out", "user", 2),
+            suppressed("sms", "opt_out", "user", 2),
+        ]
+    );
+}
 
 async fn analytics_count_suppressed_channels_apart_from_failed_ones(app: &TestApp) {
     put(

@@ -134,6 +134,49 @@ SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggr
  WHERE aggregate_type = $1 AND aggregate_id = ANY($2)
  ORDER BY aggregate_id, sequence";
 
+/// Served by events_latest_of_type (migrations/0012), whose predicate each
+/// query repeats: one index probe per stream and type.
+const LATEST: &str = "
+SELECT e.* FROM unnest($2::text[]) AS s(id)
+ CROSS JOIN unnest($3::text[]) AS t(event_type)
+ CROSS JOIN LATERAL (
+       SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
+              sequence, event_type, event_version, payload, metadata, recorded_at
+         FROM events
+        WHERE aggregate_type = $1 AND aggregate_id = s.id AND event_type = t.event_type
+          AND aggregate_type <> 'Notification'
+        ORDER BY sequence DESC
+        LIMIT 1) e
+ ORDER BY e.aggregate_id, e.sequence";
+
+/// Every stream's: the type's streams found one index probe each (a loose
+/// index scan: PostgreSQL has no skip scan), then each one's last events as
+/// above. Costs the streams, not their events.
+const LATEST_OF_EVERY: &str = "
+WITH RECURSIVE streams(id) AS (
+       (SELECT aggregate_id FROM events
+         WHERE aggregate_type = $1 AND aggregate_type <> 'Notification'
+         ORDER BY aggregate_id LIMIT 1)
+       UNION ALL
+       SELECT (SELECT aggregate_id FROM events
+                WHERE aggregate_type = $1 AND aggregate_type <> 'Notification'
+                  AND aggregate_id > streams.id
+                ORDER BY aggregate_id LIMIT 1)
+         FROM streams WHERE streams.id IS NOT NULL)
+SELECT e.* FROM streams s
+ CROSS JOIN unnest($2::text[]) AS t(event_type)
+ CROSS JOIN LATERAL (
+       SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
+              sequence, event_type, event_version, payload, metadata, recorded_at
+         FROM events
+        WHERE aggregate_type = $1 AND aggregate_id = s.id AND event_type = t.event_type
+          AND aggregate_type <> 'Notification'
+        ORDER BY sequence DESC
+        LIMIT 1) e
+ WHERE s.id IS NOT NULL
+ ORDER BY e.aggregate_id, e.sequence
+ LIMIT $3";
+
 const POSITION_OF: &str = "
 SELECT transaction_id::text::bigint AS tx, global_position
   FROM events
@@ -267,6 +310,34 @@ impl EventLog for PgEventLog {
                 &[&aggregate_type, &aggregate_id, &after, &(limit as i64)],
             )
             .await?;
+        rows.iter()
+            .map(|r| row_to_event(r).map(Arc::new).map_err(StorageError::from))
+            .collect()
+    }
+
+    async fn latest(
+        &self,
+        aggregate_type: &str,
+        aggregate_ids: Option<&[String]>,
+        event_types: &[&str],
+        limit: usize,
+    ) -> Result<Vec<SharedEvent>, StorageError> {
+        crate::storage::refuse_latest(aggregate_type)?;
+        let client = self.pool.get().await?;
+        let rows = match aggregate_ids {
+            Some(ids) => {
+                let stmt = client.prepare_cached(LATEST).await?;
+                client
+                    .query(&stmt, &[&aggregate_type, &ids, &event_types])
+                    .await?
+            }
+            None => {
+                let stmt = client.prepare_cached(LATEST_OF_EVERY).await?;
+                client
+                    .query(&stmt, &[&aggregate_type, &event_types, &(limit as i64)])
+                    .await?
+            }
+        };
         rows.iter()
             .map(|r| row_to_event(r).map(Arc::new).map_err(StorageError::from))
             .collect()
