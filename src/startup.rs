@@ -18,6 +18,7 @@ use crate::api::state::{AppState, Streams};
 use crate::commands::audience::AudienceReader;
 use crate::commands::{CommandService, Commands, EventStores};
 use crate::config::Settings;
+use crate::domain::bulk::InboxBulk;
 use crate::domain::category::CategoryConfig;
 use crate::domain::recipient::Recipient;
 use crate::domain::send::Broadcast;
@@ -390,6 +391,7 @@ impl Service {
             schedule: backend.schedule,
             sends,
             memberships,
+            bulks: commands_of::<InboxBulk>(stores, &signal, attempts, &limit),
             topics: backend.topics,
             send_rows: backend.sends,
             analytics: backend.analytics,

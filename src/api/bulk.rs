@@ -21,10 +21,11 @@ use super::params::{
 };
 use super::problem::{ApiError, FieldProblem};
 use super::ApiTags;
-use crate::commands::metadata::{BULK_LAST, BULK_MORE};
+use crate::commands::metadata::BULK_MORE;
 use crate::commands::BATCH;
+use crate::domain::bulk::{BulkAction, BulkCommand};
 use crate::domain::contact::TenantId;
-use crate::domain::{Category, NotificationCommand, NotificationId, Timestamp, UserId};
+use crate::domain::{Category, NotificationId, UserId};
 use crate::projections::inbox::{InboxRow, ReadFilter, Selection};
 use crate::AppState;
 
@@ -79,47 +80,22 @@ pub enum BulkResponse {
     Ok(Json<BulkView>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
-    Seen,
-    Read,
-    Archive,
-    Delete,
+fn parse_action(s: &str) -> Result<BulkAction, ApiError> {
+    BulkAction::parse(s).ok_or_else(|| {
+        ApiError::invalid(
+            "action",
+            format!("`{s}` is not an action; use seen, read, archive or delete"),
+        )
+    })
 }
 
-impl Action {
-    fn parse(s: &str) -> Result<Self, ApiError> {
-        Ok(match s {
-            "seen" => Self::Seen,
-            "read" => Self::Read,
-            "archive" => Self::Archive,
-            "delete" => Self::Delete,
-            other => {
-                return Err(ApiError::invalid(
-                    "action",
-                    format!("`{other}` is not an action; use seen, read, archive or delete"),
-                ))
-            }
-        })
-    }
-
-    /// Whether it would change `row` (the others are already so).
-    fn changes(self, row: &InboxRow) -> bool {
-        match self {
-            Self::Seen => !row.state.is_seen(),
-            Self::Read => !row.state.is_read(),
-            Self::Archive => !row.state.is_archived(),
-            Self::Delete => true,
-        }
-    }
-
-    fn command(self, at: Timestamp) -> NotificationCommand {
-        match self {
-            Self::Seen => NotificationCommand::MarkSeen { at },
-            Self::Read => NotificationCommand::MarkRead { at },
-            Self::Archive => NotificationCommand::Archive { at },
-            Self::Delete => NotificationCommand::Delete { at },
-        }
+/// Whether `action` would change `row` (the others are already so).
+fn changes(action: BulkAction, row: &InboxRow) -> bool {
+    match action {
+        BulkAction::Seen => !row.state.is_seen(),
+        BulkAction::Read => !row.state.is_read(),
+        BulkAction::Archive => !row.state.is_archived(),
+        BulkAction::Delete => true,
     }
 }
 
@@ -210,7 +186,7 @@ impl BulkApi {
     ) -> Result<BulkResponse, ApiError> {
         let user =
             UserId::parse(user.0.as_str()).map_err(|e| ApiError::invalid("path.user", e.0))?;
-        let action = Action::parse(body.0.action.as_str());
+        let action = parse_action(body.0.action.as_str());
         let selection = selection(user, body.0.filter.as_ref());
         let (action, selection) = (action?, selection?);
         let rows = self.state.inbox.select(&selection).await?;
@@ -224,7 +200,7 @@ impl BulkApi {
         }
         let ids: Vec<NotificationId> = rows
             .iter()
-            .filter(|r| action.changes(r))
+            .filter(|r| changes(action, r))
             .filter_map(|r| r.state.id)
             .collect();
         let mut meta = metadata(&ctx);
@@ -232,21 +208,39 @@ impl BulkApi {
         // On a task of its own: a client that goes away mid-operation does
         // not leave it half done, with its counts never announced.
         let state = self.state.clone();
+        let user = selection.recipient.clone();
+        let matched = rows.len() as u64;
         let run = tokio::spawn(async move {
             let mut changed = 0;
             let mut position = state.projections.inbox().projector.checkpoint();
-            let batches = ids.len().div_ceil(BATCH);
-            for (n, batch) in ids.chunks(BATCH).enumerate() {
-                meta.bulk = Some(if n + 1 == batches {
-                    BULK_LAST
-                } else {
-                    BULK_MORE
-                });
+            meta.bulk = Some(BULK_MORE);
+            for batch in ids.chunks(BATCH) {
                 let done = state
                     .commands
                     .execute_many(batch, |at| action.command(at), &meta)
                     .await?;
                 changed += done.changed;
+                position = position.max(done.position);
+            }
+            // The operation's end, with its counts announced once, however
+            // much its last batch changed (recorded even when it changed
+            // nothing: a retry after a failure announces what the first
+            // try changed).
+            if matched > 0 {
+                meta.bulk = None;
+                let id = uuid::Uuid::now_v7().to_string();
+                let record = |at| BulkCommand::Record {
+                    user: user.clone(),
+                    action,
+                    matched,
+                    changed,
+                    at,
+                };
+                let done = state
+                    .bulks
+                    .execute(&id, record, &meta, true)
+                    .await
+                    .map_err(|e| e.unless_rejected().unwrap_or_else(|never| match never {}))?;
                 position = position.max(done.position);
             }
             Ok::<_, crate::commands::CommandError>((changed, position))

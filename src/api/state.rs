@@ -47,6 +47,8 @@ pub struct AppState {
     pub sends: Arc<Commands<Broadcast>>,
     /// Topic subscriptions.
     pub memberships: Arc<Commands<Membership>>,
+    /// Bulk inbox operations, recorded as each ends.
+    pub bulks: Arc<Commands<crate::domain::bulk::InboxBulk>>,
     /// Topics' subscribers and counts.
     pub topics: Arc<dyn RowReader<crate::projections::topics::Row>>,
     /// How far each send has got.

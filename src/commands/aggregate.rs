@@ -9,6 +9,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 
 use super::audience::AudienceLookup;
 use crate::domain::api_key::KEY_EVENT_VERSION;
+use crate::domain::bulk::{BulkCommand, BulkError, BulkEvent, InboxBulk, BULK_EVENT_VERSION};
 use crate::domain::category::{
     CategoryCommand, CategoryConfig, CategoryError, CategoryEvent, CATEGORY_EVENT_VERSION,
 };
@@ -224,4 +225,12 @@ pure_aggregate!(
     MembershipEvent,
     MembershipError,
     TOPIC_EVENT_VERSION
+);
+pure_aggregate!(
+    InboxBulk,
+    "InboxBulk",
+    BulkCommand,
+    BulkEvent,
+    BulkError,
+    BULK_EVENT_VERSION
 );

@@ -27,23 +27,8 @@ use crate::storage::{EventLog, Position};
 pub type ReadError = CommandError<Infallible>;
 
 fn erased<E: std::error::Error>(err: CommandError<E>) -> ReadError {
-    match err {
-        CommandError::Rejected(e) => {
-            CommandError::Internal(format!("a read was refused: {e}").into())
-        }
-        CommandError::Conflict {
-            aggregate,
-            attempts,
-        } => CommandError::Conflict {
-            aggregate,
-            attempts,
-        },
-        CommandError::IdempotencyMismatch(k) => CommandError::IdempotencyMismatch(k),
-        CommandError::Unreadable(u) => CommandError::Unreadable(u),
-        CommandError::Full { used_mb, limit_mb } => CommandError::Full { used_mb, limit_mb },
-        CommandError::Unavailable(c) => CommandError::Unavailable(c),
-        CommandError::Internal(c) => CommandError::Internal(c),
-    }
+    err.unless_rejected()
+        .unwrap_or_else(|e| CommandError::Internal(format!("a read was refused: {e}").into()))
 }
 
 /// The most category events read to list the configured categories.

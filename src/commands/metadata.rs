@@ -26,9 +26,10 @@ pub struct CommandMetadata {
     /// aggregate records a command id once, so sending it again changes
     /// nothing. None: each command gets a new one.
     pub command_id: Option<String>,
-    /// Part of one operation over many notifications, appended in batches:
-    /// `more` on every batch but the last, `last` on it. The inbox
-    /// announces the counts once, with the last.
+    /// Part of one operation over many notifications, appended in
+    /// batches: `more` on every batch. The inbox holds their counts back
+    /// until the operation's own event (`InboxBulkApplied`) announces them
+    /// once. (Earlier releases marked the last batch `last` instead.)
     pub bulk: Option<&'static str>,
 }
 
@@ -43,9 +44,8 @@ pub const COMMAND_ID: &str = "command_id";
 pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
 pub const REQUEST_HASH: &str = "request_hash";
 pub const BULK: &str = "bulk";
-/// `BULK` on every batch of an operation but its last.
+/// `BULK` on every batch of an operation.
 pub const BULK_MORE: &str = "more";
-pub const BULK_LAST: &str = "last";
 
 impl CommandMetadata {
     /// The map cqrs-es stores with each event of one command.

@@ -17,7 +17,7 @@ use cqrs_es::persist::{PersistedEventStore, PersistenceError, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore as _};
 use tracing::warn;
 
-pub use self::batch::{BatchReceipt, Target, BATCH};
+pub use self::batch::{BatchOutcome, BatchReceipt, Target, BATCH};
 use super::metadata::{CommandMetadata, ACTOR, COMMAND_ID};
 use crate::domain::{NotificationError, Timestamp};
 use crate::memory_limit::{MemoryGuard, Pressure};
@@ -73,6 +73,26 @@ impl<E: std::error::Error> CommandError<E> {
             Self::Full { .. } | Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "failed",
         }
+    }
+
+    /// The same failure as one of another aggregate's commands; the
+    /// refusal itself, which has no such form, as `Err`.
+    pub fn unless_rejected<F: std::error::Error>(self) -> Result<CommandError<F>, E> {
+        Ok(match self {
+            Self::Rejected(e) => return Err(e),
+            Self::Conflict {
+                aggregate,
+                attempts,
+            } => CommandError::Conflict {
+                aggregate,
+                attempts,
+            },
+            Self::IdempotencyMismatch(k) => CommandError::IdempotencyMismatch(k),
+            Self::Unreadable(u) => CommandError::Unreadable(u),
+            Self::Full { used_mb, limit_mb } => CommandError::Full { used_mb, limit_mb },
+            Self::Unavailable(c) => CommandError::Unavailable(c),
+            Self::Internal(c) => CommandError::Internal(c),
+        })
     }
 
     fn conflict<A: Aggregate>() -> Self {
@@ -860,5 +880,40 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(t9.position, Position::START, "no stream was made for t-9");
+    }
+
+    #[tokio::test]
+    async fn a_create_many_run_again_answers_what_its_first_run_created() {
+        let commands = tallies(1);
+        let none = CommandMetadata::default();
+        let target = |id: &str| Target {
+            aggregate_id: id.into(),
+            command_id: None,
+        };
+        let first = commands
+            .create_many(
+                &[target("a"), target("b")],
+                |_, _| TallyCommand::Count,
+                &none,
+            )
+            .await
+            .unwrap();
+        assert_eq!(first.receipt.changed, 2);
+        let again = commands
+            .create_many(
+                &[target("a"), target("b"), target("c")],
+                |_, _| TallyCommand::Count,
+                &none,
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.receipt.changed, 1, "only c is new: {again:?}");
+        let mut states = again.states;
+        states.sort_by_key(|(i, _)| *i);
+        assert_eq!(
+            states,
+            [0, 1, 2].map(|i| (i, Tally { count: 1 })),
+            "a and b refused (at their cap) answer as they are"
+        );
     }
 }

@@ -250,20 +250,6 @@ impl FanOutWorker {
             audience: Some(Box::new(audiences[i].clone())),
             at,
         };
-        // Which recipients get nothing at all: the same rules, decided
-        // here to count them (a page run again counts the same).
-        let now = chrono::Utc::now();
-        let mut suppressed = 0;
-        for (i, audience) in audiences.iter().enumerate() {
-            let mut n = Notification::default();
-            for event in n
-                .decide_for(create(i, now), audience)
-                .map_err(|e| e.to_string())?
-            {
-                n.apply(event);
-            }
-            suppressed += u64::from(n.lifecycle == Lifecycle::Suppressed);
-        }
         let targets: Vec<Target> = ids
             .iter()
             .map(|id| Target {
@@ -272,14 +258,25 @@ impl FanOutWorker {
             })
             .collect();
         let meta = self.metadata(send).await?;
-        self.notifications
+        let outcome = self
+            .notifications
             .create_many(&targets, create, &meta)
             .await
             .map_err(|e| error_chain(&e))?;
+        // Counted from what the log holds: a page run again after a crash
+        // finds the notifications its first run created, decided then.
+        let suppressed = outcome
+            .states
+            .iter()
+            .filter(|(_, n)| n.lifecycle == Lifecycle::Suppressed)
+            .count() as u64;
+        let created = outcome.states.len() as u64 - suppressed;
+        // A notification whose history cannot be read is neither.
+        let skipped = skipped + (recipients.len() - outcome.states.len()) as u64;
         Ok(Page {
             page,
             through: listed.last().cloned().or_else(|| send.through.clone()),
-            created: recipients.len() as u64 - suppressed,
+            created,
             suppressed,
             skipped,
             done,

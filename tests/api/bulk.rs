@@ -70,6 +70,27 @@ async fn a_bulk_read_changes_what_its_filter_names_and_announces_the_counts_once
     let counts: Vec<&Value> = updates.iter().filter(|u| u["kind"] == "counts").collect();
     assert_eq!(counts.len(), 1, "one counts update for the whole operation");
     assert_eq!(counts[0]["data"]["unread_count"], 600, "{}", counts[0]);
+
+    // The operation run again (a client retrying after losing the answer)
+    // changes nothing, and still ends with the counts announced: they
+    // never hang on what the last append happened to change.
+    let (status, again) = bulk(
+        app,
+        "bea",
+        json!({"action": "read", "filter": {"category": "billing"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        (again["matched"].as_u64(), again["changed"].as_u64()),
+        (Some(600), Some(0))
+    );
+    let updates = sub
+        .updates_until(|got| got.iter().any(|u| u["kind"] == "counts"))
+        .await;
+    let counts: Vec<&Value> = updates.iter().filter(|u| u["kind"] == "counts").collect();
+    assert_eq!(counts.len(), 1, "{updates:?}");
+    assert_eq!(counts[0]["data"]["unread_count"], 600, "{}", counts[0]);
     sub.close().await;
 
     let after = app

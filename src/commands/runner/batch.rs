@@ -34,6 +34,29 @@ impl BatchReceipt {
     }
 }
 
+/// What one command over many aggregates did, and each aggregate's state
+/// after it: by target index, for every target it found or created (those
+/// passed over because their history cannot be read are absent).
+#[derive(Debug, Clone)]
+pub struct BatchOutcome<A> {
+    pub receipt: BatchReceipt,
+    pub states: Vec<(usize, A)>,
+}
+
+impl<A> BatchOutcome<A> {
+    fn nothing() -> Self {
+        Self {
+            receipt: BatchReceipt::NOTHING,
+            states: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.receipt.add(other.receipt);
+        self.states.extend(other.states);
+    }
+}
+
 /// Aggregates decided together and appended in one statement.
 pub const BATCH: usize = 500;
 
@@ -66,19 +89,24 @@ where
         command: impl Fn(usize, Timestamp) -> A::Command,
         meta: &CommandMetadata,
     ) -> Result<BatchReceipt, CommandError<A::Error>> {
-        self.in_batches(targets, command, meta, false).await
+        Ok(self
+            .in_batches(targets, command, meta, false)
+            .await?
+            .receipt)
     }
 
     /// `execute_many`, on targets that need not exist yet: a target without
     /// a stream is decided from the aggregate's default (a create with an
     /// id its sender derived). One that appeared meanwhile conflicts the
-    /// batch, which is decided again and finds it.
+    /// batch, which is decided again and finds it. Answers each target's
+    /// state after it: what it created, or what was there already (a
+    /// target created by an earlier run of the same command).
     pub async fn create_many(
         &self,
         targets: &[Target],
         command: impl Fn(usize, Timestamp) -> A::Command,
         meta: &CommandMetadata,
-    ) -> Result<BatchReceipt, CommandError<A::Error>> {
+    ) -> Result<BatchOutcome<A>, CommandError<A::Error>> {
         self.in_batches(targets, command, meta, true).await
     }
 
@@ -88,16 +116,19 @@ where
         command: impl Fn(usize, Timestamp) -> A::Command,
         meta: &CommandMetadata,
         absent_too: bool,
-    ) -> Result<BatchReceipt, CommandError<A::Error>> {
-        let mut receipt = BatchReceipt::NOTHING;
+    ) -> Result<BatchOutcome<A>, CommandError<A::Error>> {
+        let mut outcome = BatchOutcome::nothing();
         for (n, chunk) in targets.chunks(BATCH).enumerate() {
             let offset = n * BATCH;
-            let done = self
+            let mut done = self
                 .batch(chunk, &|i, at| command(offset + i, at), meta, absent_too)
                 .await?;
-            receipt.add(done);
+            for (i, _) in &mut done.states {
+                *i += offset;
+            }
+            outcome.add(done);
         }
-        Ok(receipt)
+        Ok(outcome)
     }
 
     async fn batch(
@@ -106,7 +137,7 @@ where
         command: &impl Fn(usize, Timestamp) -> A::Command,
         meta: &CommandMetadata,
         absent_too: bool,
-    ) -> Result<BatchReceipt, CommandError<A::Error>> {
+    ) -> Result<BatchOutcome<A>, CommandError<A::Error>> {
         // Each aggregate once per statement: a second target on the same
         // aggregate runs after it, on its own (`one_by_one`).
         let mut index: HashMap<&str, usize> = HashMap::new();
@@ -121,6 +152,7 @@ where
         let ids: Vec<String> = index.keys().map(|id| (*id).to_owned()).collect();
         let mut receipt = BatchReceipt::NOTHING;
         let mut present: Vec<usize> = Vec::new();
+        let mut states: Vec<(usize, A)> = Vec::new();
         let mut done = false;
         for attempt in 1..=self.max_attempts {
             let at = chrono::Utc::now();
@@ -128,6 +160,7 @@ where
             let mut events = Vec::new();
             let mut changed: HashMap<&'static str, u64> = HashMap::new();
             present.clear();
+            states.clear();
             for stream in history.chunk_by(|a, b| a.aggregate_id == b.aggregate_id) {
                 let Some(&i) = index.get(stream[0].aggregate_id.as_str()) else {
                     continue;
@@ -135,7 +168,12 @@ where
                 present.push(i);
                 let cmd = command(i, at);
                 let name = cmd.name();
-                let Some(decided) = self.decide_on(stream, &targets[i], cmd, meta).await? else {
+                let Some((state, decided)) = self.decide_on(stream, &targets[i], cmd, meta).await?
+                else {
+                    continue;
+                };
+                states.push((i, state));
+                let Some(decided) = decided else {
                     continue;
                 };
                 *changed.entry(name).or_default() += 1;
@@ -153,7 +191,13 @@ where
                     present.push(i);
                     let cmd = command(i, at);
                     let name = cmd.name();
-                    let Some(decided) = self.decide_on(&[], &targets[i], cmd, meta).await? else {
+                    let Some((state, decided)) =
+                        self.decide_on(&[], &targets[i], cmd, meta).await?
+                    else {
+                        continue;
+                    };
+                    states.push((i, state));
+                    let Some(decided) = decided else {
                         continue;
                     };
                     *changed.entry(name).or_default() += 1;
@@ -203,9 +247,11 @@ where
         if !done {
             again.extend(present.iter().copied());
             again.sort_unstable();
+            states.clear();
         }
-        receipt.add(self.one_by_one(targets, &again, command, meta).await?);
-        Ok(receipt)
+        let mut outcome = BatchOutcome { receipt, states };
+        outcome.add(self.one_by_one(targets, &again, command, meta).await?);
+        Ok(outcome)
     }
 
     /// The targets at `which`, one command each, in order; refusals passed over.
@@ -215,8 +261,8 @@ where
         which: &[usize],
         command: &impl Fn(usize, Timestamp) -> A::Command,
         meta: &CommandMetadata,
-    ) -> Result<BatchReceipt, CommandError<A::Error>> {
-        let mut receipt = BatchReceipt::NOTHING;
+    ) -> Result<BatchOutcome<A>, CommandError<A::Error>> {
+        let mut outcome = BatchOutcome::nothing();
         for &i in which {
             let target = &targets[i];
             let meta = CommandMetadata {
@@ -227,34 +273,45 @@ where
                 .execute(&target.aggregate_id, |at| command(i, at), &meta, false)
                 .await
             {
-                Ok(r) => receipt.add(BatchReceipt {
-                    changed: u64::from(r.changed),
-                    position: r.position,
-                }),
-                Err(CommandError::Rejected(_) | CommandError::Unreadable(_)) => {}
+                Ok(r) => {
+                    outcome.receipt.add(BatchReceipt {
+                        changed: u64::from(r.changed),
+                        position: r.position,
+                    });
+                    outcome.states.push((i, r.state));
+                }
+                // Refused: as it is (a create on one that exists).
+                Err(CommandError::Rejected(_)) => {
+                    if let Ok(current) = self.current(&target.aggregate_id, None).await {
+                        outcome.states.push((i, current.state));
+                    }
+                }
+                Err(CommandError::Unreadable(_)) => {}
                 Err(other) => return Err(other),
             }
         }
-        Ok(receipt)
+        Ok(outcome)
     }
 
-    /// What `command` records on the aggregate whose whole stream this is:
-    /// its events, ready to append after the stream's last one; None when it
-    /// records nothing, is refused, was already run (`target`'s command id),
-    /// or the stream cannot be read.
+    /// What `command` records on the aggregate whose whole stream this is,
+    /// and its state after: its events, ready to append after the stream's
+    /// last one, or None when it records nothing, is refused or was already
+    /// run (`target`'s command id). None at all when the stream cannot be
+    /// read.
+    #[allow(clippy::type_complexity)]
     async fn decide_on(
         &self,
         stream: &[SharedEvent],
         target: &Target,
         command: A::Command,
         meta: &CommandMetadata,
-    ) -> Result<Option<Vec<SerializedEvent>>, CommandError<A::Error>> {
+    ) -> Result<Option<(A, Option<Vec<SerializedEvent>>)>, CommandError<A::Error>> {
         // Unreadable: commands on it one by one answer unreadable-event.
         let Some(mut loaded) = Loaded::<A>::of_logged(stream, target.command_id.as_deref()) else {
             return Ok(None);
         };
         if loaded.repeat {
-            return Ok(None);
+            return Ok(Some((loaded.aggregate, None)));
         }
         let name = command.name();
         let sink = EventSink::default();
@@ -264,17 +321,18 @@ where
             .await
         {
             tracing::debug!(aggregate = %target.aggregate_id, %refused, "refused in a batch; passed over");
-            return Ok(None);
+            return Ok(Some((loaded.aggregate, None)));
         }
         let events = sink.collect().await;
         if events.is_empty() {
-            return Ok(None);
+            return Ok(Some((loaded.aggregate, None)));
         }
         let command_id = target
             .command_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let metadata = meta.to_map(name, &command_id);
-        serialize::<A>(&target.aggregate_id, loaded.sequence, events, &metadata).map(Some)
+        let serialized = serialize::<A>(&target.aggregate_id, loaded.sequence, events, &metadata)?;
+        Ok(Some((loaded.aggregate, Some(serialized))))
     }
 }

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use super::fold::{fold_events, ids_in, Held, Refusal};
 use super::{
-    counts_update, cut_page, deferred, page_updates, remember, InboxPage, InboxQuery, InboxReader,
-    InboxRow, PageUpdates, RowView, Selection, NAME,
+    bulk_marks, counts_update, cut_page, page_updates, remember, InboxPage, InboxQuery,
+    InboxReader, InboxRow, PageUpdates, RowView, Selection, NAME,
 };
 use crate::domain::{NotificationId, UserId};
 use crate::projections::store::memory::{MemoryModel, MemoryStore};
@@ -73,7 +73,7 @@ impl MemoryModel for MemoryInbox {
             .collect();
         let before = remember(&rows);
         let refused = fold_events(&mut rows, events, held, skipped);
-        let updates = page_updates(&before, &rows, page_end, &self.view, &deferred(events));
+        let updates = page_updates(&before, &rows, page_end, &self.view, &bulk_marks(events));
         (
             InboxChanges {
                 rows,

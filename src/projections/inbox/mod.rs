@@ -17,7 +17,9 @@ use std::collections::{BTreeSet, HashMap};
 use async_trait::async_trait;
 
 pub use fold::{fold_events, ids_in};
-pub use updates::{counts_update, deferred, page_updates, remember, PageUpdates, RowView};
+pub use updates::{
+    bulk_marks, counts_update, page_updates, remember, BulkMarks, PageUpdates, RowView,
+};
 
 use crate::domain::contact::TenantId;
 use crate::domain::{Category, Notification, NotificationId, UserId};

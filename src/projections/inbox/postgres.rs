@@ -15,7 +15,7 @@ use tokio_postgres::Row;
 
 use super::fold::{fold_events, ids_in, Held, Refusal};
 use super::{
-    counts_update, deferred, page_updates, remember, InboxRow, PageUpdates, RowView, NAME,
+    bulk_marks, counts_update, page_updates, remember, InboxRow, PageUpdates, RowView, NAME,
 };
 use crate::domain::{Notification, NotificationId};
 use crate::projections::rebuild::RebuildTuning;
@@ -140,7 +140,7 @@ pub(crate) async fn write_page(
     let before = announce.map(|view| (remember(&rows), view));
     let refused = fold_events(&mut rows, events, held, skipped);
     let updates = before
-        .map(|(before, view)| page_updates(&before, &rows, page_end, view, &deferred(events)));
+        .map(|(before, view)| page_updates(&before, &rows, page_end, view, &bulk_marks(events)));
     store_rows(tx, table, &rows).await?;
     Ok((updates, refused))
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::InboxRow;
 use crate::commands::metadata::{BULK, BULK_MORE};
+use crate::domain::bulk::{BulkEvent, BULK_TYPE};
 use crate::domain::{NotificationId, UserId};
 use crate::storage::{Position, SharedEvent};
 use crate::streams::updates::{NewUpdate, Topic};
@@ -57,37 +58,52 @@ pub fn remember(
         .collect()
 }
 
-/// The notifications whose every event in `events` is part of a bulk
-/// operation's batch before its last: their inbox counts wait for the last
-/// batch, so the operation announces them once.
-pub fn deferred(events: &[SharedEvent]) -> HashSet<NotificationId> {
-    let mut deferred = HashSet::new();
+/// What a page holds of bulk operations (`domain::bulk`).
+#[derive(Debug, Default)]
+pub struct BulkMarks {
+    /// Notifications whose every event in the page is part of one: their
+    /// counts wait for its end.
+    pub deferred: HashSet<NotificationId>,
+    /// Users whose bulk operation ended in the page: their counts are
+    /// announced with it.
+    pub ended: Vec<UserId>,
+}
+
+pub fn bulk_marks(events: &[SharedEvent]) -> BulkMarks {
+    let mut marks = BulkMarks::default();
     let mut announced = HashSet::new();
     for event in events {
+        if event.aggregate_type == BULK_TYPE {
+            if let Ok(BulkEvent::InboxBulkApplied { user, .. }) = event.decode::<BulkEvent>() {
+                marks.ended.push(user);
+            }
+            continue;
+        }
         let Ok(uuid) = uuid::Uuid::parse_str(&event.aggregate_id) else {
             continue;
         };
         let id = NotificationId(uuid);
         if event.metadata.get(BULK).and_then(|v| v.as_str()) == Some(BULK_MORE) {
             if !announced.contains(&id) {
-                deferred.insert(id);
+                marks.deferred.insert(id);
             }
         } else {
-            deferred.remove(&id);
+            marks.deferred.remove(&id);
             announced.insert(id);
         }
     }
-    deferred
+    marks
 }
 
 /// Compares each row before and after the page. The counts of a recipient
-/// whose only changes are `deferred` are not announced with this page.
+/// whose only changes are deferred are not announced with this page; those
+/// of one whose bulk operation ended in it are.
 pub fn page_updates(
     before: &HashMap<NotificationId, Option<Before>>,
     after: &HashMap<NotificationId, Option<InboxRow>>,
     page_end: Position,
     view: &RowView,
-    deferred: &HashSet<NotificationId>,
+    bulk: &BulkMarks,
 ) -> PageUpdates {
     let mut rows = Vec::new();
     let mut touched: Vec<UserId> = Vec::new();
@@ -143,8 +159,13 @@ pub fn page_updates(
             },
             position,
         });
-        if !deferred.contains(id) && seen_recipients.insert(recipient.clone()) {
+        if !bulk.deferred.contains(id) && seen_recipients.insert(recipient.clone()) {
             touched.push(recipient);
+        }
+    }
+    for user in &bulk.ended {
+        if seen_recipients.insert(user.clone()) {
+            touched.push(user.clone());
         }
     }
     PageUpdates { rows, touched }
