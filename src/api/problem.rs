@@ -243,6 +243,14 @@ impl From<NotificationError> for ApiError {
                 error!(error = %detail, "a create could not read the recipient's preferences");
                 Self::unavailable("the recipient's preferences could not be read; retry shortly")
             }
+            E::AudienceUnreadable(_) => Self::conflict(
+                "unreadable-event",
+                "The history cannot be read",
+                format!(
+                    "{detail}; creates for this recipient are refused until a release that \
+                     reads that event is deployed (operators: see the poison-event runbook)"
+                ),
+            ),
         }
     }
 }

@@ -8,6 +8,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 
 use super::audience::AudienceLookup;
+use super::runner::CommandError;
 use crate::domain::api_key::KEY_EVENT_VERSION;
 use crate::domain::bulk::{BulkCommand, BulkError, BulkEvent, InboxBulk, BULK_EVENT_VERSION};
 use crate::domain::category::{
@@ -105,10 +106,14 @@ impl Aggregate for Notification {
                 audience: Some(read),
                 ..
             } => (**read).clone(),
-            NotificationCommand::Create { content, .. } if self.id.is_none() => services
-                .audience(content)
-                .await
-                .map_err(|e| NotificationError::AudienceUnavailable(e.to_string()))?,
+            NotificationCommand::Create { content, .. } if self.id.is_none() => {
+                services.audience(content).await.map_err(|e| match e {
+                    CommandError::Unreadable(event) => {
+                        NotificationError::AudienceUnreadable(event.to_string())
+                    }
+                    other => NotificationError::AudienceUnavailable(other.to_string()),
+                })?
+            }
             _ => Audience::default(),
         };
         for event in self.decide_for(command, &audience)? {

@@ -48,10 +48,15 @@ pub enum NotificationError {
     HeldUntil { channel: Channel, until: Timestamp },
     #[error("every channel was suppressed; there is nothing to deliver or cancel")]
     Suppressed,
-    /// The preferences a create consults could not be read (an outage, an
-    /// unreadable event): nothing is recorded, the create can be retried.
+    /// The preferences a create consults could not be read (an outage):
+    /// nothing is recorded, the create can be retried.
     #[error("the recipient's preferences could not be read ({0}); retry shortly")]
     AudienceUnavailable(String),
+    /// What a create consults holds an event this release cannot read
+    /// (named): nothing is recorded, and retrying will not help until a
+    /// release that reads it is deployed.
+    #[error("the recipient's preferences cannot be read: {0}")]
+    AudienceUnreadable(String),
 }
 
 /// Where a notification is in its life.

@@ -52,7 +52,43 @@ on_both_backends!(
     analytics_count_suppressed_channels_apart_from_failed_ones,
     a_recipient_changed_many_times_is_read_from_its_last_changes,
     a_recipient_recorded_before_changes_were_numbered_reads_as_its_whole_history,
+    a_create_for_a_recipient_whose_preferences_cannot_be_read_names_the_event,
 );
+
+async fn a_create_for_a_recipient_whose_preferences_cannot_be_read_names_the_event(app: &TestApp) {
+    let event = "RecipientPreferencesChanged";
+    app.append_raw_to(
+        "Recipient",
+        "odd",
+        1,
+        event,
+        json!({ event: {"preferences": 7, "changed_at": "2026-01-01T00:00:00Z", "version": 1} }),
+    )
+    .await;
+    let body = json!({"recipient": "odd", "category": "news", "title": "t", "body": "b"});
+    let resp = app.post("/v1/notifications", &body).await;
+    let problem =
+        crate::errors::expect_problem(resp, 409, "urn:tidings:problem:unreadable-event", "create")
+            .await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("Recipient") && detail.contains(event),
+        "{detail}"
+    );
+    let inbox = app.get_json("/v1/users/odd/inbox").await;
+    assert_eq!(inbox["items"], json!([]), "nothing was recorded");
+    // Another recipient is not held up by it.
+    let (status, _) = app
+        .send(
+            "POST",
+            "/v1/notifications",
+            Some(&json!({
+                "recipient": "even", "category": "news", "title": "t", "body": "b"
+            })),
+        )
+        .await;
+    assert_eq!(status, 201);
+}
 
 /// (rule, level, version) of each suppressed channel of notification `id`.
 async fn rules(app: &TestApp, id: &str) -> Vec<(String, String, String, u64)> {
