@@ -184,8 +184,7 @@ impl BulkApi {
         user: Path<Text<UserRule>>,
         body: StrictJson<BulkRequest>,
     ) -> Result<BulkResponse, ApiError> {
-        let user =
-            UserId::parse(user.0.as_str()).map_err(|e| ApiError::invalid("path.user", e.0))?;
+        let user = super::params::path_user(user.0.as_str())?;
         let action = parse_action(body.0.action.as_str());
         let selection = selection(user, body.0.filter.as_ref());
         let (action, selection) = (action?, selection?);

@@ -18,7 +18,7 @@ use super::problem::ApiError;
 use super::views::{InboxPageView, NotificationView, ReadAllView};
 use super::{wait_for, ApiTags};
 use crate::domain::contact::TenantId;
-use crate::domain::{Category, NotificationCommand, UserId};
+use crate::domain::{Category, NotificationCommand};
 use crate::projections::inbox::{page_from_history, InboxQuery, ReadFilter};
 use crate::storage::Position;
 use crate::AppState;
@@ -56,10 +56,6 @@ pub struct InboxApi {
     pub state: Arc<AppState>,
 }
 
-fn parse_user(user: &str) -> Result<UserId, ApiError> {
-    UserId::parse(user).map_err(|e| ApiError::invalid("path.user", e.0))
-}
-
 #[OpenApi(prefix_path = "/v1", tag = "ApiTags::Inbox")]
 impl InboxApi {
     /// A user's inbox
@@ -90,7 +86,7 @@ impl InboxApi {
         /// time or cursor (read from the event log).
         as_of: Query<Option<Text<AsOfRule>>>,
     ) -> Result<InboxResponse, ApiError> {
-        let recipient = parse_user(user.0.as_str())?;
+        let recipient = super::params::path_user(user.0.as_str())?;
         let status = match status.0.as_ref().map(Text::as_str) {
             None => None,
             Some("unread") => Some(ReadFilter::Unread),
@@ -199,7 +195,7 @@ impl InboxApi {
         /// Wait for the inbox to include this cursor before choosing what to mark.
         min_position: Query<Option<Text<LogCursorRule>>>,
     ) -> Result<ReadAllResponse, ApiError> {
-        let recipient = parse_user(user.0.as_str())?;
+        let recipient = super::params::path_user(user.0.as_str())?;
         wait_for(
             &self.state,
             &self.state.projections.inbox().projector,

@@ -20,7 +20,7 @@ use super::ApiTags;
 use crate::access::keys::{KeyEntry, Source};
 use crate::access::lifecycle::KeyCommandError;
 use crate::access::Grant;
-use crate::domain::{KeyName, Scope, UserId};
+use crate::domain::{KeyName, Scope};
 use crate::AppState;
 
 /// A key to create.
@@ -274,8 +274,7 @@ impl KeysApi {
         /// Comma-separated grants (`read`, `write`); absent: both.
         grants: Query<Option<Text<GrantsRule>>>,
     ) -> Result<TokenResponse, ApiError> {
-        let user =
-            UserId::parse(user.0.as_str()).map_err(|e| ApiError::invalid("path.user", e.0))?;
+        let user = super::params::path_user(user.0.as_str())?;
         let Some(tokens) = &self.state.access.tokens else {
             return Err(ApiError::conflict(
                 "no-token-key",

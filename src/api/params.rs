@@ -457,3 +457,10 @@ impl ToJSON for JsonObject {
         Some(self.0.clone())
     }
 }
+
+/// The `{user}` of a path, or a 422 naming `path.user` (the schema bounds
+/// its length and characters; this is the domain's word on it).
+pub(super) fn path_user(raw: &str) -> Result<crate::domain::UserId, super::problem::ApiError> {
+    crate::domain::UserId::parse(raw)
+        .map_err(|e| super::problem::ApiError::invalid("path.user", e.0))
+}

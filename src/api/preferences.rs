@@ -351,10 +351,6 @@ impl From<std::convert::Infallible> for ApiError {
     }
 }
 
-fn parse_user(raw: &str) -> Result<UserId, ApiError> {
-    UserId::parse(raw).map_err(|e| ApiError::invalid("path.user", e.0))
-}
-
 pub(super) fn parse_tenant(field: &str, raw: &str) -> Result<TenantId, ApiError> {
     TenantId::parse(raw).map_err(|e| ApiError::invalid(field, e.0))
 }
@@ -397,7 +393,7 @@ impl PreferencesApi {
         /// An RFC 3339 time or a log cursor.
         as_of: Query<Option<Text<AsOfRule>>>,
     ) -> Result<PreferencesResponse, ApiError> {
-        let user = parse_user(user.0.as_str())?;
+        let user = super::params::path_user(user.0.as_str())?;
         let tenant = match &tenant.0 {
             Some(t) => Some(parse_tenant("query.tenant", t.as_str())?),
             None => None,
@@ -437,7 +433,7 @@ impl PreferencesApi {
         user: Path<Text<UserRule>>,
         body: StrictJson<PreferencesBody>,
     ) -> Result<PreferencesResponse, ApiError> {
-        let user = parse_user(user.0.as_str())?;
+        let user = super::params::path_user(user.0.as_str())?;
         let preferences = body.0.parse()?;
         let decided = self
             .state

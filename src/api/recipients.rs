@@ -356,10 +356,6 @@ pub struct RecipientsApi {
     pub state: Arc<AppState>,
 }
 
-fn parse_user(raw: &str) -> Result<UserId, ApiError> {
-    UserId::parse(raw).map_err(|e| ApiError::invalid("path.user", e.0))
-}
-
 impl RecipientsApi {
     async fn run(
         &self,
@@ -391,7 +387,7 @@ impl RecipientsApi {
     /// user is a recipient.
     #[oai(path = "/users/:user", method = "get", operation_id = "getRecipient")]
     async fn get(&self, user: Path<Text<UserRule>>) -> Result<ProfileResponse, ApiError> {
-        let user = parse_user(user.0.as_str())?;
+        let user = super::params::path_user(user.0.as_str())?;
         let current = self
             .state
             .audience
@@ -424,7 +420,7 @@ impl RecipientsApi {
         user: Path<Text<UserRule>>,
         body: StrictJson<ProfileBody>,
     ) -> Result<ProfileResponse, ApiError> {
-        let user = parse_user(user.0.as_str())?;
+        let user = super::params::path_user(user.0.as_str())?;
         tenant_is_the_services(&ctx.principal, body.0.tenant.is_some())?;
         let profile = body.0.parse()?;
         // A user's replace keeps the tenant the backend assigned.
@@ -453,7 +449,7 @@ impl RecipientsApi {
         user: Path<Text<UserRule>>,
         body: StrictJson<ProfilePatchBody>,
     ) -> Result<ProfileResponse, ApiError> {
-        let user = parse_user(user.0.as_str())?;
+        let user = super::params::path_user(user.0.as_str())?;
         tenant_is_the_services(&ctx.principal, !body.0.tenant.is_undefined())?;
         let patch = body.0.parse()?;
         self.run(&user, &ctx, |at| RecipientCommand::Patch {

@@ -106,10 +106,6 @@ fn parse_topic(raw: &str) -> Result<TopicName, ApiError> {
     TopicName::parse(raw).map_err(|e| ApiError::invalid("path.topic", e.0))
 }
 
-fn parse_user(raw: &str) -> Result<UserId, ApiError> {
-    UserId::parse(raw).map_err(|e| ApiError::invalid("path.user", e.0))
-}
-
 pub struct TopicsApi {
     pub state: Arc<AppState>,
 }
@@ -123,7 +119,7 @@ impl TopicsApi {
         subscribe: bool,
     ) -> Result<MembershipResponse, ApiError> {
         let topic = parse_topic(topic)?;
-        let user = parse_user(user)?;
+        let user = super::params::path_user(user)?;
         let decided = self
             .state
             .memberships

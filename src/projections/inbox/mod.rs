@@ -68,22 +68,33 @@ impl InboxQuery {
     /// category, tenant); the recipient and the page bounds are the
     /// reader's.
     pub fn matches(&self, row: &InboxRow) -> bool {
-        let content = row.state.content.as_ref();
         row.state.is_archived() == self.archived
-            && match self.status {
-                Some(ReadFilter::Read) => row.state.is_read(),
-                Some(ReadFilter::Unread) => !row.state.is_read(),
-                None => true,
-            }
-            && self
-                .category
-                .as_ref()
-                .is_none_or(|c| content.is_some_and(|n| &n.category == c))
-            && self
-                .tenant
-                .as_ref()
-                .is_none_or(|t| content.is_some_and(|n| n.tenant.as_ref() == Some(t)))
+            && passes(
+                row,
+                self.status,
+                self.category.as_ref(),
+                self.tenant.as_ref(),
+            )
     }
+}
+
+/// Whether `row` passes the filters an inbox page and a bulk operation
+/// share: read status, category, tenant (each when given).
+fn passes(
+    row: &InboxRow,
+    status: Option<ReadFilter>,
+    category: Option<&Category>,
+    tenant: Option<&TenantId>,
+) -> bool {
+    let content = row.state.content.as_ref();
+    let status_passes = match status {
+        Some(ReadFilter::Read) => row.state.is_read(),
+        Some(ReadFilter::Unread) => !row.state.is_read(),
+        None => true,
+    };
+    status_passes
+        && category.is_none_or(|c| content.is_some_and(|n| &n.category == c))
+        && tenant.is_none_or(|t| content.is_some_and(|n| n.tenant.as_ref() == Some(t)))
 }
 
 /// Which of a recipient's inbox notifications (archived ones too) a bulk
@@ -105,19 +116,12 @@ impl Selection {
         let content = row.state.content.as_ref();
         row.in_inbox()
             && content.is_some_and(|c| c.recipient == self.recipient)
-            && match self.status {
-                Some(ReadFilter::Read) => row.state.is_read(),
-                Some(ReadFilter::Unread) => !row.state.is_read(),
-                None => true,
-            }
-            && self
-                .category
-                .as_ref()
-                .is_none_or(|c| content.is_some_and(|n| &n.category == c))
-            && self
-                .tenant
-                .as_ref()
-                .is_none_or(|t| content.is_some_and(|n| n.tenant.as_ref() == Some(t)))
+            && passes(
+                row,
+                self.status,
+                self.category.as_ref(),
+                self.tenant.as_ref(),
+            )
             && self
                 .created_before
                 .is_none_or(|b| row.state.created_at.is_some_and(|c| c < b))
