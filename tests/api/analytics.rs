@@ -254,6 +254,21 @@ async fn with_the_event_store_down_the_score_says_so() {
         ))
         .await
         .unwrap();
+    // pg_terminate_backend signals; the backends exit a moment later.
+    for _ in 0..100 {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let resp = app.get("/v1/analytics/health").await;
     let status = resp.status();
     let down: Value = resp.json().await.unwrap();
