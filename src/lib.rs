@@ -35,6 +35,7 @@ pub mod memory_limit;
 pub mod operate;
 pub mod projections;
 pub mod reactors;
+pub mod render;
 pub mod server;
 pub mod startup;
 pub mod storage;

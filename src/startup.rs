@@ -18,6 +18,7 @@ use crate::api::state::{AppState, Streams};
 use crate::commands::audience::AudienceReader;
 use crate::commands::{CommandService, Commands, EventStores};
 use crate::config::Settings;
+use crate::domain::batching::Batching;
 use crate::domain::bulk::InboxBulk;
 use crate::domain::category::CategoryConfig;
 use crate::domain::recipient::Recipient;
@@ -318,6 +319,7 @@ impl Service {
             recipients: commands_of::<Recipient>(stores, &signal, attempts, &limit),
             categories: commands_of::<CategoryConfig>(stores, &signal, attempts, &limit),
             tenants: commands_of::<Tenant>(stores, &signal, attempts, &limit),
+            batching: commands_of::<Batching>(stores, &signal, attempts, &limit),
             log: log.clone(),
         });
         let mut commands = CommandService::new(

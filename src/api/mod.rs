@@ -3,6 +3,7 @@
 //! origin leave as `application/problem+json`.
 
 pub mod analytics;
+pub mod batching;
 pub mod bulk;
 pub mod categories;
 pub mod context;
@@ -63,12 +64,14 @@ pub enum ApiTags {
     Operations,
 }
 
-/// The recipient side: profiles, preferences, categories, tenants, topics
+/// The recipient side: profiles, preferences, categories (and their
+/// batching), tenants, topics
 /// (a tuple of its own: poem-openapi's tuples stop at sixteen).
 pub type RecipientApis = (
     recipients::RecipientsApi,
     preferences::PreferencesApi,
     categories::CategoriesApi,
+    batching::BatchingApi,
     tenants::TenantsApi,
     topics::TopicsApi,
 );
@@ -113,6 +116,9 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
                     state: state.clone(),
                 },
                 categories::CategoriesApi {
+                    state: state.clone(),
+                },
+                batching::BatchingApi {
                     state: state.clone(),
                 },
                 tenants::TenantsApi {

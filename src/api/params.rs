@@ -381,6 +381,18 @@ rule!(
     TopicRule, "Topic", pattern(r"^[A-Za-z0-9._:-]{1,128}$")
 );
 rule!(
+    /// How a batch window runs.
+    WindowKindRule, "BatchWindowKind", words(["fixed", "sliding"])
+);
+rule!(
+    /// How often a batch schedule flushes.
+    EveryRule, "BatchEvery", words(["day", "week"])
+);
+rule!(
+    /// A day of the week.
+    WeekdayRule, "Weekday", words(["mon", "tue", "wed", "thu", "fri", "sat", "sun"])
+);
+rule!(
     /// What a bulk operation does.
     BulkActionRule, "BulkAction", words(["seen", "read", "archive", "delete"])
 );

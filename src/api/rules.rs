@@ -159,6 +159,9 @@ pub const RULES: &[(&str, Rule)] = &[
     ("listCategories", ANY_KEY),
     ("getCategory", ANY_KEY),
     ("configureCategory", ADMIN),
+    ("getBatching", ANY_KEY),
+    ("setBatching", ADMIN),
+    ("turnOffBatching", ADMIN),
     ("getTenantDefaults", ANY_KEY),
     ("setTenantDefaults", keys(&[Scope::Send, Scope::Admin])),
     // Who is in a topic is the service's to decide; leaving one is the

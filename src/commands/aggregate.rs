@@ -10,6 +10,9 @@ use cqrs_es::{Aggregate, DomainEvent};
 use super::audience::AudienceLookup;
 use super::runner::CommandError;
 use crate::domain::api_key::KEY_EVENT_VERSION;
+use crate::domain::batching::{
+    Batching, BatchingCommand, BatchingError, BatchingEvent, BATCHING_EVENT_VERSION,
+};
 use crate::domain::bulk::{BulkCommand, BulkError, BulkEvent, InboxBulk, BULK_EVENT_VERSION};
 use crate::domain::category::{
     CategoryCommand, CategoryConfig, CategoryError, CategoryEvent, CATEGORY_EVENT_VERSION,
@@ -238,4 +241,12 @@ pure_aggregate!(
     BulkEvent,
     BulkError,
     BULK_EVENT_VERSION
+);
+pure_aggregate!(
+    Batching,
+    "Batching",
+    BatchingCommand,
+    BatchingEvent,
+    BatchingError,
+    BATCHING_EVENT_VERSION
 );

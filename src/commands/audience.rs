@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 use super::latest;
 use super::runner::{CommandError, Commands, Current};
+use crate::domain::batching::Batching;
 use crate::domain::category::CategoryConfig;
 use crate::domain::contact::TenantId;
 use crate::domain::preferences::{Audience, CategorySettings, Preferences, Resolver, Versioned};
@@ -74,6 +75,8 @@ pub struct AudienceReader {
     pub recipients: Arc<Commands<Recipient>>,
     pub categories: Arc<Commands<CategoryConfig>>,
     pub tenants: Arc<Commands<Tenant>>,
+    /// Each category's batching policy.
+    pub batching: Arc<Commands<Batching>>,
     pub log: Arc<dyn EventLog>,
 }
 
@@ -102,6 +105,11 @@ impl AudienceReader {
             tenant,
             categories,
         })
+    }
+
+    /// Category `category`'s batching policy now.
+    pub async fn batching_of(&self, category: &Category) -> Result<Current<Batching>, ReadError> {
+        self.now::<Batching>(category.as_str()).await
     }
 
     /// The state of one stream now, from its last events.

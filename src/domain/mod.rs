@@ -4,6 +4,7 @@
 //! plain function to test.
 
 pub mod api_key;
+pub mod batching;
 pub mod bulk;
 pub mod category;
 pub mod command;

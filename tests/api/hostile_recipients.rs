@@ -1,6 +1,6 @@
 //! Hostile bodies for the recipient side, generated, against both backends
 //! at once: profiles (PUT, PATCH), preferences, category settings, tenant
-//! defaults and bulk inbox operations. Every request answers 200 or 4xx
+//! defaults, batching policies and bulk inbox operations. Every request answers 200 or 4xx
 //! (never 5xx), both backends answer alike, and a refused request leaves
 //! what it aimed at as it was.
 
@@ -30,6 +30,11 @@ const TARGETS: &[(&str, &str, &str)] = &[
         "/v1/tenants/acme/preferences",
     ),
     ("POST", "/v1/users/hal/inbox/bulk", "/v1/users/hal/inbox"),
+    (
+        "PUT",
+        "/v1/categories/news/batching",
+        "/v1/categories/news/batching",
+    ),
 ];
 
 /// The fields the endpoints know, with values that are sometimes right.
@@ -58,6 +63,18 @@ fn member() -> impl Strategy<Value = (String, J)> {
             "before",
             "category",
             "in_app",
+            "window",
+            "kind",
+            "seconds",
+            "max_seconds",
+            "max_items",
+            "min_items",
+            "key",
+            "first_item_immediately",
+            "schedule",
+            "every",
+            "at",
+            "weekday",
         ][..],
     );
     let value = prop_oneof![
@@ -65,6 +82,7 @@ fn member() -> impl Strategy<Value = (String, J)> {
         2 => proptest::sample::select(&[
             "Europe/Berlin", "UTC", "de-DE", "acme", "+4915112345678", "a@b.co",
             "https://x.example/h", "22:00", "07:00", "read", "archive", "in_app", "email",
+            "fixed", "sliding", "day", "week", "mon", "{{ recipient }}", "{{ data.x", "{% for %}",
         ][..]).prop_map(|s| J::Str(s.to_owned())),
         1 => leaf(),
         1 => proptest::collection::vec((known.clone().prop_map(str::to_owned), tree()), 0..4).prop_map(J::Obj),

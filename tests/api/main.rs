@@ -7,6 +7,7 @@ mod helpers;
 
 mod access;
 mod analytics;
+mod batching;
 mod bulk;
 mod cli;
 mod concurrency;

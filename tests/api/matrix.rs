@@ -199,6 +199,7 @@ fn body_of(operation: &str) -> Option<Value> {
         "setPreferences" => Some(json!({"channels": {"email": false}})),
         "configureCategory" => Some(json!({"default_channels": ["in_app"], "critical": false})),
         "setTenantDefaults" => Some(json!({"channels": {"sms": false}})),
+        "setBatching" => Some(json!({"window": {"kind": "fixed", "seconds": 60}, "max_items": 10})),
         _ => None,
     }
 }

@@ -1,0 +1,442 @@
+//! `GET|PUT|DELETE /v1/categories/{category}/batching`: a category's
+//! batching policy (an admin's), versioned.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::Deserialize;
+use tracing::instrument;
+
+use super::context::RequestContext;
+use super::json::{object, StrictJson};
+use super::notifications::metadata;
+use super::params::{CategoryRule, EveryRule, LocalTimeRule, Text, WeekdayRule, WindowKindRule};
+use super::problem::{ApiError, FieldProblem};
+use super::views::rfc3339;
+use super::ApiTags;
+use crate::domain::batching::{
+    BatchPolicy, Batching, BatchingCommand, BatchingError, Cadence, Every, KeyTemplate, Schedule,
+    Weekday, Window,
+};
+use crate::domain::preferences::LocalTime;
+use crate::domain::Category;
+use crate::storage::Position;
+use crate::AppState;
+
+/// When a batch closes by time, counted from its first item.
+#[derive(Object, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "BatchWindow")]
+pub struct WindowBody {
+    /// `fixed`: `seconds` after the first item; `sliding`: `seconds`
+    /// after the latest item, at most `max_seconds` after the first.
+    pub kind: Text<WindowKindRule>,
+    pub seconds: u32,
+    /// Only for `sliding`.
+    #[serde(default)]
+    #[oai(nullable)]
+    pub max_seconds: Option<u32>,
+}
+
+/// When a batch closes by the clock, in the recipient's time zone.
+#[derive(Object, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "BatchSchedule")]
+pub struct ScheduleBody {
+    pub every: Text<EveryRule>,
+    /// `HH:MM`, local to the recipient (the profile's time zone; UTC
+    /// without one).
+    pub at: Text<LocalTimeRule>,
+    /// Only for `week`.
+    #[serde(default)]
+    #[oai(nullable)]
+    pub weekday: Option<Text<WeekdayRule>>,
+}
+
+/// A batching policy: `window` or `schedule`, not both.
+#[derive(Object, Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "BatchingPolicy")]
+pub struct PolicyBody {
+    #[serde(default, deserialize_with = "object::optional")]
+    #[oai(nullable)]
+    pub window: Option<WindowBody>,
+    #[serde(default, deserialize_with = "object::optional")]
+    #[oai(nullable)]
+    pub schedule: Option<ScheduleBody>,
+    /// A batch that reaches this many items (2–1000) flushes at once.
+    pub max_items: u32,
+    /// The batch key: a template over the notification's fields
+    /// (`recipient`, `category`, `group_key`, `tenant`, `data`). Absent:
+    /// `{{ recipient }}/{{ group_key }}`.
+    #[serde(default)]
+    #[oai(nullable)]
+    pub key: Option<String>,
+    /// The first item of a batch is delivered at once, the rest digested.
+    #[serde(default)]
+    pub first_item_immediately: bool,
+    /// Fewer items than this at the flush are delivered one by one
+    /// instead of as a digest. Absent: 1 (always a digest).
+    #[serde(default)]
+    #[oai(nullable)]
+    pub min_items: Option<u32>,
+}
+
+/// A category's batching, as answered.
+#[derive(Object, Debug)]
+#[oai(rename = "CategoryBatching")]
+pub struct BatchingView {
+    pub category: String,
+    /// False: its notifications are not batched.
+    pub enabled: bool,
+    /// The policy in force (absent when off).
+    #[oai(skip_serializing_if_is_none)]
+    pub policy: Option<PolicyView>,
+    /// How many changes it has had (0: never set). A batch keeps the
+    /// version it opened with.
+    pub version: u64,
+    #[oai(nullable)]
+    pub updated_at: Option<String>,
+    pub cursor: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub changed: Option<bool>,
+}
+
+/// A policy as answered: the shape it was set in, with the defaults filled.
+#[derive(Object, Debug)]
+#[oai(rename = "BatchingPolicyView")]
+pub struct PolicyView {
+    #[oai(skip_serializing_if_is_none)]
+    pub window: Option<WindowView>,
+    #[oai(skip_serializing_if_is_none)]
+    pub schedule: Option<ScheduleView>,
+    pub max_items: u32,
+    pub key: String,
+    pub first_item_immediately: bool,
+    pub min_items: u32,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "BatchWindowView")]
+pub struct WindowView {
+    pub kind: Text<WindowKindRule>,
+    pub seconds: u32,
+    #[oai(skip_serializing_if_is_none)]
+    pub max_seconds: Option<u32>,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "BatchScheduleView")]
+pub struct ScheduleView {
+    pub every: Text<EveryRule>,
+    pub at: Text<LocalTimeRule>,
+    #[oai(skip_serializing_if_is_none)]
+    pub weekday: Option<Text<WeekdayRule>>,
+}
+
+impl PolicyView {
+    fn of(policy: &BatchPolicy) -> Self {
+        let (window, schedule) = match &policy.cadence {
+            Cadence::Window(Window::Fixed { seconds }) => (
+                Some(WindowView {
+                    kind: Text::new("fixed"),
+                    seconds: *seconds,
+                    max_seconds: None,
+                }),
+                None,
+            ),
+            Cadence::Window(Window::Sliding {
+                seconds,
+                max_seconds,
+            }) => (
+                Some(WindowView {
+                    kind: Text::new("sliding"),
+                    seconds: *seconds,
+                    max_seconds: Some(*max_seconds),
+                }),
+                None,
+            ),
+            Cadence::Schedule(s) => (
+                None,
+                Some(ScheduleView {
+                    every: Text::new(match s.every {
+                        Every::Day => "day",
+                        Every::Week => "week",
+                    }),
+                    at: Text::new(s.at.to_string()),
+                    weekday: s.weekday.map(|d| Text::new(d.as_str())),
+                }),
+            ),
+        };
+        Self {
+            window,
+            schedule,
+            max_items: policy.max_items,
+            key: policy.key_template().to_owned(),
+            first_item_immediately: policy.first_item_immediately,
+            min_items: policy.min_items,
+        }
+    }
+}
+
+impl BatchingView {
+    fn of(
+        category: &Category,
+        state: &Batching,
+        position: Position,
+        changed: Option<bool>,
+    ) -> Self {
+        Self {
+            category: category.as_str().to_owned(),
+            enabled: state.policy.is_some(),
+            policy: state.policy.as_ref().map(PolicyView::of),
+            version: state.version,
+            updated_at: state.changed_at.map(rfc3339),
+            cursor: position.to_cursor(),
+            changed,
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum BatchingResponse {
+    #[oai(status = 200)]
+    Ok(Json<BatchingView>),
+}
+
+impl From<BatchingError> for ApiError {
+    fn from(err: BatchingError) -> Self {
+        match err {}
+    }
+}
+
+impl PolicyBody {
+    /// The policy, or every problem with it (each naming its field).
+    pub(super) fn parse(&self) -> Result<BatchPolicy, ApiError> {
+        let mut errors = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            errors.push(FieldProblem {
+                field: field.to_owned(),
+                message,
+            })
+        };
+        let cadence = match (&self.window, &self.schedule) {
+            (Some(_), Some(_)) => {
+                problem(
+                    "schedule",
+                    "a policy has a `window` or a `schedule`, not both".into(),
+                );
+                None
+            }
+            (None, None) => {
+                problem(
+                    "window",
+                    "is missing; give a `window` (fixed or sliding) or a `schedule`".into(),
+                );
+                None
+            }
+            (Some(w), None) => match (w.kind.as_str(), w.max_seconds) {
+                ("fixed", None) => Some(Cadence::Window(Window::Fixed { seconds: w.seconds })),
+                ("fixed", Some(_)) => {
+                    problem(
+                        "window.max_seconds",
+                        "is only for a `sliding` window".into(),
+                    );
+                    None
+                }
+                ("sliding", Some(max_seconds)) => Some(Cadence::Window(Window::Sliding {
+                    seconds: w.seconds,
+                    max_seconds,
+                })),
+                ("sliding", None) => {
+                    problem(
+                        "window.max_seconds",
+                        "is missing; a sliding window is bounded (the longest a batch stays open)"
+                            .into(),
+                    );
+                    None
+                }
+                (other, _) => {
+                    problem(
+                        "window.kind",
+                        format!("`{other}` is not a window; use fixed or sliding"),
+                    );
+                    None
+                }
+            },
+            (None, Some(s)) => {
+                let every = match s.every.as_str() {
+                    "day" => Some(Every::Day),
+                    "week" => Some(Every::Week),
+                    other => {
+                        problem(
+                            "schedule.every",
+                            format!("`{other}` is not a period; use day or week"),
+                        );
+                        None
+                    }
+                };
+                let at = LocalTime::parse(s.at.as_str())
+                    .map_err(|e| problem("schedule.at", e.0))
+                    .ok();
+                let weekday = match &s.weekday {
+                    None => Some(None),
+                    Some(d) => match Weekday::parse(d.as_str()) {
+                        Some(d) => Some(Some(d)),
+                        None => {
+                            problem(
+                                "schedule.weekday",
+                                format!("`{}` is not a weekday; use mon .. sun", d.as_str()),
+                            );
+                            None
+                        }
+                    },
+                };
+                match (every, at, weekday) {
+                    (Some(every), Some(at), Some(weekday)) => {
+                        Some(Cadence::Schedule(Schedule { every, at, weekday }))
+                    }
+                    _ => None,
+                }
+            }
+        };
+        let key = match &self.key {
+            None => None,
+            Some(raw) => KeyTemplate::parse(raw, crate::render::check_template)
+                .map_err(|e| problem("key", e.0))
+                .ok(),
+        };
+        let key_ok = self.key.is_none() || key.is_some();
+        let policy = cadence.and_then(|cadence| {
+            match BatchPolicy::new(
+                cadence,
+                self.max_items,
+                key,
+                self.first_item_immediately,
+                self.min_items,
+            ) {
+                Ok(p) => Some(p),
+                Err(problems) => {
+                    for p in problems {
+                        problem(p.field, p.message);
+                    }
+                    None
+                }
+            }
+        });
+        match policy {
+            Some(p) if errors.is_empty() && key_ok => Ok(p),
+            _ => Err(ApiError::invalid_fields(errors)),
+        }
+    }
+}
+
+fn parse_category(raw: &str) -> Result<Category, ApiError> {
+    Category::parse(raw).map_err(|e| ApiError::invalid("path.category", e.0))
+}
+
+pub struct BatchingApi {
+    pub state: Arc<AppState>,
+}
+
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Recipients")]
+impl BatchingApi {
+    /// A category's batching policy
+    ///
+    /// `enabled: false` (and no `policy`) when its notifications are not
+    /// batched.
+    #[oai(
+        path = "/categories/:category/batching",
+        method = "get",
+        operation_id = "getBatching"
+    )]
+    async fn get_batching(
+        &self,
+        category: Path<Text<CategoryRule>>,
+    ) -> Result<BatchingResponse, ApiError> {
+        let category = parse_category(category.0.as_str())?;
+        let current = self.state.audience.batching_of(&category).await?;
+        Ok(BatchingResponse::Ok(Json(BatchingView::of(
+            &category,
+            &current.state,
+            current.position,
+            None,
+        ))))
+    }
+
+    /// Batch a category's notifications
+    ///
+    /// Its non-urgent notifications are held in batches (one per batch
+    /// key) that flush by a `window` (fixed, or sliding up to
+    /// `max_seconds`) or a `schedule` (daily or weekly at a local time of
+    /// the recipient), or early at `max_items`, into one digest
+    /// notification. Each change is a versioned `BatchingSet` event; a
+    /// batch keeps the version it opened with, so a change never splits or
+    /// drops an open batch.
+    #[oai(
+        path = "/categories/:category/batching",
+        method = "put",
+        operation_id = "setBatching"
+    )]
+    #[instrument(skip_all)]
+    async fn set_batching(
+        &self,
+        ctx: Data<&RequestContext>,
+        category: Path<Text<CategoryRule>>,
+        body: StrictJson<PolicyBody>,
+    ) -> Result<BatchingResponse, ApiError> {
+        let category = parse_category(category.0.as_str())?;
+        let policy = body.0.parse()?;
+        self.run(&ctx, &category, |at| BatchingCommand::Set {
+            policy: policy.clone(),
+            at,
+        })
+        .await
+    }
+
+    /// Stop batching a category
+    ///
+    /// New notifications of the category are delivered one by one; batches
+    /// already open flush as their policy says. A `BatchingTurnedOff`
+    /// event; turning off what is off records nothing.
+    #[oai(
+        path = "/categories/:category/batching",
+        method = "delete",
+        operation_id = "turnOffBatching"
+    )]
+    #[instrument(skip_all)]
+    async fn turn_off_batching(
+        &self,
+        ctx: Data<&RequestContext>,
+        category: Path<Text<CategoryRule>>,
+    ) -> Result<BatchingResponse, ApiError> {
+        let category = parse_category(category.0.as_str())?;
+        self.run(&ctx, &category, |at| BatchingCommand::TurnOff { at })
+            .await
+    }
+}
+
+impl BatchingApi {
+    async fn run(
+        &self,
+        ctx: &RequestContext,
+        category: &Category,
+        command: impl Fn(crate::domain::Timestamp) -> BatchingCommand,
+    ) -> Result<BatchingResponse, ApiError> {
+        let decided = self
+            .state
+            .audience
+            .batching
+            .execute(category.as_str(), command, &metadata(ctx), false)
+            .await?;
+        Ok(BatchingResponse::Ok(Json(BatchingView::of(
+            category,
+            &decided.state,
+            decided.position,
+            Some(decided.changed),
+        ))))
+    }
+}

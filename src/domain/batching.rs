@@ -1,0 +1,499 @@
+//! A category's batching policy (an admin's): how its notifications are
+//! held and summarised into digests. A window (`fixed`: N seconds from the
+//! first item; `sliding`: each item extends it, up to a maximum) or a
+//! schedule (daily or weekly at a time of day in the recipient's zone);
+//! `max_items` flushes early; the batch key (default: recipient and group
+//! key) is a template over the notification's fields; the first item may
+//! go at once; below `min_items` the items are delivered one by one
+//! instead of as a digest.
+//!
+//! One stream per category. Policies are versioned: a batch keeps the
+//! version it opened with, so a change never splits or drops an open one.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::preferences::LocalTime;
+use super::superseding::Superseding;
+use super::values::InvalidValue;
+use super::Timestamp;
+
+pub const BATCHING_EVENT_VERSION: &str = "1.0";
+
+/// The longest window, and the longest a sliding window may be extended to.
+pub const WINDOW_MAX_SECONDS: u32 = 7 * 24 * 3600;
+pub const MAX_ITEMS_MIN: u32 = 2;
+pub const MAX_ITEMS_MAX: u32 = 1000;
+/// The longest key template.
+pub const KEY_MAX_CHARS: usize = 200;
+
+/// When a batch closes by time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Window {
+    /// `seconds` after its first item.
+    Fixed { seconds: u32 },
+    /// `seconds` after its latest item, and no later than `max_seconds`
+    /// after its first.
+    Sliding { seconds: u32, max_seconds: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Every {
+    Day,
+    Week,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+impl Weekday {
+    pub const ALL: [Self; 7] = [
+        Self::Mon,
+        Self::Tue,
+        Self::Wed,
+        Self::Thu,
+        Self::Fri,
+        Self::Sat,
+        Self::Sun,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mon => "mon",
+            Self::Tue => "tue",
+            Self::Wed => "wed",
+            Self::Thu => "thu",
+            Self::Fri => "fri",
+            Self::Sat => "sat",
+            Self::Sun => "sun",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+
+    pub fn chrono(self) -> chrono::Weekday {
+        match self {
+            Self::Mon => chrono::Weekday::Mon,
+            Self::Tue => chrono::Weekday::Tue,
+            Self::Wed => chrono::Weekday::Wed,
+            Self::Thu => chrono::Weekday::Thu,
+            Self::Fri => chrono::Weekday::Fri,
+            Self::Sat => chrono::Weekday::Sat,
+            Self::Sun => chrono::Weekday::Sun,
+        }
+    }
+}
+
+/// A batch that closes at a time of day in the recipient's time zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub every: Every,
+    pub at: LocalTime,
+    /// For `week` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weekday: Option<Weekday>,
+}
+
+/// How a batch closes by time: a window or a schedule, never both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cadence {
+    Window(Window),
+    Schedule(Schedule),
+}
+
+/// What the batch key is made from: a template over the notification's
+/// fields (`recipient`, `category`, `group_key`, `tenant`, `data`), kept
+/// as written. Checked when set; rendered when an item is added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct KeyTemplate(String);
+
+impl KeyTemplate {
+    /// The key when none is set: the recipient and the group key.
+    pub const DEFAULT: &'static str = "{{ recipient }}/{{ group_key }}";
+
+    /// A template whose syntax `check` accepts (the template engine's).
+    pub fn parse(
+        s: &str,
+        check: impl FnOnce(&str) -> Result<(), String>,
+    ) -> Result<Self, InvalidValue> {
+        if s.trim().is_empty() {
+            return Err(InvalidValue(
+                "is empty; leave `key` out for the default (recipient and group key)".into(),
+            ));
+        }
+        if s.chars().count() > KEY_MAX_CHARS {
+            return Err(InvalidValue(format!(
+                "is longer than {KEY_MAX_CHARS} characters"
+            )));
+        }
+        check(s).map_err(|e| InvalidValue(format!("is not a template: {e}")))?;
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for KeyTemplate {
+    type Error = InvalidValue;
+    /// As stored: checked when it was set.
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        Self::parse(&s, |_| Ok(()))
+    }
+}
+
+impl From<KeyTemplate> for String {
+    fn from(k: KeyTemplate) -> Self {
+        k.0
+    }
+}
+
+impl fmt::Display for KeyTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A category's batching policy, valid by construction (`BatchPolicy::new`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchPolicy {
+    pub cadence: Cadence,
+    /// A batch that reaches this many items flushes at once.
+    pub max_items: u32,
+    /// None: the recipient and the group key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyTemplate>,
+    /// The first item of a batch is delivered at once; the rest wait.
+    #[serde(default)]
+    pub first_item_immediately: bool,
+    /// A batch that flushes with fewer items than this delivers them one by
+    /// one instead of as a digest (1: always a digest).
+    pub min_items: u32,
+}
+
+/// What is wrong with a proposed policy: the field (as the request names
+/// it) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyProblem {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl BatchPolicy {
+    /// A policy, or every problem with it.
+    pub fn new(
+        cadence: Cadence,
+        max_items: u32,
+        key: Option<KeyTemplate>,
+        first_item_immediately: bool,
+        min_items: Option<u32>,
+    ) -> Result<Self, Vec<PolicyProblem>> {
+        let mut problems = Vec::new();
+        let mut problem =
+            |field: &'static str, message: String| problems.push(PolicyProblem { field, message });
+        match &cadence {
+            Cadence::Window(Window::Fixed { seconds }) => {
+                if !(1..=WINDOW_MAX_SECONDS).contains(seconds) {
+                    problem(
+                        "window.seconds",
+                        format!("is {seconds}; a window is 1 to {WINDOW_MAX_SECONDS} seconds"),
+                    );
+                }
+            }
+            Cadence::Window(Window::Sliding {
+                seconds,
+                max_seconds,
+            }) => {
+                if !(1..=WINDOW_MAX_SECONDS).contains(seconds) {
+                    problem(
+                        "window.seconds",
+                        format!("is {seconds}; a window is 1 to {WINDOW_MAX_SECONDS} seconds"),
+                    );
+                }
+                if max_seconds < seconds || *max_seconds > WINDOW_MAX_SECONDS {
+                    problem(
+                        "window.max_seconds",
+                        format!(
+                            "is {max_seconds}; a sliding window's bound is at least its \
+                             `seconds` and at most {WINDOW_MAX_SECONDS}"
+                        ),
+                    );
+                }
+            }
+            Cadence::Schedule(Schedule { every, weekday, .. }) => match (every, weekday) {
+                (Every::Week, None) => problem(
+                    "schedule.weekday",
+                    "is missing; a weekly schedule names its day (`mon` .. `sun`)".into(),
+                ),
+                (Every::Day, Some(_)) => problem(
+                    "schedule.weekday",
+                    "is only for `every: week`; leave it out of a daily schedule".into(),
+                ),
+                _ => {}
+            },
+        }
+        if !(MAX_ITEMS_MIN..=MAX_ITEMS_MAX).contains(&max_items) {
+            problem(
+                "max_items",
+                format!("is {max_items}; it is {MAX_ITEMS_MIN} to {MAX_ITEMS_MAX}"),
+            );
+        }
+        let min_items = min_items.unwrap_or(1);
+        if min_items < 1 || min_items > max_items {
+            problem(
+                "min_items",
+                format!("is {min_items}; it is 1 to `max_items` ({max_items})"),
+            );
+        }
+        if problems.is_empty() {
+            Ok(Self {
+                cadence,
+                max_items,
+                key,
+                first_item_immediately,
+                min_items,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The key template in force (the default when none is set).
+    pub fn key_template(&self) -> &str {
+        self.key
+            .as_ref()
+            .map_or(KeyTemplate::DEFAULT, |k| k.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchingCommand {
+    Set { policy: BatchPolicy, at: Timestamp },
+    TurnOff { at: Timestamp },
+}
+
+impl BatchingCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Set { .. } => "SetBatching",
+            Self::TurnOff { .. } => "TurnOffBatching",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchingEvent {
+    /// The policy in force from now on, and which change it is (from 1).
+    BatchingSet {
+        policy: BatchPolicy,
+        version: u64,
+        set_at: Timestamp,
+    },
+    /// No batching from now on (open batches flush as they would).
+    BatchingTurnedOff {
+        version: u64,
+        turned_off_at: Timestamp,
+    },
+}
+
+impl BatchingEvent {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::BatchingSet { .. } => "BatchingSet",
+            Self::BatchingTurnedOff { .. } => "BatchingTurnedOff",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchingError {}
+
+/// A category's batching as its events leave it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batching {
+    /// None: off (never set, or turned off).
+    pub policy: Option<BatchPolicy>,
+    /// How many changes it has had (0: never set).
+    pub version: u64,
+    pub changed_at: Option<Timestamp>,
+}
+
+impl Batching {
+    pub fn decide(&self, command: BatchingCommand) -> Result<Vec<BatchingEvent>, BatchingError> {
+        let version = self.version + 1;
+        // Never before the last change, whatever the clocks say.
+        let at = |at: Timestamp| self.changed_at.map_or(at, |last| at.max(last));
+        Ok(match command {
+            BatchingCommand::Set { policy, .. } if self.policy.as_ref() == Some(&policy) => vec![],
+            BatchingCommand::Set { policy, at: now } => vec![BatchingEvent::BatchingSet {
+                policy,
+                version,
+                set_at: at(now),
+            }],
+            BatchingCommand::TurnOff { .. } if self.policy.is_none() => vec![],
+            BatchingCommand::TurnOff { at: now } => vec![BatchingEvent::BatchingTurnedOff {
+                version,
+                turned_off_at: at(now),
+            }],
+        })
+    }
+
+    pub fn apply(&mut self, event: BatchingEvent) {
+        match event {
+            BatchingEvent::BatchingSet {
+                policy,
+                version,
+                set_at,
+            } => {
+                self.policy = Some(policy);
+                self.version = version;
+                self.changed_at = Some(set_at);
+            }
+            BatchingEvent::BatchingTurnedOff {
+                version,
+                turned_off_at,
+            } => {
+                self.policy = None;
+                self.version = version;
+                self.changed_at = Some(turned_off_at);
+            }
+        }
+    }
+}
+
+/// Each event sets the whole state: the last one of either type decides
+/// (applied in order, the later one wins), numbered from the first release.
+impl Superseding for Batching {
+    type Event = BatchingEvent;
+    const EVENT_TYPES: &'static [&'static str] = &["BatchingSet", "BatchingTurnedOff"];
+    fn numbered(_: &BatchingEvent) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone as _, Utc};
+
+    fn at(secs: i64) -> Timestamp {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn fixed(seconds: u32) -> Cadence {
+        Cadence::Window(Window::Fixed { seconds })
+    }
+
+    fn fields(problems: Vec<PolicyProblem>) -> Vec<&'static str> {
+        problems.into_iter().map(|p| p.field).collect()
+    }
+
+    #[test]
+    fn a_policy_names_every_field_that_is_out_of_bounds() {
+        assert!(BatchPolicy::new(fixed(60), 10, None, false, None).is_ok());
+        assert_eq!(
+            fields(BatchPolicy::new(fixed(0), 1, None, false, Some(5)).unwrap_err()),
+            ["window.seconds", "max_items", "min_items"]
+        );
+        let sliding = Cadence::Window(Window::Sliding {
+            seconds: 60,
+            max_seconds: 30,
+        });
+        assert_eq!(
+            fields(BatchPolicy::new(sliding, 1001, None, false, Some(0)).unwrap_err()),
+            ["window.max_seconds", "max_items", "min_items"]
+        );
+        let weekly = |weekday| {
+            Cadence::Schedule(Schedule {
+                every: Every::Week,
+                at: LocalTime::parse("09:00").unwrap(),
+                weekday,
+            })
+        };
+        assert_eq!(
+            fields(BatchPolicy::new(weekly(None), 10, None, false, None).unwrap_err()),
+            ["schedule.weekday"]
+        );
+        assert!(BatchPolicy::new(weekly(Some(Weekday::Mon)), 10, None, false, None).is_ok());
+        assert_eq!(
+            BatchPolicy::new(fixed(60), 10, None, false, None)
+                .unwrap()
+                .min_items,
+            1,
+            "always a digest unless said otherwise"
+        );
+    }
+
+    #[test]
+    fn each_change_is_numbered_and_setting_the_same_policy_records_nothing() {
+        let policy = BatchPolicy::new(fixed(60), 10, None, false, None).unwrap();
+        let mut b = Batching::default();
+        for command in [
+            BatchingCommand::Set {
+                policy: policy.clone(),
+                at: at(0),
+            },
+            BatchingCommand::TurnOff { at: at(1) },
+            BatchingCommand::Set {
+                policy: policy.clone(),
+                at: at(2),
+            },
+        ] {
+            for event in b.decide(command).unwrap() {
+                b.apply(event);
+            }
+        }
+        assert_eq!((b.version, b.policy.as_ref()), (3, Some(&policy)));
+        let again = BatchingCommand::Set { policy, at: at(3) };
+        assert_eq!(b.decide(again).unwrap(), vec![]);
+        let off = Batching::default().decide(BatchingCommand::TurnOff { at: at(0) });
+        assert_eq!(off.unwrap(), vec![], "off already");
+    }
+
+    #[test]
+    fn a_policy_reads_back_from_its_event_as_written() {
+        let policy = BatchPolicy::new(
+            Cadence::Schedule(Schedule {
+                every: Every::Week,
+                at: LocalTime::parse("09:00").unwrap(),
+                weekday: Some(Weekday::Fri),
+            }),
+            50,
+            Some(KeyTemplate::parse("{{ recipient }}", |_| Ok(())).unwrap()),
+            true,
+            Some(3),
+        )
+        .unwrap();
+        let event = BatchingEvent::BatchingSet {
+            policy,
+            version: 1,
+            set_at: at(0),
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            json["BatchingSet"]["policy"]["cadence"]["schedule"]["weekday"],
+            "fri"
+        );
+        assert_eq!(
+            serde_json::from_value::<BatchingEvent>(json).unwrap(),
+            event
+        );
+    }
+}
