@@ -34,10 +34,11 @@ pub struct WindowBody {
     /// `fixed`: `seconds` after the first item; `sliding`: `seconds`
     /// after the latest item, at most `max_seconds` after the first.
     pub kind: Text<WindowKindRule>,
+    #[oai(validator(minimum(value = "1"), maximum(value = "604800")))]
     pub seconds: u32,
-    /// Only for `sliding`.
+    /// Only for `sliding`: at least `seconds`.
     #[serde(default)]
-    #[oai(nullable)]
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "604800")))]
     pub max_seconds: Option<u32>,
 }
 
@@ -68,20 +69,22 @@ pub struct PolicyBody {
     #[oai(nullable)]
     pub schedule: Option<ScheduleBody>,
     /// A batch that reaches this many items (2–1000) flushes at once.
+    #[oai(validator(minimum(value = "2"), maximum(value = "1000")))]
     pub max_items: u32,
     /// The batch key: a template over the notification's fields
     /// (`recipient`, `category`, `group_key`, `tenant`, `data`). Absent:
     /// `{{ recipient }}/{{ group_key }}`.
     #[serde(default)]
-    #[oai(nullable)]
+    #[oai(nullable, validator(min_length = 1, max_length = 200))]
     pub key: Option<String>,
     /// The first item of a batch is delivered at once, the rest digested.
     #[serde(default)]
     pub first_item_immediately: bool,
     /// Fewer items than this at the flush are delivered one by one
-    /// instead of as a digest. Absent: 1 (always a digest).
+    /// instead of as a digest. Absent: 1 (always a digest); at most
+    /// `max_items`.
     #[serde(default)]
-    #[oai(nullable)]
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1000")))]
     pub min_items: Option<u32>,
 }
 
