@@ -14,7 +14,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::preferences::LocalTime;
+use chrono::{Datelike as _, Days, Duration};
+
+use super::contact::TimeZone;
+use super::preferences::{first_instant, LocalTime};
 use super::superseding::Superseding;
 use super::values::InvalidValue;
 use super::Timestamp;
@@ -106,6 +109,33 @@ pub struct Schedule {
     /// For `week` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weekday: Option<Weekday>,
+}
+
+impl Schedule {
+    /// Its first time strictly after `after`, in `zone`: on a day whose
+    /// clocks skip it (a DST gap), when the clocks land; on one that repeats
+    /// it, its first occurrence.
+    pub fn next_after(&self, after: Timestamp, zone: TimeZone) -> Timestamp {
+        let today = after.with_timezone(&zone.tz()).date_naive();
+        // A week and a day covers every weekday, whatever the offset.
+        for offset in 0..=8 {
+            let Some(day) = today.checked_add_days(Days::new(offset)) else {
+                break;
+            };
+            if let (Every::Week, Some(weekday)) = (self.every, self.weekday) {
+                if day.weekday() != weekday.chrono() {
+                    continue;
+                }
+            }
+            if let Some(t) = first_instant(zone, day, self.at.time()) {
+                if t > after {
+                    return t;
+                }
+            }
+        }
+        // Not reached with the tz database: a week on, rather than never.
+        after + Duration::days(7)
+    }
 }
 
 /// How a batch closes by time: a window or a schedule, never both.
@@ -272,6 +302,22 @@ impl BatchPolicy {
             })
         } else {
             Err(problems)
+        }
+    }
+
+    /// When a batch flushes by time: opened at `first`, its latest item at
+    /// `latest`, for a recipient in `zone` (a schedule's times are the
+    /// recipient's). `max_items` may flush it sooner; that is the batch's
+    /// to say.
+    pub fn flush_at(&self, first: Timestamp, latest: Timestamp, zone: TimeZone) -> Timestamp {
+        let secs = |s: u32| Duration::seconds(i64::from(s));
+        match &self.cadence {
+            Cadence::Window(Window::Fixed { seconds }) => first + secs(*seconds),
+            Cadence::Window(Window::Sliding {
+                seconds,
+                max_seconds,
+            }) => (latest.max(first) + secs(*seconds)).min(first + secs(*max_seconds)),
+            Cadence::Schedule(schedule) => schedule.next_after(first, zone),
         }
     }
 
@@ -465,6 +511,156 @@ mod tests {
         assert_eq!(b.decide(again).unwrap(), vec![]);
         let off = Batching::default().decide(BatchingCommand::TurnOff { at: at(0) });
         assert_eq!(off.unwrap(), vec![], "off already");
+    }
+
+    fn utc(s: &str) -> Timestamp {
+        chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    fn zone(name: &str) -> TimeZone {
+        TimeZone::parse(name).unwrap()
+    }
+
+    fn schedule(every: Every, at: &str, weekday: Option<Weekday>) -> BatchPolicy {
+        let cadence = Cadence::Schedule(Schedule {
+            every,
+            at: LocalTime::parse(at).unwrap(),
+            weekday,
+        });
+        BatchPolicy::new(cadence, 10, None, false, None).unwrap()
+    }
+
+    #[test]
+    fn a_window_flushes_after_its_first_item_or_slides_up_to_its_bound() {
+        let first = utc("2026-12-03T10:00:00Z");
+        let fixed = BatchPolicy::new(fixed(60), 10, None, false, None).unwrap();
+        assert_eq!(
+            fixed.flush_at(first, first + Duration::seconds(50), TimeZone::UTC),
+            utc("2026-12-03T10:01:00Z"),
+            "a later item does not move a fixed window"
+        );
+        let sliding = BatchPolicy::new(
+            Cadence::Window(Window::Sliding {
+                seconds: 60,
+                max_seconds: 300,
+            }),
+            10,
+            None,
+            false,
+            None,
+        )
+        .unwrap();
+        for (latest, flush) in [
+            ("2026-12-03T10:00:00Z", "2026-12-03T10:01:00Z"),
+            ("2026-12-03T10:02:30Z", "2026-12-03T10:03:30Z"),
+            ("2026-12-03T10:04:30Z", "2026-12-03T10:05:00Z"),
+        ] {
+            assert_eq!(
+                sliding.flush_at(first, utc(latest), TimeZone::UTC),
+                utc(flush),
+                "latest item at {latest}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_schedule_flushes_at_the_recipients_local_time_across_dst_changes_and_zones() {
+        let daily = |at| schedule(Every::Day, at, None);
+        let cases = [
+            // given a batch opened at, in zone, with a schedule: then it flushes at
+            (
+                "2026-03-28T10:00:00Z",
+                "Europe/Berlin",
+                daily("09:00"),
+                "2026-03-29T07:00:00Z",
+            ),
+            (
+                "2026-03-28T12:00:00Z",
+                "Europe/Berlin",
+                daily("02:30"),
+                "2026-03-29T01:00:00Z",
+            ),
+            (
+                "2026-10-24T12:00:00Z",
+                "Europe/Berlin",
+                daily("02:30"),
+                "2026-10-25T00:30:00Z",
+            ),
+            (
+                "2026-12-03T08:00:00Z",
+                "Europe/Berlin",
+                daily("09:00"),
+                "2026-12-04T08:00:00Z",
+            ),
+            (
+                "2026-12-03T07:59:59Z",
+                "Europe/Berlin",
+                daily("09:00"),
+                "2026-12-03T08:00:00Z",
+            ),
+            (
+                "2026-12-03T02:00:00Z",
+                "Asia/Kolkata",
+                daily("09:00"),
+                "2026-12-03T03:30:00Z",
+            ),
+            (
+                "2026-12-03T23:30:00Z",
+                "Pacific/Auckland",
+                daily("09:00"),
+                "2026-12-04T20:00:00Z",
+            ),
+            (
+                "2026-11-06T15:00:00Z",
+                "America/New_York",
+                schedule(Every::Week, "09:00", Some(Weekday::Mon)),
+                "2026-11-09T14:00:00Z",
+            ),
+            (
+                "2026-10-30T15:00:00Z",
+                "America/New_York",
+                schedule(Every::Week, "09:00", Some(Weekday::Mon)),
+                "2026-11-02T14:00:00Z",
+            ),
+            (
+                "2026-10-23T15:00:00Z",
+                "America/New_York",
+                schedule(Every::Week, "09:00", Some(Weekday::Mon)),
+                "2026-10-26T13:00:00Z",
+            ),
+        ];
+        for (opened, tz, policy, flush) in cases {
+            let opened = utc(opened);
+            assert_eq!(
+                policy.flush_at(opened, opened, zone(tz)),
+                utc(flush),
+                "opened {opened} in {tz}"
+            );
+        }
+    }
+
+    #[test]
+    fn in_every_zone_a_schedule_flushes_after_the_batch_opens_and_within_a_week_and_a_day() {
+        let weekly = schedule(Every::Week, "02:30", Some(Weekday::Sun));
+        let daily = schedule(Every::Day, "00:00", None);
+        for tz in chrono_tz::TZ_VARIANTS {
+            let zone = TimeZone::parse(tz.name()).unwrap();
+            for opened in [
+                "2026-03-08T07:00:00Z",
+                "2026-03-29T00:59:00Z",
+                "2026-10-25T01:00:00Z",
+            ] {
+                let opened = utc(opened);
+                for policy in [&weekly, &daily] {
+                    let flush = policy.flush_at(opened, opened, zone);
+                    assert!(
+                        flush > opened && flush <= opened + Duration::days(8),
+                        "{} opened {opened}: {flush}",
+                        tz.name()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

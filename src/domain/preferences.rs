@@ -161,7 +161,7 @@ impl QuietHours {
 }
 
 /// The first instant on `day` at or after local time `time` in `tz`.
-fn first_instant(tz: TimeZone, day: NaiveDate, time: NaiveTime) -> Option<Timestamp> {
+pub(super) fn first_instant(tz: TimeZone, day: NaiveDate, time: NaiveTime) -> Option<Timestamp> {
     let mut local = day.and_time(time);
     // No gap in the tz database is longer than a day.
     for _ in 0..=24 * 60 {
