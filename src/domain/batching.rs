@@ -20,7 +20,7 @@ use super::contact::TimeZone;
 use super::preferences::{first_instant, LocalTime};
 use super::superseding::Superseding;
 use super::values::InvalidValue;
-use super::Timestamp;
+use super::{NewNotification, Timestamp};
 
 pub const BATCHING_EVENT_VERSION: &str = "1.0";
 
@@ -319,6 +319,28 @@ impl BatchPolicy {
             }) => (latest.max(first) + secs(*seconds)).min(first + secs(*max_seconds)),
             Cadence::Schedule(schedule) => schedule.next_after(first, zone),
         }
+    }
+
+    /// The batch key of `content`: the key template rendered over its
+    /// fields (`recipient`, `category`, `group_key` and `tenant`, empty
+    /// when absent, and `data`), or why not: a field the template names
+    /// that the notification lacks is named, and a key longer than
+    /// `KEY_MAX_CHARS` is refused.
+    pub fn key_for(&self, content: &NewNotification) -> Result<String, String> {
+        let context = serde_json::json!({
+            "recipient": content.recipient.as_str(),
+            "category": content.category.as_str(),
+            "group_key": content.group_key.as_ref().map_or("", |g| g.as_str()),
+            "tenant": content.tenant.as_ref().map_or("", |t| t.as_str()),
+            "data": content.data,
+        });
+        let key = crate::render::render(self.key_template(), &context)?;
+        if key.chars().count() > KEY_MAX_CHARS {
+            return Err(format!(
+                "the batch key renders to more than {KEY_MAX_CHARS} characters"
+            ));
+        }
+        Ok(key)
     }
 
     /// The key template in force (the default when none is set).
@@ -661,6 +683,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn comment(data: serde_json::Value, group_key: Option<&str>) -> NewNotification {
+        use crate::domain::{Body, Category, Channel, GroupKey, Priority, Title, UserId};
+        NewNotification {
+            recipient: UserId::parse("ann").unwrap(),
+            category: Category::parse("comments").unwrap(),
+            title: Title::parse("New comment").unwrap(),
+            body: Body::parse("b").unwrap(),
+            data: data.as_object().cloned().unwrap_or_default(),
+            priority: Priority::Normal,
+            channels: vec![Channel::InApp],
+            group_key: group_key.map(|g| GroupKey::parse(g).unwrap()),
+            deliver_at: None,
+            tenant: None,
+        }
+    }
+
+    #[test]
+    fn a_key_renders_over_the_notifications_fields_and_names_what_it_lacks() {
+        let default = BatchPolicy::new(fixed(60), 10, None, false, None).unwrap();
+        let post = serde_json::json!({"post": {"id": 42}});
+        assert_eq!(
+            default.key_for(&comment(post.clone(), Some("post-42"))),
+            Ok("ann/post-42".into())
+        );
+        assert_eq!(
+            default.key_for(&comment(post.clone(), None)),
+            Ok("ann/".into())
+        );
+        let by_post = |template: &str| {
+            let key = KeyTemplate::parse(template, crate::render::check_template).unwrap();
+            BatchPolicy::new(fixed(60), 10, Some(key), false, None).unwrap()
+        };
+        assert_eq!(
+            by_post("{{ recipient }}:{{ data.post.id }}").key_for(&comment(post.clone(), None)),
+            Ok("ann:42".into())
+        );
+        assert_eq!(
+            by_post("{{ data.thread }}").key_for(&comment(post, None)),
+            Err("`data.thread` is undefined".into())
+        );
+        let long = serde_json::json!({"big": "x".repeat(KEY_MAX_CHARS + 1)});
+        let err = by_post("{{ data.big }}")
+            .key_for(&comment(long, None))
+            .unwrap_err();
+        assert!(err.contains("more than"), "{err}");
     }
 
     #[test]
