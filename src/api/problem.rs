@@ -166,6 +166,19 @@ impl ApiError {
         }])
     }
 
+    /// A stored event this release cannot read stands in the way: 409,
+    /// naming it, saying what is refused until a release reads it.
+    fn unreadable_event(event: &str, refused: &str) -> Self {
+        Self::conflict(
+            "unreadable-event",
+            "The history cannot be read",
+            format!(
+                "{event}; {refused} until a release that reads that event is deployed \
+                 (operators: see the poison-event runbook)"
+            ),
+        )
+    }
+
     /// Several fields refused at once, so the caller can fix them in one go.
     pub fn invalid_fields(errors: Vec<FieldProblem>) -> Self {
         let detail = errors
@@ -243,14 +256,9 @@ impl From<NotificationError> for ApiError {
                 error!(error = %detail, "a create could not read the recipient's preferences");
                 Self::unavailable("the recipient's preferences could not be read; retry shortly")
             }
-            E::AudienceUnreadable(_) => Self::conflict(
-                "unreadable-event",
-                "The history cannot be read",
-                format!(
-                    "{detail}; creates for this recipient are refused until a release that \
-                     reads that event is deployed (operators: see the poison-event runbook)"
-                ),
-            ),
+            E::AudienceUnreadable(_) => {
+                Self::unreadable_event(&detail, "creates for this recipient are refused")
+            }
         }
     }
 }
@@ -282,14 +290,9 @@ impl<E: std::error::Error + Into<ApiError>> From<CommandError<E>> for ApiError {
                 "Idempotency-Key reused",
                 format!("{err}; use a new key for a different request"),
             ),
-            CommandError::Unreadable(_) => Self::conflict(
-                "unreadable-event",
-                "The history cannot be read",
-                format!(
-                    "{err}; commands on this aggregate are refused until a release that \
-                     reads that event is deployed (operators: see the poison-event runbook)"
-                ),
-            ),
+            CommandError::Unreadable(_) => {
+                Self::unreadable_event(&err.to_string(), "commands on this aggregate are refused")
+            }
             CommandError::Full { .. } => Self::Unavailable(
                 Json(Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -134,25 +134,38 @@ SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggr
  WHERE aggregate_type = $1 AND aggregate_id = ANY($2)
  ORDER BY aggregate_id, sequence";
 
-/// Served by events_latest_of_type (migrations/0012), whose predicate each
-/// query repeats: one index probe per stream and type.
-const LATEST: &str = "
-SELECT e.* FROM unnest($2::text[]) AS s(id)
- CROSS JOIN unnest($3::text[]) AS t(event_type)
- CROSS JOIN LATERAL (
+/// The last event of type `t.event_type` in stream `s.id` of type `$1`:
+/// one probe of events_latest_of_type (migrations/0012), whose predicate
+/// it repeats so that a generic plan can use the index.
+macro_rules! last_of_type {
+    () => {
+        "CROSS JOIN LATERAL (
        SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
               sequence, event_type, event_version, payload, metadata, recorded_at
          FROM events
         WHERE aggregate_type = $1 AND aggregate_id = s.id AND event_type = t.event_type
           AND aggregate_type <> 'Notification'
         ORDER BY sequence DESC
-        LIMIT 1) e
- ORDER BY e.aggregate_id, e.sequence";
+        LIMIT 1) e"
+    };
+}
 
-/// Every stream's: the type's streams found one index probe each (a loose
-/// index scan: PostgreSQL has no skip scan), then each one's last events as
-/// above. Costs the streams, not their events.
-const LATEST_OF_EVERY: &str = "
+/// The streams `$2`, each type of `$3`.
+const LATEST: &str = concat!(
+    "
+SELECT e.* FROM unnest($2::text[]) AS s(id)
+ CROSS JOIN unnest($3::text[]) AS t(event_type)
+ ",
+    last_of_type!(),
+    "
+ ORDER BY e.aggregate_id, e.sequence"
+);
+
+/// Every stream of type `$1`, found one index probe each (a loose index
+/// scan: PostgreSQL has no skip scan), each type of `$2`, at most `$3`
+/// events. Costs the streams, not their events.
+const LATEST_OF_EVERY: &str = concat!(
+    "
 WITH RECURSIVE streams(id) AS (
        (SELECT aggregate_id FROM events
          WHERE aggregate_type = $1 AND aggregate_type <> 'Notification'
@@ -165,17 +178,13 @@ WITH RECURSIVE streams(id) AS (
          FROM streams WHERE streams.id IS NOT NULL)
 SELECT e.* FROM streams s
  CROSS JOIN unnest($2::text[]) AS t(event_type)
- CROSS JOIN LATERAL (
-       SELECT transaction_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
-              sequence, event_type, event_version, payload, metadata, recorded_at
-         FROM events
-        WHERE aggregate_type = $1 AND aggregate_id = s.id AND event_type = t.event_type
-          AND aggregate_type <> 'Notification'
-        ORDER BY sequence DESC
-        LIMIT 1) e
+ ",
+    last_of_type!(),
+    "
  WHERE s.id IS NOT NULL
  ORDER BY e.aggregate_id, e.sequence
- LIMIT $3";
+ LIMIT $3"
+);
 
 const POSITION_OF: &str = "
 SELECT transaction_id::text::bigint AS tx, global_position
