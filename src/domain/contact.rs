@@ -320,6 +320,29 @@ pub fn push_tokens(tokens: Vec<PushToken>) -> Result<Vec<PushToken>, InvalidValu
     Ok(kept)
 }
 
+/// What a recipient's profile says: the values this module defines, together.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<DisplayName>,
+    /// Absent: UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<TimeZone>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<Locale>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
+    #[serde(default)]
+    pub addresses: Addresses,
+}
+
+impl Profile {
+    /// The time zone quiet hours and schedules are read in.
+    pub fn time_zone(&self) -> TimeZone {
+        self.time_zone.unwrap_or(TimeZone::UTC)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,8 +22,7 @@ use std::fmt;
 use chrono::{Duration, LocalResult, NaiveDate, NaiveTime, TimeZone as _, Timelike};
 use serde::{Deserialize, Serialize};
 
-use super::contact::TimeZone;
-use super::recipient::Profile;
+use super::contact::{Profile, TimeZone};
 use super::values::{Category, Channel, InvalidValue, Priority};
 use super::Timestamp;
 

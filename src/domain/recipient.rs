@@ -14,9 +14,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::contact::Profile;
 use super::contact::{
-    push_tokens, Addresses, DisplayName, Email, Locale, Phone, PushToken, TenantId, TimeZone,
-    WebhookUrl,
+    push_tokens, DisplayName, Email, Locale, Phone, PushToken, TenantId, TimeZone, WebhookUrl,
 };
 use super::preferences::Preferences;
 use super::superseding::Superseding;
@@ -25,28 +25,6 @@ use super::Timestamp;
 
 /// The payload version of recipient events.
 pub const RECIPIENT_EVENT_VERSION: &str = "1.0";
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Profile {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<DisplayName>,
-    /// Absent: UTC.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_zone: Option<TimeZone>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locale: Option<Locale>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<TenantId>,
-    #[serde(default)]
-    pub addresses: Addresses,
-}
-
-impl Profile {
-    /// The time zone quiet hours and schedules are read in.
-    pub fn time_zone(&self) -> TimeZone {
-        self.time_zone.unwrap_or(TimeZone::UTC)
-    }
-}
 
 /// One field of a patch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -266,6 +244,7 @@ impl Superseding for Recipient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::contact::Addresses;
     use chrono::{TimeZone as _, Utc};
 
     fn at(secs: i64) -> Timestamp {

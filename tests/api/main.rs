@@ -22,6 +22,7 @@ mod hostile_recipients;
 mod idempotency;
 mod inbox;
 mod instances;
+mod layout;
 mod lifecycle;
 mod limits;
 mod matrix;
