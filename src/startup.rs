@@ -18,6 +18,7 @@ use crate::api::state::{AppState, Streams};
 use crate::commands::audience::AudienceReader;
 use crate::commands::{CommandService, Commands, EventStores};
 use crate::config::Settings;
+use crate::domain::batch::Batch;
 use crate::domain::batching::Batching;
 use crate::domain::bulk::InboxBulk;
 use crate::domain::category::CategoryConfig;
@@ -35,6 +36,8 @@ use crate::projections::registry::{Projections, ReadModels, Registered, Running,
 use crate::projections::store::postgres::Publisher;
 use crate::projections::store::RowReader;
 use crate::projections::topics;
+use crate::reactors::batcher::{self, BatchFire, Batcher};
+use crate::reactors::digests::{self, DigestFire, Digests};
 use crate::reactors::dispatch::{self, Dispatcher, TimerSettings, TimerStats};
 use crate::reactors::fanout::{self, FanOut, FanOutWorker};
 use crate::reactors::scheduled::{self, Due, ScheduledDelivery};
@@ -69,6 +72,8 @@ struct BackendParts {
     topics: Arc<dyn RowReader<crate::projections::topics::Row>>,
     sends: Arc<dyn RowReader<crate::projections::sends::Row>>,
     fan_out_pages: Arc<dyn RowReader<Pending<u64>>>,
+    batcher: Arc<dyn RowReader<Pending<crate::reactors::batcher::BatchOrder>>>,
+    digests: Arc<dyn RowReader<Pending<crate::reactors::digests::DigestOrder>>>,
     analytics: Arc<dyn RowReader<analytics::Row>>,
     /// Publishes updates no projection page carries.
     announce: Arc<dyn Announce>,
@@ -147,6 +152,8 @@ async fn start_memory(
         topics: models.topics,
         sends: models.sends,
         fan_out_pages: models.fanout,
+        batcher: models.batcher,
+        digests: models.digests,
         analytics: models.analytics,
         announce: Arc::new(MemoryAnnounce {
             log: updates.clone(),
@@ -253,6 +260,8 @@ async fn start_postgres(
         topics: models.topics,
         sends: models.sends,
         fan_out_pages: models.fanout,
+        batcher: models.batcher,
+        digests: models.digests,
         analytics: models.analytics,
         announce: publisher,
         running,
@@ -372,6 +381,34 @@ impl Service {
                 commands: sends.clone(),
                 settings: TimerSettings::default(),
                 // Fan-out pages are not timers: their lateness is not the timers'.
+                stats: Arc::new(TimerStats::default()),
+            },
+            shutdown_rx.clone(),
+        ));
+        let batches = commands_of::<Batch>(stores, &signal, attempts, &limit);
+        tasks.push(dispatch::spawn(
+            Dispatcher {
+                reactor: Arc::new(Batcher),
+                outbox: backend.batcher.clone(),
+                projector: projections.get(batcher::NAME)?.projector.clone(),
+                commands: Arc::new(BatchFire {
+                    batches: batches.clone(),
+                }),
+                settings: TimerSettings::default(),
+                stats: timer_stats.clone(),
+            },
+            shutdown_rx.clone(),
+        ));
+        tasks.push(dispatch::spawn(
+            Dispatcher {
+                reactor: Arc::new(Digests),
+                outbox: backend.digests.clone(),
+                projector: projections.get(digests::NAME)?.projector.clone(),
+                commands: Arc::new(DigestFire {
+                    notifications: commands.runner(),
+                }),
+                settings: TimerSettings::default(),
+                // Digests follow flushes at once: not timers.
                 stats: Arc::new(TimerStats::default()),
             },
             shutdown_rx.clone(),

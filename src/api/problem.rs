@@ -252,6 +252,8 @@ impl From<NotificationError> for ApiError {
                 Self::conflict("channel-suppressed", "Channel suppressed", detail)
             }
             E::HeldUntil { .. } => Self::conflict("held", "Held by quiet hours", detail),
+            E::Batched(_) => Self::conflict("batched", "Held for a digest", detail),
+            E::Digested(_) => Self::conflict("digested", "Delivered in a digest", detail),
             E::AudienceUnavailable(_) => {
                 error!(error = %detail, "a create could not read the recipient's preferences");
                 Self::unavailable("the recipient's preferences could not be read; retry shortly")

@@ -29,7 +29,7 @@ use crate::domain::topic::{
     Membership, MembershipCommand, MembershipError, MembershipEvent, TOPIC_EVENT_VERSION,
 };
 use crate::domain::{
-    ApiKey, ApiKeyCommand, ApiKeyError, ApiKeyEvent, Notification, NotificationCommand,
+    ApiKey, ApiKeyCommand, ApiKeyError, ApiKeyEvent, Lifecycle, Notification, NotificationCommand,
     NotificationError, NotificationEvent, EVENT_VERSION,
 };
 
@@ -110,12 +110,14 @@ impl Aggregate for Notification {
                 ..
             } => (**read).clone(),
             NotificationCommand::Create { content, .. } if self.id.is_none() => {
-                services.audience(content).await.map_err(|e| match e {
-                    CommandError::Unreadable(event) => {
-                        NotificationError::AudienceUnreadable(event.to_string())
-                    }
-                    other => NotificationError::AudienceUnavailable(other.to_string()),
-                })?
+                audience_for(services, content).await?
+            }
+            // Released from a batch: its channels are decided now.
+            NotificationCommand::Release { .. } if self.lifecycle == Lifecycle::Batched => {
+                match &self.content {
+                    Some(content) => audience_for(services, content).await?,
+                    None => Audience::default(),
+                }
             }
             _ => Audience::default(),
         };
@@ -128,6 +130,17 @@ impl Aggregate for Notification {
     fn apply(&mut self, event: Self::Event) {
         Notification::apply(self, event);
     }
+}
+
+/// What `content`'s create consults, or why it cannot be read.
+async fn audience_for(
+    services: &Arc<dyn AudienceLookup>,
+    content: &crate::domain::NewNotification,
+) -> Result<Audience, NotificationError> {
+    services.audience(content).await.map_err(|e| match e {
+        CommandError::Unreadable(event) => NotificationError::AudienceUnreadable(event.to_string()),
+        other => NotificationError::AudienceUnavailable(other.to_string()),
+    })
 }
 
 /// Fans out one page of a send: lists its next recipients, creates their
@@ -249,4 +262,12 @@ pure_aggregate!(
     BatchingEvent,
     BatchingError,
     BATCHING_EVENT_VERSION
+);
+pure_aggregate!(
+    crate::domain::batch::Batch,
+    "Batch",
+    crate::domain::batch::BatchCommand,
+    crate::domain::batch::BatchEvent,
+    crate::domain::batch::BatchError,
+    crate::domain::batch::BATCH_EVENT_VERSION
 );

@@ -227,8 +227,14 @@ fn audience_of(
     recipient: Recipient,
     tenant: Option<(Preferences, u64)>,
     category: Option<(CategorySettings, u64)>,
+    batching: &Current<Batching>,
 ) -> Audience {
     Audience {
+        batching: batching
+            .state
+            .policy
+            .clone()
+            .map(|p| (p, batching.state.version)),
         profile: (recipient.version > 0).then_some((recipient.profile, recipient.version)),
         preferences: recipient.preferences,
         preferences_version: recipient.preferences_version,
@@ -249,11 +255,12 @@ impl AudienceReader {
         tenant: Option<&TenantId>,
     ) -> Result<Vec<Option<Audience>>, ReadError> {
         let ids: Vec<String> = users.iter().map(|u| u.as_str().to_owned()).collect();
-        let (recipients, settings) = tokio::join!(
+        let (recipients, settings, batching) = tokio::join!(
             latest::states::<Recipient>(&*self.log, &ids),
             self.now::<CategoryConfig>(category.as_str()),
+            self.batching_of(category),
         );
-        let (recipients, settings) = (recipients?, settings?);
+        let (recipients, settings, batching) = (recipients?, settings?, batching?);
         let category_settings = settings.state.settings.map(|s| (s, settings.state.version));
         let mut tenants: HashMap<TenantId, Option<(Preferences, u64)>> = HashMap::new();
         let mut audiences = Vec::with_capacity(users.len());
@@ -284,6 +291,7 @@ impl AudienceReader {
                 recipient,
                 tenant_defaults,
                 category_settings.clone(),
+                &batching,
             )));
         }
         Ok(audiences)
@@ -300,19 +308,22 @@ pub trait AudienceLookup: Send + Sync {
 #[async_trait]
 impl AudienceLookup for AudienceReader {
     async fn audience(&self, content: &NewNotification) -> Result<Audience, ReadError> {
-        let snapshot = self
-            .for_send(
+        let (snapshot, batching) = tokio::join!(
+            self.for_send(
                 &content.recipient,
                 &content.category,
                 content.tenant.as_ref(),
-            )
-            .await?;
+            ),
+            self.batching_of(&content.category),
+        );
+        let (snapshot, batching) = (snapshot?, batching?);
         Ok(audience_of(
             snapshot.recipient.state,
             snapshot
                 .tenant
                 .map(|(_, t)| (t.state.defaults, t.state.version)),
             snapshot.categories.into_iter().next().map(|(_, s)| s),
+            &batching,
         ))
     }
 }

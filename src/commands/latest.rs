@@ -193,6 +193,14 @@ mod tests {
         ) -> Result<Vec<SharedEvent>, StorageError> {
             Ok(self.counted(self.log.latest(t, ids, types, limit).await?))
         }
+        async fn streams_since(
+            &self,
+            t: &str,
+            ids: &[String],
+            resume_at: &str,
+        ) -> Result<Vec<SharedEvent>, StorageError> {
+            Ok(self.counted(self.log.streams_since(t, ids, resume_at).await?))
+        }
         async fn of_type(&self, t: &str, limit: usize) -> Result<Vec<SharedEvent>, StorageError> {
             Ok(self.counted(self.log.of_type(t, limit).await?))
         }

@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod audience;
+pub mod batches;
 pub mod latest;
 pub mod metadata;
 pub mod runner;
@@ -172,6 +173,7 @@ impl CommandService {
                     id,
                     content: Box::new(content.clone()),
                     audience: None,
+                    batchable: true,
                     at,
                 },
                 meta,

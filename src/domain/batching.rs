@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use chrono::{Datelike as _, Days, Duration};
 
 use super::contact::TimeZone;
-use super::preferences::{first_instant, LocalTime};
+use super::local_time::{first_instant, LocalTime};
 use super::superseding::Superseding;
 use super::values::InvalidValue;
 use super::{NewNotification, Timestamp};

@@ -37,6 +37,19 @@ pub enum NotificationCommand {
         /// The audience, when the sender read it already (a fan-out reads a
         /// page's in a few reads); None: the aggregate's service reads it.
         audience: Option<Box<Audience>>,
+        /// False for a digest: never held in a batch itself.
+        batchable: bool,
+        at: Timestamp,
+    },
+    /// Out of batch `batch_id`, delivered on its own now.
+    Release {
+        batch_id: String,
+        at: Timestamp,
+    },
+    /// Carried by digest `digest_id` of batch `batch_id`.
+    MarkDigested {
+        batch_id: String,
+        digest_id: NotificationId,
         at: Timestamp,
     },
     Deliver {
@@ -80,6 +93,8 @@ impl NotificationCommand {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Create { .. } => "Create",
+            Self::Release { .. } => "Release",
+            Self::MarkDigested { .. } => "MarkDigested",
             Self::Deliver { .. } => "Deliver",
             Self::FailDelivery { .. } => "FailDelivery",
             Self::MarkSeen { .. } => "MarkSeen",
@@ -95,9 +110,11 @@ impl NotificationCommand {
 
     pub fn at(&self) -> Timestamp {
         match self {
-            Self::Create { at, .. } | Self::Deliver { at, .. } | Self::FailDelivery { at, .. } => {
-                *at
-            }
+            Self::Create { at, .. }
+            | Self::Release { at, .. }
+            | Self::MarkDigested { at, .. }
+            | Self::Deliver { at, .. }
+            | Self::FailDelivery { at, .. } => *at,
             Self::MarkSeen { at }
             | Self::MarkRead { at }
             | Self::MarkUnread { at }

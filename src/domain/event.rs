@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::contact::TenantId;
+use super::batching::BatchPolicy;
+use super::contact::{TenantId, TimeZone};
 use super::preferences::{Level, SuppressionRule};
 use super::values::{
     Body, Category, Channel, FailureReason, GroupKey, NotificationId, Priority, Title, UserId,
@@ -79,6 +80,46 @@ pub enum NotificationEvent {
     NotificationDeleted {
         deleted_at: Timestamp,
     },
+    /// Held for a digest instead of delivered: its category batches, and
+    /// its batch key rendered to `key` (the batches of `stream`) under the
+    /// policy at `policy_version`, which the batch it opens keeps.
+    NotificationBatched {
+        stream: String,
+        key: String,
+        policy: Box<BatchPolicy>,
+        policy_version: u64,
+        /// The recipient's, for a schedule.
+        time_zone: TimeZone,
+        batched_at: Timestamp,
+    },
+    /// Its category batches, but its batch key could not be made
+    /// (`reason`): delivered on its own.
+    BatchingSkipped {
+        reason: String,
+        policy_version: u64,
+        skipped_at: Timestamp,
+    },
+    /// In batch `batch_id` (recorded with the batch's own event).
+    /// `released`: the batch's first item, delivered at once.
+    NotificationAddedToBatch {
+        batch_id: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        released: bool,
+        added_at: Timestamp,
+    },
+    /// Out of its batch to be delivered on its own (the first item, or a
+    /// batch with fewer than `min_items`); its channels are decided now.
+    NotificationReleased {
+        batch_id: String,
+        released_at: Timestamp,
+    },
+    /// Carried by digest `digest_id` of batch `batch_id` instead of
+    /// delivered on its own.
+    NotificationDigested {
+        batch_id: String,
+        digest_id: NotificationId,
+        digested_at: Timestamp,
+    },
 }
 
 pub const EVENT_VERSION: &str = "1.0";
@@ -99,6 +140,11 @@ impl NotificationEvent {
             Self::NotificationUnarchived { .. } => "NotificationUnarchived",
             Self::NotificationCancelled { .. } => "NotificationCancelled",
             Self::NotificationDeleted { .. } => "NotificationDeleted",
+            Self::NotificationBatched { .. } => "NotificationBatched",
+            Self::BatchingSkipped { .. } => "BatchingSkipped",
+            Self::NotificationAddedToBatch { .. } => "NotificationAddedToBatch",
+            Self::NotificationReleased { .. } => "NotificationReleased",
+            Self::NotificationDigested { .. } => "NotificationDigested",
         }
     }
 
@@ -123,7 +169,12 @@ impl NotificationEvent {
             | Self::NotificationArchived { archived_at: t }
             | Self::NotificationUnarchived { unarchived_at: t }
             | Self::NotificationCancelled { cancelled_at: t }
-            | Self::NotificationDeleted { deleted_at: t } => *t,
+            | Self::NotificationDeleted { deleted_at: t }
+            | Self::NotificationBatched { batched_at: t, .. }
+            | Self::BatchingSkipped { skipped_at: t, .. }
+            | Self::NotificationAddedToBatch { added_at: t, .. }
+            | Self::NotificationReleased { released_at: t, .. }
+            | Self::NotificationDigested { digested_at: t, .. } => *t,
         }
     }
 }

@@ -4,12 +4,14 @@
 //! plain function to test.
 
 pub mod api_key;
+pub mod batch;
 pub mod batching;
 pub mod bulk;
 pub mod category;
 pub mod command;
 pub mod contact;
 pub mod event;
+pub mod local_time;
 pub mod notification;
 pub mod preferences;
 pub mod recipient;

@@ -12,7 +12,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::batch::stream_id;
+use super::batching::BatchPolicy;
 use super::command::{NewNotification, NotificationCommand};
+use super::contact::TimeZone;
 use super::event::NotificationEvent;
 use super::preferences::{Audience, Level, SuppressionRule};
 use super::values::{Channel, FailureReason, NotificationId};
@@ -48,6 +51,10 @@ pub enum NotificationError {
     HeldUntil { channel: Channel, until: Timestamp },
     #[error("every channel was suppressed; there is nothing to deliver or cancel")]
     Suppressed,
+    #[error("the notification is held for a digest (its category batches); it goes out with its batch{}", .0.as_ref().map(|b| format!(" `{b}`")).unwrap_or_default())]
+    Batched(Option<String>),
+    #[error("the notification went out in digest {0} instead of on its own")]
+    Digested(NotificationId),
     /// The preferences a create consults could not be read (an outage):
     /// nothing is recorded, the create can be retried.
     #[error("the recipient's preferences could not be read ({0}); retry shortly")]
@@ -70,6 +77,10 @@ pub enum Lifecycle {
     Pending,
     /// Created with a future `deliver_at`.
     Scheduled,
+    /// Held in a batch for a digest.
+    Batched,
+    /// Carried by a digest instead of delivered on its own.
+    Digested,
     /// Delivered on at least one channel.
     Delivered,
     /// Every channel asked for was suppressed (nothing is held for later):
@@ -85,6 +96,8 @@ impl Lifecycle {
             Self::Absent => "absent",
             Self::Pending => "pending",
             Self::Scheduled => "scheduled",
+            Self::Batched => "batched",
+            Self::Digested => "digested",
             Self::Delivered => "delivered",
             Self::Suppressed => "suppressed",
             Self::Cancelled => "cancelled",
@@ -118,6 +131,23 @@ impl SuppressedChannel {
     }
 }
 
+/// A notification held for a digest: where, under which policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// The batches it goes to (its category, recipient and key).
+    pub stream: String,
+    pub key: String,
+    pub policy: BatchPolicy,
+    pub policy_version: u64,
+    pub time_zone: TimeZone,
+    /// Once added: its batch.
+    pub batch_id: Option<String>,
+    /// Released to be delivered on its own.
+    pub released: bool,
+    /// Once digested: the digest that carried it.
+    pub digest_id: Option<NotificationId>,
+}
+
 /// A failed delivery on one channel: the latest reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
@@ -148,6 +178,9 @@ pub struct Notification {
     /// Channels whose worker reported a failure (and none delivered since).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failures: BTreeMap<Channel, Failure>,
+    /// Held for a digest (its category batches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
     /// Time of the last event, the floor for the next one.
     pub last_event_at: Option<Timestamp>,
 }
@@ -194,15 +227,33 @@ impl Notification {
             _ => command.at(),
         };
 
-        if let C::Create { id, content, .. } = command {
+        if let C::Create {
+            id,
+            content,
+            batchable,
+            ..
+        } = command
+        {
             if self.lifecycle != Lifecycle::Absent {
                 return Err(NotificationError::AlreadyExists);
             }
-            return Self::decide_create(id, *content, at, audience);
+            return Self::decide_create(id, *content, at, audience, batchable);
         }
 
         match (self.lifecycle, &command) {
             (Lifecycle::Absent, _) => return Err(NotificationError::NotFound),
+            // A batch's item deleted meanwhile is still settled by its batch.
+            (_, C::Release { batch_id, .. }) => {
+                return Ok(self.decide_release(batch_id, at, audience))
+            }
+            (
+                _,
+                C::MarkDigested {
+                    batch_id,
+                    digest_id,
+                    ..
+                },
+            ) => return Ok(self.decide_digested(batch_id, *digest_id, at)),
             // Deleting twice is asking for what already is: nothing to record.
             (Lifecycle::Deleted, C::Delete { .. }) => return Ok(vec![]),
             (Lifecycle::Deleted, _) => return Err(NotificationError::Deleted),
@@ -210,12 +261,20 @@ impl Notification {
         }
 
         match command {
-            C::Create { .. } => unreachable!("handled above"),
+            C::Create { .. } | C::Release { .. } | C::MarkDigested { .. } => {
+                unreachable!("handled above")
+            }
             C::Delete { .. } => Ok(vec![E::NotificationDeleted { deleted_at: at }]),
             C::Cancel { .. } => match self.lifecycle {
                 Lifecycle::Pending | Lifecycle::Scheduled => {
                     Ok(vec![E::NotificationCancelled { cancelled_at: at }])
                 }
+                // Not yet in a batch: it never will be.
+                Lifecycle::Batched => match self.held.as_ref().and_then(|h| h.batch_id.clone()) {
+                    None => Ok(vec![E::NotificationCancelled { cancelled_at: at }]),
+                    batch => Err(NotificationError::Batched(batch)),
+                },
+                Lifecycle::Digested => Err(self.digested()),
                 Lifecycle::Cancelled => Ok(vec![]),
                 Lifecycle::Suppressed => Err(NotificationError::Suppressed),
                 _ => Err(NotificationError::AlreadyDelivered),
@@ -286,8 +345,21 @@ impl Notification {
         content: NewNotification,
         now: Timestamp,
         audience: &Audience,
+        batchable: bool,
     ) -> Result<Vec<NotificationEvent>, NotificationError> {
         use NotificationEvent as E;
+        // Held for a digest: a category that batches, a priority that may
+        // wait, nothing scheduled for later.
+        let later = content.deliver_at.filter(|d| *d > now);
+        let batching = audience
+            .batching
+            .as_ref()
+            .filter(|_| batchable && content.priority.may_be_held() && later.is_none())
+            .map(|(policy, version)| (policy, *version, policy.key_for(&content)));
+        let stream = match &batching {
+            Some((_, _, Ok(key))) => Some(stream_id(&content.category, &content.recipient, key)),
+            _ => None,
+        };
         let NewNotification {
             recipient,
             category,
@@ -302,12 +374,15 @@ impl Notification {
         } = content;
         // A deliver_at that has come already is "now": the creation records
         // what was asked, and delivery follows at once.
-        let later = deliver_at.filter(|d| *d > now);
         let due = later.unwrap_or(now);
-        let routes: Vec<_> = channels
-            .iter()
-            .map(|c| (*c, audience.route(&category, *c, priority, due)))
-            .collect();
+        let routes = routes(
+            &channels,
+            &category,
+            priority,
+            audience,
+            due,
+            later.is_none(),
+        );
         let mut events = vec![E::NotificationCreated {
             id,
             recipient,
@@ -322,39 +397,110 @@ impl Notification {
             created_at: now,
             tenant,
         }];
+        match batching {
+            Some((policy, policy_version, Ok(key))) => {
+                events.push(E::NotificationBatched {
+                    stream: stream.unwrap_or_default(),
+                    key,
+                    policy: Box::new(policy.clone()),
+                    policy_version,
+                    time_zone: audience
+                        .profile
+                        .as_ref()
+                        .map_or(TimeZone::UTC, |(p, _)| p.time_zone()),
+                    batched_at: now,
+                });
+                return Ok(events);
+            }
+            Some((_, policy_version, Err(reason))) => events.push(E::BatchingSkipped {
+                reason,
+                policy_version,
+                skipped_at: now,
+            }),
+            None => {}
+        }
         if let Some(deliver_at) = later {
             events.push(E::NotificationScheduled {
                 deliver_at,
                 scheduled_at: now,
             });
         }
-        for (channel, route) in routes {
-            match route {
-                Some(s) => events.push(E::ChannelSuppressed {
-                    channel,
-                    rule: s.rule,
-                    level: s.level,
-                    version: s.version,
-                    until: s.until,
-                    suppressed_at: now,
-                }),
-                None if channel == Channel::InApp && later.is_none() => {
-                    events.push(E::NotificationDelivered {
-                        channel: Channel::InApp,
-                        delivered_at: now,
-                    })
-                }
-                // The other channels' workers deliver and report back.
-                None => {}
-            }
-        }
+        events.extend(routes);
         Ok(events)
+    }
+
+    /// Out of its batch, delivered on its own: its channels decided now.
+    /// Deleted meanwhile, or out already: only the release, or nothing.
+    fn decide_release(
+        &self,
+        batch_id: &str,
+        at: Timestamp,
+        audience: &Audience,
+    ) -> Vec<NotificationEvent> {
+        let released = NotificationEvent::NotificationReleased {
+            batch_id: batch_id.to_owned(),
+            released_at: at,
+        };
+        match (self.lifecycle, &self.content) {
+            (Lifecycle::Batched, Some(c)) => {
+                let mut events = vec![released];
+                events.extend(routes(
+                    &c.channels,
+                    &c.category,
+                    c.priority,
+                    audience,
+                    at,
+                    true,
+                ));
+                events
+            }
+            (Lifecycle::Deleted, _) if self.held.as_ref().is_some_and(|h| !h.released) => {
+                vec![released]
+            }
+            _ => vec![],
+        }
+    }
+
+    /// Carried by a digest: recorded while held (or deleted meanwhile).
+    fn decide_digested(
+        &self,
+        batch_id: &str,
+        digest_id: NotificationId,
+        at: Timestamp,
+    ) -> Vec<NotificationEvent> {
+        let held = self
+            .held
+            .as_ref()
+            .filter(|h| h.digest_id.is_none() && !h.released);
+        match (self.lifecycle, held) {
+            (Lifecycle::Batched | Lifecycle::Deleted, Some(_)) => {
+                vec![NotificationEvent::NotificationDigested {
+                    batch_id: batch_id.to_owned(),
+                    digest_id,
+                    digested_at: at,
+                }]
+            }
+            _ => vec![],
+        }
+    }
+
+    fn digested(&self) -> NotificationError {
+        match self.held.as_ref().and_then(|h| h.digest_id) {
+            Some(id) => NotificationError::Digested(id),
+            None => NotificationError::Batched(None),
+        }
     }
 
     /// Whether `channel` may be delivered (or reported failed) at `at`.
     fn deliverable(&self, channel: Channel, at: Timestamp) -> Result<(), NotificationError> {
-        if self.lifecycle == Lifecycle::Cancelled {
-            return Err(NotificationError::Cancelled);
+        match self.lifecycle {
+            Lifecycle::Cancelled => return Err(NotificationError::Cancelled),
+            Lifecycle::Batched => {
+                let batch = self.held.as_ref().and_then(|h| h.batch_id.clone());
+                return Err(NotificationError::Batched(batch));
+            }
+            Lifecycle::Digested => return Err(self.digested()),
+            _ => {}
         }
         let content = self.content.as_ref().ok_or(NotificationError::NotFound)?;
         if !content.channels.contains(&channel) {
@@ -509,8 +655,83 @@ impl Notification {
                 self.lifecycle = Lifecycle::Deleted;
                 self.deleted_at = Some(deleted_at);
             }
+            E::NotificationBatched {
+                stream,
+                key,
+                policy,
+                policy_version,
+                time_zone,
+                ..
+            } => {
+                self.lifecycle = Lifecycle::Batched;
+                self.held = Some(Held {
+                    stream,
+                    key,
+                    policy: *policy,
+                    policy_version,
+                    time_zone,
+                    batch_id: None,
+                    released: false,
+                    digest_id: None,
+                });
+            }
+            E::BatchingSkipped { .. } => {}
+            E::NotificationAddedToBatch { batch_id, .. } => {
+                if let Some(held) = self.held.as_mut() {
+                    held.batch_id = Some(batch_id);
+                }
+            }
+            E::NotificationReleased { .. } => {
+                if let Some(held) = self.held.as_mut() {
+                    held.released = true;
+                }
+                if self.lifecycle == Lifecycle::Batched {
+                    self.lifecycle = Lifecycle::Pending;
+                }
+            }
+            E::NotificationDigested { digest_id, .. } => {
+                if let Some(held) = self.held.as_mut() {
+                    held.digest_id = Some(digest_id);
+                }
+                if self.lifecycle == Lifecycle::Batched {
+                    self.lifecycle = Lifecycle::Digested;
+                }
+            }
         }
     }
+}
+
+/// How each of `channels` goes for a notification due at `due`: its
+/// suppressions, and its in-app delivery when it is due now (`now`).
+fn routes(
+    channels: &[Channel],
+    category: &super::Category,
+    priority: super::Priority,
+    audience: &Audience,
+    due: Timestamp,
+    now: bool,
+) -> Vec<NotificationEvent> {
+    use NotificationEvent as E;
+    let mut events = Vec::new();
+    for &channel in channels {
+        match audience.route(category, channel, priority, due) {
+            Some(s) => events.push(E::ChannelSuppressed {
+                channel,
+                rule: s.rule,
+                level: s.level,
+                version: s.version,
+                until: s.until,
+                suppressed_at: due,
+            }),
+            None if channel == Channel::InApp && now => events.push(E::NotificationDelivered {
+                channel: Channel::InApp,
+                delivered_at: due,
+            }),
+            // The other channels' workers deliver and report back.
+            None => {}
+        }
+    }
+    events
 }
 
 #[cfg(test)]

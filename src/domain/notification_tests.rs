@@ -44,6 +44,7 @@ fn create(channels: &[Channel], deliver_at: Option<Timestamp>, at: Timestamp) ->
         id: ID,
         content,
         audience: None,
+        batchable: true,
         at,
     }
 }
@@ -479,6 +480,7 @@ fn arb_create() -> impl Strategy<Value = C> {
             id: NotificationId(uuid::Uuid::from_u128(id)),
             content,
             audience: None,
+            batchable: true,
             at,
         }
     })

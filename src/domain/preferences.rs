@@ -17,12 +17,12 @@
 //! non-urgent in-app and push deliveries, until they end.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
-use chrono::{Duration, LocalResult, NaiveDate, NaiveTime, TimeZone as _, Timelike};
 use serde::{Deserialize, Serialize};
 
 use super::contact::{Profile, TimeZone};
+use super::local_time::first_instant;
+pub use super::local_time::LocalTime;
 use super::values::{Category, Channel, InvalidValue, Priority};
 use super::Timestamp;
 
@@ -75,50 +75,6 @@ pub struct CategorySettings {
     pub critical: bool,
 }
 
-/// A time of day, to the minute (`22:00`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct LocalTime(NaiveTime);
-
-impl LocalTime {
-    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
-        let bad = || {
-            InvalidValue(format!(
-                "`{s}` is not a time of day; write `HH:MM` (`22:00`)"
-            ))
-        };
-        if s.len() != 5 {
-            return Err(bad());
-        }
-        NaiveTime::parse_from_str(s, "%H:%M")
-            .map(Self)
-            .map_err(|_| bad())
-    }
-
-    pub fn time(self) -> NaiveTime {
-        self.0
-    }
-}
-
-impl fmt::Display for LocalTime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02}:{:02}", self.0.hour(), self.0.minute())
-    }
-}
-
-impl TryFrom<String> for LocalTime {
-    type Error = InvalidValue;
-    fn try_from(s: String) -> Result<Self, InvalidValue> {
-        Self::parse(&s)
-    }
-}
-
-impl From<LocalTime> for String {
-    fn from(t: LocalTime) -> Self {
-        t.to_string()
-    }
-}
-
 /// A nightly quiet time, in the user's time zone: `start` to `end`, across
 /// midnight when `end` comes first (`22:00`–`07:00`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,20 +113,6 @@ impl QuietHours {
         let day = if now < end { date } else { date.succ_opt()? };
         first_instant(tz, day, end).filter(|t| *t > at)
     }
-}
-
-/// The first instant on `day` at or after local time `time` in `tz`.
-pub(super) fn first_instant(tz: TimeZone, day: NaiveDate, time: NaiveTime) -> Option<Timestamp> {
-    let mut local = day.and_time(time);
-    // No gap in the tz database is longer than a day.
-    for _ in 0..=24 * 60 {
-        match tz.tz().from_local_datetime(&local) {
-            LocalResult::Single(t) => return Some(t.to_utc()),
-            LocalResult::Ambiguous(first, _) => return Some(first.to_utc()),
-            LocalResult::None => local += Duration::minutes(1),
-        }
-    }
-    None
 }
 
 /// Which level decided a cell.
@@ -337,6 +279,8 @@ pub struct Audience {
     pub tenant: Option<(Preferences, u64)>,
     /// The send's category's settings, when an admin set them.
     pub category: Option<(CategorySettings, u64)>,
+    /// The category's batching policy, when it has one, with its version.
+    pub batching: Option<(super::batching::BatchPolicy, u64)>,
 }
 
 impl Audience {

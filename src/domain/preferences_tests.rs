@@ -1,5 +1,5 @@
 use super::*;
-use chrono::DateTime;
+use chrono::{DateTime, Duration};
 use proptest::prelude::*;
 
 fn category(s: &str) -> Category {
@@ -339,7 +339,7 @@ proptest! {
         length in 1u32..1439,
     ) {
         let tz = TimeZone::parse(chrono_tz::TZ_VARIANTS[zone].name()).unwrap();
-        let time = |m: u32| LocalTime(NaiveTime::from_hms_opt(m / 60, m % 60, 0).unwrap());
+        let time = |m: u32| LocalTime::parse(&format!("{:02}:{:02}", m / 60, m % 60)).unwrap();
         let hours = QuietHours::new(time(start), time((start + length) % 1440)).unwrap();
         let now = DateTime::from_timestamp(secs, 0).unwrap();
         if let Some(until) = hours.until(now, tz) {

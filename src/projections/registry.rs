@@ -23,6 +23,8 @@ use super::store::postgres_rows::PgRows;
 use super::store::RowReader;
 use super::topics::{self, Topics};
 use super::Projection;
+use crate::reactors::batcher::{self, BatchOrder, Batcher};
+use crate::reactors::digests::{self, DigestOrder, Digests};
 use crate::reactors::fanout::{self, FanOut};
 use crate::reactors::scheduled::{self as schedule, Due, ScheduledDelivery};
 use crate::reactors::{Outbox, Pending};
@@ -31,13 +33,15 @@ use crate::streams::feed::Feed;
 use crate::streams::updates::MemoryUpdateLog;
 
 /// Every projection's name, in the order they are listed.
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 8] = [
     inbox::NAME,
     schedule::NAME,
     analytics::NAME,
     topics::NAME,
     sends::NAME,
     fanout::NAME,
+    batcher::NAME,
+    digests::NAME,
 ];
 
 /// One projection, as the engine and the operations see it.
@@ -93,6 +97,10 @@ pub struct ReadModels {
     pub sends: Arc<dyn RowReader<sends::Row>>,
     /// The pages of sends still to fan out.
     pub fanout: Arc<dyn RowReader<Pending<u64>>>,
+    /// Held notifications to add to their batches, and batches to flush.
+    pub batcher: Arc<dyn RowReader<Pending<BatchOrder>>>,
+    /// Flushed batches' digests, marks and releases.
+    pub digests: Arc<dyn RowReader<Pending<DigestOrder>>>,
     /// Each read model as a projection (the inbox first).
     pub registered: Vec<Registered>,
 }
@@ -111,7 +119,15 @@ impl ReadModels {
         analytics.set_feed(feed.clone());
         let topics = Arc::new(MemoryStore::new(MemoryRows(Topics), updates.clone()));
         let sends = Arc::new(MemoryStore::new(MemoryRows(Sends), updates.clone()));
-        let fanout = Arc::new(MemoryStore::new(MemoryRows(Outbox(FanOut)), updates));
+        let fanout = Arc::new(MemoryStore::new(
+            MemoryRows(Outbox(FanOut)),
+            updates.clone(),
+        ));
+        let batcher = Arc::new(MemoryStore::new(
+            MemoryRows(Outbox(Batcher)),
+            updates.clone(),
+        ));
+        let digests = Arc::new(MemoryStore::new(MemoryRows(Outbox(Digests)), updates));
         Self {
             registered: tuned([
                 Registered::of(&inbox),
@@ -120,6 +136,8 @@ impl ReadModels {
                 Registered::of(&topics),
                 Registered::of(&sends),
                 Registered::of(&fanout),
+                Registered::of(&batcher),
+                Registered::of(&digests),
             ]),
             inbox,
             schedule,
@@ -127,6 +145,8 @@ impl ReadModels {
             topics,
             sends,
             fanout,
+            batcher,
+            digests,
         }
     }
 
@@ -153,6 +173,16 @@ impl ReadModels {
         let topics = Arc::new(PgRows::new(Topics, pool.clone(), connector.clone()));
         let sends = Arc::new(PgRows::new(Sends, pool.clone(), connector.clone()));
         let fanout = Arc::new(PgRows::new(Outbox(FanOut), pool.clone(), connector.clone()));
+        let batcher = Arc::new(PgRows::new(
+            Outbox(Batcher),
+            pool.clone(),
+            connector.clone(),
+        ));
+        let digests = Arc::new(PgRows::new(
+            Outbox(Digests),
+            pool.clone(),
+            connector.clone(),
+        ));
         let stored = PgStored {
             pool: projecting,
             connector,
@@ -166,6 +196,8 @@ impl ReadModels {
                 stored.of(&topics),
                 stored.of(&sends),
                 stored.of(&fanout),
+                stored.of(&batcher),
+                stored.of(&digests),
             ]),
             inbox,
             schedule,
@@ -173,6 +205,8 @@ impl ReadModels {
             topics,
             sends,
             fanout,
+            batcher,
+            digests,
         }
     }
 

@@ -22,8 +22,8 @@ use hdrhistogram::Histogram;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::{command_id, Pending, Reactor};
-use crate::commands::{CommandMetadata, Commands, Target};
+use super::{Fire, Pending, Reactor};
+use crate::commands::CommandMetadata;
 use crate::domain::Timestamp;
 use crate::projections::engine::ProjectorHandle;
 use crate::projections::store::{Keyed, RowReader};
@@ -131,7 +131,8 @@ pub struct Dispatcher<R: Reactor> {
     /// The reactor's projector: whether this instance leads it, and when
     /// its outbox moved.
     pub projector: ProjectorHandle,
-    pub commands: Arc<Commands<R::Target>>,
+    /// Runs what is due.
+    pub commands: Arc<dyn Fire<R>>,
     pub settings: TimerSettings,
     pub stats: Arc<TimerStats>,
 }
@@ -250,13 +251,6 @@ async fn round<R: Reactor>(
     pass.fired = true;
     // Urgent first, then by due time.
     due.sort_by_key(|k| (!k.row.urgent, k.sort));
-    let targets: Vec<Target> = due
-        .iter()
-        .map(|k| Target {
-            aggregate_id: k.row.aggregate_id.clone(),
-            command_id: Some(command_id::<R>(&k.key)),
-        })
-        .collect();
     let meta = CommandMetadata {
         request_id: uuid::Uuid::now_v7().to_string(),
         correlation_id: uuid::Uuid::now_v7().to_string(),
@@ -264,11 +258,7 @@ async fn round<R: Reactor>(
         actor: format!("tidings:{}", R::NAME),
         ..CommandMetadata::default()
     };
-    let receipt = d
-        .commands
-        .execute_many(&targets, |i, at| d.reactor.command(&due[i].row, at), &meta)
-        .await
-        .map_err(|e| error_chain(&e))?;
+    let changed = d.commands.fire(&d.reactor, &due, &meta).await?;
     let fired_at = Utc::now();
     for k in &due {
         d.stats.record(fired_at - k.row.due_at);
@@ -279,17 +269,12 @@ async fn round<R: Reactor>(
         info!(
             reactor = R::NAME,
             fired = due.len(),
-            changed = receipt.changed,
+            changed,
             max_lateness_ms = latest.map_or(0, |l| l.num_milliseconds()),
             "fired late (the service was down, busy, or they were due at start)"
         );
     } else {
-        debug!(
-            reactor = R::NAME,
-            fired = due.len(),
-            changed = receipt.changed,
-            "fired"
-        );
+        debug!(reactor = R::NAME, fired = due.len(), changed, "fired");
     }
     Ok(Round::Fired)
 }

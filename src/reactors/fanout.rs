@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Pending, Reaction, Reactor};
+use super::{Commanding, Pending, Reaction, Reactor};
 use crate::commands::aggregate::PageFanner;
 use crate::commands::audience::AudienceReader;
 use crate::commands::metadata::{ACTOR, ACTOR_NAME, CORRELATION_ID};
@@ -45,7 +45,6 @@ pub struct FanOut;
 
 impl Reactor for FanOut {
     const NAME: &'static str = NAME;
-    type Target = Broadcast;
     type Input = Step;
     /// The page owed.
     type Order = u64;
@@ -103,6 +102,10 @@ impl Reactor for FanOut {
             }
         }
     }
+}
+
+impl Commanding for FanOut {
+    type Target = Broadcast;
 
     fn command(&self, pending: &Pending<u64>, at: Timestamp) -> SendCommand {
         SendCommand::FanOut {
@@ -248,6 +251,7 @@ impl FanOutWorker {
             id: ids[i],
             content: Box::new(content.for_recipient(recipients[i].clone())),
             audience: Some(Box::new(audiences[i].clone())),
+            batchable: true,
             at,
         };
         let targets: Vec<Target> = ids

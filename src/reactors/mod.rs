@@ -21,6 +21,8 @@
 //! longer owes for it (`react`), and the command each reaction runs; timers
 //! are reactions due later.
 
+pub mod batcher;
+pub mod digests;
 pub mod dispatch;
 pub mod fanout;
 pub mod scheduled;
@@ -32,17 +34,15 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::commands::metadata::COMMAND_ID;
-use crate::commands::Named;
+use crate::commands::{CommandMetadata, Commands, Named, Target};
 use crate::domain::Timestamp;
-use crate::projections::store::{Fold, Rows};
-use crate::storage::LoggedEvent;
+use crate::projections::store::{Fold, Keyed, Rows};
+use crate::storage::{error_chain, LoggedEvent};
 
 /// Commands owed for events: a reactor's rules.
 pub trait Reactor: Send + Sync + 'static {
     /// Its name: in the registry, the checkpoint, the command ids it sends.
     const NAME: &'static str;
-    /// The aggregate its commands go to.
-    type Target: Aggregate<Command: Named + Send, Error: Send + Sync>;
     /// An event as this reactor reads it.
     type Input: Send;
     /// What a pending reaction keeps to build its command from.
@@ -62,6 +62,13 @@ pub trait Reactor: Send + Sync + 'static {
 
     /// What the reactor owes, or no longer owes, for `input`.
     fn react(&self, input: Self::Input, event: &LoggedEvent) -> Vec<Reaction<Self::Order>>;
+}
+
+/// A reactor whose reactions are each one command on one aggregate, run
+/// by the generic runner (`Commands::execute_many`).
+pub trait Commanding: Reactor {
+    /// The aggregate its commands go to.
+    type Target: Aggregate<Command: Named + Send, Error: Send + Sync>;
 
     /// The command `pending` runs, as of `at`.
     fn command(
@@ -69,6 +76,45 @@ pub trait Reactor: Send + Sync + 'static {
         pending: &Pending<Self::Order>,
         at: Timestamp,
     ) -> <Self::Target as Aggregate>::Command;
+}
+
+/// How a reactor's due reactions are run: one call per batch of them,
+/// each under its reaction's command id; answers how many aggregates it
+/// changed.
+#[async_trait::async_trait]
+pub trait Fire<R: Reactor>: Send + Sync {
+    async fn fire(
+        &self,
+        reactor: &R,
+        due: &[Keyed<Pending<R::Order>>],
+        meta: &CommandMetadata,
+    ) -> Result<u64, String>;
+}
+
+#[async_trait::async_trait]
+impl<R: Commanding> Fire<R> for Commands<R::Target>
+where
+    <R::Target as Aggregate>::Command: Named + Send,
+{
+    async fn fire(
+        &self,
+        reactor: &R,
+        due: &[Keyed<Pending<R::Order>>],
+        meta: &CommandMetadata,
+    ) -> Result<u64, String> {
+        let targets: Vec<Target> = due
+            .iter()
+            .map(|k| Target {
+                aggregate_id: k.row.aggregate_id.clone(),
+                command_id: Some(command_id::<R>(&k.key)),
+            })
+            .collect();
+        let receipt = self
+            .execute_many(&targets, |i, at| reactor.command(&due[i].row, at), meta)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        Ok(receipt.changed)
+    }
 }
 
 /// A change to what a reactor owes.

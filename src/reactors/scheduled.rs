@@ -8,7 +8,7 @@
 
 use cqrs_es::Aggregate;
 
-use super::{Pending, Reaction, Reactor};
+use super::{Commanding, Pending, Reaction, Reactor};
 use crate::domain::{
     Channel, Notification, NotificationCommand, NotificationEvent, Timestamp, EVENT_VERSION,
 };
@@ -36,7 +36,6 @@ pub struct ScheduledDelivery;
 
 impl Reactor for ScheduledDelivery {
     const NAME: &'static str = NAME;
-    type Target = Notification;
     type Input = Change;
     type Order = Channel;
 
@@ -121,6 +120,10 @@ impl Reactor for ScheduledDelivery {
             Change::Gone => vec![Reaction::Settle { id }],
         }
     }
+}
+
+impl Commanding for ScheduledDelivery {
+    type Target = Notification;
 
     fn command(&self, due: &Due, at: Timestamp) -> NotificationCommand {
         NotificationCommand::Deliver {

@@ -276,6 +276,27 @@ impl EventLog for MemoryEventStore {
             .collect())
     }
 
+    async fn streams_since(
+        &self,
+        aggregate_type: &str,
+        aggregate_ids: &[String],
+        resume_at: &str,
+    ) -> Result<Vec<SharedEvent>, StorageError> {
+        super::refuse_latest(aggregate_type)?;
+        let log = self.read();
+        Ok(aggregate_ids
+            .iter()
+            .flat_map(|id| {
+                let stream = log.stream(aggregate_type, id);
+                let since = stream
+                    .iter()
+                    .rposition(|&i| log.get(i).event_type == resume_at)
+                    .unwrap_or(0);
+                stream[since..].iter().map(|&i| log.get(i).clone())
+            })
+            .collect())
+    }
+
     async fn latest(
         &self,
         aggregate_type: &str,

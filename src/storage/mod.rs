@@ -130,6 +130,18 @@ pub trait EventLog: Send + Sync {
         limit: usize,
     ) -> Result<Vec<SharedEvent>, StorageError>;
 
+    /// The events of each stream `aggregate_ids` (of `aggregate_type`) from
+    /// its last event of type `resume_at` on (the whole stream when it has
+    /// none), stream after stream, each in sequence order: a stream whose
+    /// state such an event starts afresh, loaded without its history. Not
+    /// for notification streams (`NOT_LATEST`).
+    async fn streams_since(
+        &self,
+        aggregate_type: &str,
+        aggregate_ids: &[String],
+        resume_at: &str,
+    ) -> Result<Vec<SharedEvent>, StorageError>;
+
     /// Every event of every stream of `aggregate_type`, stream after stream
     /// (each in sequence order), at most `limit`: for aggregates that are
     /// few and read whole (API keys).

@@ -11,6 +11,7 @@ mod batching;
 mod bulk;
 mod cli;
 mod concurrency;
+mod digests;
 mod errors;
 mod events;
 mod fanout;

@@ -161,6 +161,22 @@ SELECT e.* FROM unnest($2::text[]) AS s(id)
  ORDER BY e.aggregate_id, e.sequence"
 );
 
+/// The streams `$2` from each one's last event of type `$3` on (from the
+/// start without one): one probe of events_latest_of_type per stream
+/// (migrations/0012, its predicate repeated), then the stream's range.
+const STREAMS_SINCE: &str = "
+SELECT e.transaction_id::text::bigint AS tx, e.global_position, e.aggregate_type, e.aggregate_id,
+       e.sequence, e.event_type, e.event_version, e.payload, e.metadata, e.recorded_at
+  FROM unnest($2::text[]) AS s(id)
+ CROSS JOIN LATERAL (
+       SELECT coalesce((SELECT sequence FROM events
+                         WHERE aggregate_type = $1 AND aggregate_id = s.id AND event_type = $3
+                           AND aggregate_type <> 'Notification'
+                         ORDER BY sequence DESC
+                         LIMIT 1), 1) AS since) f
+  JOIN events e ON e.aggregate_type = $1 AND e.aggregate_id = s.id AND e.sequence >= f.since
+ ORDER BY e.aggregate_id, e.sequence";
+
 /// Every stream of type `$1`, found one index probe each (a loose index
 /// scan: PostgreSQL has no skip scan), each type of `$2`, at most `$3`
 /// events. Costs the streams, not their events.
@@ -347,6 +363,23 @@ impl EventLog for PgEventLog {
                     .await?
             }
         };
+        rows.iter()
+            .map(|r| row_to_event(r).map(Arc::new).map_err(StorageError::from))
+            .collect()
+    }
+
+    async fn streams_since(
+        &self,
+        aggregate_type: &str,
+        aggregate_ids: &[String],
+        resume_at: &str,
+    ) -> Result<Vec<SharedEvent>, StorageError> {
+        crate::storage::refuse_latest(aggregate_type)?;
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(STREAMS_SINCE).await?;
+        let rows = client
+            .query(&stmt, &[&aggregate_type, &aggregate_ids, &resume_at])
+            .await?;
         rows.iter()
             .map(|r| row_to_event(r).map(Arc::new).map_err(StorageError::from))
             .collect()
