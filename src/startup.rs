@@ -74,6 +74,7 @@ struct BackendParts {
     fan_out_pages: Arc<dyn RowReader<Pending<u64>>>,
     batcher: Arc<dyn RowReader<Pending<crate::reactors::batcher::BatchOrder>>>,
     digests: Arc<dyn RowReader<Pending<crate::reactors::digests::DigestOrder>>>,
+    batch_rows: Arc<dyn RowReader<crate::projections::batches::Row>>,
     analytics: Arc<dyn RowReader<analytics::Row>>,
     /// Publishes updates no projection page carries.
     announce: Arc<dyn Announce>,
@@ -154,6 +155,7 @@ async fn start_memory(
         fan_out_pages: models.fanout,
         batcher: models.batcher,
         digests: models.digests,
+        batch_rows: models.batches,
         analytics: models.analytics,
         announce: Arc::new(MemoryAnnounce {
             log: updates.clone(),
@@ -262,6 +264,7 @@ async fn start_postgres(
         fan_out_pages: models.fanout,
         batcher: models.batcher,
         digests: models.digests,
+        batch_rows: models.batches,
         analytics: models.analytics,
         announce: publisher,
         running,
@@ -433,6 +436,8 @@ impl Service {
             bulks: commands_of::<InboxBulk>(stores, &signal, attempts, &limit),
             topics: backend.topics,
             send_rows: backend.sends,
+            batch_commands: batches.clone(),
+            batch_rows: backend.batch_rows,
             analytics: backend.analytics,
             health,
             projections,

@@ -3,6 +3,7 @@
 //! origin leave as `application/problem+json`.
 
 pub mod analytics;
+pub mod batches;
 pub mod batching;
 pub mod bulk;
 pub mod categories;
@@ -81,6 +82,7 @@ pub type Apis = (
     explain::ExplainApi,
     inbox::InboxApi,
     bulk::BulkApi,
+    batches::BatchesApi,
     RecipientApis,
     analytics::AnalyticsApi,
     events::EventsApi,
@@ -106,6 +108,9 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
                 state: state.clone(),
             },
             bulk::BulkApi {
+                state: state.clone(),
+            },
+            batches::BatchesApi {
                 state: state.clone(),
             },
             (

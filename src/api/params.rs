@@ -476,3 +476,15 @@ pub(super) fn path_user(raw: &str) -> Result<crate::domain::UserId, super::probl
     crate::domain::UserId::parse(raw)
         .map_err(|e| super::problem::ApiError::invalid("path.user", e.0))
 }
+rule!(
+    /// A batch's id: its stream and number.
+    BatchIdRule, "BatchId", pattern(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.[1-9][0-9]{0,18}$")
+);
+rule!(
+    /// `open` or `flushed`.
+    BatchStatusRule, "BatchStatus", pattern(r"^(open|flushed)$")
+);
+rule!(
+    /// Where a page of batches goes on: a `next_cursor`.
+    BatchCursorRule, "BatchCursor", pattern(r"^[0-9a-f]{16}[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.[1-9][0-9]{0,18}$")
+);

@@ -377,3 +377,9 @@ pub fn problem_response(problem: Problem) -> Response {
         .content_type(PROBLEM_JSON)
         .body(body)
 }
+
+impl From<crate::domain::batch::BatchError> for ApiError {
+    fn from(err: crate::domain::batch::BatchError) -> Self {
+        Self::not_found(err.to_string())
+    }
+}

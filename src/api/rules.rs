@@ -160,6 +160,17 @@ pub const RULES: &[(&str, Rule)] = &[
     ("getCategory", ANY_KEY),
     ("configureCategory", ADMIN),
     ("getBatching", ANY_KEY),
+    (
+        "listUserBatches",
+        Rule {
+            public: false,
+            scopes: &[Scope::Read],
+            own_sends: false,
+            user: Some(Grant::Read),
+        },
+    ),
+    ("getBatch", keys(&[Scope::Read])),
+    ("flushBatch", keys(&[Scope::Send, Scope::Admin])),
     ("setBatching", ADMIN),
     ("turnOffBatching", ADMIN),
     ("getTenantDefaults", ANY_KEY),

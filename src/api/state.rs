@@ -53,6 +53,10 @@ pub struct AppState {
     pub topics: Arc<dyn RowReader<crate::projections::topics::Row>>,
     /// How far each send has got.
     pub send_rows: Arc<dyn RowReader<crate::projections::sends::Row>>,
+    /// Batch commands (a manual flush).
+    pub batch_commands: Arc<Commands<crate::domain::batch::Batch>>,
+    /// Every batch, open or flushed.
+    pub batch_rows: Arc<dyn RowReader<crate::projections::batches::Row>>,
     /// Counters and latencies per bucket.
     pub analytics: Arc<dyn RowReader<crate::projections::analytics::Row>>,
     /// The health score's window, targets and weights.

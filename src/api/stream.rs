@@ -122,7 +122,7 @@ impl Credential for PrincipalCredential {
         };
         for name in topics {
             let mine = match Topic::parse(name) {
-                Ok(Topic::Inbox(user)) => user == token.user,
+                Ok(Topic::Inbox(user) | Topic::Batches(user)) => user == token.user,
                 Ok(Topic::Notification(id)) => match self.state.inbox.get(id).await {
                     Ok(Some(row)) => row
                         .state
@@ -135,7 +135,8 @@ impl Credential for PrincipalCredential {
             };
             if !mine {
                 return Some(format!(
-                    "`{name}` is not a topic of user `{}`: a user token reaches only `inbox:{}` and the `notification:{{id}}` of its own notifications",
+                    "`{name}` is not a topic of user `{}`: a user token reaches only `inbox:{}`, `batches:{}` and the `notification:{{id}}` of its own notifications",
+                    token.user.as_str(),
                     token.user.as_str(),
                     token.user.as_str()
                 ));

@@ -3,6 +3,7 @@
 //! the projector engine.
 
 pub mod analytics;
+pub mod batches;
 pub mod engine;
 pub mod inbox;
 pub mod leader;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 
 use super::analytics::{self, Analytics};
+use super::batches::{self, Batches};
 use super::engine::ProjectorHandle;
 use super::inbox::memory::MemoryInbox;
 use super::inbox::postgres::PostgresInbox;
@@ -33,7 +34,7 @@ use crate::streams::feed::Feed;
 use crate::streams::updates::MemoryUpdateLog;
 
 /// Every projection's name, in the order they are listed.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     inbox::NAME,
     schedule::NAME,
     analytics::NAME,
@@ -42,6 +43,7 @@ pub const NAMES: [&str; 8] = [
     fanout::NAME,
     batcher::NAME,
     digests::NAME,
+    batches::NAME,
 ];
 
 /// One projection, as the engine and the operations see it.
@@ -101,6 +103,8 @@ pub struct ReadModels {
     pub batcher: Arc<dyn RowReader<Pending<BatchOrder>>>,
     /// Flushed batches' digests, marks and releases.
     pub digests: Arc<dyn RowReader<Pending<DigestOrder>>>,
+    /// Every batch, open or flushed.
+    pub batches: Arc<dyn RowReader<batches::Row>>,
     /// Each read model as a projection (the inbox first).
     pub registered: Vec<Registered>,
 }
@@ -127,7 +131,12 @@ impl ReadModels {
             MemoryRows(Outbox(Batcher)),
             updates.clone(),
         ));
-        let digests = Arc::new(MemoryStore::new(MemoryRows(Outbox(Digests)), updates));
+        let digests = Arc::new(MemoryStore::new(
+            MemoryRows(Outbox(Digests)),
+            updates.clone(),
+        ));
+        let batches = Arc::new(MemoryStore::new(MemoryRows(Batches), updates));
+        batches.set_feed(feed.clone());
         Self {
             registered: tuned([
                 Registered::of(&inbox),
@@ -138,6 +147,7 @@ impl ReadModels {
                 Registered::of(&fanout),
                 Registered::of(&batcher),
                 Registered::of(&digests),
+                Registered::of(&batches),
             ]),
             inbox,
             schedule,
@@ -147,6 +157,7 @@ impl ReadModels {
             fanout,
             batcher,
             digests,
+            batches,
         }
     }
 
@@ -183,6 +194,7 @@ impl ReadModels {
             pool.clone(),
             connector.clone(),
         ));
+        let batches = Arc::new(PgRows::new(Batches, pool.clone(), connector.clone()));
         let stored = PgStored {
             pool: projecting,
             connector,
@@ -198,6 +210,7 @@ impl ReadModels {
                 stored.of(&fanout),
                 stored.of(&batcher),
                 stored.of(&digests),
+                stored.of(&batches),
             ]),
             inbox,
             schedule,
@@ -207,6 +220,7 @@ impl ReadModels {
             fanout,
             batcher,
             digests,
+            batches,
         }
     }
 

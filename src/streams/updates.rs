@@ -20,6 +20,8 @@ pub enum Topic {
     Notification(NotificationId),
     /// The health score and the current minute's counters.
     Analytics,
+    /// A user's batches: each opened, changed or flushed.
+    Batches(UserId),
 }
 
 impl Topic {
@@ -34,8 +36,11 @@ impl Topic {
             Some(("notification", id)) => NotificationId::parse(id)
                 .map(Topic::Notification)
                 .map_err(|e| format!("`{s}`: {e}")),
+            Some(("batches", user)) => UserId::parse(user)
+                .map(Topic::Batches)
+                .map_err(|e| format!("`{s}`: the user {e}")),
             _ => Err(format!(
-                "`{s}` is not a topic; use `inbox:{{user}}`, `notification:{{id}}` or `analytics`"
+                "`{s}` is not a topic; use `inbox:{{user}}`, `batches:{{user}}`, `notification:{{id}}` or `analytics`"
             )),
         }
     }
@@ -47,6 +52,7 @@ impl fmt::Display for Topic {
             Topic::Inbox(user) => write!(f, "inbox:{}", user.as_str()),
             Topic::Notification(id) => write!(f, "notification:{id}"),
             Topic::Analytics => f.write_str("analytics"),
+            Topic::Batches(user) => write!(f, "batches:{}", user.as_str()),
         }
     }
 }

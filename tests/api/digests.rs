@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::TestApp;
+use futures_util::stream::{self, StreamExt};
+
+use crate::helpers::{postgres_server_url, settings, skipped, Backend, TestApp, TestDb};
+use crate::stream_client::Subscriber;
 
 async fn set_policy(app: &TestApp, category: &str, policy: Value) {
     let path = format!("/v1/categories/{category}/batching");
@@ -81,6 +84,10 @@ on_both_backends!(
     below_min_items_the_items_go_out_one_by_one,
     the_first_item_goes_at_once_under_first_item_immediately,
     urgent_and_other_categories_are_never_held,
+    batches_are_listed_read_flushed_by_hand_and_streamed,
+    a_thousand_concurrent_creates_for_one_key_make_one_digest_of_them_all,
+    creates_racing_the_flushes_land_each_in_exactly_one_digest,
+    a_policy_change_mid_batch_leaves_the_open_batch_as_it_opened,
 );
 
 async fn held_items_flush_into_one_digest_when_the_window_ends(app: &TestApp) {
@@ -333,4 +340,373 @@ async fn urgent_and_other_categories_are_never_held(app: &TestApp) {
             .contains("data.thread"),
         "{skipped}"
     );
+}
+
+/// `count` creates for `user`, `concurrency` at a time: their ids.
+async fn create_many(app: &TestApp, user: &str, count: usize, concurrency: usize) -> Vec<String> {
+    stream::iter(0..count)
+        .map(|n| async move {
+            app.create(&comment(
+                user,
+                &format!("Reply {n}"),
+                &format!("actor-{}", n % 7),
+            ))
+            .await
+            .0
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+/// Every item of `user`'s inbox, as the inbox has it now.
+async fn whole_inbox(app: &TestApp, user: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/users/{user}/inbox?limit=100");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page = app.get_json(&path).await;
+        items.extend(page["items"].as_array().expect("items").iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return items,
+        }
+    }
+}
+
+/// Every digest in `user`'s inbox once `done` holds of them (or `within`).
+async fn digests_until(
+    app: &TestApp,
+    user: &str,
+    within: Duration,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let items = whole_inbox(app, user).await;
+        let found: Vec<Value> = digests(&items).into_iter().cloned().collect();
+        if done(&found) || start.elapsed() > within {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asserts that `carried` (sorted) holds each of `created` (sorted) exactly
+/// once, naming what is missing or repeated.
+fn assert_each_once(carried: &[String], created: &[String], what: &str) {
+    let missing: Vec<&String> = created.iter().filter(|c| !carried.contains(c)).collect();
+    let repeated: Vec<&String> = carried
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| &w[0])
+        .collect();
+    let foreign = carried.iter().filter(|c| !created.contains(c)).count();
+    assert!(
+        missing.is_empty() && repeated.is_empty() && foreign == 0,
+        "{what}: {} created, {} carried; missing {missing:?}, repeated {repeated:?}, {foreign} not created here",
+        created.len(),
+        carried.len()
+    );
+}
+
+/// Every item the digests carry, each as often as carried.
+fn carried(found: &[Value]) -> Vec<String> {
+    let mut all: Vec<String> = found
+        .iter()
+        .flat_map(|d| ids(&d["data"]["digest"]["items"]))
+        .collect();
+    all.sort();
+    all
+}
+
+async fn a_thousand_concurrent_creates_for_one_key_make_one_digest_of_them_all(app: &TestApp) {
+    set_policy(
+        app,
+        "comments",
+        json!({"window": {"kind": "fixed", "seconds": 3600}, "max_items": 1000}),
+    )
+    .await;
+    let mut created = create_many(app, "frank", 1000, 32).await;
+    created.sort();
+    let found = digests_until(app, "frank", Duration::from_secs(60), |d| !d.is_empty()).await;
+    assert_eq!(found.len(), 1, "one digest");
+    assert_eq!(found[0]["data"]["digest"]["count"], 1000);
+    assert_each_once(&carried(&found), &created, "all 1,000, each once");
+    // Nothing else reached the inbox.
+    let inbox = whole_inbox(app, "frank").await;
+    assert_eq!(inbox.len(), 1);
+}
+
+async fn creates_racing_the_flushes_land_each_in_exactly_one_digest(app: &TestApp) {
+    set_policy(
+        app,
+        "comments",
+        json!({"window": {"kind": "fixed", "seconds": 1}, "max_items": 1000}),
+    )
+    .await;
+    // Writers for about three seconds: windows close under them.
+    let start = Instant::now();
+    let mut created = Vec::new();
+    while start.elapsed() < Duration::from_secs(3) {
+        created.extend(create_many(app, "gina", 40, 8).await);
+    }
+    created.sort();
+    let total = created.len();
+    let found = digests_until(app, "gina", Duration::from_secs(30), |d| {
+        carried(d).len() >= total
+    })
+    .await;
+    assert!(
+        found.len() >= 2,
+        "windows closed while items came: {}",
+        found.len()
+    );
+    assert_each_once(
+        &carried(&found),
+        &created,
+        "every item in exactly one digest",
+    );
+}
+
+async fn a_policy_change_mid_batch_leaves_the_open_batch_as_it_opened(app: &TestApp) {
+    set_policy(
+        app,
+        "comments",
+        json!({"window": {"kind": "fixed", "seconds": 2}, "max_items": 10}),
+    )
+    .await;
+    let mut created = create_many(app, "hank", 2, 1).await;
+    set_policy(
+        app,
+        "comments",
+        json!({"window": {"kind": "fixed", "seconds": 3600}, "max_items": 2}),
+    )
+    .await;
+    // Joins the open batch, which keeps its window and its max_items.
+    created.extend(create_many(app, "hank", 1, 1).await);
+    created.sort();
+    let found = digests_until(app, "hank", Duration::from_secs(10), |d| !d.is_empty()).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        carried(&found),
+        created,
+        "one batch of three under the policy it opened with"
+    );
+}
+
+/// An instance on `db` that elects leaders quickly.
+async fn instance(db: &TestDb) -> TestApp {
+    let mut app = TestApp::start(Backend::Postgres, Some(db.clone()), |db| {
+        let mut s = settings(db);
+        s.election_interval_ms = 200;
+        s
+    })
+    .await;
+    app.db = None; // the test drops the database once, at the end
+    app
+}
+
+async fn leads(app: &TestApp, projection: &str) -> bool {
+    let all = app.get_json("/v1/projections").await;
+    all.as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == projection && p["leader"] == true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_second_on_two_instances_makes_one_digest() {
+    let test = "digests::the_same_second_on_two_instances_makes_one_digest";
+    let Some(server) = postgres_server_url() else {
+        skipped(test, "DATABASE_URL is not set (PostgreSQL tests need it)");
+        return;
+    };
+    let db = TestDb::create(&server).await;
+    let a = instance(&db).await;
+    let b = instance(&db).await;
+    set_policy(
+        &a,
+        "comments",
+        json!({"window": {"kind": "fixed", "seconds": 2}, "max_items": 1000}),
+    )
+    .await;
+    let (on_a, on_b) = tokio::join!(create_many(&a, "ivy", 30, 8), create_many(&b, "ivy", 30, 8));
+    let mut created: Vec<String> = on_a.into_iter().chain(on_b).collect();
+    created.sort();
+    let found = digests_until(&b, "ivy", Duration::from_secs(15), |d| !d.is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let found_again = digests_until(&a, "ivy", Duration::from_secs(0), |_| true).await;
+    assert_eq!(found.len(), 1, "one digest: {found:?}");
+    assert_eq!(found_again.len(), 1, "and still one");
+    assert_each_once(&carried(&found), &created, "each item once");
+    let (mut a, mut b) = (a, b);
+    let _ = a.stop().await;
+    let _ = b.stop().await;
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_mid_window_still_flushes_once() {
+    let test = "digests::killing_the_leader_mid_window_still_flushes_once";
+    let Some(server) = postgres_server_url() else {
+        skipped(test, "DATABASE_URL is not set (PostgreSQL tests need it)");
+        return;
+    };
+    let db = TestDb::create(&server).await;
+    let mut a = instance(&db).await;
+    for _ in 0..100 {
+        if leads(&a, "batcher").await && leads(&a, "digests").await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(leads(&a, "batcher").await, "the first instance leads");
+    let b = instance(&db).await;
+    set_policy(
+        &a,
+        "comments",
+        json!({"window": {"kind": "fixed", "seconds": 3}, "max_items": 1000}),
+    )
+    .await;
+    let mut created = create_many(&a, "jack", 20, 4).await;
+    created.sort();
+    a.kill().await;
+    let found = digests_until(&b, "jack", Duration::from_secs(20), |d| !d.is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = digests_until(&b, "jack", Duration::from_secs(0), |_| true).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(again.len(), 1, "fired once");
+    assert_each_once(&carried(&found), &created, "each item once");
+    assert!(leads(&b, "batcher").await, "the survivor took over");
+    let mut b = b;
+    let _ = b.stop().await;
+    db.drop_database().await;
+}
+
+async fn batches_are_listed_read_flushed_by_hand_and_streamed(app: &TestApp) {
+    set_policy(
+        app,
+        "comments",
+        json!({"window": {"kind": "fixed", "seconds": 3600}, "max_items": 10}),
+    )
+    .await;
+    let mut stream = Subscriber::connect(app, "topics=batches:kate").await;
+    stream.expect("subscribed").await;
+    let mut created = Vec::new();
+    let mut cursor = String::new();
+    for n in 0..3 {
+        let (id, at) = app
+            .create(&comment("kate", &format!("Reply {n}"), "ann"))
+            .await;
+        created.push(id);
+        cursor = at;
+    }
+    // Listed as it fills (the adds follow the creates).
+    let start = Instant::now();
+    let open = loop {
+        let page = app
+            .get_json(&format!("/v1/users/kate/batches?min_position={cursor}"))
+            .await;
+        let items = page["items"].as_array().expect("items").clone();
+        if items.first().is_some_and(|b| b["count"] == 3)
+            || start.elapsed() > Duration::from_secs(10)
+        {
+            break items;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(open.len(), 1, "{open:?}");
+    let batch = &open[0];
+    assert_eq!(
+        (batch["status"].as_str(), batch["count"].as_u64()),
+        (Some("open"), Some(3)),
+        "{batch}"
+    );
+    assert_eq!(batch["key"], "kate/post-42");
+    assert_eq!(batch["items"].as_array().unwrap().len(), 3);
+    let id = batch["id"].as_str().unwrap().to_owned();
+    let flush_at =
+        chrono::DateTime::parse_from_rfc3339(batch["flush_at"].as_str().unwrap()).unwrap();
+    let opened =
+        chrono::DateTime::parse_from_rfc3339(batch["opened_at"].as_str().unwrap()).unwrap();
+    assert_eq!((flush_at - opened).num_seconds(), 3600, "{batch}");
+    assert_eq!(
+        app.get_json(&format!("/v1/batches/{id}")).await["id"],
+        id.as_str()
+    );
+    // Another user's list does not show it.
+    let other = app.get_json("/v1/users/kate2/batches").await;
+    assert_eq!(other["items"], json!([]));
+
+    // Flushed by hand, once.
+    let (status, flushed) = app
+        .send("POST", &format!("/v1/batches/{id}/flush"), None)
+        .await;
+    assert_eq!(
+        (status, flushed["changed"].as_bool()),
+        (200, Some(true)),
+        "{flushed}"
+    );
+    let (status, again) = app
+        .send("POST", &format!("/v1/batches/{id}/flush"), None)
+        .await;
+    assert_eq!(
+        (status, again["changed"].as_bool()),
+        (200, Some(false)),
+        "{again}"
+    );
+    let found = digests_until(app, "kate", Duration::from_secs(10), |d| !d.is_empty()).await;
+    assert_eq!(found.len(), 1);
+    let mut expected = created.clone();
+    expected.sort();
+    assert_each_once(&carried(&found), &expected, "the flushed batch's items");
+    let cursor = flushed["cursor"].as_str().unwrap();
+    let row = app
+        .get_json(&format!("/v1/batches/{id}?min_position={cursor}"))
+        .await;
+    assert_eq!(
+        (row["status"].as_str(), row["reason"].as_str()),
+        (Some("flushed"), Some("manual")),
+        "{row}"
+    );
+    assert_eq!(row["digest_id"], found[0]["id"]);
+    let flushed_only = app.get_json("/v1/users/kate/batches?status=flushed").await;
+    assert_eq!(flushed_only["items"].as_array().unwrap().len(), 1);
+    let open_only = app.get_json("/v1/users/kate/batches?status=open").await;
+    assert_eq!(open_only["items"], json!([]));
+
+    // What does not name a batch.
+    let unknown = format!("{}.9", id.rsplit_once('.').unwrap().0);
+    let (status, _) = app
+        .send("POST", &format!("/v1/batches/{unknown}/flush"), None)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = app
+        .send("GET", &format!("/v1/batches/{unknown}"), None)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = app.send("GET", "/v1/batches/not-a-batch", None).await;
+    assert_eq!(status, 404, "no such batch, as for any id that names none");
+    let (status, _) = app
+        .send("GET", "/v1/users/kate/batches?cursor=zz", None)
+        .await;
+    assert!(status == 400 || status == 422, "{status}");
+
+    // The topic told of each step.
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.updates_until(|got| got.iter().any(|u| u["kind"] == "flushed")),
+    )
+    .await
+    .expect("the batch's updates within 10 s");
+    assert_eq!(got[0]["kind"], "opened", "{got:?}");
+    assert!(got
+        .iter()
+        .all(|u| u["topic"] == "batches:kate" && u["data"]["id"] == id.as_str()));
+    let last = got.last().unwrap();
+    assert_eq!(last["data"]["status"], "flushed");
 }
