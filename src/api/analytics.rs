@@ -49,6 +49,8 @@ pub struct CountsView {
     pub held: u64,
     /// Reported failed by a channel worker.
     pub failed: u64,
+    /// Carried by a digest instead of delivered on their own.
+    pub digested: u64,
 }
 
 impl From<&Counts> for CountsView {
@@ -65,6 +67,7 @@ impl From<&Counts> for CountsView {
             suppressed: c.suppressed,
             held: c.held,
             failed: c.failed,
+            digested: c.digested,
         }
     }
 }
@@ -72,7 +75,7 @@ impl From<&Counts> for CountsView {
 /// Ratios of the counts; null where the divisor is 0.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct RatesView {
-    /// delivered / (created − suppressed).
+    /// delivered / (created − suppressed − digested).
     #[oai(nullable)]
     pub delivery: Option<f64>,
     /// seen / in-app deliveries.

@@ -43,15 +43,19 @@ pub struct BatchView {
     /// The items' notification ids, in the order added.
     pub items: Vec<String>,
     /// The first item, delivered at once (`first_item_immediately`).
+    #[oai(nullable)]
     pub released: Option<String>,
     /// The batching policy's version it opened with and keeps.
     pub policy_version: u64,
     pub opened_at: String,
+    #[oai(nullable)]
     pub flushed_at: Option<String>,
     /// Why it flushed: `window`, `schedule`, `max_items` or `manual`.
+    #[oai(nullable)]
     pub reason: Option<String>,
     /// The digest that carried its items (none below `min_items`: they
     /// were delivered one by one).
+    #[oai(nullable)]
     pub digest_id: Option<String>,
 }
 
@@ -80,6 +84,7 @@ impl BatchView {
 pub struct BatchPage {
     pub items: Vec<BatchView>,
     /// Pass as `cursor` for the next page; null on the last.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 

@@ -24,8 +24,9 @@ use crate::AppState;
 pub struct ChannelExplanation {
     pub channel: Text<ChannelRule>,
     /// `delivered`, `suppressed` (not used, and never will be), `pending`
-    /// (held, scheduled, or waiting for the channel's worker) or `failed`
-    /// (the worker reported a failure and no delivery since).
+    /// (held, scheduled, held for a digest, or waiting for the channel's
+    /// worker), `failed` (the worker reported a failure and no delivery
+    /// since) or `digested` (a digest carried it instead).
     pub outcome: Text<OutcomeRule>,
     /// Why, in plain words.
     pub reason: String,
@@ -121,6 +122,32 @@ pub fn explain(n: &Notification) -> Vec<ChannelExplanation> {
                     s.until.map_or_else(|| "they end".into(), rfc3339)
                 )
             };
+            if let Some(held) = &n.held {
+                match (n.lifecycle, held.digest_id, &held.batch_id) {
+                    (Lifecycle::Digested, Some(digest), batch) => {
+                        e.outcome = Text::new("digested");
+                        e.reason = format!(
+                            "carried by digest {digest}{} instead of delivered on its own",
+                            batch.as_ref().map(|b| format!(" of batch {b}")).unwrap_or_default()
+                        );
+                        return e;
+                    }
+                    (Lifecycle::Batched, _, batch) => {
+                        e.reason = match batch {
+                            Some(b) => format!(
+                                "held for a digest in batch {b} (key `{}`, batching policy version {})",
+                                held.key, held.policy_version
+                            ),
+                            None => format!(
+                                "held for a digest (key `{}`, batching policy version {}); being added to its batch",
+                                held.key, held.policy_version
+                            ),
+                        };
+                        return e;
+                    }
+                    _ => {}
+                }
+            }
             if let Some(at) = n.deliveries.get(&channel) {
                 e.outcome = Text::new("delivered");
                 e.at = Some(rfc3339(*at));

@@ -73,6 +73,7 @@ pub type RecipientApis = (
     preferences::PreferencesApi,
     categories::CategoriesApi,
     batching::BatchingApi,
+    batching::BatchingSimulationApi,
     tenants::TenantsApi,
     topics::TopicsApi,
 );
@@ -124,6 +125,9 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
                     state: state.clone(),
                 },
                 batching::BatchingApi {
+                    state: state.clone(),
+                },
+                batching::BatchingSimulationApi {
                     state: state.clone(),
                 },
                 tenants::TenantsApi {

@@ -274,7 +274,7 @@ rule!(
 rule!(
     /// A notification's lifecycle.
     LifecycleRule, "Lifecycle",
-    words(["pending", "scheduled", "delivered", "suppressed", "cancelled", "deleted"])
+    words(["pending", "scheduled", "batched", "delivered", "digested", "suppressed", "cancelled", "deleted"])
 );
 rule!(
     /// The projections.
@@ -374,7 +374,7 @@ rule!(
 );
 rule!(
     /// What became of a channel.
-    OutcomeRule, "ChannelOutcome", words(["delivered", "suppressed", "pending", "failed"])
+    OutcomeRule, "ChannelOutcome", words(["delivered", "suppressed", "pending", "failed", "digested"])
 );
 rule!(
     /// A topic: letters, digits and `. _ - :`, 1–128 of them.

@@ -173,6 +173,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("flushBatch", keys(&[Scope::Send, Scope::Admin])),
     ("setBatching", ADMIN),
     ("turnOffBatching", ADMIN),
+    ("simulateBatching", keys(&[Scope::Read, Scope::Admin])),
     ("getTenantDefaults", ANY_KEY),
     ("setTenantDefaults", keys(&[Scope::Send, Scope::Admin])),
     // Who is in a topic is the service's to decide; leaving one is the

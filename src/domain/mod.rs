@@ -16,6 +16,7 @@ pub mod notification;
 pub mod preferences;
 pub mod recipient;
 pub mod send;
+pub mod simulation;
 pub mod superseding;
 pub mod tenant;
 pub mod topic;

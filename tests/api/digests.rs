@@ -85,6 +85,8 @@ on_both_backends!(
     the_first_item_goes_at_once_under_first_item_immediately,
     urgent_and_other_categories_are_never_held,
     batches_are_listed_read_flushed_by_hand_and_streamed,
+    a_simulation_answers_what_the_policy_then_does_live,
+    a_simulation_refuses_what_it_cannot_replay,
     a_thousand_concurrent_creates_for_one_key_make_one_digest_of_them_all,
     creates_racing_the_flushes_land_each_in_exactly_one_digest,
     a_policy_change_mid_batch_leaves_the_open_batch_as_it_opened,
@@ -125,6 +127,21 @@ async fn held_items_flush_into_one_digest_when_the_window_ends(app: &TestApp) {
         .await;
     assert_eq!(status, 409, "{refused}");
     assert_eq!(refused["type"], "urn:tidings:problem:batched", "{refused}");
+    let explained = app
+        .get_json(&format!("/v1/notifications/{}/explain", held[0]))
+        .await;
+    assert_eq!(explained["lifecycle"], "batched", "{explained}");
+    assert_eq!(
+        explained["channels"][0]["outcome"], "pending",
+        "{explained}"
+    );
+    assert!(
+        explained["channels"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("held for a digest"),
+        "{explained}"
+    );
     let items = inbox_until(app, "alice", Duration::from_secs(10), |i| {
         !digests(i).is_empty()
     })
@@ -175,7 +192,36 @@ async fn held_items_flush_into_one_digest_when_the_window_ends(app: &TestApp) {
         assert_eq!(marks.len(), 1, "{events}");
         assert_eq!(marks[0]["data"]["digest_id"], digest_id);
         assert_eq!(marks[0]["data"]["batch_id"], batch_id);
+        let explained = app
+            .get_json(&format!("/v1/notifications/{id}/explain"))
+            .await;
+        assert_eq!(
+            explained["channels"][0]["outcome"], "digested",
+            "{explained}"
+        );
+        assert!(
+            explained["channels"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains(digest_id),
+            "{explained}"
+        );
     }
+    // Analytics: three items digested, one digest delivered; the delivery
+    // rate is over what was to go on its own (the digest).
+    let cursor = found[0]["cursor"].as_str().expect("a cursor");
+    let start = Instant::now();
+    let total = loop {
+        let total = crate::analytics::recent(app, "&category=comments", cursor).await;
+        if total["counts"]["digested"] == 3 || start.elapsed() > Duration::from_secs(10) {
+            break total;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(total["counts"]["created"], 4, "{total}");
+    assert_eq!(total["counts"]["digested"], 3, "{total}");
+    assert_eq!(total["counts"]["delivered"], 1, "{total}");
+    assert_eq!(total["rates"]["delivery"], 1.0, "{total}");
 }
 
 async fn max_items_flushes_at_once_and_the_next_item_opens_the_next_batch(app: &TestApp) {
@@ -709,4 +755,124 @@ async fn batches_are_listed_read_flushed_by_hand_and_streamed(app: &TestApp) {
         .all(|u| u["topic"] == "batches:kate" && u["data"]["id"] == id.as_str()));
     let last = got.last().unwrap();
     assert_eq!(last["data"]["status"], "flushed");
+}
+
+async fn a_simulation_answers_what_the_policy_then_does_live(app: &TestApp) {
+    let policy = json!({"window": {"kind": "fixed", "seconds": 1}, "max_items": 3, "min_items": 2,
+                        "key": "{{ recipient }}/{{ data.post }}"});
+    set_policy(app, "comments", policy.clone()).await;
+    let from = chrono::Utc::now() - chrono::Duration::seconds(1);
+    // Traffic: bursts well apart from the windows' ends. For each user a
+    // burst of four (a full batch of three, then one alone: below
+    // min_items), a pause past the window, a burst of two; an urgent one;
+    // one whose key does not render.
+    let burst = |user: &'static str, n: usize, tag: &'static str| async move {
+        for i in 0..n {
+            let mut body = comment(user, &format!("{tag} {i}"), "ann");
+            body["data"] = json!({"post": 42, "actor": "ann"});
+            app.create(&body).await;
+        }
+    };
+    for user in ["sim-a", "sim-b"] {
+        burst(user, 4, "first").await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for user in ["sim-a", "sim-b"] {
+        burst(user, 2, "second").await;
+    }
+    let mut urgent = comment("sim-a", "Now", "ann");
+    urgent["priority"] = json!("urgent");
+    urgent["data"] = json!({"post": 42});
+    app.create(&urgent).await;
+    let unkeyed = comment("sim-b", "No post", "ann"); // no data.post
+    app.create(&unkeyed).await;
+    // Live: each user gets two digests (three, then two) and, on their
+    // own, the one left below min_items plus the urgent or unkeyed one.
+    for user in ["sim-a", "sim-b"] {
+        let start = Instant::now();
+        loop {
+            let items = whole_inbox(app, user).await;
+            let (d, n) = (digests(&items).len(), items.len() - digests(&items).len());
+            if (d, n) == (2, 2) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{user}: {d} digests, {n} alone: {items:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let to = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let (status, sim) = app
+        .send(
+            "POST",
+            "/v1/categories/comments/batching/simulate",
+            Some(&json!({"policy": policy, "from": from.to_rfc3339(), "to": to.to_rfc3339()})),
+        )
+        .await;
+    assert_eq!(status, 200, "{sim}");
+    assert_eq!(
+        sim["replayed"], 14,
+        "the digests themselves are not replayed: {sim}"
+    );
+    assert_eq!(
+        (
+            sim["digests"].as_u64(),
+            sim["digested"].as_u64(),
+            sim["notifications"].as_u64()
+        ),
+        (Some(4), Some(10), Some(4)),
+        "{sim}"
+    );
+    for user in ["sim-a", "sim-b"] {
+        let r = sim["recipients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["recipient"] == user)
+            .unwrap_or_else(|| panic!("{user}: {sim}"));
+        assert_eq!(
+            (r["digests"].as_u64(), r["notifications"].as_u64()),
+            (Some(2), Some(2)),
+            "{r}"
+        );
+    }
+    let delay = &sim["delay_ms"];
+    assert!(
+        delay["max"].as_u64().unwrap() <= 1000,
+        "held at most the window: {delay}"
+    );
+    assert!(delay["p99"].as_u64().unwrap() > 0, "{delay}");
+    // Nothing was recorded by the simulation.
+    let again = whole_inbox(app, "sim-a").await;
+    assert_eq!(again.len(), 4);
+}
+
+async fn a_simulation_refuses_what_it_cannot_replay(app: &TestApp) {
+    let path = "/v1/categories/comments/batching/simulate";
+    let good = json!({"window": {"kind": "fixed", "seconds": 60}, "max_items": 10});
+    for (body, field) in [
+        (
+            json!({"policy": good, "from": "yesterday", "to": "2026-12-02T00:00:00Z"}),
+            "from",
+        ),
+        (
+            json!({"policy": good, "from": "2026-12-02T00:00:00Z", "to": "2026-12-01T00:00:00Z"}),
+            "to",
+        ),
+        (
+            json!({"policy": good, "from": "2026-01-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}),
+            "to",
+        ),
+        (
+            json!({"policy": {"window": {"kind": "fixed", "seconds": 0}, "max_items": 1},
+                   "from": "2026-12-01T00:00:00Z", "to": "2026-12-02T00:00:00Z"}),
+            "policy.window.seconds",
+        ),
+    ] {
+        let (status, problem) = app.send("POST", path, Some(&body)).await;
+        assert!(status == 422 || status == 400, "{body}: {status} {problem}");
+        assert!(problem.to_string().contains(field), "{body}: {problem}");
+    }
 }

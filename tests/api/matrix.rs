@@ -200,6 +200,10 @@ fn body_of(operation: &str) -> Option<Value> {
         "configureCategory" => Some(json!({"default_channels": ["in_app"], "critical": false})),
         "setTenantDefaults" => Some(json!({"channels": {"sms": false}})),
         "setBatching" => Some(json!({"window": {"kind": "fixed", "seconds": 60}, "max_items": 10})),
+        "simulateBatching" => Some(json!({
+            "policy": {"window": {"kind": "fixed", "seconds": 60}, "max_items": 10},
+            "from": "2026-12-01T00:00:00Z", "to": "2026-12-02T00:00:00Z"
+        })),
         _ => None,
     }
 }

@@ -1,7 +1,7 @@
 //! The health score: 0–100, a weighted sum of components, each scored 0–1
 //! against its target.
 //!
-//! - `delivery_rate` (delivered / (created − suppressed) in the window) and
+//! - `delivery_rate` (delivered / (created − suppressed − digested) in the window) and
 //!   `engagement_rate` (read / in-app deliveries) score `value / target`,
 //!   at most 1;
 //! - `delivery_latency_p99_ms` and `projection_lag_ms` score

@@ -9,7 +9,9 @@
 //!   notification; delivered under the channel delivered; suppressed
 //!   (preference, category default, missing address), held (quiet hours)
 //!   and failed (a worker's report) under their channel, apart: a
-//!   suppression is a decision, not a failure;
+//!   suppression is a decision, not a failure; digested (carried by a
+//!   digest, which counts as a notification of its own) under each channel
+//!   of the item;
 //! - seen, read, clicked and archived count under `in_app` (the inbox is
 //!   where they happen), each once per notification however often it is
 //!   marked unread and read again;
@@ -129,6 +131,10 @@ pub struct Counts {
     /// Failures reported by channel workers.
     #[serde(default)]
     pub failed: u64,
+    /// Carried by a digest instead of delivered on their own (the digest
+    /// counts as a notification of its own).
+    #[serde(default)]
+    pub digested: u64,
 }
 
 impl Counts {
@@ -144,11 +150,15 @@ impl Counts {
         self.suppressed += other.suppressed;
         self.held += other.held;
         self.failed += other.failed;
+        self.digested += other.digested;
     }
 
-    /// Channel sends that were to be delivered: created, less suppressed.
+    /// Channel sends that were to be delivered on their own: created, less
+    /// suppressed and digested.
     pub fn deliverable(&self) -> u64 {
-        self.created.saturating_sub(self.suppressed)
+        self.created
+            .saturating_sub(self.suppressed)
+            .saturating_sub(self.digested)
     }
 }
 
@@ -395,6 +405,10 @@ impl Fold for Analytics {
             }
             NotificationEvent::DeliveryFailed { channel, .. } => {
                 count(rows, at, cat, &[channel], |c| c.counts.failed += 1);
+                return Ok(());
+            }
+            NotificationEvent::NotificationDigested { .. } => {
+                count(rows, at, cat, &n.channels, |c| c.counts.digested += 1);
                 return Ok(());
             }
             NotificationEvent::NotificationCancelled { .. } => {

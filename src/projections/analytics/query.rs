@@ -45,7 +45,8 @@ pub struct Totals {
 /// Ratios of the counts (None where the divisor is 0).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Rates {
-    /// delivered / (created − suppressed): what was to be delivered.
+    /// delivered / (created − suppressed − digested): what was to be
+    /// delivered on its own.
     pub delivery: Option<f64>,
     /// seen, read, clicked / in-app deliveries.
     pub seen: Option<f64>,
