@@ -10,7 +10,10 @@
 //! BENCH_ACCESS (default "open"; a list of `open`: no credentials configured,
 //! `key`: a `send` key checked on every create with no rate limit, `limited`:
 //! the key under a rate limit too high to refuse anything, so the limiter's
-//! own cost shows). Modes run one after another for each backend and client
+//! own cost shows), BENCH_BATCHED (default 0: the share of creates, 0 to 1,
+//! sent to a category with a batching policy: a window of an hour, so they
+//! are held and added to batches, one per recipient and post, while the
+//! bench runs). Modes run one after another for each backend and client
 //! count, so their figures are side by side.
 
 use std::time::{Duration, Instant};
@@ -57,6 +60,7 @@ async fn client(
     warmup_until: Instant,
     until: Instant,
     credential: Option<&'static str>,
+    batched: f64,
 ) -> ClientResult {
     let mut result = ClientResult {
         latencies: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
@@ -72,9 +76,13 @@ async fn client(
             return result;
         }
         i += 1;
+        // Every 1/batched-th create goes to the batched category.
+        let to_batch =
+            batched > 0.0 && ((i as f64 * batched).floor() > ((i - 1) as f64 * batched).floor());
         let body = json!({
             "recipient": format!("user-{}", (n as u64 * 7919 + i) % 1000),
-            "category": "comment",
+            "category": if to_batch { "digest" } else { "comment" },
+            "group_key": format!("post-{}", i % 10),
             "title": "New reply",
             "body": "Bob replied to your post",
             "data": {"post_id": i},
@@ -112,6 +120,7 @@ async fn run(
     seconds: u64,
     database_url: Option<String>,
     access: &str,
+    batched: f64,
 ) -> Value {
     let mut settings = Settings::for_tests(database_url);
     settings.db.db_pool_size = env_or("BENCH_POOL_SIZE", 8);
@@ -134,10 +143,23 @@ async fn run(
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
+    if batched > 0.0 {
+        let policy = json!({"window": {"kind": "fixed", "seconds": 3600}, "max_items": 1000});
+        let mut admin = Writer::connect(addr).await.with_bearer(credential);
+        let (status, body) = admin
+            .request(
+                "PUT",
+                "/v1/categories/digest/batching",
+                Some(policy.to_string()),
+            )
+            .await
+            .expect("the policy is set");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
     let warmup_until = Instant::now() + Duration::from_secs(1);
     let until = warmup_until + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..clients)
-        .map(|n| tokio::spawn(client(addr, n, warmup_until, until, credential)))
+        .map(|n| tokio::spawn(client(addr, n, warmup_until, until, credential, batched)))
         .collect();
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let (mut ok, mut errors) = (0, 0);
@@ -170,6 +192,7 @@ async fn run(
     json!({
         "backend": backend,
         "access": access,
+        "batched_share": batched,
         "clients": clients,
         "seconds": seconds,
         "creates": ok,
@@ -193,6 +216,10 @@ fn main() {
         .collect();
     let backends = list("BENCH_BACKENDS", "memory,postgres");
     let modes = list("BENCH_ACCESS", "open");
+    let shares: Vec<f64> = list("BENCH_BATCHED", "0")
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -202,14 +229,16 @@ fn main() {
         for backend in &backends {
             for &n in &clients {
                 for mode in &modes {
-                    let Some(db) = database_for(backend).await else {
-                        break;
-                    };
-                    let url = db.as_ref().map(|(_, url)| url.clone());
-                    let r = run(backend, n, seconds, url, mode).await;
-                    release(db).await;
-                    eprintln!("{r}");
-                    results.push(r);
+                    for &share in &shares {
+                        let Some(db) = database_for(backend).await else {
+                            break;
+                        };
+                        let url = db.as_ref().map(|(_, url)| url.clone());
+                        let r = run(backend, n, seconds, url, mode, share).await;
+                        release(db).await;
+                        eprintln!("{r}");
+                        results.push(r);
+                    }
                 }
             }
         }

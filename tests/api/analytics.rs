@@ -78,7 +78,7 @@ async fn counts_follow_the_documented_rules(app: &TestApp) {
         all["counts"],
         json!({"created": 4, "delivered": 3, "seen": 2, "read": 2, "clicked": 1,
                "archived": 1, "deleted": 1, "cancelled": 1,
-               "suppressed": 0, "held": 0, "failed": 0}),
+               "suppressed": 0, "held": 0, "failed": 0, "digested": 0}),
         "two channels count twice, a read again once, a click reads, a scheduled one \
          counts until cancelled: {all}"
     );

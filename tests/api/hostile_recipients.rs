@@ -1,6 +1,6 @@
 //! Hostile bodies for the recipient side, generated, against both backends
 //! at once: profiles (PUT, PATCH), preferences, category settings, tenant
-//! defaults, batching policies and bulk inbox operations. Every request answers 200 or 4xx
+//! defaults, batching policies and their simulation, and bulk inbox operations. Every request answers 200 or 4xx
 //! (never 5xx), both backends answer alike, and a refused request leaves
 //! what it aimed at as it was.
 
@@ -33,6 +33,11 @@ const TARGETS: &[(&str, &str, &str)] = &[
     (
         "PUT",
         "/v1/categories/news/batching",
+        "/v1/categories/news/batching",
+    ),
+    (
+        "POST",
+        "/v1/categories/news/batching/simulate",
         "/v1/categories/news/batching",
     ),
 ];
@@ -75,6 +80,9 @@ fn member() -> impl Strategy<Value = (String, J)> {
             "every",
             "at",
             "weekday",
+            "policy",
+            "from",
+            "to",
         ][..],
     );
     let value = prop_oneof![
