@@ -235,6 +235,82 @@ impl Commands<Batch> {
         })
     }
 
+    /// Flushes each of `due` (stream, batch number, the flush's command id)
+    /// by time, in one read and one append; a batch flushed already is
+    /// passed over. Answers how many it flushed.
+    pub async fn flush_many(
+        &self,
+        due: &[(String, u64, String)],
+        meta: &CommandMetadata,
+    ) -> Result<u64, CommandError<BatchError>> {
+        let mut streams: Vec<String> = due.iter().map(|(s, _, _)| s.clone()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        for attempt in 1..=self.max_attempts {
+            let at = chrono::Utc::now();
+            let loaded = self
+                .store
+                .log
+                .streams_since(BATCH_TYPE, &streams, Batch::RESUMES_AT)
+                .await?;
+            let mut folded = fold_streams::<Batch>(&loaded);
+            let mut events = Vec::new();
+            let mut flushed = 0;
+            for (stream, number, command_id) in due {
+                let Some(batch) = folded.get_mut(stream) else {
+                    warn!(%stream, number, "a flush is owed for a batch its stream does not hold");
+                    continue;
+                };
+                let Ok(decided) = batch.state.decide(BatchCommand::Flush {
+                    number: *number,
+                    manual: false,
+                    at,
+                }) else {
+                    warn!(%stream, number, "a flush is owed for a batch its stream does not hold");
+                    continue;
+                };
+                if decided.is_empty() {
+                    continue;
+                }
+                let metadata = meta.to_map("FlushBatch", command_id);
+                events.extend(serialize::<Batch>(
+                    stream,
+                    batch.sequence,
+                    decided.clone(),
+                    &metadata,
+                )?);
+                batch.sequence += decided.len();
+                for e in decided {
+                    batch.state.apply(e);
+                }
+                flushed += 1;
+            }
+            if events.is_empty() {
+                return Ok(0);
+            }
+            self.check_room()?;
+            let appended = events.len() as u64;
+            match self.store.append(events).await {
+                Ok(_) => {
+                    self.signal.notify();
+                    metrics::counter!("tidings_events_appended_total").increment(appended);
+                    metrics::counter!("tidings_commands_total", "command" => "FlushBatch", "outcome" => "changed")
+                        .increment(flushed);
+                    return Ok(flushed);
+                }
+                Err(CommandError::Conflict { .. }) => {
+                    metrics::counter!("tidings_command_conflicts_total").increment(1);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Err(CommandError::Conflict {
+            aggregate: BATCH_TYPE,
+            attempts: self.max_attempts,
+        })
+    }
+
     /// The last sequence of `stream` among `loaded` (0: not there).
     fn loaded_sequence(&self, loaded: &[SharedEvent], stream: &str) -> usize {
         loaded

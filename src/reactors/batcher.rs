@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Fire, Pending, Reaction, Reactor};
 use crate::commands::batches::HeldItem;
-use crate::commands::{CommandError, CommandMetadata, Commands};
-use crate::domain::batch::{parse_batch_id, Batch, BatchError, BatchEvent, BATCH_TYPE};
+use crate::commands::{CommandMetadata, Commands};
+use crate::domain::batch::{parse_batch_id, Batch, BatchEvent, BATCH_TYPE};
 use crate::domain::{Notification, NotificationEvent, NotificationId};
 use crate::projections::store::Keyed;
 use crate::storage::{error_chain, LoggedEvent};
@@ -141,8 +141,8 @@ impl Reactor for Batcher {
     }
 }
 
-/// Runs the batcher's reactions: the adds in one append, each flush on
-/// its own.
+/// Runs the batcher's reactions: the adds in one append, then the flushes
+/// in another.
 pub struct BatchFire {
     pub batches: Arc<Commands<Batch>>,
 }
@@ -173,25 +173,23 @@ impl Fire<Batcher> for BatchFire {
                 .await
                 .map_err(|e| error_chain(&e))?;
         }
-        for k in due {
-            let BatchOrder::Flush { number } = k.row.order else {
-                continue;
-            };
-            let meta = CommandMetadata {
-                command_id: Some(super::command_id::<Batcher>(&k.key)),
-                ..meta.clone()
-            };
-            match self
+        let flushes: Vec<(String, u64, String)> = due
+            .iter()
+            .filter_map(|k| match k.row.order {
+                BatchOrder::Flush { number } => Some((
+                    k.row.aggregate_id.clone(),
+                    number,
+                    super::command_id::<Batcher>(&k.key),
+                )),
+                BatchOrder::Add { .. } => None,
+            })
+            .collect();
+        if !flushes.is_empty() {
+            changed += self
                 .batches
-                .flush(&k.row.aggregate_id, number, false, &meta)
+                .flush_many(&flushes, meta)
                 .await
-            {
-                Ok((flushed, _)) => changed += u64::from(flushed.is_some()),
-                Err(CommandError::Rejected(BatchError::NotFound(_))) => {
-                    tracing::warn!(batch = %k.key, "a flush is owed for a batch that is not in its stream");
-                }
-                Err(e) => return Err(error_chain(&e)),
-            }
+                .map_err(|e| error_chain(&e))?;
         }
         Ok(changed)
     }
