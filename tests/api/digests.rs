@@ -84,6 +84,7 @@ on_both_backends!(
     below_min_items_the_items_go_out_one_by_one,
     the_first_item_goes_at_once_under_first_item_immediately,
     urgent_and_other_categories_are_never_held,
+    the_recipients_preferences_apply_to_the_digests_channels,
     batches_are_listed_read_flushed_by_hand_and_streamed,
     a_simulation_answers_what_the_policy_then_does_live,
     a_simulation_refuses_what_it_cannot_replay,
@@ -875,4 +876,49 @@ async fn a_simulation_refuses_what_it_cannot_replay(app: &TestApp) {
         assert!(status == 422 || status == 400, "{body}: {status} {problem}");
         assert!(problem.to_string().contains(field), "{body}: {problem}");
     }
+}
+
+async fn the_recipients_preferences_apply_to_the_digests_channels(app: &TestApp) {
+    set_policy(
+        app,
+        "comments",
+        json!({"window": {"kind": "fixed", "seconds": 1}, "max_items": 10}),
+    )
+    .await;
+    let (status, prefs) = app
+        .send(
+            "PUT",
+            "/v1/users/lena/preferences",
+            Some(&json!({"channels": {"email": false}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{prefs}");
+    for n in 0..2 {
+        let mut body = comment("lena", &format!("Reply {n}"), "ann");
+        body["channels"] = json!(["in_app", "email"]);
+        app.create(&body).await;
+    }
+    let found = digests_until(app, "lena", Duration::from_secs(10), |d| !d.is_empty()).await;
+    assert_eq!(found.len(), 1);
+    let digest = found[0]["id"].as_str().unwrap();
+    assert_eq!(
+        found[0]["channels"],
+        json!(["in_app", "email"]),
+        "{}",
+        found[0]
+    );
+    let explained = app
+        .get_json(&format!("/v1/notifications/{digest}/explain"))
+        .await;
+    let email = explained["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "email")
+        .unwrap_or_else(|| panic!("{explained}"));
+    assert_eq!(
+        (email["outcome"].as_str(), email["rule"].as_str()),
+        (Some("suppressed"), Some("opt_out")),
+        "{explained}"
+    );
 }
