@@ -226,18 +226,21 @@ async fn a_key_made_over_http_works_at_once_lists_without_its_secret_and_is_refu
     .await;
     assert_eq!(status, 409);
 
-    // The key's life is in the log, with who made and revoked it.
-    let (_, log) = status_and_body(
-        call(
-            app,
-            "GET",
-            "/v1/events?type=ApiKeyCreated",
-            Some(ADMIN),
-            None,
-        )
-        .await,
-    )
-    .await;
+    // The key's life is in the log, with who made and revoked it. The
+    // global log shows an event once no earlier-committing transaction can
+    // still appear (other tests share the cluster): wait for it.
+    let events_of = |event_type: &'static str| async move {
+        let start = std::time::Instant::now();
+        loop {
+            let path = format!("/v1/events?type={event_type}");
+            let (_, log) = status_and_body(call(app, "GET", &path, Some(ADMIN), None).await).await;
+            if !log["events"][0].is_null() || start.elapsed() > std::time::Duration::from_secs(10) {
+                return log;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let log = events_of("ApiKeyCreated").await;
     let made = &log["events"][0];
     assert_eq!(made["metadata"]["actor"], "key:setting:ops");
     assert_eq!(made["metadata"]["actor_name"], "ops");
@@ -245,17 +248,7 @@ async fn a_key_made_over_http_works_at_once_lists_without_its_secret_and_is_refu
         !made.to_string().contains(&secret[4..]),
         "the log holds no secret"
     );
-    let (_, log) = status_and_body(
-        call(
-            app,
-            "GET",
-            "/v1/events?type=ApiKeyRevoked",
-            Some(ADMIN),
-            None,
-        )
-        .await,
-    )
-    .await;
+    let log = events_of("ApiKeyRevoked").await;
     assert_eq!(log["events"].as_array().unwrap().len(), 1, "{log}");
 }
 
