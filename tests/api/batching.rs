@@ -97,19 +97,28 @@ async fn a_policy_takes_the_documented_shape_and_each_change_is_versioned(app: &
     let other = app.get_json("/v1/categories/billing/batching").await;
     assert_eq!(other["version"], 0);
 
-    // Every change is in the log, with its version.
-    let events = app.get_json("/v1/events?limit=1000").await;
-    let versions: Vec<(String, u64)> = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["aggregate_type"] == "Batching")
-        .map(|e| {
-            let t = e["type"].as_str().unwrap().to_owned();
-            let v = e["data"]["version"].as_u64().unwrap();
-            (t, v)
-        })
-        .collect();
+    // Every change is in the log, with its version. The global log shows
+    // an event once no earlier-committing transaction (of any test sharing
+    // the cluster) can still appear: wait for all four.
+    let start = std::time::Instant::now();
+    let versions: Vec<(String, u64)> = loop {
+        let events = app.get_json("/v1/events?limit=1000").await;
+        let versions: Vec<(String, u64)> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["aggregate_type"] == "Batching")
+            .map(|e| {
+                let t = e["type"].as_str().unwrap().to_owned();
+                let v = e["data"]["version"].as_u64().unwrap();
+                (t, v)
+            })
+            .collect();
+        if versions.len() >= 4 || start.elapsed() > std::time::Duration::from_secs(10) {
+            break versions;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert_eq!(
         versions,
         [
