@@ -146,7 +146,16 @@ impl BatchesApi {
     ) -> Result<BatchPageResponse, ApiError> {
         let user = path_user(user.0.as_str())?;
         let limit = page_limit(limit.0.map(|l| l.0), 20, 100)?;
-        let status = status.0.map(|s| s.as_str().to_owned());
+        let status = match status.0.as_ref().map(Text::as_str) {
+            None => None,
+            Some(s @ ("open" | "flushed")) => Some(s.to_owned()),
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "query.status",
+                    format!("`{other}` is not a batch status; use `open` or `flushed`"),
+                ))
+            }
+        };
         let mut after = match &cursor.0 {
             Some(c) => Some(parse_cursor(c.as_str())?),
             None => None,

@@ -482,7 +482,7 @@ rule!(
 );
 rule!(
     /// `open` or `flushed`.
-    BatchStatusRule, "BatchStatus", pattern(r"^(open|flushed)$")
+    BatchStatusRule, "BatchStatus", words(["open", "flushed"])
 );
 rule!(
     /// Where a page of batches goes on: a `next_cursor`.
