@@ -1,6 +1,7 @@
 //! Templates, rendered by minijinja with strict undefined: a variable the
 //! context lacks is an error that names it, never an empty string. Batch
-//! keys render through it; message templates will too.
+//! keys and message templates render through it; a message template's
+//! variables are checked against its JSON Schema here too.
 
 use minijinja::{Environment, UndefinedBehavior};
 
@@ -53,6 +54,30 @@ pub fn render(source: &str, context: &serde_json::Value) -> Result<String, Strin
         .map_err(|e| described(source, &e))
 }
 
+/// A template's JSON Schema, compiled: what a send's variables are
+/// checked against. References reach nothing outside the schema (no
+/// network, no files: the crate's resolvers are not built in).
+pub struct VariablesCheck(jsonschema::Validator);
+
+impl VariablesCheck {
+    /// `schema` compiled, or why it is not a schema (checked against its
+    /// draft's meta-schema).
+    pub fn compile(schema: &serde_json::Value) -> Result<Self, String> {
+        jsonschema::validator_for(schema)
+            .map(Self)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Every way `variables` fail the schema: where (a JSON pointer, `""`
+    /// for the whole) and why.
+    pub fn violations(&self, variables: &serde_json::Value) -> Vec<(String, String)> {
+        self.0
+            .iter_errors(variables)
+            .map(|e| (e.instance_path().to_string(), e.to_string()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +96,28 @@ mod tests {
         assert!(endless.is_err(), "a render is bounded");
         assert!(check_template("{{ recipient").is_err());
         assert!(check_template("{{ recipient }}").is_ok());
+    }
+
+    #[test]
+    fn variables_are_checked_against_the_schema_and_each_violation_says_where() {
+        let check = VariablesCheck::compile(&json!({
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "order": {"type": "object",
+                "properties": {"id": {"type": "integer"}}}}
+        }))
+        .unwrap();
+        assert!(check.violations(&json!({"name": "Ada"})).is_empty());
+        let found = check.violations(&json!({"order": {"id": "x"}}));
+        let paths: Vec<_> = found.iter().map(|(p, _)| p.as_str()).collect();
+        assert!(paths.contains(&""), "{found:?}");
+        assert!(paths.contains(&"/order/id"), "{found:?}");
+        assert!(
+            found.iter().any(|(_, why)| why.contains("name")),
+            "{found:?}"
+        );
+        assert!(VariablesCheck::compile(&json!({"type": "no such type"})).is_err());
+        // A reference outside the schema is not fetched.
+        assert!(VariablesCheck::compile(&json!({"$ref": "https://example.com/s.json"})).is_err());
     }
 }

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::api;
 use crate::api::state::{AppState, Streams};
 use crate::commands::audience::AudienceReader;
+use crate::commands::templates::TemplateLibrary;
 use crate::commands::{CommandService, Commands, EventStores};
 use crate::config::Settings;
 use crate::domain::batch::Batch;
@@ -24,6 +25,7 @@ use crate::domain::bulk::InboxBulk;
 use crate::domain::category::CategoryConfig;
 use crate::domain::recipient::Recipient;
 use crate::domain::send::Broadcast;
+use crate::domain::template::Template;
 use crate::domain::tenant::Tenant;
 use crate::domain::topic::Membership;
 use crate::domain::{ApiKey, Notification};
@@ -389,6 +391,9 @@ impl Service {
             shutdown_rx.clone(),
         ));
         let batches = commands_of::<Batch>(stores, &signal, attempts, &limit);
+        let templates = Arc::new(TemplateLibrary::new(commands_of::<Template>(
+            stores, &signal, attempts, &limit,
+        )));
         tasks.push(dispatch::spawn(
             Dispatcher {
                 reactor: Arc::new(Batcher),
@@ -409,6 +414,7 @@ impl Service {
                 projector: projections.get(digests::NAME)?.projector.clone(),
                 commands: Arc::new(DigestFire {
                     notifications: commands.runner(),
+                    templates: templates.clone(),
                 }),
                 settings: TimerSettings::default(),
                 // Digests follow flushes at once: not timers.
@@ -437,6 +443,7 @@ impl Service {
             topics: backend.topics,
             send_rows: backend.sends,
             batch_commands: batches.clone(),
+            templates: templates.clone(),
             batch_rows: backend.batch_rows,
             analytics: backend.analytics,
             health,

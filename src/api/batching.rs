@@ -13,7 +13,9 @@ use tracing::instrument;
 use super::context::RequestContext;
 use super::json::{object, StrictJson};
 use super::notifications::metadata;
-use super::params::{CategoryRule, EveryRule, LocalTimeRule, Text, WeekdayRule, WindowKindRule};
+use super::params::{
+    CategoryRule, EveryRule, LocalTimeRule, TemplateKeyRule, Text, WeekdayRule, WindowKindRule,
+};
 use super::problem::{ApiError, FieldProblem};
 use super::views::rfc3339;
 use super::ApiTags;
@@ -24,7 +26,8 @@ use crate::domain::batching::{
 use crate::domain::contact::TimeZone;
 use crate::domain::preferences::LocalTime;
 use crate::domain::simulation::Past;
-use crate::domain::{Category, NewNotification, UserId};
+use crate::domain::template::TemplateKey;
+use crate::domain::{Category, UserId};
 use crate::storage::Position;
 use crate::AppState;
 
@@ -88,6 +91,14 @@ pub struct PolicyBody {
     #[serde(default)]
     #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1000")))]
     pub min_items: Option<u32>,
+    /// A template the digests' title and body render from (its published
+    /// version at each flush), with the variables `count`, `items`,
+    /// `first`, `last` (each `{id, title}`), `actors`, `actor_count`,
+    /// `batch_id`, `category` and `group_key`. Absent: the built-in
+    /// summary ("3 new comment on post-42").
+    #[serde(default)]
+    #[oai(nullable)]
+    pub template: Option<Text<TemplateKeyRule>>,
 }
 
 /// A category's batching, as answered.
@@ -122,6 +133,9 @@ pub struct PolicyView {
     pub key: String,
     pub first_item_immediately: bool,
     pub min_items: u32,
+    /// What digests render from (absent: the built-in summary).
+    #[oai(skip_serializing_if_is_none)]
+    pub template: Option<String>,
 }
 
 #[derive(Object, Debug)]
@@ -183,6 +197,7 @@ impl PolicyView {
             key: policy.key_template().to_owned(),
             first_item_immediately: policy.first_item_immediately,
             min_items: policy.min_items,
+            template: policy.template.as_ref().map(|t| t.as_str().to_owned()),
         }
     }
 }
@@ -320,6 +335,12 @@ impl PolicyBody {
                 .ok(),
         };
         let key_ok = self.key.is_none() || key.is_some();
+        let template = match &self.template {
+            None => None,
+            Some(raw) => TemplateKey::parse(raw.as_str())
+                .map_err(|e| problem("template", e.0))
+                .ok(),
+        };
         let policy = cadence.and_then(|cadence| {
             match BatchPolicy::new(
                 cadence,
@@ -328,7 +349,7 @@ impl PolicyBody {
                 self.first_item_immediately,
                 self.min_items,
             ) {
-                Ok(p) => Some(p),
+                Ok(p) => Some(p.with_template(template)),
                 Err(problems) => {
                     for p in problems {
                         problem(p.field, p.message);
@@ -400,6 +421,22 @@ impl BatchingApi {
     ) -> Result<BatchingResponse, ApiError> {
         let category = parse_category(category.0.as_str())?;
         let policy = body.0.parse()?;
+        // A template named must exist (its published version is read at
+        // each flush, so it need not be published yet).
+        if let Some(key) = &policy.template {
+            let current = self
+                .state
+                .templates
+                .commands
+                .current(key.as_str(), None)
+                .await?;
+            if current.state.versions.is_empty() {
+                return Err(ApiError::invalid(
+                    "template",
+                    format!("no template `{key}` exists; add a version with POST /v1/templates/{key}/versions"),
+                ));
+            }
+        }
         self.run(&ctx, &category, |at| BatchingCommand::Set {
             policy: policy.clone(),
             at,
@@ -634,40 +671,28 @@ impl BatchingSimulationApi {
                 let made_by_digests = event.metadata[crate::commands::metadata::COMMAND_ID]
                     .as_str()
                     .is_some_and(|c| c.starts_with("digests/"));
-                let Ok(E::NotificationCreated {
-                    id,
-                    recipient,
-                    category: c,
-                    title,
-                    body,
-                    data,
-                    priority,
-                    channels,
-                    group_key,
-                    deliver_at,
-                    created_at,
-                    tenant,
-                }) = event.decode::<E>()
+                let Ok(created) = event.decode::<E>() else {
+                    continue;
+                };
+                // The create folded as the aggregate folds it: its content
+                // as recorded.
+                let mut folded = crate::domain::Notification::default();
+                folded.apply(created);
+                let (Some(id), Some(content), Some(created_at)) =
+                    (folded.id, folded.content, folded.created_at)
                 else {
                     continue;
                 };
-                if made_by_digests || &c != category || created_at < from || created_at >= to {
+                if made_by_digests
+                    || &content.category != category
+                    || created_at < from
+                    || created_at >= to
+                {
                     continue;
                 }
                 past.push(Past {
                     id,
-                    content: NewNotification {
-                        recipient,
-                        category: c,
-                        title,
-                        body,
-                        data,
-                        priority,
-                        channels,
-                        group_key,
-                        deliver_at,
-                        tenant,
-                    },
+                    content,
                     created_at,
                     time_zone: TimeZone::UTC,
                 });

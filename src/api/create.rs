@@ -9,19 +9,21 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::params::{
-    BodyRule, CategoryRule, ChannelRule, GroupKeyRule, JsonObject, PriorityRule, TenantRule, Text,
-    TimeRule, TitleRule, TopicRule, UserRule,
+    BodyRule, CategoryRule, ChannelRule, GroupKeyRule, JsonObject, PriorityRule, TemplateKeyRule,
+    TenantRule, Text, TimeRule, TitleRule, TopicRule, UserRule,
 };
 use super::problem::{ApiError, FieldProblem};
 use crate::domain::contact::TenantId;
 use crate::domain::send::{SendContent, SendTarget, MAX_RECIPIENTS};
+use crate::domain::template::{TemplateKey, TemplateUse};
 use crate::domain::topic::TopicName;
 use crate::domain::{
     parse_data, Body, Category, Channel, Data, DataProblem, GroupKey, Priority, Title, UserId,
 };
 
-/// A new notification. Required: `category`, `title`, `body`, and exactly one
-/// of `recipient`, `recipients` (up to 1,000) and `topic`.
+/// A new notification. Required: `category`; `title` and `body`, or a
+/// `template`; and exactly one of `recipient`, `recipients` (up to 1,000)
+/// and `topic`.
 #[derive(Object, Deserialize, Serialize, Debug, Clone)]
 #[oai(example)]
 #[serde(deny_unknown_fields)]
@@ -52,10 +54,48 @@ pub struct CreateNotificationRequest {
     pub topic: Option<Text<TopicRule>>,
     /// Lowercase letters, digits and `. _ - :`, up to 64 characters (`comment`, `billing.invoice`).
     pub category: Text<CategoryRule>,
-    /// 1–200 characters, one line, not only white space.
-    pub title: Text<TitleRule>,
-    /// Up to 10,000 characters, without U+0000.
-    pub body: Text<BodyRule>,
+    /// 1–200 characters, one line, not only white space. Required unless
+    /// `template` is named (then absent).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub title: Option<Text<TitleRule>>,
+    /// Up to 10,000 characters, without U+0000. Required unless `template`
+    /// is named (then absent).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub body: Option<Text<BodyRule>>,
+    /// A template, instead of `title` and `body`: its published version
+    /// (or `template_version`) rendered with `variables`, in the
+    /// recipient's locale. The notification records the version and the
+    /// text, so later versions never change it.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub template: Option<Text<TemplateKeyRule>>,
+    /// The template's version to use (absent: the published one).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[oai(validator(minimum(value = "1")))]
+    pub template_version: Option<u64>,
+    /// The template's variables: a JSON object, with the limits of `data`,
+    /// checked against the version's schema when it has one.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub variables: Option<JsonObject>,
     /// Any JSON object, returned as sent: up to 32 KiB as JSON, nesting up to
     /// 32 levels, 1,000 keys in all (each up to 256 bytes), and no U+0000 in
     /// any key or string. Numbers are 64-bit integers or doubles.
@@ -94,8 +134,11 @@ impl Example for CreateNotificationRequest {
             recipients: None,
             topic: None,
             category: Text::new("comment"),
-            title: Text::new("New reply"),
-            body: Text::new("Bob replied to your post"),
+            title: Some(Text::new("New reply")),
+            body: Some(Text::new("Bob replied to your post")),
+            template: None,
+            template_version: None,
+            variables: None,
             data: Some(JsonObject(
                 serde_json::json!({"post_id": 42, "author": "bob"}),
             )),
@@ -131,6 +174,48 @@ where
     T: Deserialize<'de>,
 {
     T::deserialize(d).map(Some)
+}
+
+/// A free-form object field (`data`, `variables`): empty when absent,
+/// None (with the problem noted) when refused.
+fn object_field(
+    errors: &mut Vec<FieldProblem>,
+    name: &str,
+    value: Option<&JsonObject>,
+) -> Option<Data> {
+    match value.map(|d| &d.0) {
+        None => Some(Data::new()),
+        Some(serde_json::Value::Object(map)) => match parse_data(map) {
+            Ok(data) => Some(data),
+            Err(DataProblem { path, why }) => {
+                errors.push(FieldProblem {
+                    // `parse_data` names paths from `data`.
+                    field: match path.strip_prefix("data") {
+                        Some(rest) => format!("{name}{rest}"),
+                        None => path,
+                    },
+                    message: why.0,
+                });
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(FieldProblem {
+                field: name.into(),
+                message: "must be a JSON object".into(),
+            });
+            None
+        }
+    }
+}
+
+/// The template a create names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateAsk {
+    pub key: TemplateKey,
+    /// None: the published one.
+    pub version: Option<u64>,
+    pub variables: Data,
 }
 
 /// Who a create is for.
@@ -179,35 +264,100 @@ impl CreateNotificationRequest {
         }
     }
 
-    /// Validates every field, reporting all problems at once: who it is
-    /// for, and what each of them gets.
-    pub fn validate(&self) -> Result<(Addressee, SendContent), ApiError> {
+    /// The template it names, if any: which, at which version, with which
+    /// variables (a 422 naming the field when they do not fit together).
+    pub fn template_ask(&self) -> Result<Option<TemplateAsk>, ApiError> {
         let mut errors = Vec::new();
         let e = &mut errors;
-        let recipient = self.addressee(e);
-        let category = field(e, "category", Category::parse(self.category.as_str()));
-        let title = field(e, "title", Title::parse(self.title.as_str()));
-        let body = field(e, "body", Body::parse(self.body.as_str()));
-        let data: Option<Data> = match self.data.as_ref().map(|d| &d.0) {
-            None => Some(Data::new()),
-            Some(serde_json::Value::Object(map)) => match parse_data(map) {
-                Ok(data) => Some(data),
-                Err(DataProblem { path, why }) => {
+        let Some(raw) = &self.template else {
+            for (name, given) in [
+                ("template_version", self.template_version.is_some()),
+                ("variables", self.variables.is_some()),
+            ] {
+                if given {
                     e.push(FieldProblem {
-                        field: path,
-                        message: why.0,
+                        field: name.into(),
+                        message: "is for a `template`; name one, or leave it out".into(),
                     });
-                    None
                 }
-            },
-            Some(_) => {
+            }
+            return super::preferences::done(errors, None);
+        };
+        for (name, given) in [
+            ("title", self.title.is_some()),
+            ("body", self.body.is_some()),
+        ] {
+            if given {
                 e.push(FieldProblem {
-                    field: "data".into(),
-                    message: "must be a JSON object".into(),
+                    field: name.into(),
+                    message: "comes from the `template`; leave it out (or the template)".into(),
+                });
+            }
+        }
+        let key = field(e, "template", TemplateKey::parse(raw.as_str()));
+        let version = match &self.template_version {
+            None => Some(None),
+            Some(v) if *v >= 1 => Some(Some(*v)),
+            Some(v) => {
+                e.push(FieldProblem {
+                    field: "template_version".into(),
+                    message: format!("{v} is not a version; versions count from 1"),
                 });
                 None
             }
         };
+        let variables = object_field(e, "variables", self.variables.as_ref());
+        match (key, version, variables) {
+            (Some(key), Some(version), Some(variables)) if errors.is_empty() => {
+                Ok(Some(TemplateAsk {
+                    key,
+                    version,
+                    variables,
+                }))
+            }
+            _ => Err(ApiError::invalid_fields(errors)),
+        }
+    }
+
+    /// Validates every field, reporting all problems at once: who it is
+    /// for, and what each of them gets (`template`: the template named,
+    /// resolved).
+    pub fn validate(
+        &self,
+        template: Option<TemplateUse>,
+    ) -> Result<(Addressee, SendContent), ApiError> {
+        let mut errors = Vec::new();
+        let e = &mut errors;
+        let recipient = self.addressee(e);
+        let category = field(e, "category", Category::parse(self.category.as_str()));
+        let (title, body) = match &template {
+            Some(used) => {
+                let text = used.default_text();
+                (Some(text.title.clone()), Some(text.body.clone()))
+            }
+            None => {
+                for (name, given) in [
+                    ("title", self.title.is_some()),
+                    ("body", self.body.is_some()),
+                ] {
+                    if !given {
+                        e.push(FieldProblem {
+                            field: name.into(),
+                            message: "is required (or name a `template`)".into(),
+                        });
+                    }
+                }
+                (
+                    self.title
+                        .as_ref()
+                        .and_then(|t| field(e, "title", Title::parse(t.as_str()))),
+                    self.body
+                        .as_ref()
+                        .and_then(|b| field(e, "body", Body::parse(b.as_str()))),
+                )
+            }
+        };
+        let data = object_field(e, "data", self.data.as_ref());
         let priority = match &self.priority {
             None => Some(Priority::Normal),
             Some(p) => field(e, "priority", Priority::parse(p.as_str())),
@@ -284,6 +434,7 @@ impl CreateNotificationRequest {
                     group_key,
                     deliver_at,
                     tenant,
+                    template: template.map(Box::new),
                 },
             )),
             _ => Err(ApiError::invalid_fields(errors)),
@@ -376,7 +527,7 @@ mod tests {
             r#"{"recipient":"","category":"Bad","title":"","body":"b","priority":"mega","channels":["pigeon"]}"#,
         )
         .unwrap();
-        let Err(ApiError::Unprocessable(problem)) = req.validate() else {
+        let Err(ApiError::Unprocessable(problem)) = req.validate(None) else {
             panic!("expected a 422");
         };
         let fields: Vec<_> = problem

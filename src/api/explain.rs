@@ -54,6 +54,9 @@ pub struct Explanation {
     pub recipient: String,
     pub category: String,
     pub lifecycle: Text<LifecycleRule>,
+    /// Where its title and body came from, in plain words: as sent, or
+    /// which template version in which locale.
+    pub content: String,
     /// Each channel asked for, in the order asked.
     pub channels: Vec<ChannelExplanation>,
 }
@@ -205,6 +208,24 @@ pub fn explain(n: &Notification) -> Vec<ChannelExplanation> {
         .collect()
 }
 
+/// Where a notification's text came from.
+fn content_origin(n: &Notification) -> String {
+    match &n.template {
+        None => "title and body as sent".to_owned(),
+        Some(t) => {
+            let mut said = format!(
+                "rendered from template `{}` version {} in locale `{}`",
+                t.key, t.version, t.locale
+            );
+            if !n.channel_content.is_empty() {
+                let own: Vec<&str> = n.channel_content.keys().map(|c| c.as_str()).collect();
+                said.push_str(&format!("; {} with text of its own", own.join(", ")));
+            }
+            said
+        }
+    }
+}
+
 pub struct ExplainApi {
     pub state: Arc<AppState>,
 }
@@ -269,6 +290,7 @@ impl ExplainApi {
             recipient: content.recipient.as_str().to_owned(),
             category: content.category.as_str().to_owned(),
             lifecycle: Text::new(state.lifecycle.as_str()),
+            content: content_origin(&state),
             channels: explain(&state),
         })))
     }

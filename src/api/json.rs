@@ -161,6 +161,13 @@ pub mod object {
         })
     }
 
+    /// A required map whose values are objects.
+    pub fn required_map_of<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+        d: D,
+    ) -> Result<std::collections::BTreeMap<String, T>, D::Error> {
+        map_of(d)?.ok_or_else(|| D::Error::custom("must be an object, not null"))
+    }
+
     /// A map (or null) whose values are objects.
     pub fn map_of<'de, D: Deserializer<'de>, T: DeserializeOwned>(
         d: D,

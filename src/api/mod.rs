@@ -29,6 +29,7 @@ pub mod rules;
 pub mod spec;
 pub mod state;
 pub mod stream;
+pub mod templates;
 pub mod tenants;
 pub mod topics;
 pub mod views;
@@ -61,6 +62,8 @@ pub enum ApiTags {
     Recipients,
     /// Server API keys and user tokens.
     Access,
+    /// Content: versioned templates.
+    Templates,
     /// Health checks.
     Operations,
 }
@@ -85,6 +88,7 @@ pub type Apis = (
     bulk::BulkApi,
     batches::BatchesApi,
     RecipientApis,
+    templates::TemplatesApi,
     analytics::AnalyticsApi,
     events::EventsApi,
     projections::ProjectionsApi,
@@ -137,6 +141,9 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
                     state: state.clone(),
                 },
             ),
+            templates::TemplatesApi {
+                state: state.clone(),
+            },
             analytics::AnalyticsApi {
                 state: state.clone(),
             },

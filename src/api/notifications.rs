@@ -284,7 +284,17 @@ impl NotificationsApi {
         body: StrictJson<CreateNotificationRequest>,
     ) -> Result<CreateResponse, ApiError> {
         let request = body.0;
-        let (addressee, content) = request.validate()?;
+        let template = match request.template_ask()? {
+            None => None,
+            Some(ask) => Some(
+                self.state
+                    .templates
+                    .resolve(&ask.key, ask.version, &ask.variables)
+                    .await
+                    .map_err(|e| super::problem::template_problem(e, "template_version"))?,
+            ),
+        };
+        let (addressee, content) = request.validate(template)?;
         let mut meta = metadata(&ctx);
         let uuid = match idempotency_key.0.as_ref().map(Text::as_str) {
             Some(key) => {

@@ -327,6 +327,10 @@ rule!(
     LocaleRule, "Locale", pattern(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8}){0,4}$")
 );
 rule!(
+    /// A template's key: lowercase letters, digits and `. _ - :`, 1–64 of them.
+    TemplateKeyRule, "TemplateKey", pattern(r"^[a-z0-9._:-]{1,64}$")
+);
+rule!(
     /// A tenant: lowercase letters, digits and `. _ - :`, 1–64 of them.
     TenantRule, "Tenant", pattern(r"^[a-z0-9._:-]{1,64}$")
 );

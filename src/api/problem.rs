@@ -3,6 +3,8 @@
 //! are `ApiError`; the framework's own errors (malformed parameters, unknown
 //! routes, wrong methods) are converted in one place by `problem_from_error`.
 
+use crate::commands::templates::TemplateProblem;
+use crate::domain::template::TemplateError;
 use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
 use poem_openapi::payload::Json;
@@ -381,5 +383,47 @@ pub fn problem_response(problem: Problem) -> Response {
 impl From<crate::domain::batch::BatchError> for ApiError {
     fn from(err: crate::domain::batch::BatchError) -> Self {
         Self::not_found(err.to_string())
+    }
+}
+
+impl From<TemplateError> for ApiError {
+    fn from(err: TemplateError) -> Self {
+        let detail = err.to_string();
+        match err {
+            TemplateError::NoSuchVersion(_) | TemplateError::NoVersions => Self::not_found(detail),
+            TemplateError::NothingPublished
+            | TemplateError::NotEarlier { .. }
+            | TemplateError::NothingToRollBackTo
+            | TemplateError::TooManyVersions => Self::conflict(
+                "template-state",
+                "Not possible in the template's state",
+                detail,
+            ),
+        }
+    }
+}
+
+/// A send's (or a preview's) template problem, as a 422 naming the field
+/// to fix: `template`, the version field, or where in `variables`.
+pub fn template_problem(err: TemplateProblem, version_field: &str) -> ApiError {
+    let detail = err.to_string();
+    match err {
+        TemplateProblem::Unknown(_) => ApiError::invalid("template", detail),
+        TemplateProblem::Version { .. } => ApiError::invalid(version_field, detail),
+        TemplateProblem::Variables {
+            key,
+            version,
+            violations,
+        } => ApiError::invalid_fields(
+            violations
+                .into_iter()
+                .map(|(pointer, why)| FieldProblem {
+                    field: format!("variables{}", pointer.replace('/', ".")),
+                    message: format!("{why} (the schema of template `{key}` version {version})"),
+                })
+                .collect(),
+        ),
+        TemplateProblem::Render { .. } => ApiError::invalid("variables", detail),
+        TemplateProblem::Read(e) => e.into(),
     }
 }

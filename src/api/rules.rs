@@ -174,6 +174,14 @@ pub const RULES: &[(&str, Rule)] = &[
     ("setBatching", ADMIN),
     ("turnOffBatching", ADMIN),
     ("simulateBatching", keys(&[Scope::Read, Scope::Admin])),
+    ("listTemplates", ANY_KEY),
+    ("getTemplate", ANY_KEY),
+    ("getTemplateVersion", ANY_KEY),
+    ("addTemplateVersion", ADMIN),
+    ("publishTemplateVersion", ADMIN),
+    ("rollBackTemplate", ADMIN),
+    // Rendering changes nothing: whoever sends may try it.
+    ("previewTemplate", ANY_KEY),
     ("getTenantDefaults", ANY_KEY),
     ("setTenantDefaults", keys(&[Scope::Send, Scope::Admin])),
     // Who is in a topic is the service's to decide; leaving one is the

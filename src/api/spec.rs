@@ -85,10 +85,25 @@ pub fn complete(document: Value) -> Value {
     close_request_bodies(&mut document);
     // Exactly one of the three names who a create is for.
     if let Some(create) = document["components"]["schemas"].get_mut("CreateNotificationRequest") {
-        create["oneOf"] = serde_json::json!([
-            {"required": ["recipient"]},
-            {"required": ["recipients"]},
-            {"required": ["topic"]},
+        // And its text: `title` and `body`, or a `template` (and only
+        // then `template_version` and `variables`).
+        create["allOf"] = serde_json::json!([
+            {"oneOf": [
+                {"required": ["recipient"]},
+                {"required": ["recipients"]},
+                {"required": ["topic"]},
+            ]},
+            {"oneOf": [
+                {"required": ["title", "body"], "not": {"anyOf": [
+                    {"required": ["template"]},
+                    {"required": ["template_version"]},
+                    {"required": ["variables"]},
+                ]}},
+                {"required": ["template"], "not": {"anyOf": [
+                    {"required": ["title"]},
+                    {"required": ["body"]},
+                ]}},
+            ]},
         ]);
     }
     walk(&mut document, &mut null_in_nullable_enums);

@@ -57,6 +57,8 @@ pub struct AppState {
     pub batch_commands: Arc<Commands<crate::domain::batch::Batch>>,
     /// Every batch, open or flushed.
     pub batch_rows: Arc<dyn RowReader<crate::projections::batches::Row>>,
+    /// Templates: their versions, and resolving one for a send.
+    pub templates: Arc<crate::commands::templates::TemplateLibrary>,
     /// Counters and latencies per bucket.
     pub analytics: Arc<dyn RowReader<crate::projections::analytics::Row>>,
     /// The health score's window, targets and weights.

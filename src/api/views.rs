@@ -1,10 +1,13 @@
 //! What the API answers with: the notification view shared by REST (and, in a
 //! later issue, the streams), command receipts and inbox pages.
 
+use std::collections::BTreeMap;
+
 use chrono::SecondsFormat;
 use poem_openapi::Object;
 
 use super::params::{ChannelRule, LifecycleRule, PriorityRule, ReadStatusRule, Text};
+use crate::domain::template::Rendered;
 use crate::domain::{Notification, Timestamp};
 use crate::storage::Position;
 
@@ -74,8 +77,42 @@ pub struct NotificationView {
     pub cancelled_at: Option<String>,
     #[oai(nullable)]
     pub deleted_at: Option<String>,
+    /// The template version its title and body were rendered from, and
+    /// in which locale (null: they are as sent).
+    #[oai(nullable)]
+    pub template: Option<TemplateRefView>,
+    /// Each channel's own title and body, where its template gives one
+    /// (`email`: a subject of its own); other channels use `title` and
+    /// `body`.
+    pub channel_content: BTreeMap<String, RenderedView>,
     /// Position of the latest event reflected here; pass it as `min_position`.
     pub cursor: String,
+}
+
+/// Which template version a notification was rendered from.
+#[derive(Object, serde::Serialize, Debug, Clone, PartialEq)]
+#[oai(rename = "TemplateUsed")]
+pub struct TemplateRefView {
+    pub key: String,
+    pub version: u64,
+    pub locale: String,
+}
+
+/// A title and a body, rendered.
+#[derive(Object, serde::Serialize, Debug, Clone, PartialEq)]
+#[oai(rename = "RenderedText")]
+pub struct RenderedView {
+    pub title: String,
+    pub body: String,
+}
+
+impl From<&Rendered> for RenderedView {
+    fn from(r: &Rendered) -> Self {
+        Self {
+            title: r.title.as_str().to_owned(),
+            body: r.body.as_str().to_owned(),
+        }
+    }
 }
 
 impl NotificationView {
@@ -121,6 +158,16 @@ impl NotificationView {
             archived_at: ts(state.archived_at),
             cancelled_at: ts(state.cancelled_at),
             deleted_at: ts(state.deleted_at),
+            template: state.template.as_ref().map(|t| TemplateRefView {
+                key: t.key.as_str().to_owned(),
+                version: t.version,
+                locale: t.locale.as_str().to_owned(),
+            }),
+            channel_content: state
+                .channel_content
+                .iter()
+                .map(|(c, r)| (c.as_str().to_owned(), RenderedView::from(r)))
+                .collect(),
             cursor: position.to_cursor(),
         })
     }

@@ -271,3 +271,11 @@ pure_aggregate!(
     crate::domain::batch::BatchError,
     crate::domain::batch::BATCH_EVENT_VERSION
 );
+pure_aggregate!(
+    crate::domain::template::Template,
+    "Template",
+    crate::domain::template::TemplateCommand,
+    crate::domain::template::TemplateEvent,
+    crate::domain::template::TemplateError,
+    crate::domain::template::TEMPLATE_EVENT_VERSION
+);

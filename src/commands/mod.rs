@@ -9,6 +9,7 @@ pub mod latest;
 pub mod metadata;
 pub mod runner;
 pub mod stores;
+pub mod templates;
 
 use std::sync::Arc;
 

@@ -128,6 +128,9 @@ pub struct Digest {
     pub actor_count: usize,
     /// Every channel an item asked for, in the order first asked.
     pub channels: Vec<Channel>,
+    /// The template its title and body render from (the policy's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<super::template::TemplateKey>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -404,6 +407,7 @@ fn flushed(batch: &OpenBatch, reason: FlushReason, at: Timestamp) -> BatchEvent 
             actors,
             actor_count,
             channels,
+            template: batch.opening.policy.template.clone(),
         })
     });
     BatchEvent::BatchFlushed {

@@ -216,6 +216,10 @@ pub struct BatchPolicy {
     /// A batch that flushes with fewer items than this delivers them one by
     /// one instead of as a digest (1: always a digest).
     pub min_items: u32,
+    /// The template a digest's title and body render from (its published
+    /// version at the flush); None: the built-in summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<super::template::TemplateKey>,
 }
 
 /// What is wrong with a proposed policy: the field (as the request names
@@ -299,10 +303,17 @@ impl BatchPolicy {
                 key,
                 first_item_immediately,
                 min_items,
+                template: None,
             })
         } else {
             Err(problems)
         }
+    }
+
+    /// The policy with its digests rendered from template `template`.
+    pub fn with_template(mut self, template: Option<super::template::TemplateKey>) -> Self {
+        self.template = template;
+        self
     }
 
     /// When a batch flushes by time: opened at `first`, its latest item at
@@ -698,6 +709,7 @@ mod tests {
             group_key: group_key.map(|g| GroupKey::parse(g).unwrap()),
             deliver_at: None,
             tenant: None,
+            template: None,
         }
     }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::contact::TenantId;
 use super::preferences::Audience;
+use super::template::TemplateUse;
 use super::values::{
     Body, Category, Channel, FailureReason, GroupKey, NotificationId, Priority, Title, UserId,
 };
@@ -26,6 +27,11 @@ pub struct NewNotification {
     /// The tenant whose defaults apply (absent: the profile's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<TenantId>,
+    /// The template it is rendered from, in every locale: the create
+    /// takes the recipient's (`title` and `body` hold the default
+    /// locale's). None: `title` and `body` as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Box<TemplateUse>>,
 }
 
 /// Commands are imperative; each carries the time it is executed at.

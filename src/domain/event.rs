@@ -1,11 +1,14 @@
 //! Events: facts about a notification, in the past tense. Stored forever, so
 //! a shape only ever gains versions (upcast on read), never changes in place.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::batching::BatchPolicy;
 use super::contact::{TenantId, TimeZone};
 use super::preferences::{Level, SuppressionRule};
+use super::template::{Rendered, TemplateRef};
 use super::values::{
     Body, Category, Channel, FailureReason, GroupKey, NotificationId, Priority, Title, UserId,
 };
@@ -29,6 +32,13 @@ pub enum NotificationEvent {
         /// Absent in events from before tenants.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tenant: Option<TenantId>,
+        /// The template version its title and body were rendered from,
+        /// and in which locale.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        template: Option<Box<TemplateRef>>,
+        /// The title and body of each channel the template gives its own.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        channel_content: BTreeMap<Channel, Rendered>,
     },
     NotificationScheduled {
         deliver_at: Timestamp,

@@ -18,6 +18,7 @@ pub mod recipient;
 pub mod send;
 pub mod simulation;
 pub mod superseding;
+pub mod template;
 pub mod tenant;
 pub mod topic;
 pub mod values;

@@ -18,6 +18,7 @@ use super::command::{NewNotification, NotificationCommand};
 use super::contact::TimeZone;
 use super::event::NotificationEvent;
 use super::preferences::{Audience, Level, SuppressionRule};
+use super::template::{Rendered, TemplateRef};
 use super::values::{Channel, FailureReason, NotificationId};
 use super::Timestamp;
 
@@ -181,6 +182,12 @@ pub struct Notification {
     /// Held for a digest (its category batches).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<Held>,
+    /// The template version its text was rendered from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
+    /// Each channel's own title and body, where its template gives one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub channel_content: BTreeMap<Channel, Rendered>,
     /// Time of the last event, the floor for the next one.
     pub last_event_at: Option<Timestamp>,
 }
@@ -371,7 +378,35 @@ impl Notification {
             group_key,
             deliver_at,
             tenant,
+            template,
         } = content;
+        // Rendered from a template: the text in the recipient's locale.
+        let (title, body, template, channel_content) = match template {
+            None => (title, body, None, BTreeMap::new()),
+            Some(used) => {
+                let wanted = audience
+                    .profile
+                    .as_ref()
+                    .and_then(|(p, _)| p.locale.as_ref());
+                let (locale, text) = used.for_locale(wanted);
+                let channel_content: BTreeMap<Channel, Rendered> = text
+                    .channels
+                    .iter()
+                    .filter(|(c, _)| channels.contains(c))
+                    .map(|(c, r)| (*c, r.clone()))
+                    .collect();
+                (
+                    text.title.clone(),
+                    text.body.clone(),
+                    Some(Box::new(TemplateRef {
+                        key: used.key.clone(),
+                        version: used.version,
+                        locale: locale.clone(),
+                    })),
+                    channel_content,
+                )
+            }
+        };
         // A deliver_at that has come already is "now": the creation records
         // what was asked, and delivery follows at once.
         let due = later.unwrap_or(now);
@@ -396,6 +431,8 @@ impl Notification {
             deliver_at,
             created_at: now,
             tenant,
+            template,
+            channel_content,
         }];
         match batching {
             Some((policy, policy_version, Ok(key))) => {
@@ -574,10 +611,16 @@ impl Notification {
                 deliver_at,
                 created_at,
                 tenant,
+                template,
+                channel_content,
             } => {
                 self.lifecycle = Lifecycle::Pending;
                 self.id = Some(id);
                 self.created_at = Some(created_at);
+                self.template = template.map(|t| *t);
+                self.channel_content = channel_content;
+                // The text as rendered: a release or a digest decides on
+                // it, never on the template again.
                 self.content = Some(NewNotification {
                     recipient,
                     category,
@@ -589,6 +632,7 @@ impl Notification {
                     group_key,
                     deliver_at,
                     tenant,
+                    template: None,
                 });
             }
             E::NotificationScheduled { .. } => self.lifecycle = Lifecycle::Scheduled,

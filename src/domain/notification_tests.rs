@@ -35,6 +35,7 @@ fn content(channels: &[Channel], deliver_at: Option<Timestamp>) -> NewNotificati
         group_key: Some(GroupKey::parse("post-42").expect("a valid group key")),
         deliver_at,
         tenant: None,
+        template: None,
     }
 }
 
@@ -64,6 +65,8 @@ fn created(channels: &[Channel], deliver_at: Option<Timestamp>, at: Timestamp) -
         deliver_at: c.deliver_at,
         created_at: at,
         tenant: None,
+        template: None,
+        channel_content: Default::default(),
     }
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::NewNotification;
 use super::contact::TenantId;
+use super::template::TemplateUse;
 use super::topic::TopicName;
 use super::values::{Body, Category, Channel, GroupKey, NotificationId, Priority, Title, UserId};
 use super::{Data, Timestamp};
@@ -32,6 +33,10 @@ pub struct SendContent {
     pub deliver_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<TenantId>,
+    /// Rendered in every locale when the send was accepted; each
+    /// recipient gets theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Box<TemplateUse>>,
 }
 
 impl SendContent {
@@ -48,6 +53,7 @@ impl SendContent {
             group_key,
             deliver_at,
             tenant,
+            template,
         } = content;
         Self {
             category,
@@ -59,6 +65,7 @@ impl SendContent {
             group_key,
             deliver_at,
             tenant,
+            template,
         }
     }
 
@@ -74,6 +81,7 @@ impl SendContent {
             group_key: self.group_key.clone(),
             deliver_at: self.deliver_at,
             tenant: self.tenant.clone(),
+            template: self.template.clone(),
         }
     }
 }
@@ -317,6 +325,7 @@ mod tests {
             group_key: None,
             deliver_at: None,
             tenant: None,
+            template: None,
         }
     }
 

@@ -199,6 +199,7 @@ mod tests {
                 group_key: None,
                 deliver_at: None,
                 tenant: None,
+                template: None,
             },
             created_at: utc(at),
             time_zone: TimeZone::parse(zone).unwrap(),

@@ -12,8 +12,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{command_id, Fire, Pending, Reaction, Reactor};
+use crate::commands::templates::{TemplateLibrary, TemplateProblem};
 use crate::commands::{CommandMetadata, Commands, Target};
 use crate::domain::batch::{BatchEvent, Digest, BATCH_TYPE};
+use crate::domain::template::{Template, TemplateKey};
 use crate::domain::values::{Body, Title, TITLE_MAX_CHARS};
 use crate::domain::{
     NewNotification, Notification, NotificationCommand, NotificationEvent, NotificationId,
@@ -30,8 +32,13 @@ pub const NAME: &str = "digests";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DigestOrder {
-    /// Create the digest.
-    Create { content: Box<NewNotification> },
+    /// Create the digest; its text rendered from `template` when it has
+    /// one (the built-in summary when that fails).
+    Create {
+        content: Box<NewNotification>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        template: Option<TemplateKey>,
+    },
     /// Deliver the item on its own.
     Release { batch_id: String },
     /// Mark the item as carried by `digest_id`.
@@ -110,6 +117,7 @@ pub fn digest_content(
         group_key: digest.group_key.clone(),
         deliver_at: None,
         tenant: digest.tenant.clone(),
+        template: None,
     }
 }
 
@@ -197,6 +205,7 @@ impl Reactor for Digests {
                     digest.id.to_string(),
                     DigestOrder::Create {
                         content: Box::new(content),
+                        template: digest.template.clone(),
                     },
                 ))
                 .chain(items.iter().map(|i| {
@@ -232,7 +241,7 @@ impl Reactor for Digests {
 /// The command an order runs on its notification.
 fn command(order: &DigestOrder, id: &str, at: Timestamp) -> NotificationCommand {
     match order {
-        DigestOrder::Create { content } => NotificationCommand::Create {
+        DigestOrder::Create { content, .. } => NotificationCommand::Create {
             id: NotificationId::parse(id).unwrap_or(NotificationId(uuid::Uuid::nil())),
             content: content.clone(),
             audience: None,
@@ -254,10 +263,85 @@ fn command(order: &DigestOrder, id: &str, at: Timestamp) -> NotificationCommand 
     }
 }
 
+/// What a digest's template renders with: its `data.digest` (`count`,
+/// `items`, `first`, `last`, `actors`, `actor_count`, `batch_id`), its
+/// `category` and `group_key`.
+pub fn digest_variables(content: &NewNotification) -> crate::domain::Data {
+    let mut variables = match content.data.get("digest") {
+        Some(serde_json::Value::Object(summary)) => summary.clone(),
+        _ => serde_json::Map::new(),
+    };
+    variables.insert("category".into(), content.category.as_str().into());
+    variables.insert(
+        "group_key".into(),
+        content
+            .group_key
+            .as_ref()
+            .map_or(serde_json::Value::Null, |g| g.as_str().into()),
+    );
+    variables
+}
+
 /// Runs the digests' reactions: the digests as creates, the rest as
 /// commands on the items.
 pub struct DigestFire {
     pub notifications: Arc<Commands<Notification>>,
+    /// What digests of a policy with a template render from.
+    pub templates: Arc<TemplateLibrary>,
+}
+
+impl DigestFire {
+    /// The order's digest, rendered from its template when it has one. A
+    /// template that cannot be used (none published, a variable it lacks)
+    /// leaves the built-in summary, and `data.digest.template_error` says
+    /// why: a digest is never held back by its template. A store that
+    /// cannot be read fails the firing (it is retried).
+    /// `read`: the templates read so far in this firing (each once).
+    async fn rendered(
+        &self,
+        order: &DigestOrder,
+        read: &mut std::collections::HashMap<TemplateKey, Template>,
+    ) -> Result<DigestOrder, String> {
+        let DigestOrder::Create {
+            content,
+            template: Some(key),
+        } = order
+        else {
+            return Ok(order.clone());
+        };
+        let mut content = content.clone();
+        let resolved = match read.get(key) {
+            Some(template) => Ok(template),
+            None => match self.templates.commands.current(key.as_str(), None).await {
+                Ok(current) => Ok(&*read.entry(key.clone()).or_insert(current.state)),
+                Err(e) => Err(TemplateProblem::Read(e)),
+            },
+        }
+        .and_then(|template| {
+            self.templates
+                .resolve_in(key, template, None, &digest_variables(&content))
+        });
+        match resolved {
+            Ok(used) => {
+                let text = used.default_text();
+                content.title = text.title.clone();
+                content.body = text.body.clone();
+                content.template = Some(Box::new(used));
+            }
+            // The store is out: the firing is retried, never sent plain.
+            Err(TemplateProblem::Read(e)) => return Err(error_chain(&e)),
+            Err(why) => {
+                tracing::warn!(template = %key, error = %error_chain(&why), "digest template not used");
+                if let Some(serde_json::Value::Object(summary)) = content.data.get_mut("digest") {
+                    summary.insert("template_error".into(), why.to_string().into());
+                }
+            }
+        }
+        Ok(DigestOrder::Create {
+            content,
+            template: Some(key.clone()),
+        })
+    }
 }
 
 #[async_trait::async_trait]
@@ -281,11 +365,16 @@ impl Fire<Digests> for DigestFire {
         };
         let mut changed = 0;
         if !creates.is_empty() {
+            let mut orders = Vec::with_capacity(creates.len());
+            let mut read = std::collections::HashMap::new();
+            for k in &creates {
+                orders.push(self.rendered(&k.row.order, &mut read).await?);
+            }
             let outcome = self
                 .notifications
                 .create_many(
                     &targets(&creates),
-                    |i, at| command(&creates[i].row.order, &creates[i].row.aggregate_id, at),
+                    |i, at| command(&orders[i], &creates[i].row.aggregate_id, at),
                     meta,
                 )
                 .await

@@ -225,7 +225,23 @@ fn bad_creates() -> Vec<BadCreate> {
         ),
         // The wrong set of fields.
         BadCreate::malformed("an unknown field", with("titel", json!("typo")).to_string()),
-        BadCreate::malformed("a missing title", without("title").to_string()),
+        // The text is `title` and `body`, or a template: leaving one out
+        // is a refused value that names it.
+        BadCreate::invalid("a missing title", &without("title"), "title"),
+        BadCreate::invalid("a missing body", &without("body"), "body"),
+        BadCreate::invalid(
+            "a title beside a template",
+            &{
+                let mut body = with("template", json!("welcome"));
+                body.as_object_mut().map(|b| b.remove("body"));
+                body
+            },
+            "title",
+        ),
+        BadCreate::malformed(
+            "a template that is not a string",
+            with("template", json!(7)).to_string(),
+        ),
         // Who it is for is one of three fields: naming none is a refused value.
         BadCreate::invalid("a missing recipient", &without("recipient"), "recipient"),
         BadCreate::malformed(

@@ -204,6 +204,11 @@ fn body_of(operation: &str) -> Option<Value> {
             "policy": {"window": {"kind": "fixed", "seconds": 60}, "max_items": 10},
             "from": "2026-12-01T00:00:00Z", "to": "2026-12-02T00:00:00Z"
         })),
+        "addTemplateVersion" => Some(json!({
+            "default_locale": "en", "locales": {"en": {"title": "Hi {{ name }}", "body": ""}}
+        })),
+        "rollBackTemplate" => Some(json!({})),
+        "previewTemplate" => Some(json!({"variables": {"name": "Ann"}})),
         _ => None,
     }
 }

@@ -260,6 +260,7 @@ mod tests {
             group_key: None,
             deliver_at: scheduled.then(|| Utc::now() + Duration::days(1)),
             tenant: None,
+            template: None,
         }
     }
 
