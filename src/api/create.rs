@@ -86,7 +86,7 @@ pub struct CreateNotificationRequest {
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
-    #[oai(validator(minimum(value = "1")))]
+    #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
     pub template_version: Option<u64>,
     /// The template's variables: a JSON object, with the limits of `data`,
     /// checked against the version's schema when it has one.

@@ -331,6 +331,14 @@ rule!(
     TemplateKeyRule, "TemplateKey", pattern(r"^[a-z0-9._:-]{1,64}$")
 );
 rule!(
+    /// A template version: 1 to 1,000.
+    VersionRule, "TemplateVersionNumber", MetaSchema {
+        minimum: Some(1.0),
+        maximum: Some(crate::domain::template::MAX_VERSIONS as f64),
+        ..MetaSchema::new_with_format("integer", "int64")
+    }
+);
+rule!(
     /// A tenant: lowercase letters, digits and `. _ - :`, 1–64 of them.
     TenantRule, "Tenant", pattern(r"^[a-z0-9._:-]{1,64}$")
 );

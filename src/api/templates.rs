@@ -14,7 +14,7 @@ use tracing::instrument;
 use super::context::RequestContext;
 use super::json::{object, StrictJson};
 use super::notifications::metadata;
-use super::params::{JsonObject, LocaleRule, TemplateKeyRule, Text};
+use super::params::{Int, JsonObject, LocaleRule, TemplateKeyRule, Text, VersionRule};
 use super::preferences::done;
 use super::problem::{template_problem as problem, ApiError, FieldProblem};
 use super::views::{rfc3339, RenderedView};
@@ -155,7 +155,7 @@ pub struct TemplateSummary {
 pub struct RollbackBody {
     /// An earlier version (absent: the one published before the current).
     #[serde(default)]
-    #[oai(nullable, validator(minimum(value = "1")))]
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1000")))]
     pub version: Option<u64>,
 }
 
@@ -165,7 +165,7 @@ pub struct RollbackBody {
 pub struct PreviewBody {
     /// Absent: the published version.
     #[serde(default)]
-    #[oai(nullable, validator(minimum(value = "1")))]
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1000")))]
     pub version: Option<u64>,
     /// As a send would give them (checked against the version's schema).
     #[serde(default)]
@@ -221,6 +221,16 @@ pub enum AddVersionResponse {
 pub enum PreviewResponse {
     #[oai(status = 200)]
     Ok(Json<PreviewView>),
+}
+
+/// A version in a path: 1 or more (a 422 naming `path.version`).
+fn parse_version(raw: i64) -> Result<u64, ApiError> {
+    u64::try_from(raw).ok().filter(|v| *v >= 1).ok_or_else(|| {
+        ApiError::invalid(
+            "path.version",
+            format!("{raw} is not a version; versions count from 1"),
+        )
+    })
 }
 
 fn parse_key(raw: &str) -> Result<TemplateKey, ApiError> {
@@ -586,9 +596,10 @@ impl TemplatesApi {
     async fn get_version(
         &self,
         key: Path<Text<TemplateKeyRule>>,
-        version: Path<u64>,
+        version: Path<Int<VersionRule>>,
     ) -> Result<VersionResponse, ApiError> {
         let key = parse_key(key.0.as_str())?;
+        let version = parse_version(version.0 .0)?;
         let current = self
             .state
             .templates
@@ -598,7 +609,7 @@ impl TemplatesApi {
         if current.state.versions.is_empty() {
             return Err(no_template(&key));
         }
-        let chosen = current.state.version(Some(version.0))?;
+        let chosen = current.state.version(Some(version))?;
         Ok(VersionResponse::Ok(Json(version_view(
             &key,
             &current.state,
@@ -622,10 +633,10 @@ impl TemplatesApi {
         &self,
         ctx: Data<&RequestContext>,
         key: Path<Text<TemplateKeyRule>>,
-        version: Path<u64>,
+        version: Path<Int<VersionRule>>,
     ) -> Result<TemplateResponse, ApiError> {
         let key = parse_key(key.0.as_str())?;
-        let version = version.0;
+        let version = parse_version(version.0 .0)?;
         let decided = self
             .state
             .templates
