@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::api;
 use crate::api::state::{AppState, Streams};
 use crate::commands::audience::AudienceReader;
+use crate::commands::experiments::ExperimentLab;
 use crate::commands::templates::TemplateLibrary;
 use crate::commands::{CommandService, Commands, EventStores};
 use crate::config::Settings;
@@ -23,6 +24,7 @@ use crate::domain::batch::Batch;
 use crate::domain::batching::Batching;
 use crate::domain::bulk::InboxBulk;
 use crate::domain::category::CategoryConfig;
+use crate::domain::experiment::{Assignment, Experiment};
 use crate::domain::recipient::Recipient;
 use crate::domain::send::Broadcast;
 use crate::domain::template::Template;
@@ -77,6 +79,7 @@ struct BackendParts {
     batcher: Arc<dyn RowReader<Pending<crate::reactors::batcher::BatchOrder>>>,
     digests: Arc<dyn RowReader<Pending<crate::reactors::digests::DigestOrder>>>,
     batch_rows: Arc<dyn RowReader<crate::projections::batches::Row>>,
+    outcomes: Arc<dyn RowReader<crate::projections::outcomes::Row>>,
     analytics: Arc<dyn RowReader<analytics::Row>>,
     /// Publishes updates no projection page carries.
     announce: Arc<dyn Announce>,
@@ -158,6 +161,7 @@ async fn start_memory(
         batcher: models.batcher,
         digests: models.digests,
         batch_rows: models.batches,
+        outcomes: models.outcomes,
         analytics: models.analytics,
         announce: Arc::new(MemoryAnnounce {
             log: updates.clone(),
@@ -267,6 +271,7 @@ async fn start_postgres(
         batcher: models.batcher,
         digests: models.digests,
         batch_rows: models.batches,
+        outcomes: models.outcomes,
         analytics: models.analytics,
         announce: publisher,
         running,
@@ -445,6 +450,11 @@ impl Service {
             batch_commands: batches.clone(),
             templates: templates.clone(),
             batch_rows: backend.batch_rows,
+            outcomes: backend.outcomes,
+            experiments: Arc::new(ExperimentLab {
+                experiments: commands_of::<Experiment>(stores, &signal, attempts, &limit),
+                assignments: commands_of::<Assignment>(stores, &signal, attempts, &limit),
+            }),
             analytics: backend.analytics,
             health,
             projections,

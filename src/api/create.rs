@@ -88,6 +88,15 @@ pub struct CreateNotificationRequest {
     )]
     #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
     pub template_version: Option<u64>,
+    /// An experiment the send takes part in (its category must be the
+    /// experiment's): the recipient's variant decides the text (or, held
+    /// out, that nothing is sent). One `recipient` only.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub experiment: Option<Text<TemplateKeyRule>>,
     /// The template's variables: a JSON object, with the limits of `data`,
     /// checked against the version's schema when it has one.
     #[serde(
@@ -138,6 +147,7 @@ impl Example for CreateNotificationRequest {
             body: Some(Text::new("Bob replied to your post")),
             template: None,
             template_version: None,
+            experiment: None,
             variables: None,
             data: Some(JsonObject(
                 serde_json::json!({"post_id": 42, "author": "bob"}),

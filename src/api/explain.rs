@@ -93,6 +93,9 @@ fn suppression_reason(channel: Channel, category: &str, s: &SuppressedChannel) -
         SuppressionRule::QuietHours => format!(
             "held by the recipient's quiet hours (preferences version {v})"
         ),
+        SuppressionRule::Holdout => {
+            "the recipient is in the experiment's holdout, which receives nothing".to_owned()
+        }
     }
 }
 
@@ -210,6 +213,23 @@ pub fn explain(n: &Notification) -> Vec<ChannelExplanation> {
 
 /// Where a notification's text came from.
 fn content_origin(n: &Notification) -> String {
+    let said = text_origin(n);
+    match &n.experiment {
+        None => said,
+        Some(e) => match &e.variant {
+            None => format!(
+                "{said}; held out of experiment `{}`: nothing is sent",
+                e.experiment
+            ),
+            Some(v) => format!(
+                "{said}; sent under variant `{v}` of experiment `{}`",
+                e.experiment
+            ),
+        },
+    }
+}
+
+fn text_origin(n: &Notification) -> String {
     match &n.template {
         None => "title and body as sent".to_owned(),
         Some(t) => {

@@ -10,6 +10,7 @@ pub mod categories;
 pub mod context;
 pub mod create;
 pub mod events;
+pub mod experiments;
 pub mod explain;
 pub mod gate;
 pub mod health;
@@ -62,7 +63,7 @@ pub enum ApiTags {
     Recipients,
     /// Server API keys and user tokens.
     Access,
-    /// Content: versioned templates.
+    /// Content: versioned templates and A/B experiments.
     Templates,
     /// Health checks.
     Operations,
@@ -81,6 +82,10 @@ pub type RecipientApis = (
     topics::TopicsApi,
 );
 
+/// Content: templates and experiments (a tuple of their own, for the same
+/// reason).
+pub type ContentApis = (templates::TemplatesApi, experiments::ExperimentsApi);
+
 pub type Apis = (
     notifications::NotificationsApi,
     explain::ExplainApi,
@@ -88,7 +93,7 @@ pub type Apis = (
     bulk::BulkApi,
     batches::BatchesApi,
     RecipientApis,
-    templates::TemplatesApi,
+    ContentApis,
     analytics::AnalyticsApi,
     events::EventsApi,
     projections::ProjectionsApi,
@@ -141,9 +146,14 @@ pub fn openapi(state: Arc<AppState>, published: spec::Published) -> OpenApiServi
                     state: state.clone(),
                 },
             ),
-            templates::TemplatesApi {
-                state: state.clone(),
-            },
+            (
+                templates::TemplatesApi {
+                    state: state.clone(),
+                },
+                experiments::ExperimentsApi {
+                    state: state.clone(),
+                },
+            ),
             analytics::AnalyticsApi {
                 state: state.clone(),
             },

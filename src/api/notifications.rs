@@ -1,5 +1,9 @@
 //! `/v1/notifications`: create, read, and every lifecycle command.
 
+use super::create::TemplateAsk;
+use crate::commands::experiments::Enrollment;
+use crate::domain::experiment::{Arm, ExperimentId};
+use crate::domain::Category;
 use std::sync::Arc;
 
 use poem::web::Data;
@@ -175,6 +179,36 @@ fn receipt_view(receipt: Receipt) -> Result<ReceiptResponse, ApiError> {
 
 impl NotificationsApi {
     /// Records a send to many; the fan-out creates its notifications.
+    /// Where the create's recipient stands in the experiment it names
+    /// (None: it names none).
+    async fn enroll(
+        &self,
+        request: &CreateNotificationRequest,
+        meta: &CommandMetadata,
+    ) -> Result<Option<Enrollment>, ApiError> {
+        let Some(raw) = &request.experiment else {
+            return Ok(None);
+        };
+        let id =
+            ExperimentId::parse(raw.as_str()).map_err(|e| ApiError::invalid("experiment", e.0))?;
+        let (Some(user), None, None) = (&request.recipient, &request.recipients, &request.topic)
+        else {
+            return Err(ApiError::invalid(
+                "experiment",
+                "a send under an experiment names one `recipient` (sends to many are not enrolled)",
+            ));
+        };
+        let user = UserId::parse(user.as_str()).map_err(|e| ApiError::invalid("recipient", e.0))?;
+        let category = Category::parse(request.category.as_str())
+            .map_err(|e| ApiError::invalid("category", e.0))?;
+        self.state
+            .experiments
+            .enroll(&id, &user, &category, meta)
+            .await
+            .map(Some)
+            .map_err(super::problem::enroll_problem)
+    }
+
     async fn send(
         &self,
         id: uuid::Uuid,
@@ -284,7 +318,18 @@ impl NotificationsApi {
         body: StrictJson<CreateNotificationRequest>,
     ) -> Result<CreateResponse, ApiError> {
         let request = body.0;
-        let template = match request.template_ask()? {
+        let ask = request.template_ask()?;
+        let enrollment = self.enroll(&request, &metadata(&ctx)).await?;
+        // A variant's template wins over the send's own, with its variables.
+        let ask = match enrollment.as_ref().and_then(|e| e.arm.as_ref()) {
+            Some(Arm::Template { key, version }) => Some(TemplateAsk {
+                key: key.clone(),
+                version: *version,
+                variables: ask.map(|a| a.variables).unwrap_or_default(),
+            }),
+            _ => ask,
+        };
+        let template = match ask {
             None => None,
             Some(ask) => Some(
                 self.state
@@ -294,7 +339,16 @@ impl NotificationsApi {
                     .map_err(|e| super::problem::template_problem(e, "template_version"))?,
             ),
         };
-        let (addressee, content) = request.validate(template)?;
+        let (addressee, mut content) = request.validate(template)?;
+        let mut recorded = None;
+        if let Some(enrollment) = enrollment {
+            if let Some(Arm::Content { title, body }) = enrollment.arm {
+                content.title = title;
+                content.body = body;
+                content.template = None;
+            }
+            recorded = enrollment.recorded;
+        }
         let mut meta = metadata(&ctx);
         let uuid = match idempotency_key.0.as_ref().map(Text::as_str) {
             Some(key) => {
@@ -313,7 +367,8 @@ impl NotificationsApi {
             Addressee::One(user) => user,
             Addressee::Many(target) => return self.send(uuid, content, target, &meta).await,
         };
-        let content = content.for_recipient(user);
+        let mut content = content.for_recipient(user);
+        content.experiment = recorded;
         let id = NotificationId(uuid);
         let (id, position, replayed) = match self.state.commands.create(id, content, &meta).await? {
             Created::New(receipt) => (receipt.id, receipt.position, None),

@@ -331,6 +331,14 @@ rule!(
     TemplateKeyRule, "TemplateKey", pattern(r"^[a-z0-9._:-]{1,64}$")
 );
 rule!(
+    /// An experiment's id: lowercase letters, digits and `. _ - :`, 1–64 of them.
+    ExperimentIdRule, "ExperimentId", pattern(r"^[a-z0-9._:-]{1,64}$")
+);
+rule!(
+    /// A variant's or a metric's name: lowercase letters, digits, `_`, `-`, 1–32 of them.
+    VariantNameRule, "VariantName", pattern(r"^[a-z0-9_-]{1,32}$")
+);
+rule!(
     /// A template version: 1 to 1,000.
     VersionRule, "TemplateVersionNumber", MetaSchema {
         minimum: Some(1.0),

@@ -427,3 +427,13 @@ pub fn template_problem(err: TemplateProblem, version_field: &str) -> ApiError {
         TemplateProblem::Read(e) => e.into(),
     }
 }
+
+/// A create's enrollment problem, as a 422 naming `experiment`.
+pub fn enroll_problem(err: crate::commands::experiments::EnrollProblem) -> ApiError {
+    use crate::commands::experiments::EnrollProblem as P;
+    match err {
+        P::Read(e) => e.into(),
+        P::Assign(e) => e.into(),
+        other => ApiError::invalid("experiment", other.to_string()),
+    }
+}

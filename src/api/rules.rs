@@ -182,6 +182,14 @@ pub const RULES: &[(&str, Rule)] = &[
     ("rollBackTemplate", ADMIN),
     // Rendering changes nothing: whoever sends may try it.
     ("previewTemplate", ANY_KEY),
+    ("defineExperiment", ADMIN),
+    ("getExperiment", ANY_KEY),
+    ("startExperiment", ADMIN),
+    ("pauseExperiment", ADMIN),
+    ("concludeExperiment", ADMIN),
+    ("setExperimentWeights", ADMIN),
+    ("defineExperimentMetric", ADMIN),
+    ("getExperimentResults", keys(&[Scope::Read, Scope::Admin])),
     ("getTenantDefaults", ANY_KEY),
     ("setTenantDefaults", keys(&[Scope::Send, Scope::Admin])),
     // Who is in a topic is the service's to decide; leaving one is the

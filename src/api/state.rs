@@ -59,6 +59,10 @@ pub struct AppState {
     pub batch_rows: Arc<dyn RowReader<crate::projections::batches::Row>>,
     /// Templates: their versions, and resolving one for a send.
     pub templates: Arc<crate::commands::templates::TemplateLibrary>,
+    /// Experiments: their commands, and enrolling a create.
+    pub experiments: Arc<crate::commands::experiments::ExperimentLab>,
+    /// Experiments' assignments and exposed notifications.
+    pub outcomes: Arc<dyn RowReader<crate::projections::outcomes::Row>>,
     /// Counters and latencies per bucket.
     pub analytics: Arc<dyn RowReader<crate::projections::analytics::Row>>,
     /// The health score's window, targets and weights.

@@ -131,7 +131,7 @@ impl Credential for PrincipalCredential {
                         .is_some_and(|c| c.recipient == token.user),
                     _ => false,
                 },
-                Ok(Topic::Analytics) | Err(_) => false,
+                Ok(Topic::Analytics | Topic::Experiments(_)) | Err(_) => false,
             };
             if !mine {
                 return Some(format!(

@@ -85,8 +85,21 @@ pub struct NotificationView {
     /// (`email`: a subject of its own); other channels use `title` and
     /// `body`.
     pub channel_content: BTreeMap<String, RenderedView>,
+    /// The experiment it was sent under and the variant (`variant` null:
+    /// held out, nothing sent); null: none.
+    #[oai(nullable)]
+    pub experiment: Option<ExperimentUsedView>,
     /// Position of the latest event reflected here; pass it as `min_position`.
     pub cursor: String,
+}
+
+/// The experiment a notification was sent under.
+#[derive(Object, serde::Serialize, Debug, Clone, PartialEq)]
+#[oai(rename = "ExperimentUsed")]
+pub struct ExperimentUsedView {
+    pub experiment: String,
+    #[oai(nullable)]
+    pub variant: Option<String>,
 }
 
 /// Which template version a notification was rendered from.
@@ -168,6 +181,10 @@ impl NotificationView {
                 .iter()
                 .map(|(c, r)| (c.as_str().to_owned(), RenderedView::from(r)))
                 .collect(),
+            experiment: state.experiment.as_ref().map(|e| ExperimentUsedView {
+                experiment: e.experiment.as_str().to_owned(),
+                variant: e.variant.as_ref().map(|v| v.as_str().to_owned()),
+            }),
             cursor: position.to_cursor(),
         })
     }

@@ -279,3 +279,19 @@ pure_aggregate!(
     crate::domain::template::TemplateError,
     crate::domain::template::TEMPLATE_EVENT_VERSION
 );
+pure_aggregate!(
+    crate::domain::experiment::Experiment,
+    "Experiment",
+    crate::domain::experiment::ExperimentCommand,
+    crate::domain::experiment::ExperimentEvent,
+    crate::domain::experiment::ExperimentError,
+    crate::domain::experiment::EXPERIMENT_EVENT_VERSION
+);
+pure_aggregate!(
+    crate::domain::experiment::Assignment,
+    "ExperimentAssignment",
+    crate::domain::experiment::AssignmentCommand,
+    crate::domain::experiment::AssignmentEvent,
+    crate::domain::experiment::AssignmentError,
+    crate::domain::experiment::EXPERIMENT_EVENT_VERSION
+);

@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod audience;
 pub mod batches;
+pub mod experiments;
 pub mod latest;
 pub mod metadata;
 pub mod runner;

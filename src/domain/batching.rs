@@ -710,6 +710,7 @@ mod tests {
             deliver_at: None,
             tenant: None,
             template: None,
+            experiment: None,
         }
     }
 

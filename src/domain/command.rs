@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::contact::TenantId;
+use super::experiment::ExperimentUse;
 use super::preferences::Audience;
 use super::template::TemplateUse;
 use super::values::{
@@ -32,6 +33,10 @@ pub struct NewNotification {
     /// locale's). None: `title` and `body` as sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<Box<TemplateUse>>,
+    /// The experiment it is sent under and the recipient's variant
+    /// (none: held out); never batched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<ExperimentUse>,
 }
 
 /// Commands are imperative; each carries the time it is executed at.

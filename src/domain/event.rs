@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::batching::BatchPolicy;
 use super::contact::{TenantId, TimeZone};
+use super::experiment::{ExperimentId, ExperimentUse, VariantName};
 use super::preferences::{Level, SuppressionRule};
 use super::template::{Rendered, TemplateRef};
 use super::values::{
@@ -39,6 +40,16 @@ pub enum NotificationEvent {
         /// The title and body of each channel the template gives its own.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         channel_content: BTreeMap<Channel, Rendered>,
+        /// The experiment it was sent under, and the variant (none: held
+        /// out, every channel suppressed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        experiment: Option<Box<ExperimentUse>>,
+    },
+    /// Sent under an experiment's variant: a channel is used.
+    NotificationExposed {
+        experiment: ExperimentId,
+        variant: VariantName,
+        exposed_at: Timestamp,
     },
     NotificationScheduled {
         deliver_at: Timestamp,
@@ -155,6 +166,7 @@ impl NotificationEvent {
             Self::NotificationAddedToBatch { .. } => "NotificationAddedToBatch",
             Self::NotificationReleased { .. } => "NotificationReleased",
             Self::NotificationDigested { .. } => "NotificationDigested",
+            Self::NotificationExposed { .. } => "NotificationExposed",
         }
     }
 
@@ -184,7 +196,8 @@ impl NotificationEvent {
             | Self::BatchingSkipped { skipped_at: t, .. }
             | Self::NotificationAddedToBatch { added_at: t, .. }
             | Self::NotificationReleased { released_at: t, .. }
-            | Self::NotificationDigested { digested_at: t, .. } => *t,
+            | Self::NotificationDigested { digested_at: t, .. }
+            | Self::NotificationExposed { exposed_at: t, .. } => *t,
         }
     }
 }

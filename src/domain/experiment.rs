@@ -247,6 +247,67 @@ pub fn assign(experiment: &ExperimentId, user: &UserId, holdout: u32, weights: &
     Bucket::Variant(weights.len() - 1)
 }
 
+/// What a notification can come to, as a metric counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Delivered,
+    Seen,
+    Read,
+    Clicked,
+}
+
+impl Outcome {
+    pub const ALL: [Self; 4] = [Self::Delivered, Self::Seen, Self::Read, Self::Clicked];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Seen => "seen",
+            Self::Read => "read",
+            Self::Clicked => "clicked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| {
+                InvalidValue(format!(
+                    "`{s}` is not an outcome; use delivered, seen, read or clicked"
+                ))
+            })
+    }
+}
+
+/// A metric over the exposed notifications: those that reached `outcome`
+/// (within `within_seconds` of their exposure, when given).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metric {
+    pub name: VariantName,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within_seconds: Option<u64>,
+}
+
+impl Metric {
+    /// The four every experiment has: each outcome, ever.
+    pub fn built_in() -> Vec<Metric> {
+        Outcome::ALL
+            .into_iter()
+            .map(|outcome| Metric {
+                name: VariantName(outcome.as_str().to_owned()),
+                outcome,
+                within_seconds: None,
+            })
+            .collect()
+    }
+}
+
+/// The most metrics one experiment defines.
+pub const MAX_METRICS: usize = 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -293,6 +354,12 @@ pub enum ExperimentCommand {
         weights: Vec<u32>,
         at: Timestamp,
     },
+    /// A metric, at any time: the results answer it over the whole
+    /// history.
+    DefineMetric {
+        metric: Metric,
+        at: Timestamp,
+    },
 }
 
 impl ExperimentCommand {
@@ -303,6 +370,7 @@ impl ExperimentCommand {
             Self::Pause { .. } => "PauseExperiment",
             Self::Conclude { .. } => "ConcludeExperiment",
             Self::SetWeights { .. } => "SetExperimentWeights",
+            Self::DefineMetric { .. } => "DefineExperimentMetric",
         }
     }
 }
@@ -333,6 +401,10 @@ pub enum ExperimentEvent {
         weights_version: u64,
         changed_at: Timestamp,
     },
+    ExperimentMetricDefined {
+        metric: Metric,
+        defined_at: Timestamp,
+    },
 }
 
 impl ExperimentEvent {
@@ -344,6 +416,7 @@ impl ExperimentEvent {
             Self::ExperimentResumed { .. } => "ExperimentResumed",
             Self::ExperimentConcluded { .. } => "ExperimentConcluded",
             Self::ExperimentWeightsChanged { .. } => "ExperimentWeightsChanged",
+            Self::ExperimentMetricDefined { .. } => "ExperimentMetricDefined",
         }
     }
 }
@@ -360,6 +433,10 @@ pub enum ExperimentError {
     NoSuchVariant(VariantName),
     #[error("{given} weights given for {variants} variants; give one per variant, each 1 to {MAX_WEIGHT}")]
     Weights { given: usize, variants: usize },
+    #[error("`{0}` is a metric every experiment has; name yours otherwise")]
+    BuiltInMetric(VariantName),
+    #[error("the experiment has {MAX_METRICS} metrics, the most it keeps")]
+    TooManyMetrics,
 }
 
 /// An experiment as its events leave it.
@@ -371,8 +448,12 @@ pub struct Experiment {
     /// The weights in force (the design's, or the latest change).
     pub weights: Vec<u32>,
     pub weights_version: u64,
+    /// Every set of weights in force so far: version n at index n - 1.
+    pub weights_history: Vec<Vec<u32>>,
     pub started_at: Option<Timestamp>,
     pub concluded_at: Option<Timestamp>,
+    /// Metrics defined beyond the built-in four, by name.
+    pub metrics: Vec<Metric>,
 }
 
 impl Experiment {
@@ -451,6 +532,25 @@ impl Experiment {
                     changed_at: at,
                 }])
             }
+            ExperimentCommand::DefineMetric { metric, at } => {
+                if Outcome::ALL
+                    .iter()
+                    .any(|o| o.as_str() == metric.name.as_str())
+                {
+                    return Err(ExperimentError::BuiltInMetric(metric.name));
+                }
+                if self.metrics.contains(&metric) {
+                    return Ok(vec![]);
+                }
+                let known = self.metrics.iter().any(|m| m.name == metric.name);
+                if !known && self.metrics.len() >= MAX_METRICS {
+                    return Err(ExperimentError::TooManyMetrics);
+                }
+                Ok(vec![E::ExperimentMetricDefined {
+                    metric,
+                    defined_at: at,
+                }])
+            }
         }
     }
 
@@ -460,6 +560,7 @@ impl Experiment {
             E::ExperimentDefined { design, .. } => {
                 self.weights = design.weights();
                 self.weights_version = 1;
+                self.weights_history = vec![design.weights()];
                 self.design = Some(design);
                 self.status = Some(Status::Draft);
             }
@@ -482,8 +583,15 @@ impl Experiment {
                 weights_version,
                 ..
             } => {
+                self.weights_history.push(weights.clone());
                 self.weights = weights;
                 self.weights_version = weights_version;
+            }
+            E::ExperimentMetricDefined { metric, .. } => {
+                match self.metrics.iter_mut().find(|m| m.name == metric.name) {
+                    Some(m) => *m = metric,
+                    None => self.metrics.push(metric),
+                }
             }
         }
     }
@@ -582,6 +690,31 @@ impl Assignment {
         } = event;
         self.assigned = Some(variant);
         self.assigned_at = Some(assigned_at);
+    }
+}
+
+impl Experiment {
+    /// The share (parts per 10,000 of the audience) each group is drawn
+    /// with under weights version `version`: the holdout first, then each
+    /// variant.
+    pub fn shares(&self, version: u64) -> Vec<f64> {
+        let Some(design) = &self.design else {
+            return Vec::new();
+        };
+        let weights = version
+            .checked_sub(1)
+            .and_then(|i| self.weights_history.get(i as usize))
+            .unwrap_or(&self.weights);
+        let total: f64 = weights.iter().map(|w| f64::from(*w)).sum();
+        let holdout = f64::from(design.holdout);
+        let rest = f64::from(SHARE_SCALE) - holdout;
+        std::iter::once(holdout)
+            .chain(
+                weights
+                    .iter()
+                    .map(|w| rest * f64::from(*w) / total.max(1.0)),
+            )
+            .collect()
     }
 }
 

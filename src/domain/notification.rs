@@ -17,6 +17,7 @@ use super::batching::BatchPolicy;
 use super::command::{NewNotification, NotificationCommand};
 use super::contact::TimeZone;
 use super::event::NotificationEvent;
+use super::experiment::ExperimentUse;
 use super::preferences::{Audience, Level, SuppressionRule};
 use super::template::{Rendered, TemplateRef};
 use super::values::{Channel, FailureReason, NotificationId};
@@ -188,6 +189,12 @@ pub struct Notification {
     /// Each channel's own title and body, where its template gives one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub channel_content: BTreeMap<Channel, Rendered>,
+    /// The experiment it was sent under, and the variant (none: held out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<ExperimentUse>,
+    /// Sent under its variant: a channel was used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exposed: bool,
     /// Time of the last event, the floor for the next one.
     pub last_event_at: Option<Timestamp>,
 }
@@ -361,7 +368,13 @@ impl Notification {
         let batching = audience
             .batching
             .as_ref()
-            .filter(|_| batchable && content.priority.may_be_held() && later.is_none())
+            // An experiment's send is measured on its own: never held.
+            .filter(|_| {
+                batchable
+                    && content.priority.may_be_held()
+                    && later.is_none()
+                    && content.experiment.is_none()
+            })
             .map(|(policy, version)| (policy, *version, policy.key_for(&content)));
         let stream = match &batching {
             Some((_, _, Ok(key))) => Some(stream_id(&content.category, &content.recipient, key)),
@@ -379,6 +392,7 @@ impl Notification {
             deliver_at,
             tenant,
             template,
+            experiment,
         } = content;
         // Rendered from a template: the text in the recipient's locale.
         let (title, body, template, channel_content) = match template {
@@ -410,14 +424,48 @@ impl Notification {
         // A deliver_at that has come already is "now": the creation records
         // what was asked, and delivery follows at once.
         let due = later.unwrap_or(now);
-        let routes = routes(
-            &channels,
-            &category,
-            priority,
-            audience,
-            due,
-            later.is_none(),
-        );
+        let routes = match &experiment {
+            // Held out: nothing is sent, and the log says why.
+            Some(ExperimentUse { variant: None, .. }) => channels
+                .iter()
+                .map(|&channel| E::ChannelSuppressed {
+                    channel,
+                    rule: SuppressionRule::Holdout,
+                    level: Level::Default,
+                    version: 0,
+                    until: None,
+                    suppressed_at: due,
+                })
+                .collect(),
+            _ => routes(
+                &channels,
+                &category,
+                priority,
+                audience,
+                due,
+                later.is_none(),
+            ),
+        };
+        // Sent under a variant when any channel goes.
+        let exposure = match &experiment {
+            Some(ExperimentUse {
+                experiment,
+                variant: Some(variant),
+            }) if routes
+                .iter()
+                // Held by quiet hours is delivered later: it goes.
+                .filter(|e| matches!(e, E::ChannelSuppressed { until: None, .. }))
+                .count()
+                < channels.len() =>
+            {
+                Some(E::NotificationExposed {
+                    experiment: experiment.clone(),
+                    variant: variant.clone(),
+                    exposed_at: now,
+                })
+            }
+            _ => None,
+        };
         let mut events = vec![E::NotificationCreated {
             id,
             recipient,
@@ -433,7 +481,9 @@ impl Notification {
             tenant,
             template,
             channel_content,
+            experiment: experiment.map(Box::new),
         }];
+        events.extend(exposure);
         match batching {
             Some((policy, policy_version, Ok(key))) => {
                 events.push(E::NotificationBatched {
@@ -613,7 +663,9 @@ impl Notification {
                 tenant,
                 template,
                 channel_content,
+                experiment,
             } => {
+                self.experiment = experiment.map(|e| *e);
                 self.lifecycle = Lifecycle::Pending;
                 self.id = Some(id);
                 self.created_at = Some(created_at);
@@ -633,6 +685,7 @@ impl Notification {
                     deliver_at,
                     tenant,
                     template: None,
+                    experiment: None,
                 });
             }
             E::NotificationScheduled { .. } => self.lifecycle = Lifecycle::Scheduled,
@@ -741,6 +794,7 @@ impl Notification {
                     self.lifecycle = Lifecycle::Digested;
                 }
             }
+            E::NotificationExposed { .. } => self.exposed = true,
         }
     }
 }

@@ -36,6 +36,7 @@ fn content(channels: &[Channel], deliver_at: Option<Timestamp>) -> NewNotificati
         deliver_at,
         tenant: None,
         template: None,
+        experiment: None,
     }
 }
 
@@ -67,6 +68,7 @@ fn created(channels: &[Channel], deliver_at: Option<Timestamp>, at: Timestamp) -
         tenant: None,
         template: None,
         channel_content: Default::default(),
+        experiment: None,
     }
 }
 

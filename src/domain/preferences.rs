@@ -232,14 +232,17 @@ pub enum SuppressionRule {
     QuietHours,
     /// The recipient's profile has no address for it.
     MissingAddress,
+    /// The recipient is in an experiment's holdout: it receives nothing.
+    Holdout,
 }
 
 impl SuppressionRule {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::OptOut,
         Self::CategoryDefault,
         Self::QuietHours,
         Self::MissingAddress,
+        Self::Holdout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -248,6 +251,7 @@ impl SuppressionRule {
             Self::CategoryDefault => "category_default",
             Self::QuietHours => "quiet_hours",
             Self::MissingAddress => "missing_address",
+            Self::Holdout => "holdout",
         }
     }
 }

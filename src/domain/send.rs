@@ -54,6 +54,8 @@ impl SendContent {
             deliver_at,
             tenant,
             template,
+            // A send to many is not an experiment's (yet).
+            experiment: _,
         } = content;
         Self {
             category,
@@ -82,6 +84,7 @@ impl SendContent {
             deliver_at: self.deliver_at,
             tenant: self.tenant.clone(),
             template: self.template.clone(),
+            experiment: None,
         }
     }
 }

@@ -200,6 +200,7 @@ mod tests {
                 deliver_at: None,
                 tenant: None,
                 template: None,
+                experiment: None,
             },
             created_at: utc(at),
             time_zone: TimeZone::parse(zone).unwrap(),

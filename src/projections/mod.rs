@@ -7,6 +7,8 @@ pub mod batches;
 pub mod engine;
 pub mod inbox;
 pub mod leader;
+pub mod outcome_results;
+pub mod outcomes;
 pub mod parked;
 pub mod rebuild;
 pub mod registry;

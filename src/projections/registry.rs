@@ -15,6 +15,7 @@ use super::engine::ProjectorHandle;
 use super::inbox::memory::MemoryInbox;
 use super::inbox::postgres::PostgresInbox;
 use super::inbox::{self, InboxReader, RowView};
+use super::outcomes::{self, Outcomes};
 use super::parked::Parking;
 use super::rebuild::{RebuildTuning, Rebuildable};
 use super::sends::{self, Sends};
@@ -34,7 +35,7 @@ use crate::streams::feed::Feed;
 use crate::streams::updates::MemoryUpdateLog;
 
 /// Every projection's name, in the order they are listed.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     inbox::NAME,
     schedule::NAME,
     analytics::NAME,
@@ -44,6 +45,7 @@ pub const NAMES: [&str; 9] = [
     batcher::NAME,
     digests::NAME,
     batches::NAME,
+    outcomes::NAME,
 ];
 
 /// One projection, as the engine and the operations see it.
@@ -105,6 +107,8 @@ pub struct ReadModels {
     pub digests: Arc<dyn RowReader<Pending<DigestOrder>>>,
     /// Every batch, open or flushed.
     pub batches: Arc<dyn RowReader<batches::Row>>,
+    /// Experiments' assignments and exposed notifications.
+    pub outcomes: Arc<dyn RowReader<outcomes::Row>>,
     /// Each read model as a projection (the inbox first).
     pub registered: Vec<Registered>,
 }
@@ -135,8 +139,10 @@ impl ReadModels {
             MemoryRows(Outbox(Digests)),
             updates.clone(),
         ));
-        let batches = Arc::new(MemoryStore::new(MemoryRows(Batches), updates));
+        let batches = Arc::new(MemoryStore::new(MemoryRows(Batches), updates.clone()));
         batches.set_feed(feed.clone());
+        let outcomes = Arc::new(MemoryStore::new(MemoryRows(Outcomes), updates));
+        outcomes.set_feed(feed.clone());
         Self {
             registered: tuned([
                 Registered::of(&inbox),
@@ -148,6 +154,7 @@ impl ReadModels {
                 Registered::of(&batcher),
                 Registered::of(&digests),
                 Registered::of(&batches),
+                Registered::of(&outcomes),
             ]),
             inbox,
             schedule,
@@ -158,6 +165,7 @@ impl ReadModels {
             batcher,
             digests,
             batches,
+            outcomes,
         }
     }
 
@@ -195,6 +203,7 @@ impl ReadModels {
             connector.clone(),
         ));
         let batches = Arc::new(PgRows::new(Batches, pool.clone(), connector.clone()));
+        let outcomes = Arc::new(PgRows::new(Outcomes, pool.clone(), connector.clone()));
         let stored = PgStored {
             pool: projecting,
             connector,
@@ -211,6 +220,7 @@ impl ReadModels {
                 stored.of(&batcher),
                 stored.of(&digests),
                 stored.of(&batches),
+                stored.of(&outcomes),
             ]),
             inbox,
             schedule,
@@ -221,6 +231,7 @@ impl ReadModels {
             batcher,
             digests,
             batches,
+            outcomes,
         }
     }
 

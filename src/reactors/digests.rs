@@ -118,6 +118,7 @@ pub fn digest_content(
         deliver_at: None,
         tenant: digest.tenant.clone(),
         template: None,
+        experiment: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Stream updates, their topics and cursors, and the logs that keep them.
 
+use crate::domain::experiment::ExperimentId;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -22,6 +23,8 @@ pub enum Topic {
     Analytics,
     /// A user's batches: each opened, changed or flushed.
     Batches(UserId),
+    /// An experiment's assignments, exposures and outcomes.
+    Experiments(ExperimentId),
 }
 
 impl Topic {
@@ -39,8 +42,11 @@ impl Topic {
             Some(("batches", user)) => UserId::parse(user)
                 .map(Topic::Batches)
                 .map_err(|e| format!("`{s}`: the user {e}")),
+            Some(("experiments", id)) => ExperimentId::parse(id)
+                .map(Topic::Experiments)
+                .map_err(|e| format!("`{s}`: the experiment id {e}")),
             _ => Err(format!(
-                "`{s}` is not a topic; use `inbox:{{user}}`, `batches:{{user}}`, `notification:{{id}}` or `analytics`"
+                "`{s}` is not a topic; use `inbox:{{user}}`, `batches:{{user}}`, `notification:{{id}}`, `experiments:{{id}}` or `analytics`"
             )),
         }
     }
@@ -53,6 +59,7 @@ impl fmt::Display for Topic {
             Topic::Notification(id) => write!(f, "notification:{id}"),
             Topic::Analytics => f.write_str("analytics"),
             Topic::Batches(user) => write!(f, "batches:{}", user.as_str()),
+            Topic::Experiments(id) => write!(f, "experiments:{id}"),
         }
     }
 }

@@ -14,6 +14,7 @@ mod concurrency;
 mod digests;
 mod errors;
 mod events;
+mod experiments;
 mod fanout;
 mod global_log;
 mod health;

@@ -208,6 +208,13 @@ fn body_of(operation: &str) -> Option<Value> {
             "default_locale": "en", "locales": {"en": {"title": "Hi {{ name }}", "body": ""}}
         })),
         "rollBackTemplate" => Some(json!({})),
+        "defineExperiment" => Some(json!({
+            "category": "comment",
+            "variants": [{"name": "control", "weight": 1}, {"name": "b", "weight": 1}]
+        })),
+        "concludeExperiment" => Some(json!({})),
+        "setExperimentWeights" => Some(json!({"weights": [1, 2]})),
+        "defineExperimentMetric" => Some(json!({"outcome": "clicked", "within_seconds": 60})),
         "previewTemplate" => Some(json!({"variables": {"name": "Ann"}})),
         _ => None,
     }

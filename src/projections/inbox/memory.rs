@@ -261,6 +261,7 @@ mod tests {
             deliver_at: scheduled.then(|| Utc::now() + Duration::days(1)),
             tenant: None,
             template: None,
+            experiment: None,
         }
     }
 
