@@ -365,6 +365,10 @@ impl Service {
             shutdown_rx.clone(),
         ));
         let memberships = commands_of::<Membership>(stores, &signal, attempts, &limit);
+        let experiments = Arc::new(ExperimentLab {
+            experiments: commands_of::<Experiment>(stores, &signal, attempts, &limit),
+            assignments: commands_of::<Assignment>(stores, &signal, attempts, &limit),
+        });
         let fan_out_worker = Arc::new(FanOutWorker {
             notifications: commands.runner(),
             audience: audience.clone(),
@@ -372,6 +376,7 @@ impl Service {
             topics: projections.get(topics::NAME)?.projector.clone(),
             log: log.clone(),
             wait: settings.read_wait(),
+            experiments: experiments.clone(),
         });
         let mut sends = Commands::<Broadcast>::new(
             backend.stores.of::<Broadcast>(),
@@ -451,10 +456,7 @@ impl Service {
             templates: templates.clone(),
             batch_rows: backend.batch_rows,
             outcomes: backend.outcomes,
-            experiments: Arc::new(ExperimentLab {
-                experiments: commands_of::<Experiment>(stores, &signal, attempts, &limit),
-                assignments: commands_of::<Assignment>(stores, &signal, attempts, &limit),
-            }),
+            experiments: experiments.clone(),
             analytics: backend.analytics,
             health,
             projections,

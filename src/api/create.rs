@@ -89,8 +89,8 @@ pub struct CreateNotificationRequest {
     #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
     pub template_version: Option<u64>,
     /// An experiment the send takes part in (its category must be the
-    /// experiment's): the recipient's variant decides the text (or, held
-    /// out, that nothing is sent). One `recipient` only.
+    /// experiment's): each recipient's variant decides their text (or,
+    /// held out, that nothing is sent).
     #[serde(
         default,
         deserialize_with = "present",
@@ -445,6 +445,7 @@ impl CreateNotificationRequest {
                     deliver_at,
                     tenant,
                     template: template.map(Box::new),
+                    experiment: None,
                 },
             )),
             _ => Err(ApiError::invalid_fields(errors)),

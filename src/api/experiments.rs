@@ -15,7 +15,9 @@ use super::context::RequestContext;
 use super::inbox::parse_as_of;
 use super::json::StrictJson;
 use super::notifications::metadata;
-use super::params::{AsOfRule, CategoryRule, ExperimentIdRule, Text, VariantNameRule};
+use super::params::{
+    AsOfRule, CategoryRule, ExperimentIdRule, Int, Text, VariantNameRule, WeightRule,
+};
 use super::problem::{ApiError, FieldProblem};
 use super::views::rfc3339;
 use super::ApiTags;
@@ -143,7 +145,7 @@ pub struct ConcludeBody {
 #[serde(deny_unknown_fields)]
 pub struct WeightsBody {
     #[oai(validator(min_items = 2, max_items = 10))]
-    pub weights: Vec<u32>,
+    pub weights: Vec<Int<WeightRule>>,
 }
 
 /// A metric.
@@ -634,7 +636,12 @@ impl ExperimentsApi {
         body: StrictJson<WeightsBody>,
     ) -> Result<ExperimentResponse, ApiError> {
         let id = parse_id(id.0.as_str())?;
-        let weights = body.0.weights.clone();
+        let weights: Vec<u32> = body
+            .0
+            .weights
+            .iter()
+            .map(|w| u32::try_from(w.0).unwrap_or(0))
+            .collect();
         self.run(&ctx, &id, |at| ExperimentCommand::SetWeights {
             weights: weights.clone(),
             at,

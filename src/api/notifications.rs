@@ -1,7 +1,7 @@
 //! `/v1/notifications`: create, read, and every lifecycle command.
 
 use super::create::TemplateAsk;
-use crate::commands::experiments::Enrollment;
+use crate::commands::experiments::{Enrollment, SendProblem};
 use crate::domain::experiment::{Arm, ExperimentId};
 use crate::domain::Category;
 use std::sync::Arc;
@@ -191,12 +191,11 @@ impl NotificationsApi {
         };
         let id =
             ExperimentId::parse(raw.as_str()).map_err(|e| ApiError::invalid("experiment", e.0))?;
+        // A send to many is enrolled recipient by recipient as its pages
+        // fan out (`send`).
         let (Some(user), None, None) = (&request.recipient, &request.recipients, &request.topic)
         else {
-            return Err(ApiError::invalid(
-                "experiment",
-                "a send under an experiment names one `recipient` (sends to many are not enrolled)",
-            ));
+            return Ok(None);
         };
         let user = UserId::parse(user.as_str()).map_err(|e| ApiError::invalid("recipient", e.0))?;
         let category = Category::parse(request.category.as_str())
@@ -319,6 +318,10 @@ impl NotificationsApi {
     ) -> Result<CreateResponse, ApiError> {
         let request = body.0;
         let ask = request.template_ask()?;
+        let variables = ask
+            .as_ref()
+            .map(|a| a.variables.clone())
+            .unwrap_or_default();
         let enrollment = self.enroll(&request, &metadata(&ctx)).await?;
         // A variant's template wins over the send's own, with its variables.
         let ask = match enrollment.as_ref().and_then(|e| e.arm.as_ref()) {
@@ -365,7 +368,26 @@ impl NotificationsApi {
         };
         let user = match addressee {
             Addressee::One(user) => user,
-            Addressee::Many(target) => return self.send(uuid, content, target, &meta).await,
+            Addressee::Many(target) => {
+                let mut content = content;
+                if let Some(raw) = &request.experiment {
+                    let id = ExperimentId::parse(raw.as_str())
+                        .map_err(|e| ApiError::invalid("experiment", e.0))?;
+                    content.experiment = self
+                        .state
+                        .experiments
+                        .prepare_send(&id, &content.category, &variables, &self.state.templates)
+                        .await
+                        .map_err(|e| match e {
+                            SendProblem::Enroll(e) => super::problem::enroll_problem(e),
+                            SendProblem::Template(e) => {
+                                super::problem::template_problem(e, "template_version")
+                            }
+                        })?
+                        .map(Box::new);
+                }
+                return self.send(uuid, content, target, &meta).await;
+            }
         };
         let mut content = content.for_recipient(user);
         content.experiment = recorded;

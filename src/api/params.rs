@@ -152,6 +152,33 @@ impl<R: Rule> ParseFromParameter for Int<R> {
     }
 }
 
+impl<R> std::fmt::Debug for Int<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<R: Rule> ParseFromJSON for Int<R> {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value.as_ref().and_then(Value::as_i64) {
+            Some(n) => Ok(Self(n, PhantomData)),
+            None => Err(ParseError::expected_type(value.unwrap_or_default())),
+        }
+    }
+}
+
+impl<R: Rule> ToJSON for Int<R> {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::from(self.0))
+    }
+}
+
+impl<'de, R> serde::Deserialize<'de> for Int<R> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        i64::deserialize(d).map(|n| Self(n, PhantomData))
+    }
+}
+
 fn string() -> MetaSchema {
     MetaSchema::new("string")
 }
@@ -337,6 +364,14 @@ rule!(
 rule!(
     /// A variant's or a metric's name: lowercase letters, digits, `_`, `-`, 1–32 of them.
     VariantNameRule, "VariantName", pattern(r"^[a-z0-9_-]{1,32}$")
+);
+rule!(
+    /// A variant's weight: 1 to 1,000,000.
+    WeightRule, "ExperimentWeight", MetaSchema {
+        minimum: Some(1.0),
+        maximum: Some(crate::domain::experiment::MAX_WEIGHT as f64),
+        ..MetaSchema::new_with_format("integer", "int64")
+    }
 );
 rule!(
     /// A template version: 1 to 1,000.

@@ -6,11 +6,15 @@
 use std::sync::Arc;
 
 use super::metadata::CommandMetadata;
+use super::runner::Target;
 use super::runner::{CommandError, Commands};
+use super::templates::{TemplateLibrary, TemplateProblem};
 use crate::domain::experiment::{
     assign, assignment_stream, Arm, Assignment, AssignmentCommand, AssignmentError, Bucket,
-    Experiment, ExperimentError, ExperimentId, ExperimentUse, Status,
+    Experiment, ExperimentError, ExperimentId, ExperimentUse, Status, VariantName,
 };
+use crate::domain::send::{ArmText, SendExperiment};
+use crate::domain::Data;
 use crate::domain::{Category, UserId};
 
 /// Why a create cannot be sent under the experiment it names.
@@ -40,6 +44,14 @@ pub struct Enrollment {
     pub recorded: Option<ExperimentUse>,
     /// What it sends instead of its own text (None: as sent, or held out).
     pub arm: Option<Arm>,
+}
+
+/// What a page of a send to many makes of its recipients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageEnrollment {
+    /// Per recipient, in order: what the notification records (None: not
+    /// in the experiment) and whose text it gets (None: its own).
+    pub recipients: Vec<(Option<ExperimentUse>, Option<VariantName>)>,
 }
 
 pub struct ExperimentLab {
@@ -129,4 +141,156 @@ impl ExperimentLab {
             arm,
         })
     }
+
+    /// A send to many under `experiment`: each variant's text resolved now
+    /// (a template rendered with `variables`). None when the experiment
+    /// takes no part (paused); a concluded one's winner applies to all.
+    pub async fn prepare_send(
+        &self,
+        experiment: &ExperimentId,
+        category: &Category,
+        variables: &Data,
+        templates: &TemplateLibrary,
+    ) -> Result<Option<SendExperiment>, SendProblem> {
+        let current = self
+            .experiments
+            .current(experiment.as_str(), None)
+            .await
+            .map_err(|e| SendProblem::Enroll(EnrollProblem::Read(e)))?;
+        let state = current.state;
+        let Some(design) = &state.design else {
+            return Err(SendProblem::Enroll(EnrollProblem::Unknown(
+                experiment.clone(),
+            )));
+        };
+        if &design.category != category {
+            return Err(SendProblem::Enroll(EnrollProblem::Category {
+                experiment: experiment.clone(),
+                targets: design.category.clone(),
+                category: category.clone(),
+            }));
+        }
+        match state.status() {
+            Status::Draft => {
+                return Err(SendProblem::Enroll(EnrollProblem::Draft(
+                    experiment.clone(),
+                )))
+            }
+            Status::Paused => return Ok(None),
+            Status::Running | Status::Concluded => {}
+        }
+        let mut texts = Vec::with_capacity(design.variants.len());
+        for variant in &design.variants {
+            let text = match &variant.arm {
+                Arm::AsSent => ArmText::AsSent,
+                Arm::Template { key, version } => ArmText::Template {
+                    template: Box::new(
+                        templates
+                            .resolve(key, *version, variables)
+                            .await
+                            .map_err(SendProblem::Template)?,
+                    ),
+                },
+                Arm::Content { title, body } => ArmText::Content {
+                    title: title.clone(),
+                    body: body.clone(),
+                },
+            };
+            texts.push((variant.name.clone(), text));
+        }
+        Ok(Some(SendExperiment {
+            id: experiment.clone(),
+            texts,
+        }))
+    }
+
+    /// Where each of `users` stands in `experiment` for a page of a send:
+    /// drawn and recorded together (one read, one append), those assigned
+    /// before keeping their variant. Paused: none is in it; concluded:
+    /// all get the winner's text, outside it.
+    pub async fn enroll_page(
+        &self,
+        experiment: &ExperimentId,
+        users: &[UserId],
+        meta: &CommandMetadata,
+    ) -> Result<PageEnrollment, String> {
+        let current = self
+            .experiments
+            .current(experiment.as_str(), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let state = current.state;
+        let outside = |text: Option<VariantName>| PageEnrollment {
+            recipients: users.iter().map(|_| (None, text.clone())).collect(),
+        };
+        let Some(design) = &state.design else {
+            return Ok(outside(None));
+        };
+        match state.status() {
+            Status::Draft | Status::Paused => return Ok(outside(None)),
+            Status::Concluded => return Ok(outside(state.winner.clone())),
+            Status::Running => {}
+        }
+        let drawn: Vec<Option<VariantName>> = users
+            .iter()
+            .map(
+                |u| match assign(experiment, u, design.holdout, &state.weights) {
+                    Bucket::Holdout => None,
+                    Bucket::Variant(i) => design.variants.get(i).map(|v| v.name.clone()),
+                },
+            )
+            .collect();
+        let targets: Vec<Target> = users
+            .iter()
+            .map(|u| Target {
+                aggregate_id: assignment_stream(experiment, u),
+                command_id: None,
+            })
+            .collect();
+        let weights_version = state.weights_version;
+        let outcome = self
+            .assignments
+            .create_many(
+                &targets,
+                |i, at| AssignmentCommand::Assign {
+                    experiment: experiment.clone(),
+                    user: users[i].clone(),
+                    variant: drawn[i].clone(),
+                    weights_version,
+                    at,
+                },
+                meta,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut kept: Vec<Option<Option<VariantName>>> = vec![None; users.len()];
+        for (i, assignment) in outcome.states {
+            kept[i] = assignment.assigned;
+        }
+        Ok(PageEnrollment {
+            recipients: kept
+                .into_iter()
+                .zip(drawn)
+                .map(|(kept, drawn)| {
+                    let variant = kept.unwrap_or(drawn);
+                    (
+                        Some(ExperimentUse {
+                            experiment: experiment.clone(),
+                            variant: variant.clone(),
+                        }),
+                        variant,
+                    )
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Why a send to many cannot go under the experiment it names.
+#[derive(Debug, thiserror::Error)]
+pub enum SendProblem {
+    #[error(transparent)]
+    Enroll(EnrollProblem),
+    #[error(transparent)]
+    Template(TemplateProblem),
 }

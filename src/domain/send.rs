@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::NewNotification;
 use super::contact::TenantId;
+use super::experiment::{ExperimentId, VariantName};
 use super::template::TemplateUse;
 use super::topic::TopicName;
 use super::values::{Body, Category, Channel, GroupKey, NotificationId, Priority, Title, UserId};
@@ -37,6 +38,48 @@ pub struct SendContent {
     /// recipient gets theirs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<Box<TemplateUse>>,
+    /// The experiment it is sent under, each variant's text ready: each
+    /// recipient is enrolled as their page is fanned out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<Box<SendExperiment>>,
+}
+
+/// A send to many under an experiment: what each variant sends, resolved
+/// when the send was accepted (a template rendered with the send's
+/// variables), so no later edit changes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendExperiment {
+    pub id: ExperimentId,
+    pub texts: Vec<(VariantName, ArmText)>,
+}
+
+/// One variant's text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ArmText {
+    AsSent,
+    Template { template: Box<TemplateUse> },
+    Content { title: Title, body: Body },
+}
+
+impl ArmText {
+    /// `content` with this text instead of its own.
+    pub fn apply(&self, content: &mut NewNotification) {
+        match self {
+            ArmText::AsSent => {}
+            ArmText::Template { template } => {
+                let text = template.default_text();
+                content.title = text.title.clone();
+                content.body = text.body.clone();
+                content.template = Some(template.clone());
+            }
+            ArmText::Content { title, body } => {
+                content.title = title.clone();
+                content.body = body.clone();
+                content.template = None;
+            }
+        }
+    }
 }
 
 impl SendContent {
@@ -54,7 +97,7 @@ impl SendContent {
             deliver_at,
             tenant,
             template,
-            // A send to many is not an experiment's (yet).
+            // Each recipient's, decided at the fan-out.
             experiment: _,
         } = content;
         Self {
@@ -68,6 +111,7 @@ impl SendContent {
             deliver_at,
             tenant,
             template,
+            experiment: None,
         }
     }
 
@@ -329,6 +373,7 @@ mod tests {
             deliver_at: None,
             tenant: None,
             template: None,
+            experiment: None,
         }
     }
 

@@ -19,7 +19,7 @@ use crate::commands::{CommandMetadata, Commands, Target};
 use crate::domain::notification::Lifecycle;
 use crate::domain::send::{notification_id, Broadcast, Page, SendCommand, SendEvent, SendTarget};
 use crate::domain::topic::membership_id;
-use crate::domain::{Notification, NotificationCommand, Timestamp, UserId};
+use crate::domain::{NewNotification, Notification, NotificationCommand, Timestamp, UserId};
 use crate::projections::engine::ProjectorHandle;
 use crate::projections::store::RowReader;
 use crate::projections::topics::{self, Row as TopicRow};
@@ -127,6 +127,8 @@ pub struct FanOutWorker {
     pub log: Arc<dyn EventLog>,
     /// The longest that wait.
     pub wait: Duration,
+    /// Enrolling a page's recipients in the send's experiment.
+    pub experiments: Arc<crate::commands::experiments::ExperimentLab>,
 }
 
 impl FanOutWorker {
@@ -247,9 +249,39 @@ impl FanOutWorker {
             .iter()
             .map(|u| notification_id(&send.id, u))
             .collect();
+        let meta = self.metadata(send).await?;
+        // Under an experiment: each recipient's variant, drawn and recorded
+        // for the page at once, and that variant's text.
+        let enrolled = match &content.experiment {
+            None => None,
+            Some(plan) => Some(
+                self.experiments
+                    .enroll_page(&plan.id, &recipients, &meta)
+                    .await?,
+            ),
+        };
+        let contents: Vec<NewNotification> = recipients
+            .iter()
+            .enumerate()
+            .map(|(i, user)| {
+                let mut one = content.for_recipient(user.clone());
+                if let (Some(plan), Some(enrolled)) = (&content.experiment, &enrolled) {
+                    if let Some((recorded, text)) = enrolled.recipients.get(i) {
+                        if let Some((_, arm)) = text
+                            .as_ref()
+                            .and_then(|name| plan.texts.iter().find(|(n, _)| n == name))
+                        {
+                            arm.apply(&mut one);
+                        }
+                        one.experiment = recorded.clone();
+                    }
+                }
+                one
+            })
+            .collect();
         let create = |i: usize, at: Timestamp| NotificationCommand::Create {
             id: ids[i],
-            content: Box::new(content.for_recipient(recipients[i].clone())),
+            content: Box::new(contents[i].clone()),
             audience: Some(Box::new(audiences[i].clone())),
             batchable: true,
             at,
@@ -261,7 +293,6 @@ impl FanOutWorker {
                 command_id: None,
             })
             .collect();
-        let meta = self.metadata(send).await?;
         let outcome = self
             .notifications
             .create_many(&targets, create, &meta)

@@ -1,6 +1,7 @@
-//! Hostile bodies for templates, generated, against both backends at
-//! once: new versions (locales, channels, sources, schemas), previews,
-//! rollbacks and sends that name a template. Every request answers 2xx or
+//! Hostile bodies for templates and experiments, generated, against both
+//! backends at once: new versions (locales, channels, sources, schemas),
+//! previews, rollbacks, sends that name a template, experiment designs,
+//! weights and conclusions. Every request answers 2xx or
 //! 4xx (never 5xx), both backends answer alike, and a refused request
 //! leaves the template as it was.
 
@@ -19,6 +20,9 @@ const TARGETS: &[(&str, &str)] = &[
     ("POST", "/v1/templates/welcome/preview"),
     ("POST", "/v1/templates/welcome/rollback"),
     ("POST", "/v1/notifications"),
+    ("PUT", "/v1/experiments/welcome-exp"),
+    ("PUT", "/v1/experiments/welcome-exp/weights"),
+    ("POST", "/v1/experiments/welcome-exp/conclude"),
 ];
 
 /// Template sources: some fine, some broken, some hostile.
@@ -64,6 +68,13 @@ fn member() -> impl Strategy<Value = (String, J)> {
             "title",
             "body",
             "channels",
+            "experiment",
+            "variants",
+            "holdout",
+            "weight",
+            "weights",
+            "winner",
+            "name",
         ][..],
     );
     let source = proptest::sample::select(SOURCES).prop_map(|s| J::Str(s.to_owned()));
@@ -224,16 +235,21 @@ fn body() -> impl Strategy<Value = (usize, String)> {
         })
 }
 
+/// The template and the experiment the bodies aim at, as answered.
 async fn template(app: &TestApp) -> Result<Value, TestCaseError> {
-    let resp = app.get("/v1/templates/welcome").await;
-    let mut v: Value = resp
-        .json()
-        .await
-        .map_err(|e| TestCaseError::fail(format!("no JSON: {e}")))?;
-    if let Some(o) = v.as_object_mut() {
-        o.remove("cursor");
+    let mut both = Vec::new();
+    for path in ["/v1/templates/welcome", "/v1/experiments/welcome-exp"] {
+        let resp = app.get(path).await;
+        let mut v: Value = resp
+            .json()
+            .await
+            .map_err(|e| TestCaseError::fail(format!("no JSON: {e}")))?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("cursor");
+        }
+        both.push(v);
     }
-    Ok(v)
+    Ok(Value::Array(both))
 }
 
 async fn send(app: &TestApp, target: usize, body: &str) -> Result<u16, TestCaseError> {
@@ -268,7 +284,7 @@ async fn send(app: &TestApp, target: usize, body: &str) -> Result<u16, TestCaseE
         prop_assert_eq!(
             before,
             template(app).await?,
-            "a refused {} {} changed the template",
+            "a refused {} {} changed the template or the experiment",
             method,
             path
         );
@@ -304,6 +320,15 @@ async fn hostile_template_bodies_get_2xx_or_4xx_alike_and_refusals_change_nothin
             )
             .await;
         assert_eq!(status, 201, "{answer}");
+        let (status, answer) = app
+            .send(
+                "PUT",
+                "/v1/experiments/welcome-exp",
+                Some(&json!({"category": "news", "variants": [
+                    {"name": "control", "weight": 1}, {"name": "b", "weight": 1, "template": "welcome"}]})),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
     }
     let runtime = tokio::runtime::Handle::current();
     let mut runner = TestRunner::new(Config {
