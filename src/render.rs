@@ -9,10 +9,18 @@ use minijinja::{Environment, UndefinedBehavior};
 /// instruction): a template that loops without end stops with an error.
 const FUEL: u64 = 100_000;
 
+/// How deep a render may recurse (a macro counts about ten, a block or a
+/// loop one): ample for a message, far from the stack's end.
+const RECURSION: usize = 60;
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_fuel(Some(FUEL));
+    // A macro that calls itself stops with an error long before the
+    // stack of the task rendering it runs out (minijinja's own cap, 500,
+    // is more than a debug build's 2 MiB worker stack holds).
+    env.set_recursion_limit(RECURSION);
     // Keeps the span of a failing expression, so an error can name it.
     env.set_debug(true);
     env
@@ -94,6 +102,20 @@ mod tests {
         assert_eq!(err, "`data.thread` is undefined");
         let endless = render("{% for i in range(1000000) %}{{ i }}{% endfor %}", &ctx);
         assert!(endless.is_err(), "a render is bounded");
+        // Run on a thread with a small stack: recursion stops with an
+        // error, never by overflowing it.
+        let recursive = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(|| {
+                render(
+                    "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}",
+                    &json!({}),
+                )
+            })
+            .unwrap()
+            .join()
+            .expect("the render returns");
+        assert!(recursive.is_err(), "{recursive:?}");
         assert!(check_template("{{ recipient").is_err());
         assert!(check_template("{{ recipient }}").is_ok());
     }

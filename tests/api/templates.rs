@@ -426,6 +426,27 @@ async fn a_preview_renders_as_a_send_would(app: &TestApp) {
         .send("POST", "/v1/templates/nothing/preview", Some(&json!({})))
         .await;
     assert_eq!(status, 404);
+    // A macro that calls itself is an error, not the end of the service.
+    add_version(
+        app,
+        "recursive",
+        json!({"default_locale": "en", "locales": {"en": {
+            "title": "t", "body": "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}"}}}),
+        true,
+    )
+    .await;
+    let (status, problem) = app
+        .send("POST", "/v1/templates/recursive/preview", Some(&json!({})))
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("locales.en.body"),
+        "{problem}"
+    );
+    assert_eq!(app.get("/health/live").await.status(), 200);
 }
 
 async fn a_new_version_after_scheduling_or_batching_changes_nothing_already_sent(app: &TestApp) {
