@@ -13,8 +13,11 @@
 //! own cost shows), BENCH_BATCHED (default 0: the share of creates, 0 to 1,
 //! sent to a category with a batching policy: a window of an hour, so they
 //! are held and added to batches, one per recipient and post, while the
-//! bench runs). Modes run one after another for each backend and client
-//! count, so their figures are side by side.
+//! bench runs), BENCH_TEMPLATED (default 0: the share of creates that name
+//! a template instead of a title and body: two locales, a JSON Schema for
+//! its variables, resolved and rendered on every create). Modes run one
+//! after another for each backend and client count, so their figures are
+//! side by side.
 
 use std::time::{Duration, Instant};
 
@@ -61,6 +64,7 @@ async fn client(
     until: Instant,
     credential: Option<&'static str>,
     batched: f64,
+    templated: f64,
 ) -> ClientResult {
     let mut result = ClientResult {
         latencies: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
@@ -79,15 +83,24 @@ async fn client(
         // Every 1/batched-th create goes to the batched category.
         let to_batch =
             batched > 0.0 && ((i as f64 * batched).floor() > ((i - 1) as f64 * batched).floor());
-        let body = json!({
+        let to_template = templated > 0.0
+            && ((i as f64 * templated).floor() > ((i - 1) as f64 * templated).floor());
+        let mut body = json!({
             "recipient": format!("user-{}", (n as u64 * 7919 + i) % 1000),
             "category": if to_batch { "digest" } else { "comment" },
             "group_key": format!("post-{}", i % 10),
             "title": "New reply",
             "body": "Bob replied to your post",
             "data": {"post_id": i},
-        })
-        .to_string();
+        });
+        if to_template {
+            let fields = body.as_object_mut().expect("an object");
+            fields.remove("title");
+            fields.remove("body");
+            fields.insert("template".into(), json!("reply"));
+            fields.insert("variables".into(), json!({"author": "Bob", "post": i}));
+        }
+        let body = body.to_string();
         let started = Instant::now();
         let ok = match writer.create(body).await {
             Some((status, body)) => {
@@ -121,6 +134,7 @@ async fn run(
     database_url: Option<String>,
     access: &str,
     batched: f64,
+    templated: f64,
 ) -> Value {
     let mut settings = Settings::for_tests(database_url);
     settings.db.db_pool_size = env_or("BENCH_POOL_SIZE", 8);
@@ -156,10 +170,42 @@ async fn run(
             .expect("the policy is set");
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
+    if templated > 0.0 {
+        let template = json!({
+            "default_locale": "en", "publish": true,
+            "locales": {
+                "en": {"title": "{{ author }} replied", "body": "{{ author }} replied to post {{ post }}",
+                       "channels": {"email": {"title": "New reply from {{ author }}"}}},
+                "de": {"title": "{{ author }} hat geantwortet", "body": "Antwort auf Beitrag {{ post }}"}
+            },
+            "schema": {"type": "object", "required": ["author", "post"],
+                       "properties": {"author": {"type": "string"}, "post": {"type": "integer"}}}
+        });
+        let mut admin = Writer::connect(addr).await.with_bearer(credential);
+        let (status, body) = admin
+            .request(
+                "POST",
+                "/v1/templates/reply/versions",
+                Some(template.to_string()),
+            )
+            .await
+            .expect("the template is added");
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    }
     let warmup_until = Instant::now() + Duration::from_secs(1);
     let until = warmup_until + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..clients)
-        .map(|n| tokio::spawn(client(addr, n, warmup_until, until, credential, batched)))
+        .map(|n| {
+            tokio::spawn(client(
+                addr,
+                n,
+                warmup_until,
+                until,
+                credential,
+                batched,
+                templated,
+            ))
+        })
         .collect();
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let (mut ok, mut errors) = (0, 0);
@@ -193,6 +239,7 @@ async fn run(
         "backend": backend,
         "access": access,
         "batched_share": batched,
+        "templated_share": templated,
         "clients": clients,
         "seconds": seconds,
         "creates": ok,
@@ -220,6 +267,10 @@ fn main() {
         .iter()
         .filter_map(|s| s.parse().ok())
         .collect();
+    let templated: Vec<f64> = list("BENCH_TEMPLATED", "0")
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -230,14 +281,16 @@ fn main() {
             for &n in &clients {
                 for mode in &modes {
                     for &share in &shares {
-                        let Some(db) = database_for(backend).await else {
-                            break;
-                        };
-                        let url = db.as_ref().map(|(_, url)| url.clone());
-                        let r = run(backend, n, seconds, url, mode, share).await;
-                        release(db).await;
-                        eprintln!("{r}");
-                        results.push(r);
+                        for &templated in &templated {
+                            let Some(db) = database_for(backend).await else {
+                                break;
+                            };
+                            let url = db.as_ref().map(|(_, url)| url.clone());
+                            let r = run(backend, n, seconds, url, mode, share, templated).await;
+                            release(db).await;
+                            eprintln!("{r}");
+                            results.push(r);
+                        }
                     }
                 }
             }

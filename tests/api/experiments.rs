@@ -419,6 +419,29 @@ async fn an_experiment_enrolls_sends_with_sticky_variants_and_answers_its_result
         "the clicks came over a second later: {results}"
     );
 
+    // Rebuilt from the log (blue/green), the read model answers the same.
+    let resp = app.post_empty("/v1/projections/outcomes/rebuild").await;
+    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+    let start = Instant::now();
+    loop {
+        let all = app.get_json("/v1/projections").await;
+        let outcomes = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "outcomes")
+            .expect("the outcomes projection")
+            .clone();
+        match outcomes["rebuild"]["status"].as_str() {
+            Some("done") => break,
+            Some("failed") => panic!("{outcomes}"),
+            _ if start.elapsed() > Duration::from_secs(30) => panic!("no rebuild: {outcomes}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let rebuilt = app.get_json("/v1/experiments/welcome/results").await;
+    assert_eq!(rebuilt, results, "rebuilt from the log");
+
     // Concluded with a winner: everyone gets it, outside the experiment.
     let (status, done) = app
         .send(
